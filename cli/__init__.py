@@ -1,0 +1,1 @@
+"""robx command line (Typer + rich)."""

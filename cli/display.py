@@ -1,0 +1,91 @@
+"""Rich progress bars and tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from robx.core.stats import EpochStats
+
+
+class RichProgress:
+    """Implements the engine's ``Progress`` protocol with two rich bars."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        self.epoch_task: Any = None
+        self.batch_task: Any = None
+        self.eval_task: Any = None
+        self.started = False
+
+    def __enter__(self) -> RichProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            self.bars.stop()
+
+    def _start(self) -> None:
+        # Started on first use, so that a run rejected during validation prints nothing.
+        if not self.started:
+            self.bars.start()
+            self.started = True
+
+    def start_training(self, epochs: int, first_epoch: int) -> None:
+        self._start()
+        self.epoch_task = self.bars.add_task("epochs", total=epochs, completed=first_epoch, info="")
+
+    def start_epoch(self, epoch: int, batches: int) -> None:
+        if self.batch_task is None:
+            self.batch_task = self.bars.add_task("batches", total=batches, info="")
+        self.bars.reset(self.batch_task, total=batches, description=f"epoch {epoch}", info="")
+
+    def advance_batch(self) -> None:
+        self.bars.advance(self.batch_task)
+
+    def end_epoch(self, stats: EpochStats) -> None:
+        info = f"loss {stats.loss:.3f}"
+        if stats.train.robust_acc is not None:
+            info += f"  train robust {stats.train.robust_acc.mean():.3f}"
+        if stats.train.clean_acc is not None:
+            info += f"  clean {stats.train.clean_acc.mean():.3f}"
+        self.bars.update(self.epoch_task, advance=1, info=info)
+
+    def start_eval(self, total: int, description: str) -> None:
+        self._start()
+        self.eval_task = self.bars.add_task(description, total=total, info="")
+
+    def advance_eval(self, n: int) -> None:
+        self.bars.advance(self.eval_task, n)
+
+    def end_eval(self) -> None:
+        pass
+
+
+def report_table(report: dict[str, Any], title: str) -> Table:
+    """Per-class standard and robust accuracy, then the summaries."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    table.add_column("n train", justify="right")
+    table.add_column("group")
+    table.add_column("standard", justify="right")
+    table.add_column("robust", justify="right")
+    majority = set(report["majority_classes"])
+    for c, name in enumerate(report["class_names"]):
+        table.add_row(
+            name, str(report["class_counts"][c]), "majority" if c in majority else "minority",
+            f"{report['per_class']['standard'][c]:.3f}", f"{report['per_class']['robust'][c]:.3f}",
+        )
+    table.add_section()
+    for key in ("overall", "majority", "minority", "worst", "disparity"):
+        table.add_row(key, "", "", f"{report['summary']['standard'][key]:.3f}",
+                      f"{report['summary']['robust'][key]:.3f}", style="bold" if key == "overall" else None)
+    return table

@@ -1,0 +1,189 @@
+"""``robx``: train, evaluate and inspect plugins.
+
+User errors (``RobxError`` and bad command-line usage) print one line to stderr and
+exit with status 2; nothing already on disk is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robx.core.config import TrainConfig, load_toml
+from robx.core.errors import OptionError, RobxError
+from robx.core.plugins import available_plugins, parse_number, parse_set_overrides
+
+app = typer.Typer(
+    name="robx",
+    help="Adversarial training for imbalanced data and class-fair robustness.",
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _number(value: Optional[str], name: str) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        return parse_number(value)
+    except ValueError as error:
+        raise OptionError(f"--{name} expects a number such as 0.03 or 8/255, got {value!r}") from error
+
+
+def _default_run_dir(config: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.dataset}-{'+'.join(config.plugins)}-seed{config.seed}-{stamp}"
+
+
+@app.command()
+def train(
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML config file.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="digits, cifar10 or cifar100.")] = None,
+    imbalance: Annotated[Optional[str], typer.Option(help="step, exp or none.")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Imbalance ratio K (n_max / n_min).")] = None,
+    n_max: Annotated[Optional[int], typer.Option(help="Training examples of the largest class.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Stratified validation split of the training subset.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="smallcnn, smallcnn16, resnet18, preactresnet18, wrn28-10, wrn34-10.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="(Peak) learning rate.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="onecycle, step or constant.")] = None,
+    norm: Annotated[Optional[str], typer.Option(help="linf or l2.")] = None,
+    eps: Annotated[Optional[str], typer.Option(help="Perturbation budget, e.g. 8/255.")] = None,
+    alpha: Annotated[Optional[str], typer.Option(help="Attack step size in training.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Attack steps in training.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="PGD steps in evaluation (PGD-20).")] = None,
+    n_eval: Annotated[Optional[int], typer.Option(help="Evaluate on a stratified test subset of this size.")] = None,
+    plugins: Annotated[Optional[str], typer.Option(help="Comma-separated plugins, e.g. srat,imbmix (default: pgd).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Plugin option PLUGIN.KEY=VALUE (repeatable).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batches and attacks.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<dataset>-<plugins>-seed<k>-<time>).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its checkpoint.")] = None,
+) -> None:
+    """Train a model; with no options, the digits demo (PGD-AT on Step-10 imbalanced digits)."""
+    from robx.cli.display import RichProgress, report_table
+    from robx.core.engine import train as run_training
+
+    if resume is not None:
+        with RichProgress(console) as progress:
+            report = run_training(TrainConfig(), resume, resume=True, progress=progress)
+        console.print(report_table(report, f"{resume}: test accuracy ({report['attack']['description']})"))
+        return
+
+    values: dict[str, Any] = load_toml(config_file) if config_file else {}
+    cli_values = {
+        "dataset": dataset, "imbalance": imbalance, "ratio": ratio, "n_max": n_max,
+        "val_fraction": val_fraction, "model": model, "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
+        "alpha": _number(alpha, "alpha"), "steps": steps, "eval_steps": eval_steps, "n_eval": n_eval,
+        "seed": seed, "device": device,
+    }
+    values.update({k: v for k, v in cli_values.items() if v is not None})
+    if plugins is not None:
+        values["plugins"] = [p.strip() for p in plugins.split(",") if p.strip()]
+    options = {name: dict(table) for name, table in values.get("plugin_options", {}).items()}
+    for name, table in parse_set_overrides(set_ or []).items():
+        options.setdefault(name, {}).update(table)
+    values["plugin_options"] = options
+    config = TrainConfig.from_dict(values)
+    run_dir = out or _default_run_dir(config)
+    with RichProgress(console) as progress:
+        report = run_training(config, run_dir, force=force, progress=progress)
+    console.print(report_table(report, f"{run_dir}: test accuracy ({report['attack']['description']})"))
+    console.print(f"run directory: {run_dir}")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `robx train`.")],
+    eps: Annotated[Optional[str], typer.Option(help="Budget (default: the run's).")] = None,
+    alpha: Annotated[Optional[str], typer.Option(help="Step size (default: the run's evaluation step).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="PGD steps (default 20).")] = None,
+    norm: Annotated[Optional[str], typer.Option(help="linf or l2 (default: the run's).")] = None,
+    n_eval: Annotated[Optional[int], typer.Option(help="Stratified test subset size.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    """Re-evaluate a run's checkpoint with chosen attack settings; writes eval-*.json in the run."""
+    from robx.cli.display import RichProgress, report_table
+    from robx.core.engine import default_eval_attack, evaluate_run, load_run
+    from robx.core.report import write_json
+
+    run = load_run(run_dir, device)
+    attack = default_eval_attack(run.config)
+    if eps is not None:
+        attack.eps = _number(eps, "eps")  # type: ignore[assignment]
+    if alpha is not None:
+        attack.alpha = _number(alpha, "alpha")  # type: ignore[assignment]
+    if steps is not None:
+        if steps < 1:
+            raise OptionError("--steps must be >= 1")
+        attack.steps = steps
+    if norm is not None:
+        if norm not in ("linf", "l2"):
+            raise OptionError(f"--norm must be linf or l2, got {norm!r}")
+        attack.norm = norm  # type: ignore[assignment]
+    if n_eval is not None and n_eval < 1:
+        raise OptionError("--n-eval must be >= 1")
+    with RichProgress(console) as progress:
+        report = evaluate_run(run, run.state.model, progress, attack, n_eval)
+    name = f"eval-{attack.name}{attack.steps}-{attack.norm}-eps{attack.eps:.4g}-n{report['n_test']}.json"
+    write_json(Path(run_dir) / name, report)
+    console.print(report_table(report, f"{run_dir}: test accuracy ({attack.describe()})"))
+    console.print(f"written: {Path(run_dir) / name}")
+
+
+@app.command("plugins")
+def plugins_(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List every available plugin, where it comes from and the hooks it implements."""
+    specs = available_plugins()
+    rows = [
+        {"name": s.name, "origin": s.origin, "hooks": list(s.hooks), "summary": s.summary,
+         "options": sorted(getattr(s.options_type, "__dataclass_fields__", {}))}
+        for s in specs.values()
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="robx plugins", title_justify="left")
+    for column in ("name", "origin", "hooks", "options", "summary"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"]), row["summary"])
+    console.print(table)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: one line and exit status 2 for every user error."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="robx", standalone_mode=False)
+    except RobxError as error:
+        print(f"robx: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:
+        # Typer's usage errors (click's, vendored as typer._click in new releases) carry
+        # format_message(); Ctrl-C arrives as an "Abort".
+        if type(error).__name__ == "Abort":
+            print("robx: aborted", file=sys.stderr)
+            sys.exit(130)
+        if hasattr(error, "format_message"):
+            print(f"robx: error: {error.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Projected gradient attacks (Madry et al. 2018) with per-sample budgets.
+
+Every attack runs the model in eval mode (BatchNorm uses running statistics, so an
+example's perturbation does not depend on its batch; TRADES issue #3) and restores the
+model's mode afterwards. Gradients are taken with ``torch.autograd.grad`` with respect to
+the input only, so parameter ``.grad`` buffers are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robx.kernels import pgd_step
+from robx.kernels.pgd_step import Norm, per_sample
+
+#: ``loss_fn(logits, labels) -> per-sample loss``; the attack ascends it (descends if targeted).
+AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """robx models return ``(features, logits)``; plain classifiers return logits."""
+    out = model(x)
+    return out[1] if isinstance(out, tuple) else out
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def random_start(
+    x: torch.Tensor, eps: torch.Tensor, norm: Norm, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Uniform in the Linf ball; for L2 a uniform direction scaled by U(0, 1) * eps."""
+    if norm == "linf":
+        delta = (torch.rand_like(x) * 2 - 1) * eps
+    else:
+        noise = torch.randn_like(x)
+        if mask is not None:
+            noise = noise * mask
+        direction = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view_as(eps)
+        radius = torch.rand(eps.shape, dtype=x.dtype, device=x.device) * eps
+        delta = direction * radius
+    if mask is not None:
+        delta = delta * mask
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    alpha: float | torch.Tensor,
+    steps: int,
+    norm: Norm = "linf",
+    random_init: bool = True,
+    targeted: bool = False,
+    mask: torch.Tensor | None = None,
+    loss_fn: AttackLoss = cross_entropy,
+) -> torch.Tensor:
+    """Projected gradient descent; returns the final iterate ``x'`` (detached).
+
+    eps, alpha: a float or a per-sample tensor of shape (batch,).
+    targeted: ``y`` holds target labels and the attack *descends* ``loss_fn``.
+    mask: bool tensor broadcastable to ``x``; coordinates where it is False never move.
+    """
+    x = x.detach()
+    eps_t = per_sample(eps, x.shape[0], x)
+    if mask is not None:
+        mask = mask.to(torch.bool).expand_as(x)
+    x_adv = random_start(x, eps_t, norm, mask) if random_init else x.clone()
+    sign = -1.0 if targeted else 1.0
+    with eval_mode(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = loss_fn(logits_of(model, x_adv), y).sum() * sign
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = pgd_step(x_adv.detach(), grad, x, eps_t.flatten(), alpha, norm, mask)
+    return x_adv.detach()
+
+
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    norm: Norm = "linf",
+    loss_fn: AttackLoss = cross_entropy,
+) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015): PGD with one full step, no random start."""
+    return pgd(model, x, y, eps=eps, alpha=eps, steps=1, norm=norm, random_init=False, loss_fn=loss_fn)

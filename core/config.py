@@ -1,0 +1,156 @@
+"""Run configuration: defaults per dataset (the protocols), a TOML file, CLI overrides.
+
+Precedence, lowest first: the dataset preset, the TOML file, command-line options.
+A TOML file holds top-level :class:`TrainConfig` keys and one ``[<plugin>]`` table
+per plugin for its options, for example::
+
+    dataset = "cifar10"
+    epochs = 30
+    plugins = ["srat", "imbmix"]
+    [srat]
+    lam = 0.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from robx.core.errors import OptionError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Norm = Literal["linf", "l2"]
+Schedule = Literal["step", "onecycle", "constant"]
+Imbalance = Literal["step", "exp", "none"]
+
+#: Dataset presets: the protocols of PROTOCOLS.md. Only keys the user did not set are filled.
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": dict(
+        model="smallcnn16", epochs=25, batch_size=64, lr=0.05, schedule="onecycle",
+        eps=0.1, alpha=0.025, steps=10, eval_steps=20,
+        imbalance="step", ratio=10.0, augment=False,
+    ),
+    "cifar10": dict(
+        model="smallcnn", epochs=30, batch_size=128, lr=0.1, schedule="onecycle",
+        eps=8 / 255, alpha=2 / 255, steps=5, eval_steps=20,
+        imbalance="step", ratio=10.0, n_max=1000, n_test_per_class=200, augment=True,
+    ),
+    "cifar100": dict(
+        model="resnet18", epochs=100, batch_size=128, lr=0.1, schedule="step",
+        eps=8 / 255, alpha=2 / 255, steps=10, eval_steps=20,
+        imbalance="exp", ratio=10.0, augment=True,
+    ),
+}
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a training run. ``None`` means "take the dataset preset"."""
+
+    dataset: str = "digits"
+    imbalance: Imbalance | None = None
+    ratio: float | None = None
+    n_max: int | None = None
+    n_test_per_class: int | None = None
+    val_fraction: float = 0.0
+    augment: bool | None = None
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Schedule | None = None
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    norm: Norm = "linf"
+    eps: float | None = None
+    alpha: float | None = None
+    steps: int | None = None
+    random_start: bool = True
+    eval_steps: int | None = None
+    eval_alpha: float | None = None
+    n_eval: int | None = None
+    plugins: list[str] = field(default_factory=lambda: ["pgd"])
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    data_seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    eval_batch_size: int = 256
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled from the dataset preset, validated."""
+        if self.dataset not in PRESETS:
+            raise OptionError(
+                f"unknown dataset '{self.dataset}'; available: {', '.join(PRESETS)}"
+            )
+        values = dataclasses.asdict(self)
+        for key, value in PRESETS[self.dataset].items():
+            if values.get(key) is None:
+                values[key] = value
+        if values["eval_alpha"] is None:
+            values["eval_alpha"] = values["alpha"]
+        config = TrainConfig(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs is None or self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr is None or self.lr > 0, "lr must be > 0"),
+            (self.eps is None or self.eps >= 0, "eps must be >= 0"),
+            (self.alpha is None or self.alpha >= 0, "alpha must be >= 0"),
+            (self.steps is None or self.steps >= 1, "steps must be >= 1"),
+            (self.eval_steps is None or self.eval_steps >= 1, "eval_steps must be >= 1"),
+            (self.ratio is None or self.ratio >= 1, "ratio must be >= 1"),
+            (self.n_max is None or self.n_max >= 1, "n_max must be >= 1"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (self.n_eval is None or self.n_eval >= 1, "n_eval must be >= 1"),
+            (self.norm in ("linf", "l2"), f"norm must be linf or l2, got {self.norm!r}"),
+            (self.schedule in (None, "step", "onecycle", "constant"),
+             f"schedule must be step, onecycle or constant, got {self.schedule!r}"),
+            (self.imbalance in (None, "step", "exp", "none"),
+             f"imbalance must be step, exp or none, got {self.imbalance!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise OptionError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise OptionError(
+                f"unknown config key(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file into ``TrainConfig`` keys (plugin tables -> ``plugin_options``)."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise OptionError(f"config file not found: {path}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise OptionError(f"config file {path} is not valid TOML: {error}") from error
+    plugin_tables = {key: data.pop(key) for key in list(data) if isinstance(data[key], dict)}
+    if plugin_tables:
+        data["plugin_options"] = plugin_tables
+    TrainConfig.from_dict(data)  # unknown keys -> clear error
+    return data

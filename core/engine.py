@@ -1,0 +1,422 @@
+"""The training loop: one way through the data for every method (DESIGN.md).
+
+    batch -> select_victims -> generate_adversary -> augment -> forward
+          -> loss = mean(w * per_sample_loss) + sum(extra_loss) -> backward -> step
+          -> class statistics (on device; read at epoch end)
+
+The engine is task-agnostic: the task object supplies the loss and the predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from robx import __version__
+from robx.core import run as rundir
+from robx.core.attacks import eval_mode, logits_of, pgd
+from robx.core.config import TrainConfig
+from robx.core.data import ImageData, batch_indices, crop_flip, prepare_data, stratified_subset, to_unit_float
+from robx.core.errors import NonFiniteLossError, RobxError
+from robx.core.evaluate import AttackSettings, evaluate
+from robx.core.models import build_model
+from robx.core.plugins import PluginHost, options_as_dict
+from robx.core.report import build_report, plot_per_class, write_json
+from robx.core.state import Step, TrainState
+from robx.core.stats import ClassStatsAccumulator, EpochStats, SplitStats
+from robx.core.task import ClassificationTask
+from robx.kernels import implementation_name
+
+
+class Progress(Protocol):
+    """What the engine tells its caller (the CLI draws rich progress bars from it)."""
+
+    def start_training(self, epochs: int, first_epoch: int) -> None: ...
+    def start_epoch(self, epoch: int, batches: int) -> None: ...
+    def advance_batch(self) -> None: ...
+    def end_epoch(self, stats: EpochStats) -> None: ...
+    def start_eval(self, total: int, description: str) -> None: ...
+    def advance_eval(self, n: int) -> None: ...
+    def end_eval(self) -> None: ...
+
+
+class SilentProgress:
+    def start_training(self, epochs: int, first_epoch: int) -> None: ...
+    def start_epoch(self, epoch: int, batches: int) -> None: ...
+    def advance_batch(self) -> None: ...
+    def end_epoch(self, stats: EpochStats) -> None: ...
+    def start_eval(self, total: int, description: str) -> None: ...
+    def advance_eval(self, n: int) -> None: ...
+    def end_eval(self) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise RobxError(f"unknown device {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RobxError("device 'cuda' asked for but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """(scheduler, steps_per_batch). Step milestones are fractions of the epochs."""
+    assert config.epochs is not None and config.lr is not None
+    if config.schedule == "onecycle":
+        total = config.epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total), True
+    if config.schedule == "step":
+        milestones = sorted({max(1, int(round(m * config.epochs))) for m in config.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.gamma), False
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
+
+
+@dataclass
+class Run:
+    """Everything built from a config: data, model, optimiser, plugins, state."""
+
+    config: TrainConfig
+    data: ImageData
+    host: PluginHost
+    state: TrainState
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule_per_batch: bool
+    generator: torch.Generator
+    run_dir: Path
+
+
+def build_run(config: TrainConfig, run_dir: Path) -> Run:
+    config = config.resolved()
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    host = PluginHost(config.plugins, config.plugin_options)
+    assert config.imbalance is not None and config.ratio is not None and config.model is not None
+    data = prepare_data(config.dataset, config.imbalance, config.ratio, config.n_max,
+                        config.n_test_per_class, config.val_fraction, config.data_seed, config.data_root)
+    model = build_model(config.model, data.in_channels, data.num_classes, data.mean, data.std).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    steps_per_epoch = -(-len(data.y_train) // config.batch_size)
+    scheduler, per_batch = build_scheduler(config, optimizer, steps_per_epoch)
+    counts = torch.tensor(data.class_counts())
+    state = TrainState(
+        config=config,
+        task=ClassificationTask(data.num_classes, data.classes),
+        model=model,
+        optimizer=optimizer,
+        device=device,
+        num_classes=data.num_classes,
+        class_counts=counts.to(device),
+        class_eps=torch.full((data.num_classes,), float(config.eps), device=device),
+        class_alpha=torch.full((data.num_classes,), float(config.alpha), device=device),
+        plugin_options=host.options,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    state.generator = generator
+    return Run(config, data, host, state, scheduler, per_batch, generator, run_dir)
+
+
+# ---------------------------------------------------------------------------
+# one step, one epoch
+# ---------------------------------------------------------------------------
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAccumulator,
+               loss_sums: dict[str, torch.Tensor]) -> None:
+    state, host, model = run.state, run.host, run.state.model
+    step = Step(x=x, y=y)
+    step.victim_mask = host.select_victims(step, state)
+    step.x_adv = host.generate_adversary(step, state)
+    step.inputs, step.targets = step.x_adv, y
+    host.augment(step, state)
+
+    model.train()
+    step.features, step.outputs = model(step.inputs)
+    per_sample = host.training_loss(step, state)
+    if per_sample is None:
+        per_sample = state.task.per_sample_loss(step.outputs, step.targets)
+    step.per_sample_loss = per_sample
+    weights = host.sample_weights(step, state)
+    loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+    terms = host.extra_losses(step, state)
+    total = loss + sum(terms.values()) if terms else loss
+
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    state.optimizer.step()
+    if run.schedule_per_batch:
+        run.scheduler.step()
+    state.global_step += 1
+
+    with torch.no_grad():
+        robust_logits = None
+        if step.x_adv is not step.x:  # natural training has no adversarial predictions
+            if step.augmented:
+                with eval_mode(model):
+                    robust_logits = logits_of(model, step.x_adv)
+            else:
+                robust_logits = step.outputs.detach()
+        with eval_mode(model):
+            clean_logits = logits_of(model, x)
+        tracker.update(y, clean_logits, robust_logits)
+        batch = torch.as_tensor(float(len(y)), device=x.device)
+        loss_sums["loss"] = loss_sums.get("loss", 0) + total.detach() * batch
+        for name, value in terms.items():
+            loss_sums[name] = loss_sums.get(name, 0) + value.detach() * batch
+
+
+def split_stats(run: Run, x: torch.Tensor, y: torch.Tensor) -> SplitStats:
+    """Clean and robust statistics of a held-out split with the training attack budget."""
+    config, state = run.config, run.state
+    tracker = ClassStatsAccumulator(state.num_classes, state.device)
+    with eval_mode(state.model):
+        for start in range(0, len(y), config.eval_batch_size):
+            xb = to_unit_float(x[start : start + config.eval_batch_size]).to(state.device)
+            yb = y[start : start + config.eval_batch_size].to(state.device)
+            x_adv = pgd(state.model, xb, yb, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm)
+            with torch.no_grad():
+                tracker.update(yb, logits_of(state.model, xb), logits_of(state.model, x_adv))
+    return tracker.result()
+
+
+def train_epoch(run: Run, progress: Progress) -> EpochStats:
+    config, state, data = run.config, run.state, run.data
+    started = time.perf_counter()
+    tracker = ClassStatsAccumulator(state.num_classes, state.device)
+    loss_sums: dict[str, torch.Tensor] = {}
+    x_train = data.x_train.to(state.device)
+    y_train = data.y_train.to(state.device)
+    assert config.batch_size is not None
+    progress.start_epoch(state.epoch, -(-len(y_train) // config.batch_size))
+    for idx in batch_indices(len(y_train), config.batch_size, run.generator):
+        idx = idx.to(state.device)
+        x = to_unit_float(x_train[idx])
+        if config.augment:
+            x = crop_flip(x)
+        train_step(run, x, y_train[idx], tracker, loss_sums)
+        progress.advance_batch()
+    if not run.schedule_per_batch:
+        run.scheduler.step()
+    seen = float(len(y_train))
+    totals = {name: float(value) / seen for name, value in loss_sums.items()}  # one host sync
+    if not all(np.isfinite(v) for v in totals.values()):
+        raise NonFiniteLossError(
+            f"loss became non-finite in epoch {state.epoch} ({totals}); lower the learning rate "
+            "or check the plugins' options (the last good checkpoint is kept)"
+        )
+    val = None
+    if data.x_val is not None and data.y_val is not None and len(data.y_val):
+        val = split_stats(run, data.x_val, data.y_val)
+    return EpochStats(
+        epoch=state.epoch,
+        train=tracker.result(),
+        val=val,
+        loss=totals.pop("loss"),
+        loss_terms=totals,
+        lr=state.optimizer.param_groups[0]["lr"],
+        seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------
+
+
+def checkpoint_payload(run: Run) -> dict[str, Any]:
+    state = run.state
+    return {
+        "robx_version": __version__,
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "class_eps": state.class_eps.cpu(),
+        "class_alpha": state.class_alpha.cpu(),
+        "stash": state.stash.state_dict(),
+        "history": state.history,
+        "generator": run.generator.get_state(),
+        "rng": _rng_state(),
+    }
+
+
+def restore(run: Run, payload: dict[str, Any]) -> None:
+    state = run.state
+    state.model.load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    run.scheduler.load_state_dict(payload["scheduler"])
+    state.class_eps = payload["class_eps"].to(state.device)
+    state.class_alpha = payload["class_alpha"].to(state.device)
+    state.stash.load_state_dict(payload["stash"])
+    state.history = list(payload["history"])
+    state.epoch_stats = state.history[-1] if state.history else None
+    state.global_step = payload["global_step"]
+    state.epoch = payload["epoch"] + 1
+    run.generator.set_state(payload["generator"])
+    _set_rng_state(payload["rng"])
+
+
+def _truncate_metrics(path: Path, before_epoch: int) -> None:
+    """Drop metric lines of epochs that will be trained again after a resume."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] < before_epoch]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+# ---------------------------------------------------------------------------
+# the whole run
+# ---------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train, checkpoint every epoch, evaluate on the test set; returns the report.
+
+    With ``resume=True``, ``config`` is ignored and the run continues from the
+    checkpoint in ``run_dir`` with the configuration it was started with.
+    """
+    progress = progress or SilentProgress()
+    run_dir = Path(run_dir)
+    if resume:
+        config_path = run_dir / rundir.CONFIG_FILE
+        if not config_path.exists():
+            raise RobxError(f"cannot resume: {config_path} does not exist")
+        config = TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
+        payload = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE)
+        run = build_run(config, run_dir)
+        restore(run, payload)
+        _truncate_metrics(run_dir / rundir.METRICS_FILE, run.state.epoch)
+    else:
+        run = build_run(config, run_dir)  # validate everything before touching the disk
+        rundir.prepare_run_dir(run_dir, force)
+        write_json(run_dir / rundir.CONFIG_FILE, {
+            "config": run.config.to_dict(),
+            "plugins": {name: options_as_dict(opts) for name, opts in run.host.options.items()},
+            "kernels": {"pgd_step": implementation_name("pgd_step", run.state.device)},
+            "device": str(run.state.device),
+            "robx_version": __version__,
+            "torch_version": torch.__version__,
+        })
+    config, state = run.config, run.state
+    assert config.epochs is not None
+    run.host.train_start(state)
+    progress.start_training(config.epochs, state.epoch)
+    metrics_path = run_dir / rundir.METRICS_FILE
+    for epoch in range(state.epoch, config.epochs):
+        state.epoch = epoch
+        run.host.epoch_start(state)
+        stats = train_epoch(run, progress)
+        state.epoch_stats = stats
+        state.history.append(stats)
+        run.host.epoch_end(state)
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps(stats.to_json()) + "\n")
+        rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, checkpoint_payload(run))
+        progress.end_epoch(stats)
+    run.host.train_end(state)
+    model = state.eval_model or state.model
+    if state.eval_model is not None:
+        payload = checkpoint_payload(run)
+        payload["eval_model"] = state.eval_model.state_dict()
+        rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
+    report = evaluate_run(run, model, progress)
+    write_json(run_dir / rundir.REPORT_FILE, report)
+    plot_per_class(report, run_dir / rundir.PLOT_FILE, plot_title(run.config, report))
+    return report
+
+
+def default_eval_attack(config: TrainConfig) -> AttackSettings:
+    assert config.eps is not None and config.eval_alpha is not None and config.eval_steps is not None
+    return AttackSettings(eps=config.eps, alpha=config.eval_alpha, steps=config.eval_steps, norm=config.norm)
+
+
+def evaluate_run(
+    run: Run,
+    model: torch.nn.Module,
+    progress: Progress,
+    attack: AttackSettings | None = None,
+    n_eval: int | None = None,
+) -> dict[str, Any]:
+    config, data = run.config, run.data
+    attack = attack or default_eval_attack(config)
+    x_test, y_test = data.x_test, data.y_test
+    n_eval = n_eval or config.n_eval
+    if n_eval:
+        keep = stratified_subset(y_test, n_eval, config.data_seed)
+        x_test, y_test = x_test[keep], y_test[keep]
+    torch.manual_seed(config.seed)  # the evaluation's random starts do not depend on training
+    progress.start_eval(len(y_test), f"eval {attack.describe()}")
+    result = evaluate(model, x_test, y_test, attack, device=run.state.device,
+                      batch_size=config.eval_batch_size, on_batch=progress.advance_eval)
+    progress.end_eval()
+    return build_report(result, data.classes, data.class_counts(), attack, extra={
+        "dataset": config.dataset,
+        "plugins": run.host.names,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "model": config.model,
+        "n_test": len(y_test),
+    })
+
+
+def plot_title(config: TrainConfig, report: dict[str, Any]) -> str:
+    return (f"{config.dataset} {config.imbalance}-{config.ratio:g} | plugins: {'+'.join(report['plugins'])} | "
+            f"{report['attack']['description']}")
+
+
+def load_run(run_dir: Path, device: str | None = None) -> Run:
+    """Rebuild a finished or interrupted run from its directory (for ``robx eval``)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / rundir.CONFIG_FILE
+    if not config_path.exists():
+        raise RobxError(f"{run_dir} is not a robx run directory (no {rundir.CONFIG_FILE})")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
+    if device is not None:
+        config.device = device
+    payload = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE)
+    run = build_run(config, run_dir)
+    run.state.model.load_state_dict(payload.get("eval_model", payload["model"]))
+    return run
+

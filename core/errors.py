@@ -1,0 +1,33 @@
+"""The one error family users can cause. The CLI prints its message on one line and exits 2."""
+
+
+class RobxError(Exception):
+    """A problem with the user's input or environment (not a bug in robx)."""
+
+
+class UnknownPluginError(RobxError):
+    pass
+
+
+class PluginConflictError(RobxError):
+    pass
+
+
+class OptionError(RobxError):
+    pass
+
+
+class DataNotFoundError(RobxError):
+    pass
+
+
+class CheckpointError(RobxError):
+    pass
+
+
+class RunDirError(RobxError):
+    pass
+
+
+class NonFiniteLossError(RobxError):
+    pass

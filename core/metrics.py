@@ -1,0 +1,35 @@
+"""Summary metrics of per-class accuracies (PROTOCOLS.md, "Metrics")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def majority_classes(class_counts: Sequence[int]) -> list[int]:
+    """The more frequent half of the classes (ties broken by class index).
+
+    For an odd number of classes the middle class counts as minority. On balanced
+    data this is simply the first half of the classes.
+    """
+    order = sorted(range(len(class_counts)), key=lambda c: (-class_counts[c], c))
+    return sorted(order[: len(class_counts) // 2])
+
+
+def summarize(per_class: Sequence[float], class_counts: Sequence[int]) -> dict[str, float]:
+    """overall (mean over classes), majority mean, minority mean, worst class, disparity."""
+    if len(per_class) != len(class_counts):
+        raise ValueError("per_class and class_counts differ in length")
+    majority = set(majority_classes(class_counts))
+    major = [a for c, a in enumerate(per_class) if c in majority]
+    minor = [a for c, a in enumerate(per_class) if c not in majority]
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    return {
+        "overall": mean(list(per_class)),
+        "majority": mean(major),
+        "minority": mean(minor),
+        "worst": min(per_class),
+        "disparity": mean(major) - mean(minor),
+    }

@@ -1,0 +1,320 @@
+"""Plugin discovery, options and the typed facade the engine calls instead of ``pm.hook``.
+
+Built-in plugins are ordinary plugin classes listed in :data:`DEFAULT_PLUGINS`;
+third-party packages add theirs through the entry-point group ``"robx"``
+(``name = "package.module:PluginClass"``, or a module with ``@hookimpl`` functions).
+Discovery is lazy and cached (``available_plugins``). Only the plugins a run selects
+are registered with its plugin manager, so only they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+import torch
+
+from robx.core import hookspecs
+from robx.core.errors import OptionError, PluginConflictError, RobxError, UnknownPluginError
+from robx.core.state import Step, TrainState
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "robx.plugins.natural:Natural",
+    "robx.plugins.pgd:PGD",
+)
+FALLBACK_ADVERSARY = "pgd"
+BUILTIN_ORIGIN = "built-in"
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """An available plugin: where it comes from and how to make an instance."""
+
+    name: str
+    origin: str
+    target: Any
+
+    @property
+    def options_type(self) -> type | None:
+        return getattr(self.target, "Options", None)
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """Names of the hooks this plugin implements, in spec order."""
+        implemented = {
+            name
+            for name, value in inspect.getmembers(self.target)
+            if hasattr(value, f"{hookspecs.PROJECT_NAME}_impl")
+        }
+        return tuple(h for h in hookspecs.HOOK_NAMES if h in implemented)
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.target) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    def instantiate(self, options: Any) -> Any:
+        if isinstance(self.target, types.ModuleType):
+            return self.target
+        if self.options_type is not None:
+            return self.target(options)
+        return self.target()
+
+
+def _load_object(reference: str) -> Any:
+    module_name, _, attr = reference.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+def _plugin_name(target: Any, fallback: str) -> str:
+    return str(getattr(target, "name", fallback))
+
+
+@lru_cache(maxsize=1)
+def available_plugins() -> dict[str, PluginSpec]:
+    """Built-in plugins, then those of installed distributions (entry-point group ``robx``).
+
+    A broken third-party plugin raises a :class:`RobxError` naming its distribution.
+    """
+    found: dict[str, PluginSpec] = {}
+    for reference in DEFAULT_PLUGINS:
+        target = _load_object(reference)
+        name = _plugin_name(target, reference)
+        found[name] = PluginSpec(name, BUILTIN_ORIGIN, target)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
+        try:
+            target = entry_point.load()
+        except Exception as error:  # a third-party import failure must not look like ours
+            raise RobxError(
+                f"plugin '{entry_point.name}' from {origin} failed to load: {error}"
+            ) from error
+        if entry_point.name in found:
+            raise RobxError(
+                f"plugin name '{entry_point.name}' from {origin} is already taken by "
+                f"{found[entry_point.name].origin}"
+            )
+        found[entry_point.name] = PluginSpec(entry_point.name, origin, target)
+    return found
+
+
+def get_plugin_spec(name: str) -> PluginSpec:
+    plugins = available_plugins()
+    if name not in plugins:
+        raise UnknownPluginError(
+            f"unknown plugin '{name}'; available: {', '.join(sorted(plugins))}"
+        )
+    return plugins[name]
+
+
+# ---------------------------------------------------------------------------
+# options
+# ---------------------------------------------------------------------------
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a TOML value or a CLI string into the option's declared type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        candidates = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        errors = []
+        for candidate in candidates:
+            try:
+                return _coerce(value, candidate, where)
+            except OptionError as error:
+                errors.append(str(error))
+        raise OptionError(errors[0])
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise OptionError(f"{where} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            return parse_number(value) if isinstance(value, str) else float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise OptionError(f"{where} expects {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def parse_number(text: str) -> float:
+    """Parse ``"0.03"`` or a fraction such as ``"8/255"``."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            return float(numerator) / float(denominator)
+        return float(text)
+    except (ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"not a number: {text!r}") from error
+
+
+def build_options(spec: PluginSpec, raw: Mapping[str, Any]) -> Any:
+    """Validate raw option values against the plugin's ``Options`` dataclass."""
+    options_type = spec.options_type
+    if options_type is None:
+        if raw:
+            raise OptionError(f"plugin '{spec.name}' takes no options (got {', '.join(raw)})")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(options_type)}
+    hints = typing.get_type_hints(options_type)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise OptionError(
+                f"unknown option '{spec.name}.{key}'; valid: "
+                + ", ".join(f"{spec.name}.{k}" for k in fields)
+            )
+        values[key] = _coerce(value, hints[key], f"option '{spec.name}.{key}'")
+    try:
+        return options_type(**values)
+    except (TypeError, ValueError) as error:
+        raise OptionError(f"invalid options for plugin '{spec.name}': {error}") from error
+
+
+def parse_set_overrides(assignments: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["srat.lam=0.5"]`` -> ``{"srat": {"lam": "0.5"}}``."""
+    result: dict[str, dict[str, str]] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        plugin, dot, option = key.strip().partition(".")
+        if not sep or not dot or not plugin or not option:
+            raise OptionError(f"--set expects PLUGIN.KEY=VALUE, got {assignment!r}")
+        result.setdefault(plugin, {})[option] = value.strip()
+    return result
+
+
+def options_as_dict(options: Any) -> dict[str, Any]:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+
+
+# ---------------------------------------------------------------------------
+# the typed facade
+# ---------------------------------------------------------------------------
+
+
+def resolve_plugin_names(selected: Sequence[str]) -> list[str]:
+    """Check the selection and append the fallback adversary where none is selected."""
+    names = [name.strip() for name in selected if name.strip()]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise OptionError(f"plugin listed twice: {', '.join(sorted(duplicates))}")
+    specs = [get_plugin_spec(name) for name in names]
+    generators = [s.name for s in specs if "generate_adversary" in s.hooks]
+    if len(generators) > 1:
+        raise PluginConflictError(
+            "plugins "
+            + " and ".join(f"'{g}'" for g in generators)
+            + " both generate adversarial examples; select one of them"
+        )
+    if not generators:
+        names.append(FALLBACK_ADVERSARY)
+    return names
+
+
+class PluginHost:
+    """The run's plugin manager behind typed methods (tox 4's facade pattern)."""
+
+    def __init__(self, selected: Sequence[str], raw_options: Mapping[str, Mapping[str, Any]]):
+        self.names = resolve_plugin_names(selected)
+        for plugin_name in raw_options:
+            if plugin_name not in self.names:
+                get_plugin_spec(plugin_name)  # unknown name -> the same clear error
+                raise OptionError(
+                    f"options given for plugin '{plugin_name}', which is not selected "
+                    f"(selected: {', '.join(self.names)})"
+                )
+        self.specs = {name: get_plugin_spec(name) for name in self.names}
+        self.options = {
+            name: build_options(spec, raw_options.get(name, {})) for name, spec in self.specs.items()
+        }
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        # pluggy calls the last registered first; register in reverse so hooks run
+        # in the order the user listed the plugins.
+        for name in reversed(self.names):
+            self.manager.register(self.specs[name].instantiate(self.options[name]), name=name)
+        self.hook = self.manager.hook
+
+    def select_victims(self, step: Step, state: TrainState) -> torch.Tensor | None:
+        return self.hook.select_victims(step=step, state=state)
+
+    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
+        x_adv = self.hook.generate_adversary(step=step, state=state)
+        if x_adv is None:
+            raise RobxError("no selected plugin generated adversarial examples for this batch")
+        return x_adv
+
+    def augment(self, step: Step, state: TrainState) -> None:
+        self.hook.augment(step=step, state=state)
+
+    def training_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:
+        return self.hook.training_loss(step=step, state=state)
+
+    def sample_weights(self, step: Step, state: TrainState) -> torch.Tensor | None:
+        """Product of all plugins' per-sample weights, or None when no plugin weighs."""
+        weights = None
+        for w in self.hook.weight_samples(step=step, state=state):
+            weights = w if weights is None else weights * w
+        return weights
+
+    def extra_losses(self, step: Step, state: TrainState) -> dict[str, torch.Tensor]:
+        """Every plugin's extra loss terms, keyed ``plugin`` or ``plugin.term``.
+
+        pluggy returns results without the plugin that made them, so this walks the
+        hook implementations itself (in listing order) to keep the names for logging.
+        """
+        kwargs = {"step": step, "state": state}
+        terms: dict[str, torch.Tensor] = {}
+        for impl in reversed(self.hook.extra_loss.get_hookimpls()):
+            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if result is None:
+                continue
+            if isinstance(result, Mapping):
+                for key, value in result.items():
+                    terms[f"{impl.plugin_name}.{key}"] = value
+            else:
+                terms[impl.plugin_name] = result
+        return terms
+
+    def train_start(self, state: TrainState) -> None:
+        self.hook.train_start(state=state)
+
+    def epoch_start(self, state: TrainState) -> None:
+        self.hook.epoch_start(state=state)
+
+    def epoch_end(self, state: TrainState) -> None:
+        self.hook.epoch_end(state=state)
+
+    def train_end(self, state: TrainState) -> None:
+        self.hook.train_end(state=state)

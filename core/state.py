@@ -1,0 +1,123 @@
+"""The two objects hooks receive: ``Step`` (one batch) and ``TrainState`` (the run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import torch
+
+if TYPE_CHECKING:
+    from robx.core.config import TrainConfig
+    from robx.core.stats import EpochStats
+    from robx.core.task import Task
+
+T = TypeVar("T")
+
+
+class StashKey(Generic[T]):
+    """A typed key into :class:`Stash` (pytest's ``StashKey`` pattern).
+
+    Keys compare by name so that a stash survives a checkpoint round trip.
+    Use ``"<plugin>.<what>"`` names to avoid collisions.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StashKey) and other.name == self.name
+
+    def __repr__(self) -> str:
+        return f"StashKey({self.name!r})"
+
+
+class Stash:
+    """Per-plugin state that is saved in checkpoints (values must be picklable)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+
+    def __setitem__(self, key: StashKey[T], value: T) -> None:
+        self._data[key.name] = value
+
+    def __getitem__(self, key: StashKey[T]) -> T:
+        return self._data[key.name]
+
+    def get(self, key: StashKey[T], default: T) -> T:
+        return self._data.get(key.name, default)
+
+    def setdefault(self, key: StashKey[T], default: T) -> T:
+        return self._data.setdefault(key.name, default)
+
+    def __contains__(self, key: StashKey[Any]) -> bool:
+        return key.name in self._data
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        self._data = dict(data)
+
+
+@dataclass
+class Step:
+    """One training batch as it moves through the hooks.
+
+    ``x``/``y`` are the clean inputs and hard labels and are never changed.
+    ``inputs``/``targets`` are what the model is trained on: ``x'`` after the adversary
+    and whatever ``augment`` made of it (rows may grow, targets may become soft).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    victim_mask: torch.Tensor | None = None
+    x_adv: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    augmented: bool = False
+    outputs: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    per_sample_loss: torch.Tensor | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything a plugin may read or write across steps.
+
+    ``class_eps``/``class_alpha`` are per-class attack budgets (length ``num_classes``),
+    initialised from the config; the adversary uses ``class_eps[y]`` per sample, so a
+    plugin that sets class-wise margins only writes these tensors.
+    ``plugin_options[name]`` is the validated options object of each selected plugin.
+    ``eval_model``: a plugin may set it (at ``train_end``) to a model of the same
+    architecture to be evaluated and checkpointed instead of the trained one (weight
+    averaging).
+    """
+
+    config: TrainConfig
+    task: Task
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    num_classes: int
+    class_counts: torch.Tensor
+    class_eps: torch.Tensor
+    class_alpha: torch.Tensor
+    epoch: int = 0
+    global_step: int = 0
+    stash: Stash = field(default_factory=Stash)
+    epoch_stats: EpochStats | None = None
+    history: list[EpochStats] = field(default_factory=list)
+    plugin_options: dict[str, Any] = field(default_factory=dict)
+    eval_model: torch.nn.Module | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def num_epochs(self) -> int:
+        assert self.config.epochs is not None
+        return self.config.epochs

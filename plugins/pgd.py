@@ -1,0 +1,47 @@
+"""PGD adversarial training (Madry et al., ICLR 2018): the default adversary.
+
+min_theta E[ max_{x' in B(x, eps) ∩ [0,1]} L(f(x'), y) ], the inner maximisation by
+projected gradient ascent from a random start. The budget is per sample:
+``state.class_eps[y]`` and ``state.class_alpha[y]``, so plugins that set class-wise
+margins reach the attack without touching it. Steps and norm come from the run config
+(``--steps``, ``--norm``); ``random_start`` is this plugin's option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robx.core.attacks import pgd
+from robx.core.hookspecs import hookimpl
+from robx.core.state import Step, TrainState
+
+
+class PGD:
+    """PGD adversarial training (Madry et al. 2018); the fallback adversary."""
+
+    name = "pgd"
+
+    @dataclass
+    class Options:
+        random_start: bool = True
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @hookimpl(trylast=True)
+    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
+        config = state.config
+        assert config.steps is not None
+        return pgd(
+            state.model,
+            step.x,
+            step.y,
+            eps=state.class_eps[step.y],
+            alpha=state.class_alpha[step.y],
+            steps=config.steps,
+            norm=config.norm,
+            random_init=self.options.random_start and config.random_start,
+            mask=step.victim_mask,
+        )
