@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from robx.core.config import TrainConfig
+from robx.core.engine import train
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """Digits with a few epochs and short attacks: seconds, for engine and CLI tests."""
+    values = dict(dataset="digits", epochs=2, steps=2, eval_steps=5, n_eval=120, batch_size=128)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits PGD-AT run trained once for the tests that need a real model."""
+    run_dir = tmp_path_factory.mktemp("runs") / "digits-pgd"
+    train(TrainConfig(dataset="digits", epochs=12, steps=5), run_dir)
+    return run_dir

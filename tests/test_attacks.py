@@ -1,0 +1,145 @@
+"""Property tests of the attack constraints (hypothesis)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from robx.core.attacks import fgsm, logits_of, pgd
+from robx.kernels.pgd_step import pgd_step_reference
+
+TOL = 1e-5
+FAST = settings(max_examples=40, deadline=None)
+
+
+class TinyNet(nn.Module):
+    """A linear model with a BatchNorm so that train/eval mode matters."""
+
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.bn(x.flatten(1))
+        return features, self.fc(features)
+
+
+@st.composite
+def attack_case(draw):
+    batch = draw(st.integers(1, 6))
+    shape = (batch,) + tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    seed = draw(st.integers(0, 2**16))
+    norm = draw(st.sampled_from(["linf", "l2"]))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=generator)
+    dim = x[0].numel()
+    scale = 1.0 if norm == "l2" else 0.1
+    eps = torch.rand(batch, generator=generator) * scale + 1e-3
+    alpha = eps * draw(st.floats(0.1, 1.5))
+    mask = torch.rand(shape, generator=generator) < draw(st.floats(0.0, 1.0))
+    return seed, x, dim, norm, eps, alpha, mask
+
+
+def _distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+@FAST
+@given(attack_case(), st.booleans(), st.integers(1, 5))
+def test_pgd_stays_in_per_sample_ball_box_and_mask(case, use_mask, steps):
+    seed, x, dim, norm, eps, alpha, mask = case
+    torch.manual_seed(seed)
+    model = TinyNet(dim, 3)
+    y = torch.randint(0, 3, (x.shape[0],))
+    x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, mask=mask if use_mask else None)
+    assert x_adv.shape == x.shape
+    assert (x_adv >= 0).all() and (x_adv <= 1).all()
+    assert (_distance(x_adv - x, norm) <= eps + TOL).all()
+    if use_mask:
+        assert torch.equal(x_adv[~mask], x[~mask])
+
+
+@FAST
+@given(attack_case())
+def test_pgd_step_reference_projects(case):
+    seed, x, _, norm, eps, alpha, mask = case
+    generator = torch.Generator().manual_seed(seed + 1)
+    x_adv = (x + torch.randn(x.shape, generator=generator)).clamp(0, 1)  # far outside the ball
+    grad = torch.randn(x.shape, generator=generator)
+    out = pgd_step_reference(x_adv, grad, x, eps, alpha, norm, mask)
+    assert (out >= 0).all() and (out <= 1).all()
+    assert (_distance(out - x, norm) <= eps + TOL).all()
+
+
+def test_pgd_step_linf_is_sign_step_inside_the_ball():
+    x = torch.full((1, 4), 0.5)
+    grad = torch.tensor([[1.0, -2.0, 0.0, 3.0]])
+    out = pgd_step_reference(x, grad, x, eps=0.1, alpha=0.05, norm="linf")
+    assert torch.allclose(out, torch.tensor([[0.55, 0.45, 0.5, 0.55]]))
+
+
+def test_pgd_step_l2_moves_alpha_along_the_normalised_gradient():
+    x = torch.full((1, 2), 0.5)
+    grad = torch.tensor([[3.0, 4.0]])
+    out = pgd_step_reference(x, grad, x, eps=1.0, alpha=0.1, norm="l2")
+    assert torch.allclose(out, torch.tensor([[0.56, 0.58]]))
+
+
+@FAST
+@given(st.integers(0, 2**16), st.sampled_from(["linf", "l2"]))
+def test_targeted_pgd_lowers_the_target_loss(seed, norm):
+    torch.manual_seed(seed)
+    model = TinyNet(16, 4)
+    model.eval()
+    x = torch.rand(8, 16)
+    target = torch.randint(0, 4, (8,))
+    eps = 0.2 if norm == "linf" else 1.0
+    x_adv = pgd(model, x, target, eps=eps, alpha=eps / 10, steps=10, norm=norm, targeted=True, random_init=False)
+    with torch.no_grad():
+        before = F.cross_entropy(logits_of(model, x), target)
+        after = F.cross_entropy(logits_of(model, x_adv), target)
+    assert after < before
+
+
+def test_untargeted_pgd_raises_the_loss_and_fgsm_is_one_full_step():
+    torch.manual_seed(0)
+    model = TinyNet(16, 4).eval()
+    x, y = torch.rand(32, 16), torch.randint(0, 4, (32,))
+    x_adv = pgd(model, x, y, eps=0.1, alpha=0.02, steps=10)
+    x_fgsm = fgsm(model, x, y, eps=0.1)
+    with torch.no_grad():
+        clean = F.cross_entropy(logits_of(model, x), y)
+        assert F.cross_entropy(logits_of(model, x_adv), y) > clean
+        assert F.cross_entropy(logits_of(model, x_fgsm), y) > clean
+    moved = (x_fgsm - x).abs()
+    interior = (x > 0.1) & (x < 0.9)
+    assert torch.allclose(moved[interior], torch.full_like(moved[interior], 0.1), atol=1e-6)
+
+
+def test_attack_uses_eval_mode_restores_mode_and_leaves_param_grads_alone():
+    model = TinyNet(8, 3)
+    model.train()
+    seen = []
+    model.bn.register_forward_hook(lambda module, *_: seen.append(module.training))
+    running_mean = model.bn.running_mean.clone()
+    pgd(model, torch.rand(4, 8), torch.zeros(4, dtype=torch.long), eps=0.1, alpha=0.05, steps=3)
+    assert seen and not any(seen)  # BatchNorm ran in eval mode at every attack step
+    assert model.training
+    assert torch.equal(model.bn.running_mean, running_mean)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_per_sample_budget_and_zero_budget():
+    torch.manual_seed(0)
+    model = TinyNet(8, 3)
+    x, y = torch.rand(3, 8), torch.zeros(3, dtype=torch.long)
+    eps = torch.tensor([0.0, 0.05, 0.3])
+    x_adv = pgd(model, x, y, eps=eps, alpha=eps / 2, steps=5)
+    assert torch.equal(x_adv[0], x[0])
+    linf = (x_adv - x).abs().amax(1)
+    assert linf[1] <= 0.05 + TOL and linf[2] <= 0.3 + TOL and linf[2] > 0.05

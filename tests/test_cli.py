@@ -1,0 +1,98 @@
+"""The command line as a user meets it: the demo, one-line errors with exit 2, eval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROBX = [sys.executable, "-m", "robx.cli.main"]
+QUICK = ["--epochs", "1", "--steps", "1", "--eval-steps", "2", "--n-eval", "60"]
+
+
+def robx(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(ROBX + list(args), capture_output=True, text=True, cwd=cwd)
+
+
+def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
+    """Acceptance: `robx train` with no options, under 60 s, minority robust < majority robust."""
+    started = time.perf_counter()
+    result = robx("train", cwd=tmp_path)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 60, f"robx train took {elapsed:.1f}s"
+    assert "minority" in result.stdout and "robust" in result.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["dataset"] == "digits" and report["plugins"] == ["pgd"]
+    assert report["attack"]["steps"] == 20
+    assert report["summary"]["robust"]["minority"] < report["summary"]["robust"]["majority"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--plugins", "nosuch"], "unknown plugin 'nosuch'; available:"),
+        (["train", "--set", "pgd.nosuch=1"], "unknown option 'pgd.nosuch'"),
+        (["train", "--set", "pgd.random_start=perhaps"], "expects bool"),
+        (["train", "--set", "garbage"], "PLUGIN.KEY=VALUE"),
+        (["train", "--plugins", "natural,pgd"], "both generate adversarial examples"),
+        (["train", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--epochs", "many"], "--epochs"),
+        (["train", "--eps", "eight"], "--eps expects a number"),
+        (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["train", "--model", "vgg"], "unknown model 'vgg'"),
+        (["train", "--norm", "l3"], "norm must be linf or l2"),
+        (["train", "--config", "missing.toml"], "config file not found"),
+        (["eval", "nowhere"], "not a robx run directory"),
+        (["train", "--resume", "nowhere"], "cannot resume"),
+        (["bogus"], "No such command"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
+    result = robx(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written for rejected input
+
+
+def test_config_file_with_plugin_section_and_cli_override(tmp_path):
+    (tmp_path / "run.toml").write_text('epochs = 1\nsteps = 1\neval_steps = 2\nn_eval = 60\n'
+                                       'plugins = ["pgd"]\n[pgd]\nrandom_start = false\n')
+    result = robx("train", "--config", "run.toml", "--seed", "3", "--out", "r", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["config"]["seed"] == 3 and saved["plugins"]["pgd"]["random_start"] is False
+    (tmp_path / "bad.toml").write_text("epochs = 1\nlearning_rat = 3\n")
+    bad = robx("train", "--config", "bad.toml", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown config key(s): learning_rat" in bad.stderr
+
+
+def test_existing_out_is_kept_without_force(tmp_path):
+    assert robx("train", *QUICK, "--out", "r", cwd=tmp_path).returncode == 0
+    before = (tmp_path / "r" / "report.json").read_text()
+    again = robx("train", *QUICK, "--seed", "5", "--out", "r", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert (tmp_path / "r" / "report.json").read_text() == before
+    assert robx("train", *QUICK, "--seed", "5", "--out", "r", "--force", cwd=tmp_path).returncode == 0
+
+
+def test_eval_reevaluates_a_run_with_chosen_settings(trained_run):
+    result = robx("eval", str(trained_run), "--steps", "10", "--eps", "0.05", "--n-eval", "100")
+    assert result.returncode == 0, result.stderr
+    (written,) = trained_run.glob("eval-pgd10-linf-eps0.05-*.json")
+    report = json.loads(written.read_text())
+    assert report["attack"]["eps"] == pytest.approx(0.05) and report["n_test"] == 100
+    full = json.loads((trained_run / "report.json").read_text())
+    assert report["summary"]["robust"]["overall"] >= full["summary"]["robust"]["overall"] - 0.05
+
+
+def test_plugins_command_lists_builtins():
+    result = robx("plugins")
+    assert result.returncode == 0
+    assert "natural" in result.stdout and "pgd" in result.stdout and "generate_adversary" in result.stdout

@@ -1,0 +1,120 @@
+"""Engine: run directory, report, checkpoints, resume, errors, class statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import robx.core.engine as engine
+from robx.core.errors import CheckpointError, NonFiniteLossError, RunDirError
+from robx.core.run import load_checkpoint, save_checkpoint
+from robx.core.stats import ClassStatsAccumulator
+
+from conftest import tiny_config
+
+
+def test_run_directory_holds_config_metrics_checkpoint_report_and_plot(tmp_path):
+    report = engine.train(tiny_config(epochs=3), tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "report.json", "per_class.png"} <= files
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert on_disk["summary"] == report["summary"]
+    for kind in ("standard", "robust"):
+        values = report["per_class"][kind]
+        assert len(values) == 10 and all(0 <= v <= 1 for v in values)
+        assert set(report["summary"][kind]) == {"overall", "majority", "minority", "worst", "disparity"}
+    assert report["class_counts"][:5] == [131] * 5 and report["class_counts"][5:] == [13] * 5
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["plugins"] == {"pgd": {"random_start": True}}
+    assert config["kernels"]["pgd_step"]
+
+
+def test_existing_run_directory_is_never_overwritten_without_force(tmp_path):
+    run_dir = tmp_path / "run"
+    engine.train(tiny_config(epochs=1), run_dir)
+    before = (run_dir / "report.json").read_text()
+    with pytest.raises(RunDirError, match="--force"):
+        engine.train(tiny_config(epochs=1, seed=1), run_dir)
+    assert (run_dir / "report.json").read_text() == before
+    engine.train(tiny_config(epochs=1, seed=1), run_dir, force=True)
+    other = tmp_path / "notarun"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep")
+    with pytest.raises(RunDirError, match="not a robx run directory"):
+        engine.train(tiny_config(epochs=1), other, force=True)
+    assert (other / "precious.txt").read_text() == "keep"
+
+
+def test_resume_after_a_kill_is_bit_exact(tmp_path, monkeypatch):
+    config = tiny_config(epochs=3, val_fraction=0.1)
+    engine.train(config, tmp_path / "straight")
+
+    real_epoch = engine.train_epoch
+
+    def killed_in_epoch_two(run, progress):
+        if run.state.epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, progress)
+
+    monkeypatch.setattr(engine, "train_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(config, tmp_path / "killed")
+    monkeypatch.setattr(engine, "train_epoch", real_epoch)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+    engine.train(config, tmp_path / "killed", resume=True)
+
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    assert (json.loads((tmp_path / "straight" / "report.json").read_text())["per_class"]
+            == json.loads((tmp_path / "killed" / "report.json").read_text())["per_class"])
+
+
+def test_checkpoint_write_is_atomic_and_corruption_is_reported(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": {}, "epoch": 0})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        engine.train(tiny_config(epochs=2, lr=1e30, schedule="constant"), tmp_path / "run")
+
+
+def test_class_statistics_tracker():
+    tracker = ClassStatsAccumulator(3, torch.device("cpu"))
+    y = torch.tensor([0, 0, 1, 2, 2, 2])
+    clean = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2, 2, 0]), 3).float() * 10
+    robust = torch.nn.functional.one_hot(torch.tensor([0, 0, 2, 2, 0, 0]), 3).float() * 10
+    tracker.update(y[:3], clean[:3], robust[:3])
+    tracker.update(y[3:], clean[3:], robust[3:])
+    stats = tracker.result()
+    assert stats.counts.tolist() == [2, 1, 3]
+    assert torch.allclose(stats.clean_acc, torch.tensor([0.5, 1.0, 2 / 3], dtype=torch.float64))
+    assert torch.allclose(stats.robust_acc, torch.tensor([1.0, 0.0, 1 / 3], dtype=torch.float64))
+    assert torch.allclose(stats.robust_confusion[2], torch.tensor([2 / 3, 0, 1 / 3], dtype=torch.float64))
+    assert torch.allclose(stats.robust_mean_prob.sum(1), torch.ones(3, dtype=torch.float64))
+
+
+def test_natural_training_records_no_robust_train_statistics(tmp_path):
+    engine.train(tiny_config(epochs=1, plugins=["natural"]), tmp_path / "run")
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert line["train"]["robust_acc"] is None and line["train"]["clean_acc"] is not None
+
+
+def test_training_is_seeded(tmp_path):
+    a = engine.train(tiny_config(epochs=1), tmp_path / "a")
+    b = engine.train(tiny_config(epochs=1), tmp_path / "b")
+    assert a["per_class"] == b["per_class"]
