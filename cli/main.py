@@ -64,6 +64,7 @@ def train(
     eval_steps: Annotated[Optional[int], typer.Option(help="PGD steps in evaluation (PGD-20).")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="Evaluate on a stratified test subset of this size.")] = None,
     plugins: Annotated[Optional[str], typer.Option(help="Comma-separated plugins, e.g. srat,imbmix (default: pgd).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="ce (default), focal, ldam, balanced_softmax (a loss plugin).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Plugin option PLUGIN.KEY=VALUE (repeatable).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batches and attacks.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
@@ -87,7 +88,7 @@ def train(
         "val_fraction": val_fraction, "model": model, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
         "alpha": _number(alpha, "alpha"), "steps": steps, "eval_steps": eval_steps, "n_eval": n_eval,
-        "seed": seed, "device": device,
+        "seed": seed, "device": device, "loss": loss,
     }
     values.update({k: v for k, v in cli_values.items() if v is not None})
     if plugins is not None:
@@ -107,6 +108,7 @@ def train(
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `robx train`.")],
+    attack_name: Annotated[str, typer.Option("--attack", help="pgd20 (default), pgd, cw or autoattack.")] = "pgd20",
     eps: Annotated[Optional[str], typer.Option(help="Budget (default: the run's).")] = None,
     alpha: Annotated[Optional[str], typer.Option(help="Step size (default: the run's evaluation step).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="PGD steps (default 20).")] = None,
@@ -121,6 +123,10 @@ def eval_(
 
     run = load_run(run_dir, device)
     attack = default_eval_attack(run.config)
+    attack.name = "pgd" if attack_name == "pgd20" else attack_name
+    attack.__post_init__()  # validates the name
+    if norm is not None and norm != run.config.norm and eps is None:
+        raise OptionError(f"the run was trained for {run.config.norm}; give --eps (and --alpha) for --norm {norm}")
     if eps is not None:
         attack.eps = _number(eps, "eps")  # type: ignore[assignment]
     if alpha is not None:
@@ -137,10 +143,45 @@ def eval_(
         raise OptionError("--n-eval must be >= 1")
     with RichProgress(console) as progress:
         report = evaluate_run(run, run.state.model, progress, attack, n_eval)
-    name = f"eval-{attack.name}{attack.steps}-{attack.norm}-eps{attack.eps:.4g}-n{report['n_test']}.json"
+    name = f"eval-{attack.tag}-n{report['n_test']}.json"
     write_json(Path(run_dir) / name, report)
     console.print(report_table(report, f"{run_dir}: test accuracy ({attack.describe()})"))
     console.print(f"written: {Path(run_dir) / name}")
+
+
+@app.command("report")
+def report_(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories, result JSONs, or folders of them.")],
+    plot: Annotated[Path, typer.Option(help="Where to write the per-class comparison plot (PNG).")] = Path("robx-report.png"),
+    kind: Annotated[str, typer.Option(help="Plot robust or standard per-class accuracy.")] = "robust",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated rows as JSON.")] = False,
+) -> None:
+    """Paper-style table over runs: one row per method, mean +- std over seeds."""
+    from robx.core.report import SUMMARY_KEYS, aggregate, load_reports, plot_comparison
+
+    if kind not in ("robust", "standard"):
+        raise OptionError(f"--kind must be robust or standard, got {kind!r}")
+    rows = aggregate(load_reports(paths))
+    plot_comparison(rows, plot, kind)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="accuracy (%) mean ± std over seeds; majority/minority by training counts",
+                  title_justify="left")
+    table.add_column("method", no_wrap=True)
+    table.add_column("n", justify="right")
+    for kind_name in ("standard", "robust"):
+        for key in SUMMARY_KEYS:
+            table.add_column(f"{kind_name[:3]}. {key[:5]}", justify="right")
+    for row in rows:
+        cells = [row["method"], str(row["runs"])]
+        for kind_name in ("standard", "robust"):
+            for key in SUMMARY_KEYS:
+                mean, std = row[f"{kind_name}.{key}"]
+                cells.append(f"{100 * mean:.1f}±{100 * std:.1f}")
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"plot: {plot}")
 
 
 @app.command("plugins")
@@ -157,11 +198,17 @@ def plugins_(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="robx plugins", title_justify="left")
-    for column in ("name", "origin", "hooks", "options", "summary"):
-        table.add_column(column)
+    wide = console.width >= 140
+    table = Table(title="robx plugins (robx plugins --json for details)", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("origin")
+    table.add_column("hooks", overflow="fold")
+    table.add_column("options", overflow="fold")
+    if wide:
+        table.add_column("summary")
     for row in rows:
-        table.add_row(row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"]), row["summary"])
+        cells = [row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"])]
+        table.add_row(*cells, *([row["summary"]] if wide else []))
     console.print(table)
 
 

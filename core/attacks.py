@@ -32,6 +32,13 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner margin max_{k != y} z_k - z_y (the "CW-Linf" attack ascends it)."""
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return others.amax(dim=1) - true_logit
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     was_training = model.training
@@ -73,18 +80,24 @@ def pgd(
     targeted: bool = False,
     mask: torch.Tensor | None = None,
     loss_fn: AttackLoss = cross_entropy,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projected gradient descent; returns the final iterate ``x'`` (detached).
 
     eps, alpha: a float or a per-sample tensor of shape (batch,).
     targeted: ``y`` holds target labels and the attack *descends* ``loss_fn``.
     mask: bool tensor broadcastable to ``x``; coordinates where it is False never move.
+    x_init: a custom starting point (TRADES starts from x + 0.001 N(0, 1)); overrides
+    ``random_init``. The first step projects it into the ball.
     """
     x = x.detach()
     eps_t = per_sample(eps, x.shape[0], x)
     if mask is not None:
         mask = mask.to(torch.bool).expand_as(x)
-    x_adv = random_start(x, eps_t, norm, mask) if random_init else x.clone()
+    if x_init is not None:
+        x_adv = x_init.detach().clone()
+    else:
+        x_adv = random_start(x, eps_t, norm, mask) if random_init else x.clone()
     sign = -1.0 if targeted else 1.0
     with eval_mode(model):
         for _ in range(steps):

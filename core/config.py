@@ -80,6 +80,7 @@ class TrainConfig:
     eval_alpha: float | None = None
     n_eval: int | None = None
     plugins: list[str] = field(default_factory=lambda: ["pgd"])
+    loss: str = "ce"
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
     data_seed: int = 0

@@ -13,6 +13,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -122,7 +123,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     config = config.resolved()
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    host = PluginHost(config.plugins, config.plugin_options)
+    host = PluginHost(config.plugins, config.plugin_options, config.loss)
     assert config.imbalance is not None and config.ratio is not None and config.model is not None
     data = prepare_data(config.dataset, config.imbalance, config.ratio, config.n_max,
                         config.n_test_per_class, config.val_fraction, config.data_seed, config.data_root)
@@ -143,6 +144,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         class_eps=torch.full((data.num_classes,), float(config.eps), device=device),
         class_alpha=torch.full((data.num_classes,), float(config.alpha), device=device),
         plugin_options=host.options,
+        data=data,
     )
     generator = torch.Generator().manual_seed(config.seed)
     state.generator = generator
@@ -180,15 +182,18 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAc
     if run.schedule_per_batch:
         run.scheduler.step()
     state.global_step += 1
+    host.after_step(step, state)
 
     with torch.no_grad():
         robust_logits = None
         if step.x_adv is not step.x:  # natural training has no adversarial predictions
-            if step.augmented:
+            if step.adv_outputs is not None:
+                robust_logits = step.adv_outputs
+            elif step.inputs is step.x_adv:
+                robust_logits = step.outputs.detach()
+            else:
                 with eval_mode(model):
                     robust_logits = logits_of(model, step.x_adv)
-            else:
-                robust_logits = step.outputs.detach()
         with eval_mode(model):
             clean_logits = logits_of(model, x)
         tracker.update(y, clean_logits, robust_logits)
@@ -212,6 +217,20 @@ def split_stats(run: Run, x: torch.Tensor, y: torch.Tensor) -> SplitStats:
     return tracker.result()
 
 
+def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
+    """A shuffled pass over the training set, or, when a plugin gives sampling weights,
+    as many examples drawn with replacement by those weights."""
+    labels = run.data.y_train
+    assert run.config.batch_size is not None
+    weights = run.host.sampling_weights(run.state, labels)
+    if weights is None:
+        return batch_indices(len(labels), run.config.batch_size, run.generator)
+    if weights.shape != labels.shape or not torch.isfinite(weights).all() or (weights < 0).any():
+        raise RobxError("sampling_weights must be finite, non-negative, one per training example")
+    drawn = torch.multinomial(weights.double().cpu(), len(labels), replacement=True, generator=run.generator)
+    return iter(drawn.split(run.config.batch_size))
+
+
 def train_epoch(run: Run, progress: Progress) -> EpochStats:
     config, state, data = run.config, run.state, run.data
     started = time.perf_counter()
@@ -221,7 +240,7 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
     y_train = data.y_train.to(state.device)
     assert config.batch_size is not None
     progress.start_epoch(state.epoch, -(-len(y_train) // config.batch_size))
-    for idx in batch_indices(len(y_train), config.batch_size, run.generator):
+    for idx in epoch_batches(run):
         idx = idx.to(state.device)
         x = to_unit_float(x_train[idx])
         if config.augment:
@@ -369,7 +388,8 @@ def train(
 
 def default_eval_attack(config: TrainConfig) -> AttackSettings:
     assert config.eps is not None and config.eval_alpha is not None and config.eval_steps is not None
-    return AttackSettings(eps=config.eps, alpha=config.eval_alpha, steps=config.eval_steps, norm=config.norm)
+    return AttackSettings(eps=config.eps, alpha=config.eval_alpha, steps=config.eval_steps, norm=config.norm,
+                          seed=config.seed)
 
 
 def evaluate_run(

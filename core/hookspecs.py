@@ -66,9 +66,11 @@ def augment(step: Step, state: TrainState) -> None:
 
     Called after :func:`generate_adversary`, in the order the user listed the plugins.
     ``step.inputs`` starts as ``x'``; ``step.targets`` starts as the hard labels ``y``.
-    A plugin may add rows (both tensors grow together) or replace ``targets`` by soft
-    labels of shape (rows, classes). Set ``step.augmented = True`` when rows no longer
-    correspond one-to-one to ``step.x``. Returns nothing.
+    A plugin may add rows (both tensors grow together), replace ``targets`` by soft
+    labels of shape (rows, classes), or train on other inputs (TRADES trains its main
+    term on the clean batch). When ``inputs`` is no longer ``x'`` the engine gets the
+    adversarial predictions for the class statistics from ``step.adv_outputs`` if a
+    plugin set it, else from one extra no-grad forward pass. Returns nothing.
     """
 
 
@@ -118,6 +120,26 @@ def epoch_end(state: TrainState) -> None:
 def train_end(state: TrainState) -> None:
     """Called once after the last epoch, before the final evaluation. A plugin may
     replace the evaluated weights here (weight averaging)."""
+
+
+@hookspec
+def after_step(step: Step, state: TrainState) -> None:
+    """Called after every optimiser step (per-step weight averaging such as EMA)."""
+
+
+# ---------------------------------------------------------------------------
+# replacing parts of the recipe (at most one selected plugin implements each)
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sampling_weights(state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:
+    """Per-example sampling weights over the training set, shape ``(len(labels),)``, or None.
+
+    Called at the start of every epoch with the training labels. When a plugin answers,
+    the epoch's batches are drawn with replacement with these (unnormalised)
+    probabilities instead of a shuffled pass (class-balanced resampling).
+    """
 
 
 @hookspec(firstresult=True)

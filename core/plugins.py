@@ -31,8 +31,28 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.natural:Natural",
     "robx.plugins.pgd:PGD",
+    "robx.plugins.trades:TRADES",
+    "robx.plugins.mart:MART",
+    "robx.plugins.focal:Focal",
+    "robx.plugins.ldam:LDAM",
+    "robx.plugins.balanced_softmax:BalancedSoftmax",
+    "robx.plugins.cb:ClassBalanced",
+    "robx.plugins.drw:DeferredReweighting",
+    "robx.plugins.resample:Resample",
+    "robx.plugins.mixup:Mixup",
+    "robx.plugins.remix:Remix",
+    "robx.plugins.swa:SWA",
+    "robx.plugins.ema:EMA",
 )
 FALLBACK_ADVERSARY = "pgd"
+DEFAULT_LOSS = "ce"
+#: Hooks that replace one part of the recipe: two selected plugins implementing the same
+#: one is a conflict, not a silent first-wins.
+EXCLUSIVE_HOOKS: dict[str, str] = {
+    "generate_adversary": "generate adversarial examples",
+    "training_loss": "define the training loss",
+    "sampling_weights": "choose how batches are sampled",
+}
 BUILTIN_ORIGIN = "built-in"
 
 
@@ -223,21 +243,27 @@ def options_as_dict(options: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def resolve_plugin_names(selected: Sequence[str]) -> list[str]:
-    """Check the selection and append the fallback adversary where none is selected."""
+def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> list[str]:
+    """Check the selection, add the ``--loss`` plugin, and append the fallback adversary
+    where no selected plugin generates adversarial examples."""
     names = [name.strip() for name in selected if name.strip()]
+    if loss != DEFAULT_LOSS:
+        spec = get_plugin_spec(loss)
+        if "training_loss" not in spec.hooks:
+            losses = [s.name for s in available_plugins().values() if "training_loss" in s.hooks]
+            raise OptionError(f"--loss {loss}: not a loss; available: ce, {', '.join(losses)}")
+        names.append(loss)
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise OptionError(f"plugin listed twice: {', '.join(sorted(duplicates))}")
     specs = [get_plugin_spec(name) for name in names]
-    generators = [s.name for s in specs if "generate_adversary" in s.hooks]
-    if len(generators) > 1:
-        raise PluginConflictError(
-            "plugins "
-            + " and ".join(f"'{g}'" for g in generators)
-            + " both generate adversarial examples; select one of them"
-        )
-    if not generators:
+    for hook, what in EXCLUSIVE_HOOKS.items():
+        claimants = [s.name for s in specs if hook in s.hooks]
+        if len(claimants) > 1:
+            raise PluginConflictError(
+                "plugins " + " and ".join(f"'{c}'" for c in claimants) + f" both {what}; select one of them"
+            )
+    if not any("generate_adversary" in s.hooks for s in specs):
         names.append(FALLBACK_ADVERSARY)
     return names
 
@@ -245,8 +271,13 @@ def resolve_plugin_names(selected: Sequence[str]) -> list[str]:
 class PluginHost:
     """The run's plugin manager behind typed methods (tox 4's facade pattern)."""
 
-    def __init__(self, selected: Sequence[str], raw_options: Mapping[str, Mapping[str, Any]]):
-        self.names = resolve_plugin_names(selected)
+    def __init__(
+        self,
+        selected: Sequence[str],
+        raw_options: Mapping[str, Mapping[str, Any]],
+        loss: str = DEFAULT_LOSS,
+    ):
+        self.names = resolve_plugin_names(selected, loss)
         for plugin_name in raw_options:
             if plugin_name not in self.names:
                 get_plugin_spec(plugin_name)  # unknown name -> the same clear error
@@ -306,6 +337,12 @@ class PluginHost:
             else:
                 terms[impl.plugin_name] = result
         return terms
+
+    def sampling_weights(self, state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:
+        return self.hook.sampling_weights(state=state, labels=labels)
+
+    def after_step(self, step: Step, state: TrainState) -> None:
+        self.hook.after_step(step=step, state=state)
 
     def train_start(self, state: TrainState) -> None:
         self.hook.train_start(state=state)

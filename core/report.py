@@ -71,3 +71,96 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# comparing runs: `robx report`
+# ---------------------------------------------------------------------------
+
+SUMMARY_KEYS = ("overall", "majority", "minority", "worst")
+
+
+def load_reports(paths: list[Path]) -> list[dict[str, Any]]:
+    """Reports from run directories, result JSONs (``{"method", "seed", "report"}``) or
+    folders of either. Each gets a ``method`` label (default: its plugins joined by +)."""
+    from robx.core.errors import RobxError
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir() and (path / "report.json").exists():
+            files.append(path / "report.json")
+        elif path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*.json") if p.name != "config.json"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RobxError(f"no run directory or result file at {path}")
+    reports = []
+    for file in files:
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise RobxError(f"cannot read {file}: {error}") from error
+        report = data.get("report", data)
+        if "per_class" not in report or "summary" not in report:
+            continue  # not a report (e.g. a benchmark of something else)
+        report = dict(report)
+        report["method"] = data.get("method") or report.get("method") or "+".join(report.get("plugins", ["?"]))
+        report["source"] = str(file)
+        reports.append(report)
+    if not reports:
+        raise RobxError(f"no robx reports found in {', '.join(map(str, paths))}")
+    return reports
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def aggregate(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method: mean and sample std over its runs (seeds) of every summary,
+    and the mean per-class accuracies."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        groups.setdefault(report["method"], []).append(report)
+    rows = []
+    for method, members in groups.items():
+        row: dict[str, Any] = {"method": method, "runs": len(members),
+                               "seeds": sorted(m.get("seed", -1) for m in members)}
+        for kind in ("standard", "robust"):
+            for key in SUMMARY_KEYS + ("disparity",):
+                row[f"{kind}.{key}"] = _mean_std([m["summary"][kind][key] for m in members])
+            per_class = [m["per_class"][kind] for m in members]
+            row[f"per_class.{kind}"] = [sum(c) / len(c) for c in zip(*per_class)]
+        row["class_names"] = members[0]["class_names"]
+        row["majority_classes"] = members[0]["majority_classes"]
+        rows.append(row)
+    return rows
+
+
+def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust") -> None:
+    """Per-class accuracy (mean over seeds) of every method, grouped by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = rows[0]["class_names"]
+    majority = set(rows[0]["majority_classes"])
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(names)), 4))
+    for i, row in enumerate(rows):
+        offsets = [c - 0.4 + width * (i + 0.5) for c in range(len(names))]
+        ax.bar(offsets, row[f"per_class.{kind}"], width, label=f"{row['method']} (n={row['runs']})")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{n}{'' if c in majority else '*'}" for c, n in enumerate(names)], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"{kind} accuracy (mean over seeds)")
+    ax.set_title(f"per-class {kind} accuracy; * = minority class", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

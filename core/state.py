@@ -72,6 +72,9 @@ class Step:
     ``x``/``y`` are the clean inputs and hard labels and are never changed.
     ``inputs``/``targets`` are what the model is trained on: ``x'`` after the adversary
     and whatever ``augment`` made of it (rows may grow, targets may become soft).
+    ``outputs``/``features`` come from the trained forward pass on ``inputs``;
+    ``adv_outputs`` are logits of ``x_adv`` that a plugin computed anyway (for the
+    class statistics when ``inputs`` is not ``x_adv``).
     """
 
     x: torch.Tensor
@@ -80,8 +83,8 @@ class Step:
     x_adv: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
-    augmented: bool = False
     outputs: torch.Tensor | None = None
+    adv_outputs: torch.Tensor | None = None
     features: torch.Tensor | None = None
     per_sample_loss: torch.Tensor | None = None
 
@@ -93,7 +96,8 @@ class TrainState:
     ``class_eps``/``class_alpha`` are per-class attack budgets (length ``num_classes``),
     initialised from the config; the adversary uses ``class_eps[y]`` per sample, so a
     plugin that sets class-wise margins only writes these tensors.
-    ``plugin_options[name]`` is the validated options object of each selected plugin.
+    ``plugin_options[name]`` is the validated options object of each selected plugin;
+    ``data`` the run's :class:`robx.core.data.ImageData` (training images and labels).
     ``eval_model``: a plugin may set it (at ``train_end``) to a model of the same
     architecture to be evaluated and checkpointed instead of the trained one (weight
     averaging).
@@ -114,6 +118,7 @@ class TrainState:
     epoch_stats: EpochStats | None = None
     history: list[EpochStats] = field(default_factory=list)
     plugin_options: dict[str, Any] = field(default_factory=dict)
+    data: Any = None
     eval_model: torch.nn.Module | None = None
     generator: torch.Generator | None = None
 

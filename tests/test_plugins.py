@@ -100,7 +100,6 @@ class Recorder:
         soft = torch.nn.functional.one_hot(step.targets, 10).float()
         step.inputs = torch.cat([step.inputs, step.inputs])
         step.targets = torch.cat([soft, soft])
-        step.augmented = True
 
     @hookimpl
     def weight_samples(self, step):

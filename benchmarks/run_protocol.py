@@ -1,0 +1,84 @@
+"""Run a shipped protocol: every method x seed, one result JSON each.
+
+    python benchmarks/run_protocol.py cifar10-lt-cpu --seeds 0 1
+    python benchmarks/run_protocol.py cifar10-lt-cpu --methods pgd-at trades --set imbalance=exp --set ratio=100
+
+Results: benchmarks/results/<protocol>[-<variant>]/<method>-seed<k>.json, each with the
+command, commit, machine, wall time, the run's report and per-epoch metrics. Existing
+results are skipped (so an interrupted sweep continues) unless --force. Runs go seed by
+seed so that a partial sweep already holds comparable methods. `robx report` on the
+results folder prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.meta import RESULTS, write_result  # noqa: E402
+from robx.core.config import TrainConfig, load_toml, tomllib  # noqa: E402
+from robx.core.engine import train  # noqa: E402
+from robx.core.plugins import parse_number  # noqa: E402
+
+PROTOCOLS = Path(__file__).resolve().parent / "protocols"
+
+
+def parse_value(text: str):
+    for cast in (int, parse_number):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("protocol")
+    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="train key=value")
+    parser.add_argument("--variant", default=None, help="results folder suffix (default: from --set)")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+
+    protocol = tomllib.loads((PROTOCOLS / f"{args.protocol}.toml").read_text())
+    base = dict(protocol["train"])
+    for override in args.overrides:
+        key, _, value = override.partition("=")
+        base[key] = parse_value(value)
+    variant = args.variant or "-".join(o.replace("=", "") for o in args.overrides)
+    out_dir = RESULTS / (args.protocol + (f"-{variant}" if variant else ""))
+    methods = args.methods or list(protocol["methods"])
+    for seed in args.seeds:
+        for method in methods:
+            result_path = out_dir / f"{method}-seed{seed}.json"
+            if result_path.exists() and not args.force:
+                print(f"skip {result_path} (exists)")
+                continue
+            values = {**base, **protocol["methods"][method], "seed": seed}
+            config = TrainConfig.from_dict(values)
+            with tempfile.TemporaryDirectory() as tmp:
+                started = time.perf_counter()
+                report = train(config, Path(tmp) / "run")
+                seconds = time.perf_counter() - started
+                metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+            write_result(result_path, {
+                "protocol": args.protocol, "variant": variant, "method": method, "seed": seed,
+                "wall_seconds": round(seconds, 1), "config": config.resolved().to_dict(),
+                "epoch_seconds": [m["seconds"] for m in metrics], "final_train_loss": metrics[-1]["loss"],
+                "report": report,
+            })
+            robust = report["summary"]["robust"]
+            standard = report["summary"]["standard"]
+            print(f"{method} seed {seed}: {seconds:.0f}s  std maj/min {standard['majority']:.3f}/{standard['minority']:.3f}"
+                  f"  rob maj/min {robust['majority']:.3f}/{robust['minority']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""MART (Wang et al., ICLR 2020): misclassification-aware adversarial training.
+
+L = BCE(f(x'), y) + beta * mean_i KL(f(x_i) || f(x'_i)) * (1 - p_y(x_i)), beta = 6, where
+the boosted cross-entropy BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')).
+The adversary is the default PGD (cross-entropy). MART defines the training loss, so it
+cannot be combined with ``--loss``; it needs hard labels (no mixing plugins before it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from robx.core.errors import RobxError
+from robx.core.hookspecs import hookimpl
+from robx.core.state import Step, TrainState
+from robx.plugins.trades import kl_per_sample
+
+
+def boosted_cross_entropy(adv_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    probs = F.softmax(adv_logits, dim=1)
+    others = probs.scatter(1, labels[:, None], 0.0)
+    return F.cross_entropy(adv_logits, labels, reduction="none") - torch.log(1.0001 - others.amax(dim=1))
+
+
+class MART:
+    """MART: boosted CE on x' + beta * KL weighted by 1 - p_y(x) (Wang et al. 2020)."""
+
+    name = "mart"
+
+    @dataclass
+    class Options:
+        beta: float = 6.0
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @hookimpl
+    def training_loss(self, step: Step, state: TrainState) -> torch.Tensor:
+        assert step.outputs is not None and step.targets is not None
+        if step.targets.is_floating_point():
+            raise RobxError("mart needs hard labels; it cannot follow a mixing plugin")
+        return boosted_cross_entropy(step.outputs, step.targets)
+
+    @hookimpl
+    def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor:
+        assert step.outputs is not None
+        _, clean_logits = state.model(step.x)
+        n = len(step.x)
+        true_prob = F.softmax(clean_logits, dim=1).gather(1, step.y[:, None]).squeeze(1)
+        kl = kl_per_sample(clean_logits, step.outputs[:n])
+        return self.options.beta * (kl * (1.0000001 - true_prob)).mean()

@@ -1,0 +1,32 @@
+"""Class-balanced resampling: batches drawn with replacement, each training example with
+probability proportional to 1 / effective number of its class (Cui et al. 2019;
+METHODS.md section 1). With beta -> 1 this is 1 / n_c, i.e. class-uniform sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robx.core.hookspecs import hookimpl
+from robx.core.state import TrainState
+from robx.plugins.cb import class_balanced_weights
+
+
+class Resample:
+    """Class-balanced sampler: example probability ~ 1 / effective number of its class."""
+
+    name = "resample"
+
+    @dataclass
+    class Options:
+        beta: float = 0.9999
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @hookimpl
+    def sampling_weights(self, state: TrainState, labels: torch.Tensor) -> torch.Tensor:
+        per_class = class_balanced_weights(state.class_counts.cpu(), self.options.beta)
+        return per_class[labels.cpu()]

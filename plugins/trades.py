@@ -1,0 +1,70 @@
+"""TRADES (Zhang et al., ICML 2019): L = CE(f(x), y) + beta * KL(f(x) || f(x')).
+
+* Adversary (``generate_adversary``): maximise KL(f(x) || f(x')) over the eps-ball from
+  x + 0.001 * N(0, 1), with the run's steps / per-class eps and alpha (TRADES' own
+  defaults are 10 steps, eps 0.031, step 0.007), model in eval mode.
+* ``augment``: the trained forward pass is on the *clean* batch, so the per-sample loss
+  (and every plugin's weights, e.g. DAFA's W_y) applies to the natural term, and
+  ``--loss`` replaces the natural CE (e.g. LDAM).
+* ``extra_loss``: beta * mean_i KL(f(x_i) || f(x'_i)), unweighted (beta = 6). It also
+  hands the adversarial logits to the class statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from robx.core.attacks import eval_mode, logits_of, pgd
+from robx.core.hookspecs import hookimpl
+from robx.core.state import Step, TrainState
+
+
+def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(clean) || softmax(adv)) per row."""
+    clean_log_probs = F.log_softmax(clean_logits, dim=1)
+    return (clean_log_probs.exp() * (clean_log_probs - F.log_softmax(adv_logits, dim=1))).sum(dim=1)
+
+
+class TRADES:
+    """TRADES: natural loss + beta * KL(f(x) || f(x')) with a KL attack (Zhang et al. 2019)."""
+
+    name = "trades"
+
+    @dataclass
+    class Options:
+        beta: float = 6.0
+        init_std: float = 0.001
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @hookimpl
+    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
+        model, config = state.model, state.config
+        assert config.steps is not None
+        with torch.no_grad(), eval_mode(model):
+            clean_logits = logits_of(model, step.x)
+        start = (step.x + self.options.init_std * torch.randn_like(step.x)).clamp(0.0, 1.0)
+        if step.victim_mask is not None:
+            start = torch.where(step.victim_mask, start, step.x)
+        return pgd(
+            model, step.x, step.y,
+            eps=state.class_eps[step.y], alpha=state.class_alpha[step.y], steps=config.steps, norm=config.norm,
+            x_init=start, mask=step.victim_mask,
+            loss_fn=lambda adv_logits, _: kl_per_sample(clean_logits, adv_logits),
+        )
+
+    @hookimpl
+    def augment(self, step: Step) -> None:
+        step.inputs = step.x  # the natural term is the main loss
+
+    @hookimpl
+    def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor:
+        assert step.outputs is not None and step.x_adv is not None
+        _, adv_logits = state.model(step.x_adv)
+        step.adv_outputs = adv_logits.detach()
+        clean_logits = step.outputs[: len(step.x)]
+        return self.options.beta * kl_per_sample(clean_logits, adv_logits).mean()
