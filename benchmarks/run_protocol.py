@@ -4,7 +4,8 @@
     python benchmarks/run_protocol.py cifar10-lt-cpu --methods pgd-at trades --set imbalance=exp --set ratio=100
 
 Results: benchmarks/results/<protocol>[-<variant>]/<method>-seed<k>.json, each with the
-command, commit, machine, wall time, the run's report and per-epoch metrics. Existing
+command, commit, machine, wall time, the run's report and per-epoch metrics; the run
+directories (with checkpoints, for `robx eval`) stay under runs/<protocol>/. Existing
 results are skipped (so an interrupted sweep continues) unless --force. Runs go seed by
 seed so that a partial sweep already holds comparable methods. `robx report` on the
 results folder prints the table.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from robx.core.engine import train  # noqa: E402
 from robx.core.plugins import parse_number  # noqa: E402
 
 PROTOCOLS = Path(__file__).resolve().parent / "protocols"
+RUNS = Path(__file__).resolve().parent.parent / "runs"  # run directories (checkpoints; not committed)
 
 
 def parse_value(text: str):
@@ -63,14 +64,14 @@ def main() -> None:
                 continue
             values = {**base, **protocol["methods"][method], "seed": seed}
             config = TrainConfig.from_dict(values)
-            with tempfile.TemporaryDirectory() as tmp:
-                started = time.perf_counter()
-                report = train(config, Path(tmp) / "run")
-                seconds = time.perf_counter() - started
-                metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+            run_dir = RUNS / out_dir.name / f"{method}-seed{seed}"
+            started = time.perf_counter()
+            report = train(config, run_dir, force=True)
+            seconds = time.perf_counter() - started
+            metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             write_result(result_path, {
                 "protocol": args.protocol, "variant": variant, "method": method, "seed": seed,
-                "wall_seconds": round(seconds, 1), "config": config.resolved().to_dict(),
+                "wall_seconds": round(seconds, 1), "config": config.resolved().to_dict(), "run_dir": str(run_dir),
                 "epoch_seconds": [m["seconds"] for m in metrics], "final_train_loss": metrics[-1]["loss"],
                 "report": report,
             })
