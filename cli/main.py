@@ -166,21 +166,18 @@ def report_(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="accuracy (%) mean ± std over seeds; majority/minority by training counts",
-                  title_justify="left")
-    table.add_column("method", no_wrap=True)
-    table.add_column("n", justify="right")
     for kind_name in ("standard", "robust"):
+        table = Table(title=f"{kind_name} accuracy (%), mean ± std over seeds (majority/minority by training counts)",
+                      title_justify="left")
+        table.add_column("method", no_wrap=True)
+        table.add_column("runs", justify="right")
         for key in SUMMARY_KEYS:
-            table.add_column(f"{kind_name[:3]}. {key[:5]}", justify="right")
-    for row in rows:
-        cells = [row["method"], str(row["runs"])]
-        for kind_name in ("standard", "robust"):
-            for key in SUMMARY_KEYS:
-                mean, std = row[f"{kind_name}.{key}"]
-                cells.append(f"{100 * mean:.1f}±{100 * std:.1f}")
-        table.add_row(*cells)
-    console.print(table)
+            table.add_column(key, justify="right")
+        for row in rows:
+            cells = [f"{100 * row[f'{kind_name}.{key}'][0]:.1f} ± {100 * row[f'{kind_name}.{key}'][1]:.1f}"
+                     for key in SUMMARY_KEYS]
+            table.add_row(row["method"], str(row["runs"]), *cells)
+        console.print(table)
     console.print(f"plot: {plot}")
 
 

@@ -86,7 +86,8 @@ def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
     adversary = AutoAttack(LogitsOnly(model).eval(), norm="Linf" if attack.norm == "linf" else "L2",
                            eps=attack.eps, version="standard", seed=attack.seed, device=device)
     adversary.verbose = False
-    return adversary.run_standard_evaluation(x, y, batch_size=len(y))
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))  # (examples, their predictions)
+    return x_adv
 
 
 def evaluate(

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
-from robx.plugins.swa import finish_average
+from robx.plugins.swa import WeightAverage, finish_average
 
-AVERAGE = StashKey[AveragedModel]("ema.average")
+AVERAGE = StashKey[WeightAverage]("ema.average")
 
 
 class EMA:
@@ -36,8 +34,9 @@ class EMA:
         if state.epoch < int(round(self.options.start * state.num_epochs)):
             return
         if AVERAGE not in state.stash:
-            state.stash[AVERAGE] = AveragedModel(state.model, multi_avg_fn=get_ema_multi_avg_fn(self.options.decay))
-        state.stash[AVERAGE].update_parameters(state.model)
+            state.stash[AVERAGE] = WeightAverage.of(state.model)
+        else:
+            state.stash[AVERAGE].add(state.model, decay=self.options.decay)
 
     @hookimpl
     def train_end(self, state: TrainState) -> None:

@@ -2,36 +2,67 @@
 
 theta_swa <- (theta_swa * n + theta) / (n + 1) at the end of every epoch from the start
 epoch (``start`` x epochs, default 0.75); after training, BatchNorm statistics are
-recomputed for the averaged weights on the clean training data and the averaged model
-is the one evaluated (``state.eval_model``). Uses ``torch.optim.swa_utils``.
+recomputed for the averaged weights on the clean training data
+(``torch.optim.swa_utils.update_bn``) and the averaged model is the one evaluated
+(``state.eval_model``). The running average lives in the stash as plain tensors, so it
+is checkpointed and resumes exactly.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import update_bn
 
 from robx.core.data import to_unit_float
+from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, TrainState
 
-AVERAGE = StashKey[AveragedModel]("swa.average")
+
+@dataclass
+class WeightAverage:
+    """A running average of a model's parameters (buffers are recomputed at the end)."""
+
+    parameters: dict[str, torch.Tensor]
+    count: int = 1
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> WeightAverage:
+        return cls({name: p.detach().clone() for name, p in model.named_parameters()})
+
+    @torch.no_grad()
+    def add(self, model: torch.nn.Module, decay: float | None = None) -> None:
+        """Equal-weight average (SWA) or, with ``decay``, an exponential moving average."""
+        weight = (1.0 - decay) if decay is not None else 1.0 / (self.count + 1)
+        for name, p in model.named_parameters():
+            self.parameters[name].lerp_(p.detach(), weight)
+        self.count += 1
 
 
-def clean_batches(state: TrainState, batch_size: int = 256):
+AVERAGE = StashKey[WeightAverage]("swa.average")
+
+
+def clean_batches(state: TrainState, batch_size: int = 256) -> Iterator[torch.Tensor]:
     """The clean training images in fixed order, for BatchNorm recomputation."""
     x = state.data.x_train
     for start in range(0, len(x), batch_size):
         yield to_unit_float(x[start : start + batch_size]).to(state.device)
 
 
-def finish_average(state: TrainState, averaged: AveragedModel) -> None:
-    """Recompute BN statistics for the averaged weights and hand them to evaluation."""
-    update_bn(clean_batches(state), averaged, device=state.device)
-    model = copy.deepcopy(averaged.module)
+def finish_average(state: TrainState, average: WeightAverage) -> None:
+    """Load the averaged weights into a copy of the model, recompute its BN statistics,
+    and hand it to evaluation."""
+    if state.eval_model is not None:
+        raise RobxError("two selected plugins replace the evaluated model (swa and ema); select one")
+    model = copy.deepcopy(state.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(average.parameters[name])
+    update_bn(clean_batches(state), model, device=state.device)
     model.eval()
     state.eval_model = model
 
@@ -56,8 +87,9 @@ class SWA:
         if state.epoch < self.start_epoch(state):
             return
         if AVERAGE not in state.stash:
-            state.stash[AVERAGE] = AveragedModel(state.model)
-        state.stash[AVERAGE].update_parameters(state.model)
+            state.stash[AVERAGE] = WeightAverage.of(state.model)
+        else:
+            state.stash[AVERAGE].add(state.model)
 
     @hookimpl
     def train_end(self, state: TrainState) -> None:

@@ -96,3 +96,31 @@ def test_plugins_command_lists_builtins():
     result = robx("plugins")
     assert result.returncode == 0
     assert "natural" in result.stdout and "pgd" in result.stdout and "generate_adversary" in result.stdout
+
+
+def test_loss_option_and_baseline_combination(tmp_path):
+    result = robx("train", *QUICK, "--loss", "ldam", "--plugins", "drw,trades", "--out", "r", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["plugins"] == ["drw", "trades", "ldam"]
+    bad = robx("train", "--loss", "nosuch", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown plugin 'nosuch'" in bad.stderr
+    meaningless = robx("train", "--plugins", "mart", "--loss", "focal", cwd=tmp_path)
+    assert meaningless.returncode == 2 and "both define the training loss" in meaningless.stderr
+
+
+def test_eval_attacks_and_report(trained_run, tmp_path):
+    cw = robx("eval", str(trained_run), "--attack", "cw", "--n-eval", "100")
+    assert cw.returncode == 0, cw.stderr
+    (written,) = trained_run.glob("eval-cw20-linf-*.json")
+    assert json.loads(written.read_text())["attack"]["name"] == "cw"
+    l2 = robx("eval", str(trained_run), "--norm", "l2")
+    assert l2.returncode == 2 and "give --eps" in l2.stderr
+    unknown = robx("eval", str(trained_run), "--attack", "fgsm2")
+    assert unknown.returncode == 2 and "unknown attack 'fgsm2'" in unknown.stderr
+    report = robx("report", str(trained_run), "--plot", str(tmp_path / "cmp.png"))
+    assert report.returncode == 0, report.stderr
+    assert "robust accuracy" in report.stdout and "pgd" in report.stdout
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
+    missing = robx("report", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no run directory or result file" in missing.stderr

@@ -1,0 +1,230 @@
+"""Imbalance baselines: losses, weights, sampling, mixing, averaging, TRADES/MART, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robx.core import engine
+from robx.core.attacks import margin_loss
+from robx.core.errors import OptionError, PluginConflictError, RobxError
+from robx.core.evaluate import AttackSettings, evaluate
+from robx.core.plugins import PluginHost
+from robx.core.report import aggregate, load_reports
+from robx.core.state import Stash, Step
+from robx.plugins.balanced_softmax import balanced_softmax_loss
+from robx.plugins.cb import class_balanced_weights
+from robx.plugins.drw import DeferredReweighting
+from robx.plugins.ema import EMA
+from robx.plugins.focal import focal_loss
+from robx.plugins.ldam import ldam_loss, ldam_margins
+from robx.plugins.mart import boosted_cross_entropy
+from robx.plugins.mixup import mix_targets
+from robx.plugins.remix import remix_label_factor
+from robx.plugins.swa import AVERAGE, SWA
+from robx.plugins.trades import kl_per_sample
+
+from conftest import tiny_config
+
+LOGITS = torch.tensor([[2.0, 0.0, -1.0]])
+LABEL = torch.tensor([0])
+
+
+def softmax_list(z):
+    e = [math.exp(v) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_focal_loss_by_hand():
+    p = softmax_list([2.0, 0.0, -1.0])[0]
+    expected = (1 - p) ** 2 * -math.log(p)
+    assert focal_loss(LOGITS, LABEL, gamma=2.0).item() == pytest.approx(expected, rel=1e-5)
+    assert focal_loss(LOGITS, LABEL, gamma=0.0).item() == pytest.approx(-math.log(p), rel=1e-5)
+
+
+def test_ldam_margins_and_loss_by_hand():
+    margins = ldam_margins(torch.tensor([1000, 100, 10]), max_margin=0.5)
+    assert margins[2].item() == pytest.approx(0.5)
+    assert margins[0].item() == pytest.approx(0.5 * (10 / 1000) ** 0.25, rel=1e-5)
+    m = margins.tolist()
+    scale = 30.0
+    z = [scale * (2.0 - m[0]), scale * 0.0, scale * -1.0]
+    expected = -math.log(softmax_list(z)[0])
+    assert ldam_loss(LOGITS, LABEL, margins, scale).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_balanced_softmax_by_hand():
+    counts = torch.tensor([100, 10, 1])
+    z = [2.0 + math.log(100), math.log(10), -1.0]
+    assert balanced_softmax_loss(LOGITS, LABEL, counts).item() == pytest.approx(-math.log(softmax_list(z)[0]), rel=1e-5)
+
+
+def test_class_balanced_weights_by_hand():
+    beta = 0.9
+    counts = torch.tensor([10, 1])
+    raw = [(1 - beta) / (1 - beta**10), (1 - beta) / (1 - beta)]
+    expected = [r * 2 / sum(raw) for r in raw]
+    assert class_balanced_weights(counts, beta).tolist() == pytest.approx(expected, rel=1e-5)
+    assert class_balanced_weights(torch.tensor([5, 5, 5]), 0.9999).tolist() == pytest.approx([1, 1, 1])
+
+
+def test_mart_boosted_ce_and_trades_kl_by_hand():
+    p = softmax_list([2.0, 0.0, -1.0])
+    expected = -math.log(p[0]) - math.log(1.0001 - p[1])
+    assert boosted_cross_entropy(LOGITS, LABEL).item() == pytest.approx(expected, rel=1e-5)
+    q = softmax_list([0.0, 1.0, 0.0])
+    kl = sum(a * math.log(a / b) for a, b in zip(p, q))
+    assert kl_per_sample(LOGITS, torch.tensor([[0.0, 1.0, 0.0]])).item() == pytest.approx(kl, rel=1e-5)
+
+
+def test_cw_margin_loss():
+    assert margin_loss(LOGITS, LABEL).item() == pytest.approx(-2.0)
+    assert margin_loss(LOGITS, torch.tensor([2])).item() == pytest.approx(3.0)
+
+
+def _state(epoch: int, epochs: int = 10, counts=(100, 10)):
+    return SimpleNamespace(epoch=epoch, num_epochs=epochs, class_counts=torch.tensor(counts), stash=Stash(),
+                           eval_model=None)
+
+
+def test_drw_switches_exactly_at_its_epoch():
+    plugin = DeferredReweighting(DeferredReweighting.Options(beta=0.999, start=0.8))
+    step = Step(x=torch.zeros(2, 1), y=torch.tensor([0, 1]))
+    step.targets = step.y
+    assert plugin.weight_samples(step, _state(epoch=7)) is None
+    after = plugin.weight_samples(step, _state(epoch=8))
+    assert after is not None and after[1] > after[0]
+    explicit = DeferredReweighting(DeferredReweighting.Options(start_epoch=3))
+    assert explicit.weight_samples(step, _state(epoch=2)) is None
+    assert explicit.weight_samples(step, _state(epoch=3)) is not None
+
+
+@pytest.mark.parametrize(
+    ("count_i", "count_j", "lam", "expected"),
+    [
+        (300, 100, 0.3, 0.0),   # i frequent (ratio 3 >= kappa), image mostly j -> label j
+        (300, 100, 0.7, 0.7),   # i frequent but image mostly i -> plain mixup label
+        (100, 300, 0.7, 1.0),   # i rare (ratio 1/3 <= 1/kappa), image mostly i (1 - lam < tau) -> label i
+        (100, 300, 0.3, 0.3),   # i rare but image mostly j -> plain
+        (100, 150, 0.2, 0.2),   # ratio between 1/kappa and kappa -> plain
+    ],
+)
+def test_remix_label_rule_every_branch(count_i, count_j, lam, expected):
+    factor = remix_label_factor(torch.tensor([count_i]), torch.tensor([count_j]), lam, kappa=3.0, tau=0.5)
+    assert factor.item() == pytest.approx(expected)
+
+
+def test_mixed_targets_are_convex_combinations():
+    targets = mix_targets(torch.tensor([0, 1]), torch.tensor([0.25, 1.0]), torch.tensor([1, 0]), 3)
+    assert torch.allclose(targets, torch.tensor([[0.25, 0.75, 0.0], [0.0, 1.0, 0.0]]))
+
+
+def test_swa_average_equals_mean_of_snapshots():
+    model = torch.nn.Linear(3, 2)
+    state = SimpleNamespace(epoch=0, num_epochs=4, stash=Stash(), model=model, eval_model=None)
+    plugin = SWA(SWA.Options(start=0.5))  # averages epochs 2 and 3
+    snapshots = []
+    for epoch in range(4):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch + 1))
+        snapshots.append(model.weight.clone())
+        state.epoch = epoch
+        plugin.epoch_end(state)
+    averaged = state.stash[AVERAGE].parameters["weight"]
+    assert torch.allclose(averaged, (snapshots[2] + snapshots[3]) / 2)
+
+
+def test_swa_and_ema_in_training_evaluate_the_average(tmp_path):
+    report = engine.train(tiny_config(epochs=3, plugins=["swa"], plugin_options={"swa": {"start": 0.3}}),
+                          tmp_path / "swa")  # averages epochs 1 and 2
+    payload = torch.load(tmp_path / "swa" / "checkpoint.pt", weights_only=False)
+    assert "eval_model" in payload and report["plugins"] == ["swa", "pgd"]
+    trained = payload["model"]["head.weight"]
+    assert not torch.equal(payload["eval_model"]["head.weight"], trained)
+    with pytest.raises(RobxError, match="replace the evaluated model"):
+        engine.train(tiny_config(epochs=1, plugins=["swa", "ema"], n_eval=20), tmp_path / "both")
+
+
+def test_ema_updates_every_step():
+    model = torch.nn.Linear(2, 1, bias=False)
+    state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
+    plugin = EMA(EMA.Options(decay=0.5))
+    for value in (1.0, 3.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        plugin.after_step(None, state)
+    from robx.plugins.ema import AVERAGE as EMA_AVERAGE
+
+    assert torch.allclose(state.stash[EMA_AVERAGE].parameters["weight"], torch.full((1, 2), 2.0))  # 0.5*1 + 0.5*3
+
+
+def test_resample_draws_classes_evenly(tmp_path, monkeypatch):
+    drawn = []
+    real = engine.train_step
+    monkeypatch.setattr(engine, "train_step", lambda run, x, y, *a: (drawn.append(y.clone()), real(run, x, y, *a)))
+    engine.train(tiny_config(epochs=1, plugins=["resample"], n_eval=20, steps=1), tmp_path / "run")
+    counts = torch.bincount(torch.cat(drawn), minlength=10).float()
+    minority_share = counts[5:].sum() / counts.sum()
+    assert 0.4 < minority_share < 0.6  # about half, versus 65/720 = 9 % without resampling
+
+
+@pytest.mark.parametrize("plugins", [["trades"], ["mart"], ["mixup"], ["remix"], ["cb"], ["ema"]])
+def test_each_baseline_trains_end_to_end(tmp_path, plugins):
+    report = engine.train(tiny_config(epochs=1, plugins=plugins, n_eval=40), tmp_path / "run")
+    assert all(0 <= v <= 1 for v in report["per_class"]["robust"])
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert math.isfinite(line["loss"]) and line["train"]["robust_acc"] is not None
+
+
+def test_trades_trains_on_the_clean_batch_and_weights_hit_the_natural_term(tmp_path):
+    host = PluginHost(["trades"], {})
+    assert host.names == ["trades"]  # TRADES replaces the PGD adversary
+    report = engine.train(tiny_config(epochs=1, plugins=["trades"], loss="ldam", n_eval=40), tmp_path / "run")
+    assert report["plugins"] == ["trades", "ldam"]
+
+
+def test_loss_selection_and_meaningless_combinations():
+    assert PluginHost(["drw", "trades"], {}, loss="ldam").names == ["drw", "trades", "ldam"]
+    with pytest.raises(OptionError, match="not a loss"):
+        PluginHost([], {}, loss="cb")
+    with pytest.raises(PluginConflictError, match="'mart' and 'focal' both define the training loss"):
+        PluginHost(["mart"], {}, loss="focal")
+
+
+def test_autoattack_wrapper_on_a_tiny_model():
+    pytest.importorskip("pyautoattack", reason="the reference AutoAttack is the autoattack extra")
+    torch.manual_seed(0)
+    # the standard version's targeted attacks use the 9 runner-up classes: 10 classes
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    x = torch.rand(24, 1, 4, 4)
+    y = model(x).argmax(1)  # every point starts correctly classified
+    settings = dict(eps=0.05, alpha=0.01, steps=20)
+    pgd_result = evaluate(model, x, y, AttackSettings(**settings), device=torch.device("cpu"))
+    aa_result = evaluate(model, x, y, AttackSettings(**settings, name="autoattack", seed=0),
+                         device=torch.device("cpu"))
+    assert aa_result.clean_correct.all()
+    assert aa_result.robust_correct.float().mean() <= pgd_result.robust_correct.float().mean()
+
+
+def test_report_aggregation(tmp_path):
+    def fake(method, seed, robust_minority):
+        report = {"class_names": ["a", "b"], "class_counts": [10, 1], "majority_classes": [0], "plugins": ["x"],
+                  "per_class": {"standard": [0.9, 0.5], "robust": [0.5, robust_minority]},
+                  "summary": {k: {"overall": 0.7, "majority": 0.9, "minority": 0.5, "worst": 0.5, "disparity": 0.4}
+                              for k in ("standard", "robust")}, "seed": seed}
+        report["summary"]["robust"]["minority"] = robust_minority
+        (tmp_path / f"{method}-seed{seed}.json").write_text(json.dumps({"method": method, "report": report}))
+
+    fake("pgd-at", 0, 0.1)
+    fake("pgd-at", 1, 0.3)
+    fake("cb", 0, 0.4)
+    rows = {row["method"]: row for row in aggregate(load_reports([tmp_path]))}
+    mean, std = rows["pgd-at"]["robust.minority"]
+    assert mean == pytest.approx(0.2) and std == pytest.approx(math.sqrt(0.02))
+    assert rows["cb"]["runs"] == 1 and rows["cb"]["robust.minority"] == (0.4, 0.0)
+    assert rows["pgd-at"]["per_class.robust"] == pytest.approx([0.5, 0.2])
