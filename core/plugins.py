@@ -43,6 +43,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.remix:Remix",
     "robx.plugins.swa:SWA",
     "robx.plugins.ema:EMA",
+    "robx.plugins.srat:SRAT",
+    "robx.plugins.imbmix:ImbMix",
 )
 FALLBACK_ADVERSARY = "pgd"
 DEFAULT_LOSS = "ce"

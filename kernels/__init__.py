@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 from robx.kernels.pgd_step import Norm, pgd_step_reference
+from robx.kernels.supcon import supcon_reference
 
-__all__ = ["pgd_step", "pgd_step_reference", "implementation_name"]
+__all__ = ["pgd_step", "pgd_step_reference", "supcon", "supcon_reference", "implementation_name"]
 
 
 def implementation_name(op: str, device: torch.device | str) -> str:
@@ -30,3 +31,13 @@ def pgd_step(
 ) -> torch.Tensor:
     """One projected-gradient step; see :func:`pgd_step_reference` for the contract."""
     return pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, mask)
+
+
+def supcon(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    anchor_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Supervised contrastive loss; see :func:`robx.kernels.supcon.supcon_reference`."""
+    return supcon_reference(features, labels, temperature, anchor_weights)
