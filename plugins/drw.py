@@ -21,6 +21,15 @@ def deferred_start_epoch(epochs: int, start: float, start_epoch: int | None) -> 
     return start_epoch if start_epoch is not None else int(round(start * epochs))
 
 
+def deferred_class_weights(
+    step: Step, state: TrainState, beta: float, start: float, start_epoch: int | None
+) -> torch.Tensor | None:
+    """None (weight 1) before epoch T_d, the class-balanced weights from T_d on."""
+    if state.epoch < deferred_start_epoch(state.num_epochs, start, start_epoch):
+        return None
+    return per_sample_class_weights(step, class_balanced_weights(state.class_counts, beta))
+
+
 class DeferredReweighting:
     """Deferred re-weighting: class-balanced weights from epoch T_d on (Cao et al. 2019)."""
 
@@ -37,7 +46,5 @@ class DeferredReweighting:
 
     @hookimpl
     def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        t_d = deferred_start_epoch(state.num_epochs, self.options.start, self.options.start_epoch)
-        if state.epoch < t_d:
-            return None
-        return per_sample_class_weights(step, class_balanced_weights(state.class_counts, self.options.beta))
+        o = self.options
+        return deferred_class_weights(step, state, o.beta, o.start, o.start_epoch)

@@ -29,7 +29,7 @@ from robx.core.metrics import majority_classes
 from robx.core.state import StashKey, Step, TrainState
 from robx.plugins.mixup import draw_mix, mix_inputs, mix_targets
 from robx.plugins.remix import remix_label_factor
-from robx.plugins.swa import WeightAverage, finish_average
+from robx.plugins.swa import WeightAverage, average_from_epoch, finish_average
 
 AVERAGE = StashKey[WeightAverage]("imbmix.average")
 
@@ -96,15 +96,8 @@ class ImbMix:
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:
-        if not self.options.swa:
-            return
-        start = min(int(round(self.options.swa_start * state.num_epochs)), state.num_epochs - 1)
-        if state.epoch < start:
-            return
-        if AVERAGE not in state.stash:
-            state.stash[AVERAGE] = WeightAverage.of(state.model)
-        else:
-            state.stash[AVERAGE].add(state.model)
+        if self.options.swa:
+            average_from_epoch(state, AVERAGE, self.options.swa_start)
 
     @hookimpl
     def train_end(self, state: TrainState) -> None:

@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
 from robx.kernels import supcon
-from robx.plugins.cb import class_balanced_weights, per_sample_class_weights
-from robx.plugins.drw import deferred_start_epoch
+from robx.plugins.drw import deferred_class_weights
 
 
 class SRAT:
@@ -55,10 +54,8 @@ class SRAT:
 
     @hookimpl
     def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        t_d = deferred_start_epoch(state.num_epochs, self.options.start, self.options.start_epoch)
-        if state.epoch < t_d:
-            return None
-        return per_sample_class_weights(step, class_balanced_weights(state.class_counts, self.options.beta))
+        o = self.options
+        return deferred_class_weights(step, state, o.beta, o.start, o.start_epoch)
 
     @hookimpl
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:

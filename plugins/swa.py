@@ -46,6 +46,16 @@ class WeightAverage:
 AVERAGE = StashKey[WeightAverage]("swa.average")
 
 
+def average_from_epoch(state: TrainState, key: StashKey[WeightAverage], start: float) -> None:
+    """At an epoch end from ``start`` x epochs on, add the model to the average under ``key``."""
+    if state.epoch < min(int(round(start * state.num_epochs)), state.num_epochs - 1):
+        return
+    if key not in state.stash:
+        state.stash[key] = WeightAverage.of(state.model)
+    else:
+        state.stash[key].add(state.model)
+
+
 def clean_batches(state: TrainState, batch_size: int = 256) -> Iterator[torch.Tensor]:
     """The clean training images in fixed order, for BatchNorm recomputation."""
     x = state.data.x_train
@@ -79,17 +89,9 @@ class SWA:
     def __init__(self, options: Options) -> None:
         self.options = options
 
-    def start_epoch(self, state: TrainState) -> int:
-        return min(int(round(self.options.start * state.num_epochs)), state.num_epochs - 1)
-
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:
-        if state.epoch < self.start_epoch(state):
-            return
-        if AVERAGE not in state.stash:
-            state.stash[AVERAGE] = WeightAverage.of(state.model)
-        else:
-            state.stash[AVERAGE].add(state.model)
+        average_from_epoch(state, AVERAGE, self.options.start)
 
     @hookimpl
     def train_end(self, state: TrainState) -> None:
