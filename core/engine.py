@@ -159,6 +159,8 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAccumulator,
                loss_sums: dict[str, torch.Tensor]) -> None:
     state, host, model = run.state, run.host, run.state.model
+    with torch.no_grad(), eval_mode(model):  # clean predictions of the same weights as the step
+        clean_logits = logits_of(model, x)
     step = Step(x=x, y=y)
     step.victim_mask = host.select_victims(step, state)
     step.x_adv = host.generate_adversary(step, state)
@@ -172,6 +174,9 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAc
         per_sample = state.task.per_sample_loss(step.outputs, step.targets)
     step.per_sample_loss = per_sample
     weights = host.sample_weights(step, state)
+    if weights is not None and weights.shape != per_sample.shape:
+        raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
+                        f"{tuple(per_sample.shape)} per-sample losses")
     loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
     terms = host.extra_losses(step, state)
     total = loss + sum(terms.values()) if terms else loss
@@ -194,8 +199,6 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAc
             else:
                 with eval_mode(model):
                     robust_logits = logits_of(model, step.x_adv)
-        with eval_mode(model):
-            clean_logits = logits_of(model, x)
         tracker.update(y, clean_logits, robust_logits)
         batch = torch.as_tensor(float(len(y)), device=x.device)
         loss_sums["loss"] = loss_sums.get("loss", 0) + total.detach() * batch
