@@ -50,13 +50,18 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(path: Path, payload: dict[str, Any]) -> Path:
+    """Write a result with its provenance; ``commit`` is the checkout when the process
+    started (what the benchmark ran), not when the result is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "command": " ".join([Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else sys.argv[0]] + sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": STARTED_AT_COMMIT,
         "machine": machine(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **payload,
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+STARTED_AT_COMMIT = git_commit()
