@@ -201,7 +201,7 @@ def test_autoattack_wrapper_on_a_tiny_model():
     torch.manual_seed(0)
     # the standard version's targeted attacks use the 9 runner-up classes: 10 classes
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
-    x = torch.rand(24, 1, 4, 4)
+    x = torch.rand(8, 1, 4, 4)
     y = model(x).argmax(1)  # every point starts correctly classified
     settings = dict(eps=0.05, alpha=0.01, steps=20)
     pgd_result = evaluate(model, x, y, AttackSettings(**settings), device=torch.device("cpu"))

@@ -92,7 +92,7 @@ def test_minority_examples_get_exactly_t_copies_and_majority_none():
     (["srat", "trades"], {}),
 ])
 def test_compositions_train_end_to_end(tmp_path, plugins, options):
-    report = engine.train(tiny_config(epochs=2, plugins=plugins, plugin_options=options, n_eval=40,
+    report = engine.train(tiny_config(epochs=1, plugins=plugins, plugin_options=options, n_eval=40,
                                       loss="ldam" if plugins == ["srat"] else "ce"), tmp_path / "run")
     assert all(0 <= v <= 1 for v in report["per_class"]["robust"])
     payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
