@@ -45,6 +45,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.ema:EMA",
     "robx.plugins.srat:SRAT",
     "robx.plugins.imbmix:ImbMix",
+    "robx.plugins.dafa:DAFA",
+    "robx.plugins.fairtat:FairTAT",
 )
 FALLBACK_ADVERSARY = "pgd"
 DEFAULT_LOSS = "ce"
@@ -79,6 +81,15 @@ class PluginSpec:
             if hasattr(value, f"{hookspecs.PROJECT_NAME}_impl")
         }
         return tuple(h for h in hookspecs.HOOK_NAMES if h in implemented)
+
+    def yields(self, hook: str) -> bool:
+        """True when ``hook`` is only this plugin's default for its other hooks: a
+        ``trylast`` implementation beside other hooks (TRADES' KL attack). Such a
+        plugin gives way to another selected plugin implementing ``hook``; a plugin that
+        does nothing else (``pgd``) does not."""
+        impl = getattr(self.target, hook, None)
+        opts = getattr(impl, f"{hookspecs.PROJECT_NAME}_impl", None) or {}
+        return bool(opts.get("trylast")) and len(self.hooks) > 1
 
     @property
     def summary(self) -> str:
@@ -260,7 +271,7 @@ def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> l
         raise OptionError(f"plugin listed twice: {', '.join(sorted(duplicates))}")
     specs = [get_plugin_spec(name) for name in names]
     for hook, what in EXCLUSIVE_HOOKS.items():
-        claimants = [s.name for s in specs if hook in s.hooks]
+        claimants = [s.name for s in specs if hook in s.hooks and not s.yields(hook)]
         if len(claimants) > 1:
             raise PluginConflictError(
                 "plugins " + " and ".join(f"'{c}'" for c in claimants) + f" both {what}; select one of them"

@@ -2,7 +2,9 @@
 
 * Adversary (``generate_adversary``): maximise KL(f(x) || f(x')) over the eps-ball from
   x + 0.001 * N(0, 1), with the run's steps / per-class eps and alpha (TRADES' own
-  defaults are 10 steps, eps 0.031, step 0.007), model in eval mode.
+  defaults are 10 steps, eps 0.031, step 0.007), model in eval mode. It is a fallback
+  (``trylast``): another selected adversary (e.g. ``fairtat``'s targeted PGD) replaces it
+  and TRADES then trains on that x'.
 * ``augment``: the trained forward pass is on the *clean* batch, so the per-sample loss
   (and every plugin's weights, e.g. DAFA's W_y) applies to the natural term, and
   ``--loss`` replaces the natural CE (e.g. LDAM).
@@ -41,7 +43,7 @@ class TRADES:
     def __init__(self, options: Options) -> None:
         self.options = options
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         model, config = state.model, state.config
         assert config.steps is not None

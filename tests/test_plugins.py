@@ -115,6 +115,15 @@ class Recorder:
         return state.task.per_sample_loss(step.outputs, step.targets)
 
     @hookimpl
+    def sampling_weights(self, state, labels):
+        CALLS.append("sampling_weights")
+        return (labels < 5).float() + 0.5  # majority digits drawn three times as often
+
+    @hookimpl
+    def after_step(self, step, state):
+        CALLS.append("after_step")
+
+    @hookimpl
     def epoch_end(self, state):
         assert state.epoch_stats is not None and state.epoch_stats.train.robust_acc is not None
         CALLS.append(f"epoch_end:{state.epoch}")
@@ -178,10 +187,11 @@ def test_hooks_run_in_order_and_combine(test_plugins, tmp_path):
 def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
     train(tiny_config(plugins=["recorder", "maskcheck"]), tmp_path / "run")
     assert CALLS[0] == "train_start" and CALLS[-1] == "train_end"
-    for expected in ("epoch_start:0", "select_victims", "augment:recorder", "training_loss",
-                     "epoch_end:0", "epoch_end:1"):
+    for expected in ("epoch_start:0", "sampling_weights", "select_victims", "augment:recorder", "training_loss",
+                     "after_step", "epoch_end:0", "epoch_end:1"):
         assert expected in CALLS
-    assert CALLS.index("select_victims") < CALLS.index("augment:recorder") < CALLS.index("training_loss")
+    assert (CALLS.index("sampling_weights") < CALLS.index("select_victims") < CALLS.index("augment:recorder")
+            < CALLS.index("training_loss") < CALLS.index("after_step"))
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "recorder.zero" in metrics[0]["loss_terms"]
 

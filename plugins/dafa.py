@@ -1,0 +1,81 @@
+"""DAFA: Distance-Aware Fair Adversarial training (Lee et al., ICLR 2024).
+
+* Warm-up: the base recipe (``trades`` or PGD-AT) alone for ``warmup`` x epochs
+  (70 of 110 in the paper).
+* In the last warm-up epoch, p_i(j) = mean softmax probability of class j over the training
+  adversarial examples of class i (model in train mode) -- the class statistics'
+  ``robust_mean_prob``.
+* Class weights, computed once and then frozen (METHODS.md section 4): W_i = 1, and for
+  each j != i: if p_i(i) < p_j(j): W_i += lam * p_i(j) * p_j(j), else
+  W_i -= lam * p_j(i) * p_i(i). lam = 1.0 (CIFAR-10), 1.5 (CIFAR-100, STL-10).
+* Afterwards the attack uses eps_y = W_y * eps and alpha_y = W_y * alpha (through
+  ``state.class_eps``/``class_alpha``, which every robx adversary reads -- unlike the
+  authors' PGD-AT path, which drops the class margins), and the per-sample loss is
+  weighted by W_y. With ``trades`` that loss is the natural term only; the KL term stays
+  unweighted, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robx.core.errors import RobxError
+from robx.core.hookspecs import hookimpl
+from robx.core.state import StashKey, Step, TrainState
+from robx.plugins.cb import per_sample_class_weights
+
+WEIGHTS = StashKey[torch.Tensor]("dafa.weights")
+
+
+def dafa_class_weights(mean_prob: torch.Tensor, lam: float) -> torch.Tensor:
+    """W from the class-similarity matrix p[i, j] = p_i(j) (rule in the module docstring)."""
+    p = mean_prob.double()
+    num_classes = p.shape[0]
+    weights = torch.ones(num_classes, dtype=torch.float64)
+    for i in range(num_classes):
+        for j in range(num_classes):
+            if i == j:
+                continue
+            if p[i, i] < p[j, j]:
+                weights[i] += lam * p[i, j] * p[j, j]
+            else:
+                weights[i] -= lam * p[j, i] * p[i, i]
+    return weights.float()
+
+
+class DAFA:
+    """DAFA: class weights and margins from inter-class similarity after warm-up (Lee et al. 2024)."""
+
+    name = "dafa"
+
+    @dataclass
+    class Options:
+        lam: float = 1.0
+        warmup: float = 70 / 110
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def last_warmup_epoch(self, state: TrainState) -> int:
+        return max(0, min(int(round(self.options.warmup * state.num_epochs)), state.num_epochs) - 1)
+
+    @hookimpl
+    def epoch_end(self, state: TrainState) -> None:
+        if state.epoch != self.last_warmup_epoch(state) or WEIGHTS in state.stash:
+            return
+        assert state.epoch_stats is not None
+        mean_prob = state.epoch_stats.train.robust_mean_prob
+        if mean_prob is None:
+            raise RobxError("dafa needs adversarial training predictions; it cannot run with 'natural'")
+        weights = dafa_class_weights(mean_prob, self.options.lam).to(state.device)
+        state.stash[WEIGHTS] = weights.cpu()
+        state.class_eps = weights * float(state.config.eps)
+        state.class_alpha = weights * float(state.config.alpha)
+
+    @hookimpl
+    def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
+        if WEIGHTS not in state.stash:
+            return None
+        return per_sample_class_weights(step, state.stash[WEIGHTS])

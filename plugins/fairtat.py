@@ -1,0 +1,87 @@
+"""FAIR-TAT: targeted adversarial training for class fairness (Medi et al., WACV 2025).
+
+* CFPS_c (class-wise false positive score), from the previous epoch's training adversarial
+  predictions: (wrong predictions equal to c) / (all wrong predictions); sums to 1.
+* Targets: epoch 0 uniform over the classes != y; afterwards y_t ~ Categorical(softmax(2 CFPS))
+  conditioned on y_t != y (the paper resamples until y_t != y; conditioning gives the same
+  distribution without a loop).
+* Adversary: targeted PGD from delta ~ U(-eps_y, eps_y), descending CE(f(x + delta), y_t);
+  the training loss stays on the true label (the default CE, or ``trades`` with the same x').
+* Class-wise budgets from epoch 1: "G-rob" (default) eps_c = (0.5 + RobAcc^train_c) eps;
+  "G-cfps" eps_c = (0.5 + 2 CFPS_c) eps. The step size alpha is not rescaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from robx.core.attacks import pgd
+from robx.core.errors import RobxError
+from robx.core.hookspecs import hookimpl
+from robx.core.state import StashKey, Step, TrainState
+from robx.core.stats import SplitStats
+
+CFPS = StashKey[torch.Tensor]("fairtat.cfps")
+
+
+def class_false_positive_scores(stats: SplitStats) -> torch.Tensor:
+    """CFPS_c = sum_{i != c} n_ic / sum_{i != j} n_ij from the adversarial confusion."""
+    if stats.robust_confusion is None:
+        raise RobxError("fairtat needs adversarial training predictions")
+    counts = stats.robust_confusion * stats.counts.double()[:, None]  # rates -> counts
+    wrong = counts.clone()
+    wrong.fill_diagonal_(0.0)
+    total = wrong.sum()
+    if total <= 0:
+        return torch.full((counts.shape[0],), 1.0 / counts.shape[0], dtype=torch.float64)
+    return wrong.sum(dim=0) / total
+
+
+def target_distribution(labels: torch.Tensor, cfps: torch.Tensor | None, num_classes: int,
+                        temperature: float) -> torch.Tensor:
+    """Per-row probabilities of the target class, zero on the true class."""
+    if cfps is None:
+        probs = torch.ones(len(labels), num_classes, device=labels.device)
+    else:
+        probs = torch.softmax(temperature * cfps.to(labels.device).float(), dim=0).expand(len(labels), -1).clone()
+    probs[torch.arange(len(labels), device=labels.device), labels] = 0.0
+    return probs / probs.sum(dim=1, keepdim=True)
+
+
+class FairTAT:
+    """FAIR-TAT: targeted PGD toward the classes most falsely predicted (Medi et al. 2025)."""
+
+    name = "fairtat"
+
+    @dataclass
+    class Options:
+        eps_mode: Literal["g-rob", "g-cfps", "none"] = "g-rob"
+        temperature: float = 2.0
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @hookimpl
+    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
+        assert state.config.steps is not None
+        cfps = state.stash.get(CFPS, None)
+        probs = target_distribution(step.y, cfps, state.num_classes, self.options.temperature)
+        targets = torch.multinomial(probs, 1).squeeze(1)
+        return pgd(state.model, step.x, targets, eps=state.class_eps[step.y], alpha=state.class_alpha[step.y],
+                   steps=state.config.steps, norm=state.config.norm, targeted=True, mask=step.victim_mask)
+
+    @hookimpl
+    def epoch_end(self, state: TrainState) -> None:
+        assert state.epoch_stats is not None
+        train = state.epoch_stats.train
+        cfps = class_false_positive_scores(train)
+        state.stash[CFPS] = cfps
+        eps = float(state.config.eps)
+        if self.options.eps_mode == "g-rob":
+            assert train.robust_acc is not None
+            state.class_eps = ((0.5 + train.robust_acc) * eps).float().to(state.device)
+        elif self.options.eps_mode == "g-cfps":
+            state.class_eps = ((0.5 + 2 * cfps) * eps).float().to(state.device)
