@@ -1,12 +1,15 @@
 """LDAM loss (Cao et al., NeurIPS 2019): label-distribution-aware margins.
 
 L = CE(s * (z - m_y e_y), y) with m_c = C / n_c^(1/4), C chosen so that the largest
-margin is ``max_margin`` (0.5), and scale s = 30 (METHODS.md section 1). The margin
-is subtracted from the target logit only; with soft targets each class's logit
-loses its target share of the margin. LDAM's reference model normalises features and
-weights (cosine logits) before the scale; robx's heads are plain linear layers, so a
-smaller ``scale`` may suit them (an option). Use it with ``--loss ldam``; DRCB-LDAM is
-``--loss ldam --plugins drw``.
+margin is ``max_margin`` (0.5) (METHODS.md section 1). The margin is subtracted from the
+target logit only; with soft targets each class's logit loses its target share of the
+margin. Use it with ``--loss ldam``; DRCB-LDAM is ``--loss ldam --plugins drw``.
+
+The scale: LDAM's s = 30 multiplies *cosine* logits in [-1, 1] (its reference model
+normalises features and weights). robx's heads are plain linear layers whose logits carry
+their own scale, so the default here is s = 1. With s = 30 on plain logits, training
+collapsed on cifar10-lt-cpu (loss rising from 17 to 101, chance-level accuracy:
+benchmarks/results/cifar10-lt-cpu-ldam-s30/); ``--set ldam.scale=30`` restores it.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class LDAM:
     @dataclass
     class Options:
         max_margin: float = 0.5
-        scale: float = 30.0
+        scale: float = 1.0
 
     def __init__(self, options: Options) -> None:
         self.options = options
