@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
-from robx.core.config import TrainConfig, load_toml, tomllib  # noqa: E402
+from robx.core.config import TrainConfig, tomllib  # noqa: E402
 from robx.core.engine import train  # noqa: E402
 from robx.core.plugins import parse_number  # noqa: E402
 

@@ -16,7 +16,7 @@ Only plugins the user selected are registered, so a hook runs only for them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
