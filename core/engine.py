@@ -33,6 +33,7 @@ from robx.core.report import build_report, plot_per_class, write_json
 from robx.core.state import Step, TrainState
 from robx.core.stats import ClassStatsAccumulator, EpochStats, SplitStats
 from robx.core.task import ClassificationTask
+from robx.kernels import OPS as KERNEL_OPS
 from robx.kernels import implementation_name
 
 
@@ -356,7 +357,7 @@ def train(
         write_json(run_dir / rundir.CONFIG_FILE, {
             "config": run.config.to_dict(),
             "plugins": {name: options_as_dict(opts) for name, opts in run.host.options.items()},
-            "kernels": {"pgd_step": implementation_name("pgd_step", run.state.device)},
+            "kernels": {op: implementation_name(op, run.state.device) for op in KERNEL_OPS},
             "device": str(run.state.device),
             "robx_version": __version__,
             "torch_version": torch.__version__,

@@ -1,47 +1,76 @@
 """Fused inner-loop ops behind one dispatch per op.
 
-``pgd_step``: the torch reference, and a numba kernel for float32 CPU tensors
-(``kernels/pgd_step_numba.py``). ``supcon``: the torch reference. Set
-``ROBX_KERNELS=reference`` to force the references (for comparisons and debugging).
+Each op has a torch reference (the ground truth), a Triton kernel for CUDA tensors and a
+numba kernel for CPU tensors, with one signature:
+
+- :func:`pgd_step`: one projected-gradient step, per-sample eps/alpha, Linf/L2, mask.
+- :func:`supcon`: supervised contrastive loss (SRAT eq. 4.12, MinGRE UCL), differentiable.
+- :func:`topk_victims`: (re)weighted saliency -> boolean top-k mask per sample.
+
+The dispatch picks Triton for CUDA tensors, numba for CPU tensors (``pgd_step``: float32
+only), and the reference otherwise or when the fused package is missing. Set
+``ROBX_KERNELS=reference`` to force the references (for comparisons and debugging);
+:func:`implementation_name` says which one runs, and every run records it in config.json.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Literal
 
 import torch
 
 from robx.kernels.pgd_step import Norm, pgd_step_reference
-from robx.kernels.supcon import supcon_reference
+from robx.kernels.supcon import FusedSupCon, supcon_reference
+from robx.kernels.topk_victims import topk_victims_reference
 
-__all__ = ["pgd_step", "pgd_step_reference", "supcon", "supcon_reference", "implementation_name"]
+__all__ = ["pgd_step", "supcon", "topk_victims", "implementation_name", "OPS",
+           "pgd_step_reference", "supcon_reference", "topk_victims_reference"]
+
+Implementation = Literal["triton", "numba", "torch-reference"]
+OPS = ("pgd_step", "supcon", "topk_victims")
+
+# (op, implementation) -> "module:attribute" of the fused entry point, imported on first use
+_FUSED = {
+    ("pgd_step", "triton"): "robx.kernels.pgd_step_triton:pgd_step_triton",
+    ("pgd_step", "numba"): "robx.kernels.pgd_step_numba:pgd_step_numba",
+    ("supcon", "triton"): "robx.kernels.supcon_triton:TritonSupCon",
+    ("supcon", "numba"): "robx.kernels.supcon_numba:NumbaSupCon",
+    ("topk_victims", "triton"): "robx.kernels.topk_victims_triton:topk_victims_triton",
+    ("topk_victims", "numba"): "robx.kernels.topk_victims_numba:topk_victims_numba",
+}
 
 
-def _forced_reference() -> bool:
-    return os.environ.get("ROBX_KERNELS", "").lower() == "reference"
-
-
-@lru_cache(maxsize=1)
-def _numba_pgd_step():
+@lru_cache(maxsize=None)
+def _load(op: str, implementation: str) -> Callable | None:
+    module_name, _, attribute = _FUSED[(op, implementation)].partition(":")
     try:
-        from robx.kernels.pgd_step_numba import pgd_step_numba
-    except ImportError:  # numba not installed: the reference serves
+        module = importlib.import_module(module_name)
+    except ImportError:  # triton or numba not installed: the reference serves
         return None
-    return pgd_step_numba
+    return getattr(module, attribute)
 
 
-def _use_numba(x: torch.Tensor) -> bool:
-    return (not _forced_reference() and x.device.type == "cpu" and x.dtype == torch.float32
-            and _numba_pgd_step() is not None)
+def _choose(op: str, device: torch.device, dtype: torch.dtype) -> Implementation:
+    if os.environ.get("ROBX_KERNELS", "").lower() == "reference":
+        return "torch-reference"
+    if device.type == "cuda":
+        implementation: Implementation = "triton"
+    elif device.type == "cpu" and (op != "pgd_step" or dtype == torch.float32):
+        implementation = "numba"
+    else:
+        return "torch-reference"
+    return implementation if _load(op, implementation) is not None else "torch-reference"
 
 
-def implementation_name(op: str, device: torch.device | str) -> str:
-    """Which implementation of ``op`` runs for float32 tensors on ``device``."""
-    device = torch.device(device)
-    if op == "pgd_step" and _use_numba(torch.empty(0, device=device)):
-        return "numba"
-    return "torch-reference"
+def implementation_name(op: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """Which implementation of ``op`` runs for ``dtype`` tensors on ``device``."""
+    if op not in OPS:
+        raise ValueError(f"unknown kernel op {op!r}; ops: {', '.join(OPS)}")
+    return _choose(op, torch.device(device), dtype)
 
 
 def pgd_step(
@@ -54,9 +83,10 @@ def pgd_step(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One projected-gradient step; see :func:`pgd_step_reference` for the contract."""
-    if _use_numba(x_adv):
-        return _numba_pgd_step()(x_adv, grad, x_orig, eps, alpha, norm, mask)
-    return pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, mask)
+    implementation = _choose("pgd_step", x_adv.device, x_adv.dtype)
+    if implementation == "torch-reference":
+        return pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, mask)
+    return _load("pgd_step", implementation)(x_adv, grad, x_orig, eps, alpha, norm, mask)
 
 
 def supcon(
@@ -65,5 +95,19 @@ def supcon(
     temperature: float,
     anchor_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Supervised contrastive loss; see :func:`robx.kernels.supcon.supcon_reference`."""
-    return supcon_reference(features, labels, temperature, anchor_weights)
+    """Supervised contrastive loss; see :mod:`robx.kernels.supcon` for the formula."""
+    implementation = _choose("supcon", features.device, features.dtype)
+    if implementation == "triton" and features.shape[1] > _load("supcon", "triton").max_dim:
+        implementation = "torch-reference"
+    if implementation == "torch-reference":
+        return supcon_reference(features, labels, temperature, anchor_weights)
+    backend = _load("supcon", implementation)()
+    return FusedSupCon.apply(features, labels, anchor_weights, temperature, backend)
+
+
+def topk_victims(saliency: torch.Tensor, k: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean top-k mask per sample; see :mod:`robx.kernels.topk_victims`."""
+    implementation = _choose("topk_victims", saliency.device, saliency.dtype)
+    if implementation == "torch-reference":
+        return topk_victims_reference(saliency, k, weights)
+    return _load("topk_victims", implementation)(saliency, k, weights)

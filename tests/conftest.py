@@ -10,6 +10,8 @@ from robx.core.config import TrainConfig
 from robx.core.engine import train
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors through the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -1,16 +1,37 @@
-"""Every kernel implementation equals the torch reference."""
+"""Every kernel implementation equals the torch reference (values and gradients).
+
+Triton kernels run on CPU tensors here under ``TRITON_INTERPRET=1`` (set in conftest.py when
+no GPU is present). Tolerances: float32 pgd_step 1e-6 absolute (same operations, different
+order for L2); float32 supcon 1e-5 relative on the loss and 1e-5 absolute on gradients
+(blocked sums); bfloat16 one bf16 rounding step of the value; topk_victims exact.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robx.kernels import implementation_name, pgd_step
+from robx.kernels import implementation_name, pgd_step, supcon, topk_victims
 from robx.kernels.pgd_step import pgd_step_reference
+from robx.kernels.supcon import FusedSupCon, supcon_reference
+from robx.kernels.topk_victims import topk_victims_reference
 
-numba_kernel = pytest.importorskip("robx.kernels.pgd_step_numba", reason="numba not installed")
+numba_pgd = pytest.importorskip("robx.kernels.pgd_step_numba", reason="numba not installed")
+triton_pgd = pytest.importorskip("robx.kernels.pgd_step_triton", reason="triton not installed")
+from robx.kernels.supcon_numba import NumbaSupCon  # noqa: E402
+from robx.kernels.supcon_triton import TritonSupCon  # noqa: E402
+from robx.kernels.topk_victims_numba import topk_victims_numba  # noqa: E402
+from robx.kernels.topk_victims_triton import topk_victims_triton  # noqa: E402
+
+PGD_STEPS = {"numba": numba_pgd.pgd_step_numba, "triton": triton_pgd.pgd_step_triton}
+SUPCON_BACKENDS = {"numba": NumbaSupCon, "triton": TritonSupCon}
+TOPK = {"numba": topk_victims_numba, "triton": topk_victims_triton}
+
+
+# --------------------------------------------------------------------------- pgd_step
 
 
 @st.composite
@@ -24,25 +45,204 @@ def step_case(draw):
     grad[torch.rand(shape, generator=generator) < 0.1] = 0.0  # sign(0) = 0
     eps = torch.rand(batch, generator=generator) * 0.5 + 1e-3
     alpha = eps * 0.3
-    mask = torch.rand(shape, generator=generator) < 0.7 if draw(st.booleans()) else None
+    mask = None
+    if draw(st.booleans()):
+        mask_shape = (batch, 1) + shape[2:] if len(shape) > 2 and draw(st.booleans()) else shape
+        mask = torch.rand(mask_shape, generator=generator) < 0.7  # broadcast masks too
     return x_adv, grad, x, eps, alpha, draw(st.sampled_from(["linf", "l2"])), mask
 
 
-@settings(max_examples=60, deadline=None)
-@given(step_case(), st.booleans())
-def test_numba_pgd_step_equals_the_reference(case, scalar_budget):
+@pytest.mark.parametrize("implementation", ["numba", "triton"])
+@settings(max_examples=40, deadline=None)
+@given(case=step_case(), scalar_budget=st.booleans())
+def test_pgd_step_equals_the_reference(implementation, case, scalar_budget):
     x_adv, grad, x, eps, alpha, norm, mask = case
     if scalar_budget:
         eps, alpha = float(eps[0]), float(alpha[0])
     expected = pgd_step_reference(x_adv, grad, x, eps, alpha, norm, mask)
-    got = numba_kernel.pgd_step_numba(x_adv, grad, x, eps, alpha, norm, mask)
+    got = PGD_STEPS[implementation](x_adv, grad, x, eps, alpha, norm, mask)
     assert got.shape == expected.shape and got.dtype == expected.dtype
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)  # float32, same operation order
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-def test_dispatch_picks_numba_for_float32_cpu_and_honours_the_switch(monkeypatch):
-    assert implementation_name("pgd_step", "cpu") == "numba"
+@settings(max_examples=20, deadline=None)
+@given(case=step_case())
+def test_triton_pgd_step_in_bfloat16_rounds_the_float32_result(case):
+    x_adv, grad, x, eps, alpha, norm, mask = case
+    x_adv, grad, x = (t.bfloat16() for t in (x_adv, grad, x))
+    expected = pgd_step_reference(x_adv.float(), grad.float(), x.float(), eps, alpha, norm, mask)
+    got = triton_pgd.pgd_step_triton(x_adv, grad, x, eps, alpha, norm, mask)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=2**-8, atol=2**-9)  # one bf16 rounding
+
+
+# --------------------------------------------------------------------------- supcon
+
+
+@st.composite
+def supcon_case(draw):
+    n = draw(st.integers(1, 70))
+    dim = draw(st.integers(1, 40))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    features = F.normalize(torch.randn(n, dim, generator=generator), dim=1)
+    labels = torch.randint(0, draw(st.integers(1, 6)), (n,), generator=generator)
+    weights = torch.rand(n, generator=generator) + 0.05 if draw(st.booleans()) else None
+    return features, labels, weights, draw(st.sampled_from([0.07, 0.1, 0.5, 1.0]))
+
+
+def loss_and_grads(loss_fn, features, labels, weights, temperature, dtype=torch.float32):
+    features = features.to(dtype).requires_grad_(True)
+    weights = weights.clone().requires_grad_(True) if weights is not None else None
+    loss = loss_fn(features, labels, weights, temperature)
+    loss.backward()
+    return loss.detach(), features.grad, None if weights is None else weights.grad
+
+
+def reference(features, labels, weights, temperature):
+    return supcon_reference(features, labels, temperature, weights)
+
+
+@pytest.mark.parametrize("implementation", ["numba", "triton"])
+@settings(max_examples=30, deadline=None)
+@given(case=supcon_case())
+def test_supcon_forward_and_backward_equal_the_reference(implementation, case):
+    backend = SUPCON_BACKENDS[implementation]()
+
+    def fused(features, labels, weights, temperature):
+        return FusedSupCon.apply(features, labels, weights, temperature, backend)
+
+    expected = loss_and_grads(reference, *case)
+    got = loss_and_grads(fused, *case)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-5)
+    if case[2] is not None:
+        torch.testing.assert_close(got[2], expected[2], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["numba", "triton"])
+def test_supcon_in_bfloat16_matches_the_reference_on_the_same_inputs(implementation):
+    generator = torch.Generator().manual_seed(3)
+    features = F.normalize(torch.randn(96, 32, generator=generator), dim=1)
+    labels = torch.randint(0, 4, (96,), generator=generator)
+    backend = SUPCON_BACKENDS[implementation]()
+    expected = loss_and_grads(reference, features, labels, None, 0.1, torch.bfloat16)
+    got = loss_and_grads(lambda f, y, w, t: FusedSupCon.apply(f, y, w, t, backend),
+                         features, labels, None, 0.1, torch.bfloat16)
+    assert got[1].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)  # both compute in float32
+    torch.testing.assert_close(got[1].float(), expected[1].float(), rtol=2**-7, atol=1e-5)
+
+
+def test_supcon_anchors_without_positives_contribute_zero_and_get_zero_gradient():
+    features = F.normalize(torch.randn(4, 8), dim=1).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 3])  # nobody has a positive
+    for backend in (NumbaSupCon(), TritonSupCon()):
+        loss = FusedSupCon.apply(features, labels, None, 0.1, backend)
+        (grad,) = torch.autograd.grad(loss, features)
+        assert loss.item() == 0.0 and torch.count_nonzero(grad) == 0
+
+
+# --------------------------------------------------------------------------- topk_victims
+
+
+@st.composite
+def topk_case(draw):
+    batch = draw(st.integers(1, 4))
+    shape = (batch,) + tuple(draw(st.lists(st.integers(1, 40), min_size=1, max_size=2)))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    saliency = torch.randn(shape, generator=generator)
+    if draw(st.booleans()):
+        saliency = torch.round(saliency * 2) / 2  # many ties, including -0.0 and 0.0
+    weights = None
+    if draw(st.booleans()):
+        weights = torch.rand(shape[1:] if draw(st.booleans()) else shape, generator=generator)
+    units = saliency[0].numel()
+    return saliency, draw(st.integers(0, units)), weights
+
+
+@pytest.mark.parametrize("implementation", ["numba", "triton"])
+@settings(max_examples=40, deadline=None)
+@given(case=topk_case())
+def test_topk_victims_equals_the_reference(implementation, case):
+    saliency, k, weights = case
+    expected = topk_victims_reference(saliency, k, weights)
+    got = TOPK[implementation](saliency, k, weights)
+    assert got.dtype == torch.bool and got.shape == saliency.shape
+    assert torch.equal(got, expected)
+    assert (got.reshape(saliency.shape[0], -1).sum(dim=1) == k).all()
+
+
+def test_topk_victims_reference_keeps_the_largest_scores_and_the_lower_index_on_ties():
+    saliency = torch.tensor([[0.1, 0.9, 0.5, 0.9, 0.2]])
+    assert topk_victims_reference(saliency, 2).tolist() == [[False, True, False, True, False]]
+    assert topk_victims_reference(saliency, 1).tolist() == [[False, True, False, False, False]]
+    weights = torch.tensor([1.0, 0.1, 1.0, 1.0, 10.0])  # reweighting changes the choice
+    assert topk_victims_reference(saliency, 2, weights).tolist() == [[False, False, False, True, True]]
+    with pytest.raises(ValueError, match="k must lie in"):
+        topk_victims(saliency, 6)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_dispatch_picks_by_device_and_dtype_and_honours_the_switch(monkeypatch):
+    for op in ("pgd_step", "supcon", "topk_victims"):
+        assert implementation_name(op, "cpu") == "numba"
+        assert implementation_name(op, "cuda") == "triton"
+    assert implementation_name("pgd_step", "cpu", torch.bfloat16) == "torch-reference"
+    assert implementation_name("supcon", "cpu", torch.bfloat16) == "numba"  # computes in float32
     monkeypatch.setenv("ROBX_KERNELS", "reference")
-    assert implementation_name("pgd_step", "cpu") == "torch-reference"
-    x = torch.rand(2, 3, dtype=torch.float64)  # not float32: the reference serves
+    assert implementation_name("supcon", "cpu") == "torch-reference"
+    x = torch.rand(2, 3, dtype=torch.float64)
     assert torch.equal(pgd_step(x, x, x, 0.1, 0.01), pgd_step_reference(x, x, x, 0.1, 0.01))
+    with pytest.raises(ValueError, match="unknown kernel op"):
+        implementation_name("nosuch", "cpu")
+
+
+def test_dispatched_supcon_is_the_fused_op_on_cpu():
+    features = F.normalize(torch.randn(10, 4), dim=1).requires_grad_(True)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])
+    loss = supcon(features, labels, 0.1)
+    assert loss.grad_fn is not None and type(loss.grad_fn).__name__ == "FusedSupConBackward"
+    torch.testing.assert_close(loss, supcon_reference(features, labels, 0.1))
+
+
+# --------------------------------------------------------------------------- wiring: the topk plugin
+
+
+def test_topk_plugin_lets_the_adversary_move_only_the_most_salient_pixels():
+    from types import SimpleNamespace
+
+    from robx.core.attacks import pgd
+    from robx.core.state import Step
+    from robx.plugins.topk import TopK, input_saliency
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5))
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    plugin = TopK(TopK.Options(fraction=0.25))
+    mask = plugin.select_victims(step=Step(x=x, y=y), state=SimpleNamespace(model=model))
+    assert mask.shape == (6, 1, 8, 8) and (mask.flatten(1).sum(dim=1) == 16).all()
+    saliency = input_saliency(model, x, y, "pixel").flatten(1)
+    chosen, others = saliency[mask.flatten(1)].view(6, 16), saliency[~mask.flatten(1)].view(6, 48)
+    assert (chosen.min(dim=1).values >= others.max(dim=1).values).all()
+    assert all(p.grad is None for p in model.parameters())
+    x_adv = pgd(model, x, y, eps=0.1, alpha=0.05, steps=3, mask=mask)
+    moved = (x_adv != x).any(dim=1, keepdim=True)
+    assert not (moved & ~mask).any() and moved.any()
+
+
+def test_topk_plugin_trains_end_to_end_and_rejects_pixels_of_flat_inputs(tmp_path):
+    from conftest import tiny_config
+
+    from robx.core.engine import train
+    from robx.core.errors import RobxError
+    from robx.core.state import Step
+    from robx.plugins.topk import TopK
+
+    report = train(tiny_config(epochs=1, plugins=["topk"]), tmp_path / "run")
+    assert 0.0 <= report["summary"]["robust"]["overall"] <= 1.0
+    with pytest.raises(RobxError, match="granularity=element"):
+        TopK(TopK.Options()).select_victims(step=Step(x=torch.rand(2, 5), y=torch.zeros(2, dtype=torch.long)),
+                                            state=None)
