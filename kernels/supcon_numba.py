@@ -5,7 +5,8 @@ by BLAS itself); its rows are folded in parallel into an online logsumexp and th
 sums (forward) or into the block of dL/ds whose product with z_cols accumulates the row
 block's gradient (backward); then the block is dropped. Memory is O(n d + block^2), never n^2.
 BLAS is held to one thread while the kernels run: its threads spinning against numba's
-parallel threads made the op 15x slower on 2 cores (measured: 2.2 s vs 0.13 s forward, n = 4096). See :mod:`robx.kernels.supcon` for the math.
+parallel threads made the op 15x slower on 2 cores (measured: 2.2 s vs 0.13 s forward, n = 4096).
+See :mod:`robx.kernels.supcon` for the math.
 """
 
 from __future__ import annotations

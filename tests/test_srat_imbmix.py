@@ -34,7 +34,7 @@ def supcon_brute_force(z: torch.Tensor, labels: list[int], t: float, weights=Non
                       / len(positives))
     if weights is None:
         return sum(losses) / n
-    return sum(w * l for w, l in zip(weights, losses)) / sum(weights)
+    return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
 
 
 @settings(max_examples=30, deadline=None)
