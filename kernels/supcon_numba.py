@@ -1,18 +1,18 @@
 """``supcon`` for CPU tensors: numba kernels streaming over blocks of the similarity matrix.
 
-One (rows x cols) block of s = z_i . z_j / t at a time comes from a BLAS product (threaded
-by BLAS itself); its rows are folded in parallel into an online logsumexp and the positive
-sums (forward) or into the block of dL/ds whose product with z_cols accumulates the row
-block's gradient (backward); then the block is dropped. Memory is O(n d + block^2), never n^2.
-BLAS is held to one thread while the kernels run: its threads spinning against numba's
-parallel threads made the op 15x slower on 2 cores (measured: 2.2 s vs 0.13 s forward, n = 4096).
+Row blocks of anchors run in parallel (numba threads). Each forms one (rows x cols) block of
+s = z_i . z_j / t at a time with a single-threaded BLAS product, folds it into an online
+logsumexp and the positive sums (forward) or into the block of dL/ds whose product with
+z_cols accumulates the row block's gradient (backward), and drops it. Memory is
+O(n d + threads x block^2), never n^2. BLAS is held to one thread while the kernels run:
+multi-threaded OpenBLAS called from numba's OpenMP threads can hang, and its spinning
+threads against numba's made the op 15x slower on 2 cores (2.2 s vs 0.13 s forward, n = 4096).
 See :mod:`robx.kernels.supcon` for the math.
 """
 
 from __future__ import annotations
 
 import math
-
 from functools import lru_cache
 
 import numba
@@ -21,12 +21,18 @@ import scipy.linalg.cython_blas  # noqa: F401 - numba's np.dot calls this BLAS; 
 import torch
 from threadpoolctl import ThreadpoolController
 
-_BLOCK = 256
+_MAX_BLOCK = 256
 
 
-@numba.njit(parallel=True, cache=True)
+def _block_size(n: int) -> int:
+    """Rows per block: at least four blocks per thread when n allows, 32..256 rows."""
+    per_block = -(-n // (4 * numba.get_num_threads()))
+    return int(min(_MAX_BLOCK, max(32, -(-per_block // 32) * 32)))
+
+
+@numba.njit(cache=True)
 def _fold_stats(sim, r0, c0, labels, run_max, run_sum, positive_sum, n_positives):  # pragma: no cover
-    for a in numba.prange(sim.shape[0]):
+    for a in range(sim.shape[0]):
         i = r0 + a
         block_max = -np.inf
         for b in range(sim.shape[1]):
@@ -48,21 +54,21 @@ def _fold_stats(sim, r0, c0, labels, run_max, run_sum, positive_sum, n_positives
         run_max[i] = new_max
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def _stats_kernel(z, labels, inv_t, block, run_max, run_sum, positive_sum, n_positives):  # pragma: no cover
-    # BLAS products run outside parallel regions (OpenBLAS may hang when called from OpenMP threads)
     n = z.shape[0]
-    for r0 in range(0, n, block):
+    for row_block in numba.prange((n + block - 1) // block):
+        r0 = row_block * block
         z_rows = np.ascontiguousarray(z[r0:min(n, r0 + block)])
         for c0 in range(0, n, block):
             sim = np.dot(z_rows, np.ascontiguousarray(z[c0:min(n, c0 + block)]).T) * inv_t
             _fold_stats(sim, r0, c0, labels, run_max, run_sum, positive_sum, n_positives)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _block_grad(sim, r0, c0, labels, lse, coef, pos_coef):  # pragma: no cover - compiled
     g = np.zeros_like(sim)
-    for a in numba.prange(sim.shape[0]):
+    for a in range(sim.shape[0]):
         i = r0 + a
         for b in range(sim.shape[1]):
             j = c0 + b
@@ -76,10 +82,11 @@ def _block_grad(sim, r0, c0, labels, lse, coef, pos_coef):  # pragma: no cover -
     return g
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def _grad_kernel(z, labels, inv_t, block, lse, coef, pos_coef, grad):  # pragma: no cover - compiled
     n = z.shape[0]
-    for r0 in range(0, n, block):
+    for row_block in numba.prange((n + block - 1) // block):
+        r0 = row_block * block
         r1 = min(n, r0 + block)
         z_rows = np.ascontiguousarray(z[r0:r1])
         acc = np.zeros((r1 - r0, z.shape[1]), dtype=z.dtype)
@@ -104,7 +111,7 @@ class NumbaSupCon:
         run_max = np.full(n, -np.inf)
         run_sum, positive_sum, n_positives = (np.zeros(n) for _ in range(3))
         with _threadpools().limit(limits=1, user_api="blas"):
-            _stats_kernel(z.numpy(), labels.numpy(), np.float32(inv_t), _BLOCK, run_max, run_sum,
+            _stats_kernel(z.numpy(), labels.numpy(), np.float32(inv_t), _block_size(n), run_max, run_sum,
                           positive_sum, n_positives)
         with np.errstate(divide="ignore"):  # n = 1: no other anchor, LSE = -inf
             lse = run_max + np.log(run_sum)
@@ -115,6 +122,6 @@ class NumbaSupCon:
         z = z.float()
         grad = np.empty_like(z.numpy())
         with _threadpools().limit(limits=1, user_api="blas"):
-            _grad_kernel(z.numpy(), labels.numpy(), np.float32(inv_t), _BLOCK, lse.double().numpy(),
+            _grad_kernel(z.numpy(), labels.numpy(), np.float32(inv_t), _block_size(len(z)), lse.double().numpy(),
                          coef.double().numpy(), pos_coef.double().numpy(), grad)
         return torch.from_numpy(grad)
