@@ -155,6 +155,7 @@ def report_(
     plot: Annotated[Path, typer.Option(help="Where to write the per-class comparison plot (PNG).")] = Path("robx-report.png"),
     kind: Annotated[str, typer.Option(help="Plot robust or standard per-class accuracy.")] = "robust",
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated rows as JSON.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print one Markdown table (for a README).")] = False,
 ) -> None:
     """Paper-style table over runs: one row per method, mean +- std over seeds."""
     from robx.core.report import SUMMARY_KEYS, aggregate, load_reports, plot_comparison
@@ -165,6 +166,9 @@ def report_(
     plot_comparison(rows, plot, kind)
     if as_json:
         print(json.dumps(rows, indent=2))
+        return
+    if markdown:
+        print(markdown_table(rows))
         return
     for kind_name in ("standard", "robust"):
         table = Table(title=f"{kind_name} accuracy (%), mean ± std over seeds (majority/minority by training counts)",
@@ -179,6 +183,18 @@ def report_(
             table.add_row(row["method"], str(row["runs"]), *cells)
         console.print(table)
     console.print(f"plot: {plot}")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Standard and robust overall / majority / minority / worst, mean ± std in %."""
+    columns = [(kind, key) for kind in ("standard", "robust") for key in ("overall", "majority", "minority", "worst")]
+    header = "| method | seeds | " + " | ".join(f"{kind[:3]} {key}" for kind, key in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for row in rows:
+        cells = [f"{100 * row[f'{kind}.{key}'][0]:.1f} ± {100 * row[f'{kind}.{key}'][1]:.1f}" for kind, key in columns]
+        seeds = ",".join(str(seed) for seed in row.get("seeds", []))
+        lines.append(f"| {row['method']} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @app.command("plugins")

@@ -122,5 +122,10 @@ def test_eval_attacks_and_report(trained_run, tmp_path):
     assert report.returncode == 0, report.stderr
     assert "robust accuracy" in report.stdout and "pgd" in report.stdout
     assert (tmp_path / "cmp.png").stat().st_size > 1000
+    markdown = robx("report", str(trained_run), "--plot", str(tmp_path / "cmp.png"), "--markdown")
+    summary = json.loads((trained_run / "report.json").read_text())["summary"]
+    header, rule, row = markdown.stdout.strip().splitlines()
+    assert header.startswith("| method | seeds | sta overall") and rule.startswith("|---|")
+    assert row.split(" | ")[6].startswith(f"{100 * summary['robust']['overall']:.1f} ± 0.0")
     missing = robx("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no run directory or result file" in missing.stderr
