@@ -156,19 +156,22 @@ def report_(
     kind: Annotated[str, typer.Option(help="Plot robust or standard per-class accuracy.")] = "robust",
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated rows as JSON.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print one Markdown table (for a README).")] = False,
+    baseline: Annotated[str | None, typer.Option(help="Method to score fairness against (DAFA's rho).")] = None,
 ) -> None:
     """Paper-style table over runs: one row per method, mean +- std over seeds."""
-    from robx.core.report import SUMMARY_KEYS, aggregate, load_reports, plot_comparison
+    from robx.core.report import SUMMARY_KEYS, add_fairness_scores, aggregate, load_reports, plot_comparison
 
     if kind not in ("robust", "standard"):
         raise OptionError(f"--kind must be robust or standard, got {kind!r}")
     rows = aggregate(load_reports(paths))
+    if baseline is not None:
+        add_fairness_scores(rows, baseline)
     plot_comparison(rows, plot, kind)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     if markdown:
-        print(markdown_table(rows))
+        print(markdown_table(rows, baseline))
         return
     for kind_name in ("standard", "robust"):
         table = Table(title=f"{kind_name} accuracy (%), mean ± std over seeds (majority/minority by training counts)",
@@ -177,21 +180,29 @@ def report_(
         table.add_column("runs", justify="right")
         for key in SUMMARY_KEYS:
             table.add_column(key, justify="right")
+        if baseline is not None:
+            table.add_column(f"rho vs {baseline}", justify="right")
         for row in rows:
             cells = [f"{100 * row[f'{kind_name}.{key}'][0]:.1f} ± {100 * row[f'{kind_name}.{key}'][1]:.1f}"
                      for key in SUMMARY_KEYS]
+            if baseline is not None:
+                cells.append(f"{row[f'{kind_name}.rho']:.3f}")
             table.add_row(row["method"], str(row["runs"]), *cells)
         console.print(table)
     console.print(f"plot: {plot}")
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Standard and robust overall / majority / minority / worst, mean ± std in %."""
+def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
+    """Standard and robust overall / majority / minority / worst, mean ± std in %, and
+    the robust rho against ``baseline`` when given."""
     columns = [(kind, key) for kind in ("standard", "robust") for key in ("overall", "majority", "minority", "worst")]
-    header = "| method | seeds | " + " | ".join(f"{kind[:3]} {key}" for kind, key in columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    header = "| method | seeds | " + " | ".join(f"{kind[:3]} {key}" for kind, key in columns)
+    header += f" | rob rho vs {baseline} |" if baseline else " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2 + bool(baseline))]
     for row in rows:
         cells = [f"{100 * row[f'{kind}.{key}'][0]:.1f} ± {100 * row[f'{kind}.{key}'][1]:.1f}" for kind, key in columns]
+        if baseline:
+            cells.append(f"{row['robust.rho']:.3f}")
         seeds = ",".join(str(seed) for seed in row.get("seeds", []))
         lines.append(f"| {row['method']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

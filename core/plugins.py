@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.imbmix:ImbMix",
     "robx.plugins.dafa:DAFA",
     "robx.plugins.fairtat:FairTAT",
+    "robx.plugins.cfa:CFA",
     "robx.plugins.topk:TopK",
 )
 FALLBACK_ADVERSARY = "pgd"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from robx.core.errors import RobxError
 from robx.core.evaluate import AttackSettings, EvalResult
 from robx.core.metrics import majority_classes, summarize
 
@@ -86,8 +87,6 @@ SUMMARY_KEYS = ("overall", "majority", "minority", "worst")
 def load_reports(paths: list[Path]) -> list[dict[str, Any]]:
     """Reports from run directories, result JSONs (``{"method", "seed", "report"}``) or
     folders of either. Each gets a ``method`` label (default: its plugins joined by +)."""
-    from robx.core.errors import RobxError
-
     files: list[Path] = []
     for path in paths:
         if path.is_dir() and (path / "report.json").exists():
@@ -142,6 +141,27 @@ def aggregate(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["majority_classes"] = members[0]["majority_classes"]
         rows.append(row)
     return rows
+
+
+def fairness_score(average: float, worst: float, base_average: float, base_worst: float) -> float:
+    """DAFA's rho (Lee et al. 2024): the relative gain in worst-class accuracy minus the
+    relative loss in average accuracy against a baseline; > 0 means fairer at a fair price.
+    ``nan`` when the baseline's worst class is at 0 (the relative gain is undefined)."""
+    if base_worst <= 0 or base_average <= 0:
+        return float("nan")
+    return (worst - base_worst) / base_worst - (base_average - average) / base_average
+
+
+def add_fairness_scores(rows: list[dict[str, Any]], baseline: str) -> None:
+    """Add ``{kind}.rho`` to every row, from the mean overall (average) and worst-class
+    accuracy against the row of method ``baseline``."""
+    base = next((row for row in rows if row["method"] == baseline), None)
+    if base is None:
+        raise RobxError(f"baseline {baseline!r} is not among the methods: {', '.join(r['method'] for r in rows)}")
+    for row in rows:
+        for kind in ("standard", "robust"):
+            row[f"{kind}.rho"] = fairness_score(row[f"{kind}.overall"][0], row[f"{kind}.worst"][0],
+                                                base[f"{kind}.overall"][0], base[f"{kind}.worst"][0])
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust") -> None:

@@ -9,7 +9,9 @@
   (and every plugin's weights, e.g. DAFA's W_y) applies to the natural term, and
   ``--loss`` replaces the natural CE (e.g. LDAM).
 * ``extra_loss``: beta * mean_i KL(f(x_i) || f(x'_i)), unweighted (beta = 6). It also
-  hands the adversarial logits to the class statistics.
+  hands the adversarial logits to the class statistics. A plugin that calibrates the KL
+  weight per class (``cfa``) puts a per-class weight vector under ``KL_CLASS_WEIGHTS`` in
+  the stash; the term is then mean_i beta_{y_i} KL_i.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import torch.nn.functional as F
 
 from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.hookspecs import hookimpl
-from robx.core.state import Step, TrainState
+from robx.core.state import StashKey, Step, TrainState
+
+KL_CLASS_WEIGHTS = StashKey[torch.Tensor]("trades.kl_class_weights")
 
 
 def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
@@ -69,4 +73,8 @@ class TRADES:
         _, adv_logits = state.model(step.x_adv)
         step.adv_outputs = adv_logits.detach()
         clean_logits = step.outputs[: len(step.x)]
-        return self.options.beta * kl_per_sample(clean_logits, adv_logits).mean()
+        kl = kl_per_sample(clean_logits, adv_logits)
+        class_weights = state.stash.get(KL_CLASS_WEIGHTS, None)
+        if class_weights is not None:
+            return (class_weights.to(kl.device)[step.y] * kl).mean()
+        return self.options.beta * kl.mean()

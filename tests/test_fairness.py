@@ -83,3 +83,116 @@ def test_fairness_plugins_train_end_to_end(tmp_path, plugins):
     report = engine.train(tiny_config(epochs=2, plugins=plugins, n_eval=40), tmp_path / "run")
     assert report["plugins"] == PluginHost(plugins, {}).names
     assert all(0 <= v <= 1 for v in report["per_class"]["robust"])
+
+
+# --------------------------------------------------------------------------- CFA
+
+
+def test_cfa_margin_and_beta_formulas_by_hand():
+    from robx.plugins.cfa import calibrated_beta, calibrated_eps
+
+    robust_acc = torch.tensor([0.0, 0.3, 0.5])
+    assert calibrated_eps(robust_acc, 0.04, 0.5).tolist() == pytest.approx([0.02, 0.032, 0.04])
+    # beta 6: (0.5 + A) * 6 = 3, 4.8, 6 -> 3/4, 4.8/5.8, 6/7
+    assert calibrated_beta(robust_acc, 6.0, 0.5).tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
+
+
+def _stats(robust_acc: list[float]) -> SplitStats:
+    acc = torch.tensor(robust_acc, dtype=torch.float64)
+    n = len(robust_acc)
+    return SplitStats(torch.full((n,), 10), acc, acc, torch.eye(n, dtype=torch.float64),
+                      torch.eye(n, dtype=torch.float64), torch.eye(n, dtype=torch.float64))
+
+
+def test_cfa_calibrates_budgets_trades_weights_and_gates_fawa():
+    from types import SimpleNamespace
+
+    from robx.core.state import Stash, Step
+    from robx.plugins.cfa import CFA, FAWA
+    from robx.plugins.trades import KL_CLASS_WEIGHTS, TRADES
+
+    model = torch.nn.Linear(2, 3)
+    state = SimpleNamespace(
+        epoch=0, device=torch.device("cpu"), stash=Stash(), model=model,
+        config=SimpleNamespace(eps=0.04, alpha=0.01, val_fraction=0.1),
+        plugin_options={"trades": TRADES.Options(beta=6.0)},
+        class_eps=torch.full((3,), 0.04), class_alpha=torch.full((3,), 0.01),
+    )
+    plugin = CFA(CFA.Options(start_epoch=2, fawa_threshold=0.2))
+    state.epoch_stats = SimpleNamespace(train=_stats([0.0, 0.3, 0.5]), val=_stats([0.1, 0.3, 0.5]))
+    plugin.epoch_end(state=state)  # epoch 0 ended; epoch 1 < start: nothing changes
+    assert state.class_eps.tolist() == pytest.approx([0.04] * 3) and KL_CLASS_WEIGHTS not in state.stash
+    state.epoch = 1
+    plugin.epoch_end(state=state)  # calibrates epoch 2
+    assert state.class_eps.tolist() == pytest.approx([0.02, 0.032, 0.04])
+    assert state.class_alpha.tolist() == pytest.approx([0.005, 0.008, 0.01])
+    assert state.stash[KL_CLASS_WEIGHTS].tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
+    step = Step(x=torch.zeros(2, 2), y=torch.tensor([0, 2]))
+    step.targets = step.y
+    assert plugin.weight_samples(step=step, state=state).tolist() == pytest.approx([0.25, 1 / 7])
+    assert FAWA not in state.stash  # FAWA starts with epoch 2
+    state.epoch = 2
+    plugin.epoch_end(state=state)  # worst val class 0.1 < 0.2: gate closed
+    assert FAWA not in state.stash
+    state.epoch_stats.val = _stats([0.2, 0.3, 0.5])
+    plugin.epoch_end(state=state)
+    first = {k: v.clone() for k, v in state.stash[FAWA].parameters.items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    plugin.epoch_end(state=state)
+    torch.testing.assert_close(state.stash[FAWA].parameters["weight"], 0.88 * first["weight"] + 0.12 * model.weight)
+
+
+def test_trades_kl_term_uses_the_per_class_weights_when_set():
+    from types import SimpleNamespace
+
+    from robx.core.state import Stash, Step
+    from robx.plugins.trades import KL_CLASS_WEIGHTS, TRADES, kl_per_sample
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+    def two_outputs(x):
+        logits = model(x)
+        return logits, logits
+
+    state = SimpleNamespace(model=two_outputs, stash=Stash())
+    step = Step(x=torch.rand(4, 4), y=torch.tensor([0, 1, 2, 2]))
+    step.x_adv = step.x + 0.1
+    step.outputs = model(step.x)
+    plugin = TRADES(TRADES.Options(beta=6.0))
+    kl = kl_per_sample(step.outputs, model(step.x_adv))
+    torch.testing.assert_close(plugin.extra_loss(step=step, state=state), 6.0 * kl.mean())
+    state.stash[KL_CLASS_WEIGHTS] = torch.tensor([0.5, 0.7, 0.9])
+    expected = (torch.tensor([0.5, 0.7, 0.9, 0.9]) * kl).mean()
+    torch.testing.assert_close(plugin.extra_loss(step=step, state=state), expected)
+
+
+def test_trades_cfa_trains_end_to_end_and_needs_a_validation_split(tmp_path):
+    from robx.core.errors import RobxError
+
+    options = {"cfa": {"start_epoch": 1, "fawa_threshold": 0.0}}
+    report = engine.train(tiny_config(epochs=3, plugins=["trades", "cfa"], val_fraction=0.2,
+                                      plugin_options=options), tmp_path / "run")
+    assert report["plugins"] == ["trades", "cfa"]
+    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert "eval_model" in payload  # the FAWA average was evaluated
+    with pytest.raises(RobxError, match="--val-fraction"):
+        engine.train(tiny_config(epochs=1, plugins=["trades", "cfa"]), tmp_path / "run2")
+
+
+def test_fairness_score_rho_by_hand_and_against_a_named_baseline():
+    from robx.core.errors import RobxError
+    from robx.core.report import add_fairness_scores, fairness_score
+
+    # DAFA vs TRADES (METHODS.md 4): avg 49.05 vs 49.80, worst 30.53 vs 21.31 -> rho 0.42
+    assert fairness_score(0.4905, 0.3053, 0.4980, 0.2131) == pytest.approx(0.4176, abs=1e-4)
+    assert fairness_score(0.5, 0.3, 0.5, 0.0) != fairness_score(0.5, 0.3, 0.5, 0.0)  # nan: undefined
+    rows = [{"method": m, f"{k}.overall": (avg, 0.0), f"{k}.worst": (worst, 0.0)}
+            for m, avg, worst in [("trades", 0.5, 0.2), ("dafa", 0.45, 0.3)] for k in ("standard",)]
+    for row in rows:
+        row["robust.overall"], row["robust.worst"] = row["standard.overall"], row["standard.worst"]
+    add_fairness_scores(rows, "trades")
+    assert rows[0]["robust.rho"] == 0.0 and rows[1]["robust.rho"] == pytest.approx(0.5 - 0.1)
+    with pytest.raises(RobxError, match="not among the methods"):
+        add_fairness_scores(rows, "pgd-at")
