@@ -32,7 +32,7 @@ def _topk_kernel(scores_ptr, mask_ptr, n, k, BLOCK: tl.constexpr):
     threshold = tl.zeros([], tl.uint32)
     for i in range(32):
         candidate = threshold | (tl.full([], 1, tl.uint32) << (31 - i))
-        count = 0
+        count = tl.full([], 0, tl.int32)
         for start in range(0, n, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             inside = cols < n
@@ -40,14 +40,14 @@ def _topk_kernel(scores_ptr, mask_ptr, n, k, BLOCK: tl.constexpr):
             count += tl.sum((inside & (key >= candidate)).to(tl.int32), axis=0)
         threshold = tl.where(count >= k, candidate, threshold)
 
-    above = 0
+    above = tl.full([], 0, tl.int32)
     for start in range(0, n, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         inside = cols < n
         key = _sortable_key(tl.load(scores_ptr + base + cols, mask=inside, other=0.0))
         above += tl.sum((inside & (key > threshold)).to(tl.int32), axis=0)
     ties_wanted = k - above
-    ties_seen = 0
+    ties_seen = tl.full([], 0, tl.int32)
     for start in range(0, n, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         inside = cols < n
