@@ -21,18 +21,24 @@ _L2_BLOCK = 1024
 
 
 @triton.jit
+def _load_step(x_adv_ptr, grad_ptr, x_orig_ptr, mask_ptr, offsets, inside, HAS_MASK: tl.constexpr):
+    """x', the (masked) gradient and x at ``offsets`` as float32."""
+    grad = tl.load(grad_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    if HAS_MASK:
+        grad = tl.where(tl.load(mask_ptr + offsets, mask=inside, other=0) != 0, grad, 0.0)
+    x_adv = tl.load(x_adv_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    x_orig = tl.load(x_orig_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    return x_adv, grad, x_orig
+
+
+@triton.jit
 def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, out_ptr, dim,
                  HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     inside = cols < dim
     offsets = row.to(tl.int64) * dim + cols
-    x_adv = tl.load(x_adv_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    x_orig = tl.load(x_orig_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    if HAS_MASK:
-        victim = tl.load(mask_ptr + offsets, mask=inside, other=0)
-        grad = tl.where(victim != 0, grad, 0.0)
+    x_adv, grad, x_orig = _load_step(x_adv_ptr, grad_ptr, x_orig_ptr, mask_ptr, offsets, inside, HAS_MASK)
     eps = tl.load(eps_ptr + row)
     alpha = tl.load(alpha_ptr + row)
     step = tl.where(grad > 0, alpha, tl.where(grad < 0, -alpha, 0.0))
@@ -60,11 +66,7 @@ def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, ou
     for start in range(0, dim, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         inside = cols < dim
-        grad = tl.load(grad_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        if HAS_MASK:
-            grad = tl.where(tl.load(mask_ptr + base + cols, mask=inside, other=0) != 0, grad, 0.0)
-        x_adv = tl.load(x_adv_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        x_orig = tl.load(x_orig_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
+        x_adv, grad, x_orig = _load_step(x_adv_ptr, grad_ptr, x_orig_ptr, mask_ptr, base + cols, inside, HAS_MASK)
         delta = x_adv + scale * grad - x_orig
         delta_sq += delta * delta
     factor = tl.minimum(tl.load(eps_ptr + row) / tl.maximum(tl.sqrt(tl.sum(delta_sq, axis=0)), 1e-12), 1.0)
@@ -72,11 +74,7 @@ def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, ou
     for start in range(0, dim, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         inside = cols < dim
-        grad = tl.load(grad_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        if HAS_MASK:
-            grad = tl.where(tl.load(mask_ptr + base + cols, mask=inside, other=0) != 0, grad, 0.0)
-        x_adv = tl.load(x_adv_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        x_orig = tl.load(x_orig_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
+        x_adv, grad, x_orig = _load_step(x_adv_ptr, grad_ptr, x_orig_ptr, mask_ptr, base + cols, inside, HAS_MASK)
         delta = (x_adv + scale * grad - x_orig) * factor
         out = tl.minimum(tl.maximum(x_orig + delta, 0.0), 1.0)
         tl.store(out_ptr + base + cols, out.to(out_ptr.dtype.element_ty), mask=inside)

@@ -29,7 +29,7 @@ from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
 from robx.plugins.cb import per_sample_class_weights
-from robx.plugins.swa import WeightAverage, finish_average
+from robx.plugins.swa import WeightAverage, add_to_average, finish_average
 from robx.plugins.trades import KL_CLASS_WEIGHTS
 
 FAWA = StashKey[WeightAverage]("cfa.fawa")
@@ -102,10 +102,7 @@ class CFA:
         if self.options.fawa and state.epoch >= self.options.start_epoch:
             assert stats.val is not None and stats.val.robust_acc is not None
             if float(stats.val.robust_acc.min()) >= self.options.fawa_threshold:
-                if FAWA not in state.stash:
-                    state.stash[FAWA] = WeightAverage.of(state.model)
-                else:
-                    state.stash[FAWA].add(state.model, decay=self.options.fawa_decay)
+                add_to_average(state, FAWA, self.options.fawa_decay)
 
     @hookimpl
     def train_end(self, state: TrainState) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
-from robx.plugins.swa import WeightAverage, finish_average
+from robx.plugins.swa import WeightAverage, add_to_average, finish_average
 
 AVERAGE = StashKey[WeightAverage]("ema.average")
 
@@ -33,10 +33,7 @@ class EMA:
     def after_step(self, step: Step, state: TrainState) -> None:
         if state.epoch < int(round(self.options.start * state.num_epochs)):
             return
-        if AVERAGE not in state.stash:
-            state.stash[AVERAGE] = WeightAverage.of(state.model)
-        else:
-            state.stash[AVERAGE].add(state.model, decay=self.options.decay)
+        add_to_average(state, AVERAGE, self.options.decay)
 
     @hookimpl
     def train_end(self, state: TrainState) -> None:

@@ -46,14 +46,19 @@ class WeightAverage:
 AVERAGE = StashKey[WeightAverage]("swa.average")
 
 
+def add_to_average(state: TrainState, key: StashKey[WeightAverage], decay: float | None = None) -> None:
+    """Start the average under ``key`` with the model, or add the model to it."""
+    if key not in state.stash:
+        state.stash[key] = WeightAverage.of(state.model)
+    else:
+        state.stash[key].add(state.model, decay=decay)
+
+
 def average_from_epoch(state: TrainState, key: StashKey[WeightAverage], start: float) -> None:
     """At an epoch end from ``start`` x epochs on, add the model to the average under ``key``."""
     if state.epoch < min(int(round(start * state.num_epochs)), state.num_epochs - 1):
         return
-    if key not in state.stash:
-        state.stash[key] = WeightAverage.of(state.model)
-    else:
-        state.stash[key].add(state.model)
+    add_to_average(state, key)
 
 
 def clean_batches(state: TrainState, batch_size: int = 256) -> Iterator[torch.Tensor]:
