@@ -374,8 +374,9 @@ def train(
         state.epoch_stats = stats
         state.history.append(stats)
         run.host.epoch_end(state)
+        record = {**stats.to_json(), "class_eps": [round(v, 6) for v in state.class_eps.tolist()]}
         with metrics_path.open("a") as handle:
-            handle.write(json.dumps(stats.to_json()) + "\n")
+            handle.write(json.dumps(record) + "\n")
         rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, checkpoint_payload(run))
         progress.end_epoch(stats)
     run.host.train_end(state)

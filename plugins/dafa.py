@@ -7,7 +7,15 @@
   ``robust_mean_prob``.
 * Class weights, computed once and then frozen (METHODS.md section 4): W_i = 1, and for
   each j != i: if p_i(i) < p_j(j): W_i += lam * p_i(j) * p_j(j), else
-  W_i -= lam * p_j(i) * p_i(i). lam = 1.0 (CIFAR-10), 1.5 (CIFAR-100, STL-10).
+  W_i -= lam * p_j(i) * p_i(i). lam = 1.0 (CIFAR-10), 1.5 (CIFAR-100, STL-10). (The
+  authors' ``calculate_class_weights`` subtracts lam * p_i(j) * p_j(j) in the second branch;
+  METHODS.md's rule, followed here, moves exactly what the harder class gains, so the
+  weights keep summing to the number of classes.)
+* Floor: an easy class that many others are confused with can lose more than its whole
+  weight (on the imbalanced digits default, W = -0.12 for one majority class), which would
+  turn its loss into gradient ascent and its attack budget negative. Weights below
+  ``min_weight`` (0.1) are raised to it with a warning; on balanced CIFAR-10 the rule stays
+  far from it.
 * Afterwards the attack uses eps_y = W_y * eps and alpha_y = W_y * alpha (through
   ``state.class_eps``/``class_alpha``, which every robx adversary reads -- unlike the
   authors' PGD-AT path, which drops the class margins), and the per-sample loss is
@@ -17,6 +25,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +64,12 @@ class DAFA:
         lam: float = 1.0
         warmup: float = 70 / 110
 
+        min_weight: float = 0.1
+
+        def __post_init__(self) -> None:
+            if self.min_weight <= 0:
+                raise ValueError("min_weight must be > 0")
+
     def __init__(self, options: Options) -> None:
         self.options = options
 
@@ -69,7 +84,14 @@ class DAFA:
         mean_prob = state.epoch_stats.train.robust_mean_prob
         if mean_prob is None:
             raise RobxError("dafa needs adversarial training predictions; it cannot run with 'natural'")
-        weights = dafa_class_weights(mean_prob, self.options.lam).to(state.device)
+        weights = dafa_class_weights(mean_prob, self.options.lam)
+        low = (weights < self.options.min_weight).nonzero().flatten().tolist()
+        if low:
+            found = ", ".join(f"class {c}: {weights[c]:.3f}" for c in low)
+            warnings.warn(f"dafa: weights below min_weight {self.options.min_weight} raised to it ({found}); "
+                          "DAFA's rule assumes balanced classes", RuntimeWarning, stacklevel=2)
+            weights = weights.clamp(min=self.options.min_weight)
+        weights = weights.to(state.device)
         state.stash[WEIGHTS] = weights.cpu()
         state.class_eps = weights * float(state.config.eps)
         state.class_alpha = weights * float(state.config.alpha)

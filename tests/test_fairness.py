@@ -28,6 +28,32 @@ def test_dafa_weights_on_a_hand_made_matrix():
     assert dafa_class_weights(p, lam=0.0).tolist() == pytest.approx([1, 1, 1])
 
 
+def test_dafa_floors_weights_that_would_turn_negative():
+    """An easy class that absorbs the others' mistakes can lose more than its whole weight."""
+    from types import SimpleNamespace
+
+    from robx.core.state import Stash
+    from robx.plugins.dafa import DAFA
+
+    p = torch.tensor([[0.2, 0.8, 0.0],
+                      [0.0, 1.0, 0.0],
+                      [0.0, 0.9, 0.1]])
+    raw = dafa_class_weights(p, lam=1.0)
+    # class 1 is the easiest: W_1 = 1 - p_0(1)*p_1(1) - p_2(1)*p_1(1) = 1 - .8 - .9
+    assert raw.tolist() == pytest.approx([1.8, -0.7, 1.9])
+    assert raw.sum().item() == pytest.approx(3.0)  # the rule only moves weight between classes
+    stats = SplitStats(torch.full((3,), 10), None, None, None, None, p.double())
+    state = SimpleNamespace(epoch=0, num_epochs=1, device=torch.device("cpu"), stash=Stash(),
+                            epoch_stats=SimpleNamespace(train=stats), config=SimpleNamespace(eps=0.1, alpha=0.02),
+                            class_eps=torch.full((3,), 0.1), class_alpha=torch.full((3,), 0.02))
+    with pytest.warns(RuntimeWarning, match=r"class 1: -0\.700"):
+        DAFA(DAFA.Options(warmup=1.0)).epoch_end(state=state)
+    assert state.stash[WEIGHTS].tolist() == pytest.approx([1.8, 0.1, 1.9])
+    assert state.class_eps.tolist() == pytest.approx([0.18, 0.01, 0.19])
+    with pytest.raises(ValueError, match="min_weight"):
+        DAFA.Options(min_weight=0.0)
+
+
 def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     """The authors' PGD-AT path drops the class margins; robx's adversary must see W_y * eps."""
     seen = []
