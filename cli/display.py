@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from robx.core.metrics import is_balanced, summary_keys
 from robx.core.stats import EpochStats
 
 
@@ -75,17 +76,18 @@ def report_table(report: dict[str, Any], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("class")
     table.add_column("n train", justify="right")
-    table.add_column("group")
+    balanced = is_balanced(report["class_counts"])
+    if not balanced:
+        table.add_column("group")
     table.add_column("standard", justify="right")
     table.add_column("robust", justify="right")
     majority = set(report["majority_classes"])
     for c, name in enumerate(report["class_names"]):
-        table.add_row(
-            name, str(report["class_counts"][c]), "majority" if c in majority else "minority",
-            f"{report['per_class']['standard'][c]:.3f}", f"{report['per_class']['robust'][c]:.3f}",
-        )
+        group = [] if balanced else ["majority" if c in majority else "minority"]
+        table.add_row(name, str(report["class_counts"][c]), *group,
+                      f"{report['per_class']['standard'][c]:.3f}", f"{report['per_class']['robust'][c]:.3f}")
     table.add_section()
-    for key in ("overall", "majority", "minority", "worst", "disparity"):
-        table.add_row(key, "", "", f"{report['summary']['standard'][key]:.3f}",
+    for key in summary_keys(balanced) + (() if balanced else ("disparity",)):
+        table.add_row(key, "", *([] if balanced else [""]), f"{report['summary']['standard'][key]:.3f}",
                       f"{report['summary']['robust'][key]:.3f}", style="bold" if key == "overall" else None)
     return table

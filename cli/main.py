@@ -159,7 +159,8 @@ def report_(
     baseline: Annotated[str | None, typer.Option(help="Method to score fairness against (DAFA's rho).")] = None,
 ) -> None:
     """Paper-style table over runs: one row per method, mean +- std over seeds."""
-    from robx.core.report import SUMMARY_KEYS, add_fairness_scores, aggregate, load_reports, plot_comparison
+    from robx.core.metrics import summary_keys
+    from robx.core.report import add_fairness_scores, aggregate, load_reports, plot_comparison
 
     if kind not in ("robust", "standard"):
         raise OptionError(f"--kind must be robust or standard, got {kind!r}")
@@ -173,18 +174,20 @@ def report_(
     if markdown:
         print(markdown_table(rows, baseline))
         return
+    balanced = all(row["balanced"] for row in rows)
+    keys = summary_keys(balanced)
     for kind_name in ("standard", "robust"):
-        table = Table(title=f"{kind_name} accuracy (%), mean ± std over seeds (majority/minority by training counts)",
-                      title_justify="left")
+        halves = "" if balanced else " (majority/minority by training counts)"
+        table = Table(title=f"{kind_name} accuracy (%), mean ± std over seeds{halves}", title_justify="left")
         table.add_column("method", no_wrap=True)
         table.add_column("runs", justify="right")
-        for key in SUMMARY_KEYS:
+        for key in keys:
             table.add_column(key, justify="right")
         if baseline is not None:
             table.add_column(f"rho vs {baseline}", justify="right")
         for row in rows:
             cells = [f"{100 * row[f'{kind_name}.{key}'][0]:.1f} ± {100 * row[f'{kind_name}.{key}'][1]:.1f}"
-                     for key in SUMMARY_KEYS]
+                     for key in keys]
             if baseline is not None:
                 cells.append(f"{row[f'{kind_name}.rho']:.3f}")
             table.add_row(row["method"], str(row["runs"]), *cells)
@@ -193,9 +196,12 @@ def report_(
 
 
 def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
-    """Standard and robust overall / majority / minority / worst, mean ± std in %, and
-    the robust rho against ``baseline`` when given."""
-    columns = [(kind, key) for kind in ("standard", "robust") for key in ("overall", "majority", "minority", "worst")]
+    """Standard and robust overall / majority / minority / worst (overall / worst when every
+    run is class-balanced), mean ± std in %, and the robust rho against ``baseline`` when given."""
+    from robx.core.metrics import summary_keys
+
+    keys = summary_keys(all(row.get("balanced", False) for row in rows))
+    columns = [(kind, key) for kind in ("standard", "robust") for key in keys]
     header = "| method | seeds | " + " | ".join(f"{kind[:3]} {key}" for kind, key in columns)
     header += f" | rob rho vs {baseline} |" if baseline else " |"
     lines = [header, "|" + "---|" * (len(columns) + 2 + bool(baseline))]

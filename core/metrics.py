@@ -15,6 +15,16 @@ def majority_classes(class_counts: Sequence[int]) -> list[int]:
     return sorted(order[: len(class_counts) // 2])
 
 
+def is_balanced(class_counts: Sequence[int]) -> bool:
+    """Every class has the same training count: the majority/minority halves mean nothing."""
+    return len(set(class_counts)) <= 1
+
+
+def summary_keys(balanced: bool) -> tuple[str, ...]:
+    """The summaries worth showing: overall (average) and worst, plus the halves when imbalanced."""
+    return ("overall", "worst") if balanced else ("overall", "majority", "minority", "worst")
+
+
 def summarize(per_class: Sequence[float], class_counts: Sequence[int]) -> dict[str, float]:
     """overall (mean over classes), majority mean, minority mean, worst class, disparity."""
     if len(per_class) != len(class_counts):

@@ -8,7 +8,7 @@ from typing import Any
 
 from robx.core.errors import RobxError
 from robx.core.evaluate import AttackSettings, EvalResult
-from robx.core.metrics import majority_classes, summarize
+from robx.core.metrics import is_balanced, majority_classes, summarize
 
 
 def build_report(
@@ -53,7 +53,8 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
     names = report["class_names"]
     standard = report["per_class"]["standard"]
     robust = report["per_class"]["robust"]
-    majority = set(report["majority_classes"])
+    balanced = is_balanced(report["class_counts"])
+    majority = set(range(len(names))) if balanced else set(report["majority_classes"])
     positions = range(len(names))
     width = 0.4
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.8))
@@ -69,9 +70,10 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
+    minority_key = [] if balanced else [plt.Rectangle((0, 0), 1, 1, fill=False, hatch="//")]
     ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False,
-              handles=ax.get_legend_handles_labels()[0] + [plt.Rectangle((0, 0), 1, 1, fill=False, hatch="//")],
-              labels=["standard", "robust", "minority class"])
+              handles=ax.get_legend_handles_labels()[0] + minority_key,
+              labels=["standard", "robust", "minority class"][: 2 + len(minority_key)])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -139,6 +141,7 @@ def aggregate(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"per_class.{kind}"] = [sum(c) / len(c) for c in zip(*per_class)]
         row["class_names"] = members[0]["class_names"]
         row["majority_classes"] = members[0]["majority_classes"]
+        row["balanced"] = is_balanced(members[0]["class_counts"])
         rows.append(row)
     return rows
 
@@ -172,7 +175,8 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust"
     import matplotlib.pyplot as plt
 
     names = rows[0]["class_names"]
-    majority = set(rows[0]["majority_classes"])
+    balanced = rows[0].get("balanced", False)
+    majority = set(range(len(names))) if balanced else set(rows[0]["majority_classes"])
     width = 0.8 / len(rows)
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(names)), 4))
     for i, row in enumerate(rows):
@@ -183,7 +187,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust"
     ax.set_ylim(0, 1.25)
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel(f"{kind} accuracy (mean over seeds)")
-    ax.set_title(f"per-class {kind} accuracy; * = minority class", fontsize=10)
+    ax.set_title(f"per-class {kind} accuracy" + ("" if balanced else "; * = minority class"), fontsize=10)
     ax.legend(fontsize=7, ncol=4, loc="upper center", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

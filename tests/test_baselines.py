@@ -227,3 +227,30 @@ def test_report_aggregation(tmp_path):
     assert mean == pytest.approx(0.2) and std == pytest.approx(math.sqrt(0.02))
     assert rows["cb"]["runs"] == 1 and rows["cb"]["robust.minority"] == (0.4, 0.0)
     assert rows["pgd-at"]["per_class.robust"] == pytest.approx([0.5, 0.2])
+
+
+def test_balanced_runs_show_average_and_worst_only(tmp_path):
+    """On balanced data the majority/minority halves are arbitrary; tables drop them."""
+    from rich.console import Console
+
+    from robx.cli.display import report_table
+    from robx.cli.main import markdown_table
+
+    report = {"class_names": ["a", "b", "c", "d"], "class_counts": [5, 5, 5, 5], "majority_classes": [0, 1],
+              "plugins": ["x"], "per_class": {"standard": [0.9, 0.8, 0.7, 0.6], "robust": [0.5, 0.4, 0.3, 0.2]},
+              "summary": {"standard": {"overall": 0.75, "majority": 0.85, "minority": 0.65, "worst": 0.6,
+                                       "disparity": 0.2},
+                          "robust": {"overall": 0.35, "majority": 0.45, "minority": 0.25, "worst": 0.2,
+                                     "disparity": 0.2}}, "seed": 0}
+    (tmp_path / "m-seed0.json").write_text(json.dumps({"method": "m", "report": report}))
+    rows = aggregate(load_reports([tmp_path]))
+    header, _, row = markdown_table(rows).splitlines()
+    assert header == "| method | seeds | sta overall | sta worst | rob overall | rob worst |"
+    assert row == "| m | 0 | 75.0 ± 0.0 | 60.0 ± 0.0 | 35.0 ± 0.0 | 20.0 ± 0.0 |"
+    console = Console(width=200, record=True)
+    console.print(report_table(report, "t"))
+    text = console.export_text()
+    assert "worst" in text and "majority" not in text and "minority" not in text
+    report["class_counts"] = [9, 9, 1, 1]
+    console.print(report_table(report, "t"))
+    assert "minority" in console.export_text()
