@@ -3,6 +3,11 @@
 w_c = (1 - beta) / (1 - beta^{n_c}) (the inverse effective number of samples),
 normalised so that sum_c w_c = C; beta = 0.9999 (METHODS.md section 1). An example's
 weight is w of its class; with soft targets, the target-weighted mean sum_c t_c w_c.
+
+n_c is the number of examples of class c the model trains on per epoch: the dataset's
+count, unless a plugin that adds examples (Imb-Mix's minority copies) stored the grown
+counts under ``TRAINED_CLASS_COUNTS``. Weighting by the dataset counts after the batch was
+already rebalanced would rebalance twice.
 """
 
 from __future__ import annotations
@@ -12,7 +17,14 @@ from dataclasses import dataclass
 import torch
 
 from robx.core.hookspecs import hookimpl
-from robx.core.state import Step, TrainState
+from robx.core.state import StashKey, Step, TrainState
+
+TRAINED_CLASS_COUNTS = StashKey[torch.Tensor]("cb.trained_class_counts")
+
+
+def trained_class_counts(state: TrainState) -> torch.Tensor:
+    """Examples of each class trained on per epoch (the dataset counts unless a plugin grew them)."""
+    return state.stash.get(TRAINED_CLASS_COUNTS, state.class_counts)
 
 
 def class_balanced_weights(class_counts: torch.Tensor, beta: float) -> torch.Tensor:
@@ -50,4 +62,4 @@ class ClassBalanced:
 
     @hookimpl
     def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor:
-        return per_sample_class_weights(step, class_balanced_weights(state.class_counts, self.options.beta))
+        return per_sample_class_weights(step, class_balanced_weights(trained_class_counts(state), self.options.beta))

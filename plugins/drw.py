@@ -14,7 +14,7 @@ import torch
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.cb import class_balanced_weights, per_sample_class_weights
+from robx.plugins.cb import class_balanced_weights, per_sample_class_weights, trained_class_counts
 
 
 def deferred_start_epoch(epochs: int, start: float, start_epoch: int | None) -> int:
@@ -27,7 +27,7 @@ def deferred_class_weights(
     """None (weight 1) before epoch T_d, the class-balanced weights from T_d on."""
     if state.epoch < deferred_start_epoch(state.num_epochs, start, start_epoch):
         return None
-    return per_sample_class_weights(step, class_balanced_weights(state.class_counts, beta))
+    return per_sample_class_weights(step, class_balanced_weights(trained_class_counts(state), beta))
 
 
 class DeferredReweighting:

@@ -16,6 +16,10 @@ Per batch (Algorithm 5.1), after the adversary produced x' = PGD(x):
    ``--loss``).
 4. SWA (section 5.3.3) from ``swa_start`` x epochs, BatchNorm recomputed, the averaged
    model evaluated; ``swa = false`` turns it off (the ablation).
+
+With class weights (``srat``, ``cb``, ``drw``): the weights are computed from the counts
+Imb-Mix trains on, n_c (1 + t_c) (stored under ``cb.TRAINED_CLASS_COUNTS``), not from the
+dataset counts; the copies have already rebalanced the batch.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from robx.core.hookspecs import hookimpl
 from robx.core.metrics import majority_classes
 from robx.core.state import StashKey, Step, TrainState
+from robx.plugins.cb import TRAINED_CLASS_COUNTS
 from robx.plugins.mixup import draw_mix, mix_inputs, mix_targets
 from robx.plugins.remix import remix_label_factor
 from robx.plugins.swa import WeightAverage, average_from_epoch, finish_average
@@ -79,11 +84,18 @@ class ImbMix:
     def __init__(self, options: Options) -> None:
         self.options = options
 
+    def copies(self, state: TrainState) -> torch.Tensor:
+        return torch.tensor(copies_per_class(state.class_counts.tolist(), self.options.max_copies,
+                                             self.options.copies))
+
+    @hookimpl
+    def train_start(self, state: TrainState) -> None:
+        state.stash[TRAINED_CLASS_COUNTS] = state.class_counts.cpu() * (1 + self.copies(state))
+
     @hookimpl
     def augment(self, step: Step, state: TrainState) -> None:
         assert step.x_adv is not None and step.inputs is not None
-        counts = state.class_counts.tolist()
-        copies = torch.tensor(copies_per_class(counts, self.options.max_copies, self.options.copies))
+        copies = self.copies(state)
         extra_x, extra_y = supplementary_examples(step.x, step.x_adv, step.y, copies, self.options.a)
         inputs = torch.cat([step.inputs, extra_x])
         labels = torch.cat([step.y, extra_y])

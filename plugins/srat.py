@@ -14,7 +14,8 @@ Objective (eq. 4.13):  min_theta 1/n sum_i max_{x'_i} w_i L(f(x'_i), y_i) + lamb
 Composition: when another plugin changed the trained batch (Imb-Mix mixes it, TRADES
 trains on the clean batch), L_sep still sees the adversarial examples x' of the batch,
 with their hard labels, through one extra forward pass; the class weights then apply to
-the trained rows (the target-weighted class weight for soft labels).
+the trained rows (the target-weighted class weight for soft labels) and are computed from
+the class counts actually trained on (with Imb-Mix: n_c (1 + t_c), see ``cb.py``).
 """
 
 from __future__ import annotations

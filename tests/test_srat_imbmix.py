@@ -70,6 +70,24 @@ def test_srat_deferred_weights_switch_at_t_d_and_lambda_scales_l_sep():
     assert SRAT(SRAT.Options(lam=0.0)).extra_loss(step, state) is None
 
 
+def test_class_weights_under_imbmix_use_the_counts_it_trains_on():
+    """Imb-Mix already rebalances the batch; SRAT's weights must not rebalance a second time."""
+    from robx.plugins.cb import class_balanced_weights
+    from robx.plugins.imbmix import ImbMix
+
+    state = SimpleNamespace(epoch=9, num_epochs=10, class_counts=torch.tensor([1000, 1000, 100, 100]), stash=Stash())
+    step = Step(x=torch.zeros(2, 1), y=torch.tensor([0, 2]))
+    step.targets = step.y
+    srat = SRAT(SRAT.Options(start=0.5))
+    alone = srat.weight_samples(step, state)
+    assert alone[1] / alone[0] > 9  # dataset counts: the minority weighs about 10x
+    ImbMix(ImbMix.Options()).train_start(state=state)  # t = 8 copies per minority example
+    composed = srat.weight_samples(step, state)
+    expected = class_balanced_weights(torch.tensor([1000, 1000, 900, 900]), 0.9999)[[0, 2]]
+    torch.testing.assert_close(composed, expected)
+    assert composed[1] / composed[0] < 1.2
+
+
 def test_minority_examples_get_exactly_t_copies_and_majority_none():
     counts = [100, 100, 10, 25]
     assert copies_per_class(counts, max_copies=8, fixed=None) == [0, 0, 8, 3]
