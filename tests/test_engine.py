@@ -21,6 +21,8 @@ def test_run_directory_holds_config_metrics_checkpoint_report_and_plot(tmp_path)
     assert {"config.json", "metrics.jsonl", "checkpoint.pt", "report.json", "per_class.png"} <= files
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    eps = tiny_config().resolved().eps
+    assert json.loads(lines[-1])["class_eps"] == pytest.approx([eps] * 10, abs=1e-6)  # budgets per epoch
     on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
     assert on_disk["summary"] == report["summary"]
     for kind in ("standard", "robust"):
