@@ -16,6 +16,9 @@ trains on the clean batch), L_sep still sees the adversarial examples x' of the 
 with their hard labels, through one extra forward pass; the class weights then apply to
 the trained rows (the target-weighted class weight for soft labels) and are computed from
 the class counts actually trained on (with Imb-Mix: n_c (1 + t_c), see ``cb.py``).
+The extra pass runs in train mode, so BatchNorm normalises x' with its own batch
+statistics, not those of the mixed batch. With Imb-Mix this composition trains on digits
+and on cifar10-lt-cpu Exp-100 but collapsed on Step-10 (README, "cifar10-lt-cpu, Step-10").
 """
 
 from __future__ import annotations
