@@ -262,11 +262,15 @@ def main() -> None:
         "supcon": bench_supcon(device, implementation_name("supcon", device), with_compile),
         "topk_victims": bench_topk(device, implementation_name("topk_victims", device), with_compile),
     }
+    name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "-")
+    path = RESULTS / "kernels" / f"{name}.json"
+    payload["wall_seconds"] = time.perf_counter() - started
+    write_result(path, payload)  # kept even if the end-to-end part fails (it needs CIFAR-10)
     if not args.skip_e2e:
         payload["end_to_end"] = bench_end_to_end(device, args.e2e_images, args.e2e_epochs)
-    payload["wall_seconds"] = time.perf_counter() - started
-    name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "-")
-    print(write_result(RESULTS / "kernels" / f"{name}.json", payload))
+        payload["wall_seconds"] = time.perf_counter() - started
+        write_result(path, payload)
+    print(path)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Every kernel implementation equals the torch reference (values and gradients).
 
-Triton kernels run on CPU tensors here under ``TRITON_INTERPRET=1`` (set in conftest.py when
-no GPU is present). Tolerances: float32 pgd_step 1e-6 absolute (same operations, different
+Triton kernels run on CUDA tensors when a GPU is present, else on CPU tensors under
+``TRITON_INTERPRET=1`` (set in conftest.py); the references always run on CPU. Tolerances: float32 pgd_step 1e-6 absolute (same operations, different
 order for L2); float32 supcon 1e-5 relative on the loss and 1e-5 absolute on gradients
 (blocked sums); bfloat16 one bf16 rounding step of the value; topk_victims exact.
 """
@@ -29,6 +29,13 @@ from robx.kernels.topk_victims_triton import topk_victims_triton  # noqa: E402
 PGD_STEPS = {"numba": numba_pgd.pgd_step_numba, "triton": triton_pgd.pgd_step_triton}
 SUPCON_BACKENDS = {"numba": NumbaSupCon, "triton": TritonSupCon}
 TOPK = {"numba": topk_victims_numba, "triton": topk_victims_triton}
+TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def placed(implementation: str, *values):
+    """The inputs on the device the implementation runs on (tensors moved; numbers and None kept)."""
+    device = TRITON_DEVICE if implementation == "triton" else torch.device("cpu")
+    return tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in values)
 
 
 # --------------------------------------------------------------------------- pgd_step
@@ -60,7 +67,7 @@ def test_pgd_step_equals_the_reference(implementation, case, scalar_budget):
     if scalar_budget:
         eps, alpha = float(eps[0]), float(alpha[0])
     expected = pgd_step_reference(x_adv, grad, x, eps, alpha, norm, mask)
-    got = PGD_STEPS[implementation](x_adv, grad, x, eps, alpha, norm, mask)
+    got = PGD_STEPS[implementation](*placed(implementation, x_adv, grad, x, eps, alpha, norm, mask)).cpu()
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
@@ -71,7 +78,7 @@ def test_triton_pgd_step_in_bfloat16_rounds_the_float32_result(case):
     x_adv, grad, x, eps, alpha, norm, mask = case
     x_adv, grad, x = (t.bfloat16() for t in (x_adv, grad, x))
     expected = pgd_step_reference(x_adv.float(), grad.float(), x.float(), eps, alpha, norm, mask)
-    got = triton_pgd.pgd_step_triton(x_adv, grad, x, eps, alpha, norm, mask)
+    got = triton_pgd.pgd_step_triton(*placed("triton", x_adv, grad, x, eps, alpha, norm, mask)).cpu()
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, rtol=2**-8, atol=2**-9)  # one bf16 rounding
 
@@ -91,11 +98,12 @@ def supcon_case(draw):
 
 
 def loss_and_grads(loss_fn, features, labels, weights, temperature, dtype=torch.float32):
-    features = features.to(dtype).requires_grad_(True)
-    weights = weights.clone().requires_grad_(True) if weights is not None else None
+    features = features.detach().to(dtype).requires_grad_(True)  # a fresh leaf: inputs are shared between calls
+    weights = weights.detach().clone().requires_grad_(True) if weights is not None else None
     loss = loss_fn(features, labels, weights, temperature)
     loss.backward()
-    return loss.detach(), features.grad, None if weights is None else weights.grad
+    return tuple(None if t is None else t.cpu() for t in (loss.detach(), features.grad,
+                                                          None if weights is None else weights.grad))
 
 
 def reference(features, labels, weights, temperature):
@@ -112,7 +120,7 @@ def test_supcon_forward_and_backward_equal_the_reference(implementation, case):
         return FusedSupCon.apply(features, labels, weights, temperature, backend)
 
     expected = loss_and_grads(reference, *case)
-    got = loss_and_grads(fused, *case)
+    got = loss_and_grads(fused, *placed(implementation, *case))
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-5)
     if case[2] is not None:
@@ -127,16 +135,17 @@ def test_supcon_in_bfloat16_matches_the_reference_on_the_same_inputs(implementat
     backend = SUPCON_BACKENDS[implementation]()
     expected = loss_and_grads(reference, features, labels, None, 0.1, torch.bfloat16)
     got = loss_and_grads(lambda f, y, w, t: FusedSupCon.apply(f, y, w, t, backend),
-                         features, labels, None, 0.1, torch.bfloat16)
+                         *placed(implementation, features, labels, None, 0.1), torch.bfloat16)
     assert got[1].dtype == torch.bfloat16
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)  # both compute in float32
     torch.testing.assert_close(got[1].float(), expected[1].float(), rtol=2**-7, atol=1e-5)
 
 
 def test_supcon_anchors_without_positives_contribute_zero_and_get_zero_gradient():
-    features = F.normalize(torch.randn(4, 8), dim=1).requires_grad_(True)
-    labels = torch.tensor([0, 1, 2, 3])  # nobody has a positive
-    for backend in (NumbaSupCon(), TritonSupCon()):
+    for implementation, backend in (("numba", NumbaSupCon()), ("triton", TritonSupCon())):
+        features, labels = placed(implementation, F.normalize(torch.randn(4, 8), dim=1),
+                                  torch.tensor([0, 1, 2, 3]))  # nobody has a positive
+        features.requires_grad_(True)
         loss = FusedSupCon.apply(features, labels, None, 0.1, backend)
         (grad,) = torch.autograd.grad(loss, features)
         assert loss.item() == 0.0 and torch.count_nonzero(grad) == 0
@@ -166,7 +175,7 @@ def topk_case(draw):
 def test_topk_victims_equals_the_reference(implementation, case):
     saliency, k, weights = case
     expected = topk_victims_reference(saliency, k, weights)
-    got = TOPK[implementation](saliency, k, weights)
+    got = TOPK[implementation](*placed(implementation, saliency, k, weights)).cpu()
     assert got.dtype == torch.bool and got.shape == saliency.shape
     assert torch.equal(got, expected)
     assert (got.reshape(saliency.shape[0], -1).sum(dim=1) == k).all()
