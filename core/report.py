@@ -178,10 +178,13 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust"
     balanced = rows[0].get("balanced", False)
     majority = set(range(len(names))) if balanced else set(rows[0]["majority_classes"])
     width = 0.8 / len(rows)
+    # tab10 repeats its colours past ten methods, which makes bars of different methods look alike
+    palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(names)), 4))
     for i, row in enumerate(rows):
         offsets = [c - 0.4 + width * (i + 0.5) for c in range(len(names))]
-        ax.bar(offsets, row[f"per_class.{kind}"], width, label=f"{row['method']} (n={row['runs']})")
+        ax.bar(offsets, row[f"per_class.{kind}"], width, label=f"{row['method']} (n={row['runs']})",
+               color=palette[i % len(palette)])
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([f"{n}{'' if c in majority else '*'}" for c, n in enumerate(names)], fontsize=8)
     ax.set_ylim(0, 1.25)
