@@ -2,8 +2,9 @@
 
 Triton kernels run on CUDA tensors when a GPU is present, else on CPU tensors under
 ``TRITON_INTERPRET=1`` (set in conftest.py); the references always run on CPU.
-Tolerances: float32 pgd_step 1e-6 absolute (same operations, different order for L2); float32 supcon 1e-5 relative on the loss and 1e-5 absolute on gradients
-(blocked sums); bfloat16 one bf16 rounding step of the value; topk_victims exact.
+Tolerances: float32 pgd_step 1e-6 absolute (same operations, different order for L2);
+float32 supcon 1e-5 relative on the loss and 1e-5 absolute on gradients (blocked sums);
+bfloat16 one bf16 rounding step of the value; topk_victims exact.
 """
 
 from __future__ import annotations
