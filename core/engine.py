@@ -78,7 +78,11 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global generator's state as tensors and plain values (checkpoints load with
+    ``weights_only=True``, which refuses numpy arrays)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -86,7 +90,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -291,7 +296,7 @@ def checkpoint_payload(run: Run) -> dict[str, Any]:
         "class_eps": state.class_eps.cpu(),
         "class_alpha": state.class_alpha.cpu(),
         "stash": state.stash.state_dict(),
-        "history": state.history,
+        "history": [stats.to_state() for stats in state.history],
         "generator": run.generator.get_state(),
         "rng": _rng_state(),
     }
@@ -305,7 +310,7 @@ def restore(run: Run, payload: dict[str, Any]) -> None:
     state.class_eps = payload["class_eps"].to(state.device)
     state.class_alpha = payload["class_alpha"].to(state.device)
     state.stash.load_state_dict(payload["stash"])
-    state.history = list(payload["history"])
+    state.history = [EpochStats.from_state(stats) for stats in payload["history"]]
     state.epoch_stats = state.history[-1] if state.history else None
     state.global_step = payload["global_step"]
     state.epoch = payload["epoch"] + 1

@@ -53,13 +53,22 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint holding only tensors and plain data.
+
+    ``weights_only=True`` makes torch's unpickler refuse every class outside tensors and
+    plain containers, so a crafted file in a shared run directory cannot run code.
+    """
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        # Our own file: it holds optimizer/RNG state and plugin stashes, not just tensors.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {error}") from error
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        refused = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if refused is not None:
+            raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data; "
+                                  f"refused to load it ({refused})") from error
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__})") from error
     if not isinstance(payload, dict) or "model" not in payload or "epoch" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a robx checkpoint")
     return payload

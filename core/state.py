@@ -38,7 +38,12 @@ class StashKey(Generic[T]):
 
 
 class Stash:
-    """Per-plugin state that is saved in checkpoints (values must be picklable)."""
+    """Per-plugin state that is saved in checkpoints.
+
+    Values are tensors, numbers, strings, ``None`` and lists, tuples or str-keyed dicts of
+    these: checkpoints load with ``torch.load(weights_only=True)``, which refuses any other
+    object (a shared run directory must not be able to run code).
+    """
 
     def __init__(self) -> None:
         self._data: dict[str, Any] = {}
@@ -59,10 +64,33 @@ class Stash:
         return key.name in self._data
 
     def state_dict(self) -> dict[str, Any]:
+        for name, value in self._data.items():
+            _check_plain(value, f"stash key '{name}'")
         return dict(self._data)
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
         self._data = dict(data)
+
+
+_PLAIN_SCALARS = (torch.Tensor, int, float, str, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise a :class:`RobxError` unless ``value`` is plain data a checkpoint can hold."""
+    from robx.core.errors import RobxError
+
+    if isinstance(value, _PLAIN_SCALARS):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain(item, where)
+        return
+    if isinstance(value, dict) and all(isinstance(key, (str, int)) for key in value):
+        for item in value.values():
+            _check_plain(item, where)
+        return
+    raise RobxError(f"{where} holds a {type(value).__name__}; a plugin stash keeps tensors, numbers, "
+                    "strings and lists/dicts of them only (checkpoints load without running code)")
 
 
 @dataclass

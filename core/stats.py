@@ -6,6 +6,7 @@ loop) and are read once at epoch end into an :class:`SplitStats`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,18 @@ class EpochStats:
     loss_terms: dict[str, float] = field(default_factory=dict)
     lr: float = float("nan")
     seconds: float = float("nan")
+
+    def to_state(self) -> dict[str, Any]:
+        """Tensors and plain values only, for checkpoints that load with ``weights_only=True``."""
+        return {**dataclasses.asdict(self), "train": dataclasses.asdict(self.train),
+                "val": None if self.val is None else dataclasses.asdict(self.val)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochStats:
+        values = dict(state)
+        values["train"] = SplitStats(**values["train"])
+        values["val"] = None if values["val"] is None else SplitStats(**values["val"])
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -29,10 +29,10 @@ from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
 from robx.plugins.cb import per_sample_class_weights
-from robx.plugins.swa import WeightAverage, add_to_average, finish_average
+from robx.plugins.swa import add_to_average, finish_average
 from robx.plugins.trades import KL_CLASS_WEIGHTS
 
-FAWA = StashKey[WeightAverage]("cfa.fawa")
+FAWA = StashKey[dict]("cfa.fawa")
 NATURAL_WEIGHTS = StashKey[torch.Tensor]("cfa.natural_weights")
 
 

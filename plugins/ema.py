@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
-from robx.plugins.swa import WeightAverage, add_to_average, finish_average
+from robx.plugins.swa import add_to_average, finish_average
 
-AVERAGE = StashKey[WeightAverage]("ema.average")
+AVERAGE = StashKey[dict]("ema.average")
 
 
 class EMA:

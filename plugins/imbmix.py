@@ -34,9 +34,9 @@ from robx.core.state import StashKey, Step, TrainState
 from robx.plugins.cb import TRAINED_CLASS_COUNTS
 from robx.plugins.mixup import draw_mix, mix_inputs, mix_targets
 from robx.plugins.remix import remix_label_factor
-from robx.plugins.swa import WeightAverage, average_from_epoch, finish_average
+from robx.plugins.swa import average_from_epoch, finish_average
 
-AVERAGE = StashKey[WeightAverage]("imbmix.average")
+AVERAGE = StashKey[dict]("imbmix.average")
 
 
 def copies_per_class(class_counts: list[int], max_copies: int, fixed: int | None) -> list[int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.optim.swa_utils import update_bn
@@ -25,7 +26,10 @@ from robx.core.state import StashKey, TrainState
 
 @dataclass
 class WeightAverage:
-    """A running average of a model's parameters (buffers are recomputed at the end)."""
+    """A running average of a model's parameters (buffers are recomputed at the end).
+
+    Kept in the stash as :meth:`to_state` (tensors and an int), so checkpoints hold plain data.
+    """
 
     parameters: dict[str, torch.Tensor]
     count: int = 1
@@ -42,19 +46,28 @@ class WeightAverage:
             self.parameters[name].lerp_(p.detach(), weight)
         self.count += 1
 
+    def to_state(self) -> dict[str, Any]:
+        return {"parameters": self.parameters, "count": self.count}
 
-AVERAGE = StashKey[WeightAverage]("swa.average")
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> WeightAverage:
+        return cls(state["parameters"], state["count"])
 
 
-def add_to_average(state: TrainState, key: StashKey[WeightAverage], decay: float | None = None) -> None:
+AVERAGE = StashKey[dict]("swa.average")
+
+
+def add_to_average(state: TrainState, key: StashKey[dict], decay: float | None = None) -> None:
     """Start the average under ``key`` with the model, or add the model to it."""
     if key not in state.stash:
-        state.stash[key] = WeightAverage.of(state.model)
+        state.stash[key] = WeightAverage.of(state.model).to_state()
     else:
-        state.stash[key].add(state.model, decay=decay)
+        average = WeightAverage.from_state(state.stash[key])
+        average.add(state.model, decay=decay)
+        state.stash[key] = average.to_state()
 
 
-def average_from_epoch(state: TrainState, key: StashKey[WeightAverage], start: float) -> None:
+def average_from_epoch(state: TrainState, key: StashKey[dict], start: float) -> None:
     """At an epoch end from ``start`` x epochs on, add the model to the average under ``key``."""
     if state.epoch < min(int(round(start * state.num_epochs)), state.num_epochs - 1):
         return
@@ -68,11 +81,12 @@ def clean_batches(state: TrainState, batch_size: int = 256) -> Iterator[torch.Te
         yield to_unit_float(x[start : start + batch_size]).to(state.device)
 
 
-def finish_average(state: TrainState, average: WeightAverage) -> None:
+def finish_average(state: TrainState, average_state: dict[str, Any]) -> None:
     """Load the averaged weights into a copy of the model, recompute its BN statistics,
     and hand it to evaluation."""
     if state.eval_model is not None:
         raise RobxError("two selected plugins replace the evaluated model (swa and ema); select one")
+    average = WeightAverage.from_state(average_state)
     model = copy.deepcopy(state.model)
     with torch.no_grad():
         for name, p in model.named_parameters():

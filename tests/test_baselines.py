@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from robx.core import engine
+from robx.core.run import load_checkpoint
 from robx.core.attacks import margin_loss
 from robx.core.errors import OptionError, PluginConflictError, RobxError
 from robx.core.evaluate import AttackSettings, evaluate
@@ -134,14 +135,14 @@ def test_swa_average_equals_mean_of_snapshots():
         snapshots.append(model.weight.clone())
         state.epoch = epoch
         plugin.epoch_end(state)
-    averaged = state.stash[AVERAGE].parameters["weight"]
+    averaged = state.stash[AVERAGE]["parameters"]["weight"]
     assert torch.allclose(averaged, (snapshots[2] + snapshots[3]) / 2)
 
 
 def test_swa_and_ema_in_training_evaluate_the_average(tmp_path):
     report = engine.train(tiny_config(epochs=3, plugins=["swa"], plugin_options={"swa": {"start": 0.3}}),
                           tmp_path / "swa")  # averages epochs 1 and 2
-    payload = torch.load(tmp_path / "swa" / "checkpoint.pt", weights_only=False)
+    payload = load_checkpoint(tmp_path / "swa" / "checkpoint.pt")
     assert "eval_model" in payload and report["plugins"] == ["swa", "pgd"]
     trained = payload["model"]["head.weight"]
     assert not torch.equal(payload["eval_model"]["head.weight"], trained)
@@ -159,7 +160,7 @@ def test_ema_updates_every_step():
         plugin.after_step(None, state)
     from robx.plugins.ema import AVERAGE as EMA_AVERAGE
 
-    assert torch.allclose(state.stash[EMA_AVERAGE].parameters["weight"], torch.full((1, 2), 2.0))  # 0.5*1 + 0.5*3
+    assert torch.allclose(state.stash[EMA_AVERAGE]["parameters"]["weight"], torch.full((1, 2), 2.0))  # 0.5*1 + 0.5*3
 
 
 def test_resample_draws_classes_evenly(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from scipy.stats import chisquare
 
 import robx.plugins.pgd as pgd_plugin
 from robx.core import engine
+from robx.core.run import load_checkpoint
 from robx.core.plugins import PluginHost
 from robx.core.stats import SplitStats
 from robx.plugins.dafa import WEIGHTS, dafa_class_weights
@@ -66,7 +67,7 @@ def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     monkeypatch.setattr(pgd_plugin, "pgd", spy)
     config = tiny_config(epochs=3, plugins=["dafa"], plugin_options={"dafa": {"warmup": 0.34}}, n_eval=20)
     engine.train(config, tmp_path / "run")
-    weights = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["stash"][WEIGHTS.name]
+    weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["stash"][WEIGHTS.name]
     assert not torch.allclose(weights, torch.ones_like(weights))
     eps, alpha = config.resolved().eps, config.resolved().alpha
     warmup_batches = len(seen) // 3
@@ -162,11 +163,11 @@ def test_cfa_calibrates_budgets_trades_weights_and_gates_fawa():
     assert FAWA not in state.stash
     state.epoch_stats.val = _stats([0.2, 0.3, 0.5])
     plugin.epoch_end(state=state)
-    first = {k: v.clone() for k, v in state.stash[FAWA].parameters.items()}
+    first = {k: v.clone() for k, v in state.stash[FAWA]["parameters"].items()}
     with torch.no_grad():
         model.weight.add_(1.0)
     plugin.epoch_end(state=state)
-    torch.testing.assert_close(state.stash[FAWA].parameters["weight"], 0.88 * first["weight"] + 0.12 * model.weight)
+    torch.testing.assert_close(state.stash[FAWA]["parameters"]["weight"], 0.88 * first["weight"] + 0.12 * model.weight)
 
 
 def test_trades_kl_term_uses_the_per_class_weights_when_set():
@@ -201,7 +202,7 @@ def test_trades_cfa_trains_end_to_end_and_needs_a_validation_split(tmp_path):
     report = engine.train(tiny_config(epochs=3, plugins=["trades", "cfa"], val_fraction=0.2,
                                       plugin_options=options), tmp_path / "run")
     assert report["plugins"] == ["trades", "cfa"]
-    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert "eval_model" in payload  # the FAWA average was evaluated
     with pytest.raises(RobxError, match="--val-fraction"):
         engine.train(tiny_config(epochs=1, plugins=["trades", "cfa"]), tmp_path / "run2")

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robx.core import engine
+from robx.core.run import load_checkpoint
 from robx.core.state import Stash, Step
 from robx.kernels import supcon
 from robx.plugins.imbmix import copies_per_class, supplementary_examples
@@ -113,5 +114,5 @@ def test_compositions_train_end_to_end(tmp_path, plugins, options):
     report = engine.train(tiny_config(epochs=1, plugins=plugins, plugin_options=options, n_eval=40,
                                       loss="ldam" if plugins == ["srat"] else "ce"), tmp_path / "run")
     assert all(0 <= v <= 1 for v in report["per_class"]["robust"])
-    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ("eval_model" in payload) == (plugins == ["srat", "imbmix"])

@@ -1,0 +1,68 @@
+"""Nothing read from a run directory may execute code: a crafted checkpoint is refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+ROBX = [sys.executable, "-m", "robx.cli.main"]
+
+
+class RunsAShellCommand:
+    """Unpickling this object runs ``echo pwned > path`` (the classic ``__reduce__`` payload)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"echo pwned > {self.path}",)
+
+
+def malicious_run_dir(trained_run, tmp_path, marker):
+    """A copy of a real run directory whose checkpoint carries the payload beside real weights."""
+    run_dir = tmp_path / "shared-run"
+    shutil.copytree(trained_run, run_dir)
+    payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    payload["stash"] = {"innocent.looking": RunsAShellCommand(str(marker))}
+    torch.save(payload, run_dir / "checkpoint.pt")
+    return run_dir
+
+
+def test_the_crafted_checkpoint_really_runs_code_when_unpickled(trained_run, tmp_path):
+    """Guards the test below: the payload is live under a plain (unsafe) load."""
+    marker = tmp_path / "pwned.txt"
+    run_dir = malicious_run_dir(trained_run, tmp_path, marker)
+    torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert marker.read_text().strip() == "pwned"
+
+
+def test_eval_and_resume_refuse_a_code_running_checkpoint(trained_run, tmp_path):
+    marker = tmp_path / "pwned.txt"
+    run_dir = malicious_run_dir(trained_run, tmp_path, marker)
+    before = sorted(p.name for p in run_dir.iterdir())
+    for args in (["eval", str(run_dir), "--n-eval", "20"], ["train", "--resume", str(run_dir)]):
+        result = subprocess.run(ROBX + args, capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refused to load it" in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+        assert not marker.exists(), "the checkpoint's payload ran"
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written or lost
+
+
+def test_a_stash_value_that_is_not_plain_data_is_named_when_saving():
+    import pytest
+
+    from robx.core.errors import RobxError
+    from robx.core.state import Stash, StashKey
+
+    stash = Stash()
+    stash[StashKey("fine.tensors")] = {"a": torch.zeros(2), "n": [1, 2.0, "x", None]}
+    assert stash.state_dict()["fine.tensors"]["n"] == [1, 2.0, "x", None]
+    stash[StashKey("mine.object")] = RunsAShellCommand("/dev/null")
+    with pytest.raises(RobxError, match="stash key 'mine.object' holds a RunsAShellCommand"):
+        stash.state_dict()
