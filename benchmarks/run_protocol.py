@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
 from robx.core.config import TrainConfig, tomllib  # noqa: E402
 from robx.core.engine import train  # noqa: E402
-from robx.core.plugins import parse_number  # noqa: E402
+from robx.core.options import parse_number  # noqa: E402
 
 PROTOCOLS = Path(__file__).resolve().parent / "protocols"
 RUNS = Path(__file__).resolve().parent.parent / "runs"  # run directories (checkpoints; not committed)

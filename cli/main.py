@@ -18,7 +18,8 @@ from rich.table import Table
 
 from robx.core.config import TrainConfig, load_toml
 from robx.core.errors import OptionError, RobxError
-from robx.core.plugins import available_plugins, parse_number, parse_set_overrides
+from robx.core.options import parse_number
+from robx.core.plugins import available_plugins, parse_set_overrides, resolve_plugin_names
 
 app = typer.Typer(
     name="robx",
@@ -41,7 +42,8 @@ def _number(value: Optional[str], name: str) -> Optional[float]:
 
 def _default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.dataset}-{'+'.join(config.plugins)}-seed{config.seed}-{stamp}"
+    names = "+".join(resolve_plugin_names(config.plugins, config.loss))
+    return Path("runs") / f"{config.dataset}-{names}-seed{config.seed}-{stamp}"
 
 
 @app.command()
@@ -92,7 +94,9 @@ def train(
     }
     values.update({k: v for k, v in cli_values.items() if v is not None})
     if plugins is not None:
-        values["plugins"] = [p.strip() for p in plugins.split(",") if p.strip()]
+        values["plugins"] = [p.strip() for p in plugins.split(",")]
+        if not any(values["plugins"]) or not all(values["plugins"]):
+            raise OptionError(f"--plugins expects comma-separated plugin names, got {plugins!r}")
     options = {name: dict(table) for name, table in values.get("plugin_options", {}).items()}
     for name, table in parse_set_overrides(set_ or []).items():
         options.setdefault(name, {}).update(table)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from robx.core.errors import OptionError
+from robx.core.options import coerce_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,7 +80,7 @@ class TrainConfig:
     eval_steps: int | None = None
     eval_alpha: float | None = None
     n_eval: int | None = None
-    plugins: list[str] = field(default_factory=lambda: ["pgd"])
+    plugins: list[str] = field(default_factory=list)  # none: the fallback adversary alone
     loss: str = "ce"
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
@@ -122,6 +123,11 @@ class TrainConfig:
              f"schedule must be step, onecycle or constant, got {self.schedule!r}"),
             (self.imbalance in (None, "step", "exp", "none"),
              f"imbalance must be step, exp or none, got {self.imbalance!r}"),
+            (self.eval_alpha is None or self.eval_alpha >= 0, "eval_alpha must be >= 0"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
+            (all(0 < m < 1 for m in self.milestones), "milestones are fractions of the epochs, in (0, 1)"),
+            (all(name.strip() for name in self.plugins), f"plugins holds an empty name: {self.plugins!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -132,13 +138,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A config from TOML, JSON or CLI values; a wrong key, type or value is one
+        :class:`OptionError` naming it."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise OptionError(
                 f"unknown config key(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
             )
-        return cls(**data)
+        config = cls(**coerce_fields(cls, data, "config key '{key}'"))
+        config.validate()
+        return config
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -13,6 +13,10 @@ class PluginConflictError(RobxError):
     pass
 
 
+class PluginError(RobxError):
+    """A plugin that does not fit robx's hooks (unknown hook name, wrong arguments)."""
+
+
 class OptionError(RobxError):
     pass
 

@@ -13,7 +13,6 @@ import dataclasses
 import importlib
 import inspect
 import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +23,8 @@ import pluggy
 import torch
 
 from robx.core import hookspecs
-from robx.core.errors import OptionError, PluginConflictError, RobxError, UnknownPluginError
+from robx.core.errors import OptionError, PluginConflictError, PluginError, RobxError, UnknownPluginError
+from robx.core.options import coerce_fields
 from robx.core.state import Step, TrainState
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
@@ -83,6 +83,24 @@ class PluginSpec:
             if hasattr(value, f"{hookspecs.PROJECT_NAME}_impl")
         }
         return tuple(h for h in hookspecs.HOOK_NAMES if h in implemented)
+
+    @property
+    def unknown_hooks(self) -> tuple[str, ...]:
+        """Methods marked ``@hookimpl`` whose name is no robx hook (a misspelling)."""
+        marked = {
+            name
+            for name, value in inspect.getmembers(self.target)
+            if hasattr(value, f"{hookspecs.PROJECT_NAME}_impl")
+        }
+        return tuple(sorted(marked - set(hookspecs.HOOK_NAMES)))
+
+    def check_hooks(self) -> None:
+        """One-line error for a hook name robx does not define (pluggy would ignore it)."""
+        if self.unknown_hooks:
+            raise PluginError(
+                f"plugin '{self.name}' ({self.origin}) implements unknown hook "
+                f"'{self.unknown_hooks[0]}'; robx hooks: {', '.join(hookspecs.HOOK_NAMES)}"
+            )
 
     def yields(self, hook: str) -> bool:
         """True when ``hook`` is only this plugin's default for its other hooks: a
@@ -159,61 +177,6 @@ def get_plugin_spec(name: str) -> PluginSpec:
 # ---------------------------------------------------------------------------
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Turn a TOML value or a CLI string into the option's declared type."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        candidates = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            return None
-        errors = []
-        for candidate in candidates:
-            try:
-                return _coerce(value, candidate, where)
-            except OptionError as error:
-                errors.append(str(error))
-        raise OptionError(errors[0])
-    if origin is typing.Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise OptionError(f"{where} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-        return value
-    try:
-        if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if annotation is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if annotation is float:
-            return parse_number(value) if isinstance(value, str) else float(value)
-        if annotation is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise OptionError(f"{where} expects {getattr(annotation, '__name__', annotation)}, got {value!r}")
-
-
-def parse_number(text: str) -> float:
-    """Parse ``"0.03"`` or a fraction such as ``"8/255"``."""
-    try:
-        if "/" in text:
-            numerator, denominator = text.split("/", 1)
-            return float(numerator) / float(denominator)
-        return float(text)
-    except (ValueError, ZeroDivisionError) as error:
-        raise ValueError(f"not a number: {text!r}") from error
-
-
 def build_options(spec: PluginSpec, raw: Mapping[str, Any]) -> Any:
     """Validate raw option values against the plugin's ``Options`` dataclass."""
     options_type = spec.options_type
@@ -221,16 +184,14 @@ def build_options(spec: PluginSpec, raw: Mapping[str, Any]) -> Any:
         if raw:
             raise OptionError(f"plugin '{spec.name}' takes no options (got {', '.join(raw)})")
         return None
-    fields = {f.name: f for f in dataclasses.fields(options_type)}
-    hints = typing.get_type_hints(options_type)
-    values = {}
-    for key, value in raw.items():
+    fields = [f.name for f in dataclasses.fields(options_type)]
+    for key in raw:
         if key not in fields:
             raise OptionError(
                 f"unknown option '{spec.name}.{key}'; valid: "
                 + ", ".join(f"{spec.name}.{k}" for k in fields)
             )
-        values[key] = _coerce(value, hints[key], f"option '{spec.name}.{key}'")
+    values = coerce_fields(options_type, raw, f"option '{spec.name}.{{key}}'")
     try:
         return options_type(**values)
     except (TypeError, ValueError) as error:
@@ -272,6 +233,8 @@ def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> l
     if duplicates:
         raise OptionError(f"plugin listed twice: {', '.join(sorted(duplicates))}")
     specs = [get_plugin_spec(name) for name in names]
+    for spec in specs:
+        spec.check_hooks()
     for hook, what in EXCLUSIVE_HOOKS.items():
         claimants = [s.name for s in specs if hook in s.hooks and not s.yields(hook)]
         if len(claimants) > 1:
@@ -309,7 +272,12 @@ class PluginHost:
         # pluggy calls the last registered first; register in reverse so hooks run
         # in the order the user listed the plugins.
         for name in reversed(self.names):
-            self.manager.register(self.specs[name].instantiate(self.options[name]), name=name)
+            spec = self.specs[name]
+            try:
+                self.manager.register(spec.instantiate(self.options[name]), name=name)
+            except pluggy.PluginValidationError as error:  # e.g. a hook argument no spec offers
+                detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+                raise PluginError(f"plugin '{name}' ({spec.origin}) does not fit robx's hooks: {detail}") from error
         self.hook = self.manager.hook
 
     def select_victims(self, step: Step, state: TrainState) -> torch.Tensor | None:

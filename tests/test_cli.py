@@ -45,7 +45,10 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--eps", "eight"], "--eps expects a number"),
         (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
         (["train", "--model", "vgg"], "unknown model 'vgg'"),
-        (["train", "--norm", "l3"], "norm must be linf or l2"),
+        (["train", "--norm", "l3"], "config key 'norm' must be one of linf, l2, got 'l3'"),
+        (["train", "--plugins", ","], "--plugins expects comma-separated plugin names, got ','"),
+        (["train", "--plugins", "pgd,,trades"], "--plugins expects comma-separated plugin names"),
+        (["train", "--plugins", "srat", "--set", "srat.lam=strong"], "option 'srat.lam' expects float, got 'strong'"),
         (["train", "--config", "missing.toml"], "config file not found"),
         (["eval", "nowhere"], "not a robx run directory"),
         (["train", "--resume", "nowhere"], "cannot resume"),
@@ -71,6 +74,30 @@ def test_config_file_with_plugin_section_and_cli_override(tmp_path):
     (tmp_path / "bad.toml").write_text("epochs = 1\nlearning_rat = 3\n")
     bad = robx("train", "--config", "bad.toml", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown config key(s): learning_rat" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('epochs = "ten"\n', "config key 'epochs' expects int, got 'ten'"),
+        ("epochs = 2.5\n", "config key 'epochs' expects int, got 2.5"),
+        ("eps = true\n", "config key 'eps' expects float, got True"),
+        ('plugins = "srat"\n', "config key 'plugins' expects a list, got 'srat'"),
+        ('plugins = ["srat", 3]\n', "config key 'plugins'[1] expects str, got 3"),
+        ('plugins = [""]\n', "plugins holds an empty name"),
+        ('schedule = "cosine"\n', "config key 'schedule' must be one of step, onecycle, constant"),
+        ("milestones = [50, 75]\n", "milestones are fractions of the epochs"),
+        ('plugins = ["pgd"]\n[pgd]\nrandom_start = 3\n', "option 'pgd.random_start' expects bool, got 3"),
+        ("epochs = [\n", "is not valid TOML"),
+    ],
+)
+def test_bad_config_files_give_one_line_and_exit_2(tmp_path, toml, message):
+    (tmp_path / "bad.toml").write_text(toml)
+    result = robx("train", "--config", "bad.toml", "--out", "r", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
 
 
 def test_existing_out_is_kept_without_force(tmp_path):

@@ -216,17 +216,23 @@ class Marker:
 '''
 
 
+def install_distribution(site: Path, module: str, source: str, entry_points: dict[str, str],
+                         version: str = "0.3") -> Path:
+    """A distribution installed as a plain sys.path entry: module + dist-info with entry points."""
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    dist_info = site / f"{module}-{version}.dist-info"
+    dist_info.mkdir()
+    name = module.replace("_", "-")
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{key} = {module}:{target}\n" for key, target in entry_points.items())
+    (dist_info / "entry_points.txt").write_text("[robx]\n" + lines)
+    return site
+
+
 @pytest.fixture
 def external_distribution(tmp_path):
-    """A distribution installed as a plain sys.path entry: module + dist-info with an entry point."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "robx_marker_plugin.py").write_text(textwrap.dedent(EXTERNAL_PLUGIN))
-    dist_info = site / "robx_marker_plugin-0.3.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: robx-marker-plugin\nVersion: 0.3\n")
-    (dist_info / "entry_points.txt").write_text("[robx]\nmarker = robx_marker_plugin:Marker\n")
-    return site
+    return install_distribution(tmp_path / "site", "robx_marker_plugin", EXTERNAL_PLUGIN, {"marker": "Marker"})
 
 
 def _cli_env(site: Path, marker: Path) -> dict[str, str]:
@@ -252,3 +258,46 @@ def test_entry_point_plugin_is_listed_and_runs_when_selected(external_distributi
     subprocess.run(base + ["--plugins", "marker", "--out", str(tmp_path / "selected")], env=env,
                    check=True, capture_output=True)
     assert marker.read_text() == "ran"
+
+
+MISFIT_PLUGINS = '''
+from robx import hookimpl
+
+
+class Typo:
+    """Misspells a hook: pluggy alone would ignore it silently."""
+
+    name = "typo"
+
+    @hookimpl
+    def weight_sample(self, step):
+        return None
+
+
+class WrongArgument:
+    """Asks for an argument no hook passes."""
+
+    name = "wrongarg"
+
+    @hookimpl
+    def weight_samples(self, step, batch):
+        return None
+'''
+
+
+@pytest.mark.parametrize(("plugin", "message"), [
+    ("typo", "plugin 'typo' (robx-misfit-plugins 0.3) implements unknown hook 'weight_sample'; robx hooks:"),
+    ("wrongarg", "plugin 'wrongarg' (robx-misfit-plugins 0.3) does not fit robx's hooks: "),
+])
+def test_a_plugin_with_an_unknown_hook_or_argument_is_one_line(tmp_path, plugin, message):
+    site = install_distribution(tmp_path / "site", "robx_misfit_plugins", MISFIT_PLUGINS,
+                                {"typo": "Typo", "wrongarg": "WrongArgument"})
+    env = _cli_env(site, tmp_path / "unused")
+    result = subprocess.run([sys.executable, "-m", "robx.cli.main", "train", "--plugins", plugin,
+                             "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()
+    if plugin == "wrongarg":
+        assert "batch" in lines[0]  # pluggy's reason, on the same line

@@ -1,0 +1,100 @@
+"""Typed values from TOML files, JSON and command-line strings.
+
+One coercion for the run config, plugin options and task options: a value is turned into
+its field's declared type or rejected with a one-line :class:`OptionError` naming the field.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from robx.core.errors import OptionError
+
+
+def parse_number(text: str) -> float:
+    """Parse ``"0.03"`` or a fraction such as ``"8/255"``."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            return float(numerator) / float(denominator)
+        return float(text)
+    except (ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"not a number: {text!r}") from error
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` as the type ``annotation`` (strings from the command line are parsed)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        candidates = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if type(None) in typing.get_args(annotation):
+                return None
+        errors = []
+        for candidate in candidates:
+            try:
+                return coerce(value, candidate, where)
+            except OptionError as error:
+                errors.append(str(error))
+        raise OptionError(errors[0])
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise OptionError(f"{where} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise OptionError(f"{where} expects a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation) or (Any,)
+        return [coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise OptionError(f"{where} expects a table, got {value!r}")
+        key_type, value_type = typing.get_args(annotation) or (Any, Any)
+        return {coerce(k, key_type, where): coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(value, bool):  # TOML's true is not the number 1
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            return parse_number(value) if isinstance(value, str) else float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise OptionError(f"{where} expects {_type_name(annotation)}, got {value!r}")
+
+
+def coerce_fields(cls: type, raw: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Raw values for the dataclass ``cls``, each coerced to its field's type.
+
+    ``label`` names a field in errors, e.g. ``"option 'srat.{key}'"``. Unknown keys are the
+    caller's to reject (each caller names the valid ones its own way).
+    """
+    hints = typing.get_type_hints(cls)
+    return {key: coerce(value, hints[key], label.format(key=key)) for key, value in raw.items()}
