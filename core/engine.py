@@ -23,6 +23,7 @@ import torch
 from robx import __version__
 from robx.core import run as rundir
 from robx.core.attacks import eval_mode, logits_of, pgd
+from robx.core.averaging import averaged_model
 from robx.core.config import TrainConfig
 from robx.core.data import ImageData, batch_indices, crop_flip, prepare_data, stratified_subset, to_unit_float
 from robx.core.errors import NonFiniteLossError, RobxError
@@ -138,7 +139,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     steps_per_epoch = -(-len(data.y_train) // config.batch_size)
     scheduler, per_batch = build_scheduler(config, optimizer, steps_per_epoch)
-    counts = torch.tensor(data.class_counts())
+    dataset_counts = torch.tensor(data.class_counts())
     state = TrainState(
         config=config,
         task=ClassificationTask(data.num_classes, data.classes),
@@ -146,15 +147,53 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         optimizer=optimizer,
         device=device,
         num_classes=data.num_classes,
-        class_counts=counts.to(device),
+        class_counts=dataset_counts.to(device),
         class_eps=torch.full((data.num_classes,), float(config.eps), device=device),
         class_alpha=torch.full((data.num_classes,), float(config.alpha), device=device),
-        plugin_options=host.options,
         data=data,
     )
+    trained_counts = host.trained_class_counts(state, dataset_counts)
+    if trained_counts is not None:
+        state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
     generator = torch.Generator().manual_seed(config.seed)
     state.generator = generator
     return Run(config, data, host, state, scheduler, per_batch, generator, run_dir)
+
+
+def _per_class(values: torch.Tensor, state: TrainState, hook: str, owner: str = "") -> torch.Tensor:
+    """An owner's per-class answer, checked for shape and finiteness, on the run's device."""
+    values = torch.as_tensor(values)
+    if values.shape != (state.num_classes,) or not torch.isfinite(values.double()).all():
+        raise RobxError(f"{hook}{f' of {owner!r}' if owner else ''} must give one finite value per class "
+                        f"({state.num_classes}), got shape {tuple(values.shape)}")
+    return values.to(state.device)
+
+
+def refresh_class_quantities(run: Run) -> None:
+    """Ask the owners of the per-class attack budget, loss weights and regulariser weights
+    for the coming epoch's values (``None``: the run's defaults)."""
+    state, host, config = run.state, run.host, run.config
+    budget = host.attack_budget(state)
+    if budget is None:
+        state.class_eps = torch.full((state.num_classes,), float(config.eps), device=state.device)
+        state.class_alpha = torch.full((state.num_classes,), float(config.alpha), device=state.device)
+    else:
+        owner = host.owners["attack_budget"]
+        state.class_eps = _per_class(budget[0], state, "attack_budget", owner).float()
+        state.class_alpha = _per_class(budget[1], state, "attack_budget", owner).float()
+    weights = host.class_weights(state)
+    state.class_weights = None if weights is None else _per_class(
+        weights, state, "class_weights", host.owners["class_weights"]).float()
+    regularizer = host.regularizer_weights(state)
+    state.regularizer_weights = None if regularizer is None else _per_class(
+        regularizer, state, "regularizer_weights", host.owners["regularizer_weights"]).float()
+
+
+def row_class_weights(class_weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each trained row's class weight: w[y] for hard labels, sum_c t_c w_c for soft ones."""
+    if targets.is_floating_point():
+        return targets @ class_weights.to(targets)
+    return class_weights[targets]
 
 
 # ---------------------------------------------------------------------------
@@ -183,6 +222,9 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAc
     if weights is not None and weights.shape != per_sample.shape:
         raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
                         f"{tuple(per_sample.shape)} per-sample losses")
+    if state.class_weights is not None:
+        by_class = row_class_weights(state.class_weights, step.targets)
+        weights = by_class if weights is None else weights * by_class
     loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
     terms = host.extra_losses(step, state)
     total = loss + sum(terms.values()) if terms else loss
@@ -293,8 +335,6 @@ def checkpoint_payload(run: Run) -> dict[str, Any]:
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "class_eps": state.class_eps.cpu(),
-        "class_alpha": state.class_alpha.cpu(),
         "stash": state.stash.state_dict(),
         "history": [stats.to_state() for stats in state.history],
         "generator": run.generator.get_state(),
@@ -307,8 +347,6 @@ def restore(run: Run, payload: dict[str, Any]) -> None:
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     run.scheduler.load_state_dict(payload["scheduler"])
-    state.class_eps = payload["class_eps"].to(state.device)
-    state.class_alpha = payload["class_alpha"].to(state.device)
     state.stash.load_state_dict(payload["stash"])
     state.history = [EpochStats.from_state(stats) for stats in payload["history"]]
     state.epoch_stats = state.history[-1] if state.history else None
@@ -374,26 +412,37 @@ def train(
     metrics_path = run_dir / rundir.METRICS_FILE
     for epoch in range(state.epoch, config.epochs):
         state.epoch = epoch
+        refresh_class_quantities(run)
         run.host.epoch_start(state)
+        used_eps = [round(v, 6) for v in state.class_eps.tolist()]
         stats = train_epoch(run, progress)
         state.epoch_stats = stats
         state.history.append(stats)
         run.host.epoch_end(state)
-        record = {**stats.to_json(), "class_eps": [round(v, 6) for v in state.class_eps.tolist()]}
+        record = {**stats.to_json(), "class_eps": used_eps}
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, checkpoint_payload(run))
         progress.end_epoch(stats)
     run.host.train_end(state)
-    model = state.eval_model or state.model
-    if state.eval_model is not None:
+    model = state.model
+    parameters = run.host.averaged_weights(state)
+    if parameters is not None:
+        model = averaged_model(state.model, parameters, clean_batches(run), state.device)
         payload = checkpoint_payload(run)
-        payload["eval_model"] = state.eval_model.state_dict()
+        payload["eval_model"] = model.state_dict()
         rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
     report = evaluate_run(run, model, progress)
     write_json(run_dir / rundir.REPORT_FILE, report)
     plot_per_class(report, run_dir / rundir.PLOT_FILE, plot_title(run.config, report))
     return report
+
+
+def clean_batches(run: Run, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """The clean training images in fixed order (BatchNorm statistics of a weight average)."""
+    x = run.data.x_train
+    for start in range(0, len(x), batch_size):
+        yield to_unit_float(x[start : start + batch_size]).to(run.state.device)
 
 
 def default_eval_attack(config: TrainConfig) -> AttackSettings:

@@ -12,6 +12,24 @@ take any subset of them (pluggy passes only what it asks for). ``step`` is the
 ``state.stash`` so that it is checkpointed with the run.
 
 Only plugins the user selected are registered, so a hook runs only for them.
+
+Hooks come in three kinds:
+
+* **Shared** hooks combine the answers of every selected plugin (``augment`` in the order
+  the user listed them, ``weight_samples`` multiplied, ``extra_loss`` summed, the lifecycle
+  hooks called in turn).
+* **Owned** hooks (listed in :data:`OWNED`) each decide one part of the recipe or one
+  shared per-class quantity: the adversary, the victims, the training loss, the sampler,
+  the per-class attack budget, the per-class loss weights, the per-class regulariser
+  weights, the class counts the run trains on and the evaluated model. At most one selected
+  plugin may implement each; two are rejected when the run is built, with one line naming
+  both. The engine asks the owner and hands the answer to everyone through ``state``, so no
+  plugin writes a quantity another plugin reads.
+* The adversary has one declared exception: a plugin may list ``generate_adversary`` in
+  its ``yields`` attribute (TRADES: its KL attack is only the default for its loss), and
+  then gives way to any other selected adversary, whatever the listing order. When no
+  selected plugin generates adversaries, the built-in plugin that declares
+  ``fallback = True`` (``pgd``) is added.
 """
 
 from __future__ import annotations
@@ -36,36 +54,34 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 # ---------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def select_victims(step: Step, state: TrainState) -> torch.Tensor | None:
     """Choose which input coordinates (pixels, graph nodes) the adversary may perturb.
 
-    Called before :func:`generate_adversary` on every training step.
-    Return a boolean mask broadcastable to ``step.x`` (``True`` = may move) or
-    ``None`` to leave the choice to the next plugin. First non-``None`` result wins;
-    when no plugin answers every coordinate may move. The engine stores the result in
-    ``step.victim_mask`` for the adversary to honour.
+    Owned. Called before :func:`generate_adversary` on every training step. Return a
+    boolean mask broadcastable to ``step.x`` (``True`` = may move) or ``None`` (every
+    coordinate may move this step). The engine stores the result in ``step.victim_mask``
+    for the adversary to honour.
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def generate_adversary(step: Step, state: TrainState) -> torch.Tensor | None:
-    """Return the adversarial inputs ``x'`` for ``step.x`` (same shape), or ``None``.
+    """Return the adversarial inputs ``x'`` for ``step.x`` (same shape).
 
-    Called after :func:`select_victims`. First non-``None`` result wins. The built-in
-    ``pgd`` plugin is registered last (``trylast``) as the fallback when no selected
-    plugin generates adversaries; selecting two plugins that both implement this hook
-    is an error naming both. ``natural`` returns ``step.x`` unchanged. The attack must
-    leave the model's train/eval mode as it found it.
+    Owned, with the ``yields``/``fallback`` rule of the module docstring. Called after
+    :func:`select_victims`. ``natural`` returns ``step.x`` unchanged. The budget of each
+    example is ``state.class_eps[step.labels]`` and ``state.class_alpha[step.labels]``. The
+    attack runs the model in eval mode and must leave its train/eval mode as it found it.
     """
 
 
 @hookspec
 def augment(step: Step, state: TrainState) -> None:
-    """Change the batch in place after the adversary: ``step.inputs`` and ``step.targets``.
+    """Change the trained rows in place after the adversary: ``step.inputs`` and ``step.targets``.
 
-    Called after :func:`generate_adversary`, in the order the user listed the plugins.
-    ``step.inputs`` starts as ``x'``; ``step.targets`` starts as the hard labels ``y``.
+    Shared: called after :func:`generate_adversary`, in the order the user listed the
+    plugins. ``step.inputs`` starts as ``x'``; ``step.targets`` starts as the hard labels ``y``.
     A plugin may add rows (both tensors grow together), replace ``targets`` by soft
     labels of shape (rows, classes), or train on other inputs (TRADES trains its main
     term on the clean batch). When ``inputs`` is no longer ``x'`` the engine gets the
@@ -78,9 +94,9 @@ def augment(step: Step, state: TrainState) -> None:
 def weight_samples(step: Step, state: TrainState) -> torch.Tensor | None:
     """Per-sample loss weights, shape ``(len(step.targets),)``, or ``None`` for no opinion.
 
-    Called after the forward pass. The engine multiplies the results of all plugins,
-    so weights compose (class-balanced x fairness weights ...). The loss is
-    ``mean(w * per_sample_loss)``.
+    Shared: called after the forward pass; the engine multiplies the results of all
+    plugins and the per-class loss weights (:func:`class_weights`), so weights compose.
+    The loss is ``mean(w * per_sample_loss)``.
     """
 
 
@@ -88,9 +104,90 @@ def weight_samples(step: Step, state: TrainState) -> torch.Tensor | None:
 def extra_loss(step: Step, state: TrainState) -> torch.Tensor | dict[str, torch.Tensor] | None:
     """An additional loss term: a scalar tensor, a ``{name: scalar}`` dict, or ``None``.
 
-    Called after the forward pass with ``step.outputs``, ``step.features`` and
+    Shared: called after the forward pass with ``step.outputs``, ``step.features`` and
     ``step.per_sample_loss`` filled in. All results are summed into the loss and logged
     under their names (the plugin name for a bare scalar).
+    """
+
+
+@hookspec
+def training_loss(step: Step, state: TrainState) -> torch.Tensor | None:
+    """Per-sample training loss on ``step.outputs`` vs ``step.targets``.
+
+    Owned. Without an owner the task's loss is used (cross-entropy for classification,
+    with soft targets when ``targets`` are soft).
+    """
+
+
+@hookspec
+def sampling_weights(state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:
+    """Per-example sampling weights over the training set, shape ``(len(labels),)``, or None.
+
+    Owned. Called at the start of every epoch with the training labels. When the owner
+    answers, the epoch's batches are drawn with replacement with these (unnormalised)
+    probabilities instead of a shuffled pass (class-balanced resampling).
+    """
+
+
+# ---------------------------------------------------------------------------
+# per-class quantities: asked of their owner, read by everyone through ``state``
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def attack_budget(state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The per-class attack budget ``(eps_c, alpha_c)`` for the coming epoch, or ``None``.
+
+    Owned. Called at the start of every epoch (after the previous epoch's
+    :func:`epoch_end`). The engine puts the answer in ``state.class_eps`` and
+    ``state.class_alpha`` (length ``num_classes``); ``None`` means the run's global
+    ``eps``/``alpha`` for every class. Every adversary reads these per example.
+    """
+
+
+@hookspec
+def class_weights(state: TrainState) -> torch.Tensor | None:
+    """Per-class weights of the main (per-sample) loss for the coming epoch, or ``None``.
+
+    Owned. Called at the start of every epoch. The engine puts the answer in
+    ``state.class_weights`` and weights each trained row by its class's weight (the
+    target-weighted mean for soft labels), times the :func:`weight_samples` product.
+    ``None`` means weight 1 for every class.
+    """
+
+
+@hookspec
+def regularizer_weights(state: TrainState) -> torch.Tensor | None:
+    """Per-class weights ``b_c`` in [0, 1] of a robustness regulariser, or ``None``.
+
+    Owned. Called at the start of every epoch; the answer is ``state.regularizer_weights``.
+    A plugin that adds a regulariser against a natural term (TRADES) honours it as
+    ``(1 - b_y) * natural + b_y * regulariser`` per example (CFA's calibrated form) instead
+    of its own fixed weight. ``None`` leaves each regulariser at its own weight.
+    """
+
+
+@hookspec
+def trained_class_counts(state: TrainState, dataset_counts: torch.Tensor) -> torch.Tensor | None:
+    """The number of examples of each class the model trains on per epoch, or ``None``.
+
+    Owned. Called once when the run is built, with the training set's class counts.
+    A plugin that adds examples to every epoch (Imb-Mix's minority copies) answers with
+    the grown counts; ``None`` keeps the training set's. The answer is
+    ``state.class_counts``, the one definition of "class counts" every plugin uses
+    (class-balanced weights, LDAM margins, balanced softmax, Remix, resampling).
+    Samplers change how often examples are drawn, not this count.
+    """
+
+
+@hookspec
+def averaged_weights(state: TrainState) -> dict[str, torch.Tensor] | None:
+    """The parameters of the model to evaluate instead of the last iterate, or ``None``.
+
+    Owned (weight averaging: SWA, EMA, FAWA). Called once after the last epoch, before
+    the final evaluation. The engine loads the answer into a copy of the model, recomputes
+    its BatchNorm statistics, checkpoints it as ``eval_model`` and evaluates it. ``None``
+    evaluates the last iterate.
     """
 
 
@@ -106,20 +203,21 @@ def train_start(state: TrainState) -> None:
 
 @hookspec
 def epoch_start(state: TrainState) -> None:
-    """Called at the start of every epoch, before its first step."""
+    """Called at the start of every epoch, before its first step and after the engine
+    asked the owners of the per-class quantities for the epoch's values."""
 
 
 @hookspec
 def epoch_end(state: TrainState) -> None:
     """Called after every epoch's last step, once ``state.epoch_stats`` holds the
     epoch's class statistics (train, and validation when a split exists). Plugins
-    update per-class budgets (``state.class_eps``/``class_alpha``) or their stash here."""
+    update their stash here; the owned per-class quantities are asked for afterwards."""
 
 
 @hookspec
 def train_end(state: TrainState) -> None:
-    """Called once after the last epoch, before the final evaluation. A plugin may
-    replace the evaluated weights here (weight averaging)."""
+    """Called once after the last epoch, before :func:`averaged_weights` and the final
+    evaluation."""
 
 
 @hookspec
@@ -127,28 +225,18 @@ def after_step(step: Step, state: TrainState) -> None:
     """Called after every optimiser step (per-step weight averaging such as EMA)."""
 
 
-# ---------------------------------------------------------------------------
-# replacing parts of the recipe (at most one selected plugin implements each)
-# ---------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def sampling_weights(state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:
-    """Per-example sampling weights over the training set, shape ``(len(labels),)``, or None.
-
-    Called at the start of every epoch with the training labels. When a plugin answers,
-    the epoch's batches are drawn with replacement with these (unnormalised)
-    probabilities instead of a shuffled pass (class-balanced resampling).
-    """
-
-
-@hookspec(firstresult=True)
-def training_loss(step: Step, state: TrainState) -> torch.Tensor | None:
-    """Per-sample training loss on ``step.outputs`` vs ``step.targets``, or ``None``.
-
-    First non-``None`` result wins; without one the task's loss is used (cross-entropy
-    for classification, with soft targets when ``targets`` are soft).
-    """
+#: Owned hooks and, for the one-line conflict error, what their owner decides.
+OWNED: dict[str, str] = {
+    "generate_adversary": "generate adversarial examples",
+    "select_victims": "choose the victim coordinates",
+    "training_loss": "define the training loss",
+    "sampling_weights": "choose how batches are sampled",
+    "attack_budget": "set the per-class attack budget",
+    "class_weights": "set the per-class loss weights",
+    "regularizer_weights": "set the per-class regulariser weights",
+    "trained_class_counts": "define the class counts the run trains on",
+    "averaged_weights": "choose the evaluated model (weight averaging)",
+}
 
 
 def _all_hook_names() -> list[str]:

@@ -1,10 +1,17 @@
-"""Plugin discovery, options and the typed facade the engine calls instead of ``pm.hook``.
+"""Plugin discovery, options, ownership rules and the typed facade the engine calls.
 
-Built-in plugins are ordinary plugin classes listed in :data:`DEFAULT_PLUGINS`;
-third-party packages add theirs through the entry-point group ``"robx"``
-(``name = "package.module:PluginClass"``, or a module with ``@hookimpl`` functions).
-Discovery is lazy and cached (``available_plugins``). Only the plugins a run selects
-are registered with its plugin manager, so only they run.
+Built-in plugins are ordinary plugin classes and modules listed in
+``robx.plugins.DEFAULT_PLUGINS``; third-party packages add theirs through the
+entry-point group ``"robx"`` (``name = "package.module:PluginClass"``, or a module with
+``@hookimpl`` functions). Discovery is lazy and cached (``available_plugins``). Only the
+plugins a run selects are registered with its plugin manager, so only they run.
+
+A plugin class may declare, beside its hooks and ``Options``:
+
+* ``name``: how users select it;
+* ``yields = ("generate_adversary",)``: its adversary is only a default that gives way to
+  any other selected adversary (TRADES);
+* ``fallback = True``: the adversary added when no selected plugin generates one (``pgd``).
 """
 
 from __future__ import annotations
@@ -28,37 +35,7 @@ from robx.core.options import coerce_fields
 from robx.core.state import Step, TrainState
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "robx.plugins.natural:Natural",
-    "robx.plugins.pgd:PGD",
-    "robx.plugins.trades:TRADES",
-    "robx.plugins.mart:MART",
-    "robx.plugins.focal:Focal",
-    "robx.plugins.ldam:LDAM",
-    "robx.plugins.balanced_softmax:BalancedSoftmax",
-    "robx.plugins.cb:ClassBalanced",
-    "robx.plugins.drw:DeferredReweighting",
-    "robx.plugins.resample:Resample",
-    "robx.plugins.mixup:Mixup",
-    "robx.plugins.remix:Remix",
-    "robx.plugins.swa:SWA",
-    "robx.plugins.ema:EMA",
-    "robx.plugins.srat:SRAT",
-    "robx.plugins.imbmix:ImbMix",
-    "robx.plugins.dafa:DAFA",
-    "robx.plugins.fairtat:FairTAT",
-    "robx.plugins.cfa:CFA",
-    "robx.plugins.topk:TopK",
-)
-FALLBACK_ADVERSARY = "pgd"
-DEFAULT_LOSS = "ce"
-#: Hooks that replace one part of the recipe: two selected plugins implementing the same
-#: one is a conflict, not a silent first-wins.
-EXCLUSIVE_HOOKS: dict[str, str] = {
-    "generate_adversary": "generate adversarial examples",
-    "training_loss": "define the training loss",
-    "sampling_weights": "choose how batches are sampled",
-}
+DEFAULT_LOSS = "ce"  # the task's own loss: no loss plugin
 BUILTIN_ORIGIN = "built-in"
 
 
@@ -103,13 +80,13 @@ class PluginSpec:
             )
 
     def yields(self, hook: str) -> bool:
-        """True when ``hook`` is only this plugin's default for its other hooks: a
-        ``trylast`` implementation beside other hooks (TRADES' KL attack). Such a
-        plugin gives way to another selected plugin implementing ``hook``; a plugin that
-        does nothing else (``pgd``) does not."""
-        impl = getattr(self.target, hook, None)
-        opts = getattr(impl, f"{hookspecs.PROJECT_NAME}_impl", None) or {}
-        return bool(opts.get("trylast")) and len(self.hooks) > 1
+        """True when this plugin's ``hook`` is a default that gives way to another
+        selected plugin's (declared with ``yields = ("generate_adversary",)``)."""
+        return hook in getattr(self.target, "yields", ())
+
+    @property
+    def is_fallback(self) -> bool:
+        return bool(getattr(self.target, "fallback", False))
 
     @property
     def summary(self) -> str:
@@ -140,6 +117,8 @@ def available_plugins() -> dict[str, PluginSpec]:
 
     A broken third-party plugin raises a :class:`RobxError` naming its distribution.
     """
+    from robx.plugins import DEFAULT_PLUGINS
+
     found: dict[str, PluginSpec] = {}
     for reference in DEFAULT_PLUGINS:
         target = _load_object(reference)
@@ -170,6 +149,12 @@ def get_plugin_spec(name: str) -> PluginSpec:
             f"unknown plugin '{name}'; available: {', '.join(sorted(plugins))}"
         )
     return plugins[name]
+
+
+def fallback_adversary() -> str:
+    """The built-in plugin that declares ``fallback = True``."""
+    (name,) = [s.name for s in available_plugins().values() if s.is_fallback and s.origin == BUILTIN_ORIGIN]
+    return name
 
 
 # ---------------------------------------------------------------------------
@@ -215,19 +200,44 @@ def options_as_dict(options: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# the typed facade
+# selection: every owned hook gets at most one owner, by declared rules only
 # ---------------------------------------------------------------------------
 
 
-def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> list[str]:
-    """Check the selection, add the ``--loss`` plugin, and append the fallback adversary
-    where no selected plugin generates adversarial examples."""
-    names = [name.strip() for name in selected if name.strip()]
+@dataclass(frozen=True)
+class Selection:
+    """The plugins of a run, in listing order, and the owner of each owned hook."""
+
+    names: list[str]
+    owners: dict[str, str]
+
+
+def _owners(specs: Sequence[PluginSpec]) -> dict[str, str]:
+    owners = {}
+    for hook, what in hookspecs.OWNED.items():
+        implementers = [s for s in specs if hook in s.hooks]
+        firm = [s for s in implementers if not s.yields(hook)]
+        claimants = firm or implementers  # a yielding implementation only when nobody else
+        if len(claimants) > 1:
+            raise PluginConflictError(
+                "plugins " + " and ".join(f"'{s.name}'" for s in claimants) + f" both {what}; select one of them"
+            )
+        if claimants:
+            owners[hook] = claimants[0].name
+    return owners
+
+
+def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> Selection:
+    """Check the selection, add the ``--loss`` plugin and, where no selected plugin
+    generates adversarial examples, the fallback adversary; resolve every owner."""
+    names = [name.strip() for name in selected]
+    if not all(names):
+        raise OptionError(f"plugin names must not be empty: {list(selected)!r}")
     if loss != DEFAULT_LOSS:
         spec = get_plugin_spec(loss)
         if "training_loss" not in spec.hooks:
             losses = [s.name for s in available_plugins().values() if "training_loss" in s.hooks]
-            raise OptionError(f"--loss {loss}: not a loss; available: ce, {', '.join(losses)}")
+            raise OptionError(f"--loss {loss}: not a loss; available: {DEFAULT_LOSS}, {', '.join(losses)}")
         names.append(loss)
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -235,19 +245,28 @@ def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> l
     specs = [get_plugin_spec(name) for name in names]
     for spec in specs:
         spec.check_hooks()
-    for hook, what in EXCLUSIVE_HOOKS.items():
-        claimants = [s.name for s in specs if hook in s.hooks and not s.yields(hook)]
-        if len(claimants) > 1:
-            raise PluginConflictError(
-                "plugins " + " and ".join(f"'{c}'" for c in claimants) + f" both {what}; select one of them"
-            )
     if not any("generate_adversary" in s.hooks for s in specs):
-        names.append(FALLBACK_ADVERSARY)
-    return names
+        names.append(fallback_adversary())
+        specs.append(get_plugin_spec(names[-1]))
+    return Selection(names, _owners(specs))
+
+
+def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> list[str]:
+    """The plugins a selection runs, in listing order (see :func:`select_plugins`)."""
+    return select_plugins(selected, loss).names
+
+
+# ---------------------------------------------------------------------------
+# the typed facade
+# ---------------------------------------------------------------------------
 
 
 class PluginHost:
-    """The run's plugin manager behind typed methods (tox 4's facade pattern)."""
+    """The run's plugin manager behind typed methods (tox 4's facade pattern).
+
+    Shared hooks go through pluggy in listing order; an owned hook is called on its owner
+    only, so which plugin decides never depends on registration order.
+    """
 
     def __init__(
         self,
@@ -255,7 +274,9 @@ class PluginHost:
         raw_options: Mapping[str, Mapping[str, Any]],
         loss: str = DEFAULT_LOSS,
     ):
-        self.names = resolve_plugin_names(selected, loss)
+        selection = select_plugins(selected, loss)
+        self.names = selection.names
+        self.owners = selection.owners
         for plugin_name in raw_options:
             if plugin_name not in self.names:
                 get_plugin_spec(plugin_name)  # unknown name -> the same clear error
@@ -269,7 +290,7 @@ class PluginHost:
         }
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
-        # pluggy calls the last registered first; register in reverse so hooks run
+        # pluggy calls the last registered first; register in reverse so shared hooks run
         # in the order the user listed the plugins.
         for name in reversed(self.names):
             spec = self.specs[name]
@@ -280,20 +301,30 @@ class PluginHost:
                 raise PluginError(f"plugin '{name}' ({spec.origin}) does not fit robx's hooks: {detail}") from error
         self.hook = self.manager.hook
 
+    def _owned(self, hook: str, **kwargs: Any) -> Any:
+        """The owner's answer to an owned hook, or None when no selected plugin owns it."""
+        owner = self.owners.get(hook)
+        if owner is None:
+            return None
+        (impl,) = [i for i in getattr(self.hook, hook).get_hookimpls() if i.plugin_name == owner]
+        return impl.function(*[kwargs[name] for name in impl.argnames])
+
+    # --- data path -------------------------------------------------------------------
+
     def select_victims(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        return self.hook.select_victims(step=step, state=state)
+        return self._owned("select_victims", step=step, state=state)
 
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
-        x_adv = self.hook.generate_adversary(step=step, state=state)
+        x_adv = self._owned("generate_adversary", step=step, state=state)
         if x_adv is None:
-            raise RobxError("no selected plugin generated adversarial examples for this batch")
+            raise RobxError(f"plugin '{self.owners['generate_adversary']}' generated no adversarial examples")
         return x_adv
 
     def augment(self, step: Step, state: TrainState) -> None:
         self.hook.augment(step=step, state=state)
 
     def training_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        return self.hook.training_loss(step=step, state=state)
+        return self._owned("training_loss", step=step, state=state)
 
     def sample_weights(self, step: Step, state: TrainState) -> torch.Tensor | None:
         """Product of all plugins' per-sample weights, or None when no plugin weighs."""
@@ -322,7 +353,26 @@ class PluginHost:
         return terms
 
     def sampling_weights(self, state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:
-        return self.hook.sampling_weights(state=state, labels=labels)
+        return self._owned("sampling_weights", state=state, labels=labels)
+
+    # --- owned per-class quantities ----------------------------------------------------
+
+    def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._owned("attack_budget", state=state)
+
+    def class_weights(self, state: TrainState) -> torch.Tensor | None:
+        return self._owned("class_weights", state=state)
+
+    def regularizer_weights(self, state: TrainState) -> torch.Tensor | None:
+        return self._owned("regularizer_weights", state=state)
+
+    def trained_class_counts(self, state: TrainState, dataset_counts: torch.Tensor) -> torch.Tensor | None:
+        return self._owned("trained_class_counts", state=state, dataset_counts=dataset_counts)
+
+    def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:
+        return self._owned("averaged_weights", state=state)
+
+    # --- lifecycle ---------------------------------------------------------------------
 
     def after_step(self, step: Step, state: TrainState) -> None:
         self.hook.after_step(step=step, state=state)

@@ -119,16 +119,20 @@ class Step:
 
 @dataclass
 class TrainState:
-    """Everything a plugin may read or write across steps.
+    """Everything a plugin may read across steps.
 
-    ``class_eps``/``class_alpha`` are per-class attack budgets (length ``num_classes``),
-    initialised from the config; the adversary uses ``class_eps[y]`` per sample, so a
-    plugin that sets class-wise margins only writes these tensors.
-    ``plugin_options[name]`` is the validated options object of each selected plugin;
-    ``data`` the run's :class:`robx.core.data.ImageData` (training images and labels).
-    ``eval_model``: a plugin may set it (at ``train_end``) to a model of the same
-    architecture to be evaluated and checkpointed instead of the trained one (weight
-    averaging).
+    The per-class quantities are decided by their owner plugin (see
+    :mod:`robx.core.hookspecs`) and set by the engine; plugins read them:
+
+    * ``class_counts``: the examples of each class the model trains on per epoch (the
+      training set's counts, or those of the plugin that grows them), fixed for the run;
+    * ``class_eps``/``class_alpha``: the per-class attack budget of the current epoch
+      (length ``num_classes``); every adversary uses ``class_eps[y]`` per example;
+    * ``class_weights``: per-class weights of the main loss this epoch, or ``None``;
+    * ``regularizer_weights``: per-class weights b_c of a regulariser this epoch, or ``None``.
+
+    ``data`` is the run's :class:`robx.core.data.ImageData`; ``stash`` each plugin's own
+    checkpointed state.
     """
 
     config: TrainConfig
@@ -140,14 +144,14 @@ class TrainState:
     class_counts: torch.Tensor
     class_eps: torch.Tensor
     class_alpha: torch.Tensor
+    class_weights: torch.Tensor | None = None
+    regularizer_weights: torch.Tensor | None = None
     epoch: int = 0
     global_step: int = 0
     stash: Stash = field(default_factory=Stash)
     epoch_stats: EpochStats | None = None
     history: list[EpochStats] = field(default_factory=list)
-    plugin_options: dict[str, Any] = field(default_factory=dict)
     data: Any = None
-    eval_model: torch.nn.Module | None = None
     generator: torch.Generator | None = None
 
     @property

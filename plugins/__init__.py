@@ -1,1 +1,30 @@
-"""Built-in plugins: one module per method or baseline (see ``robx.core.plugins.DEFAULT_PLUGINS``)."""
+"""Built-in plugins: one module per method or baseline.
+
+:data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.plugins.available_plugins` (the
+plugins package names its own members, so the core names no method). Helpers that several
+plugins share live in :mod:`robx.plugins.common`, which is not a plugin; no plugin imports
+another plugin.
+"""
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "robx.plugins.natural:Natural",
+    "robx.plugins.pgd:PGD",
+    "robx.plugins.trades:TRADES",
+    "robx.plugins.mart:MART",
+    "robx.plugins.focal:Focal",
+    "robx.plugins.ldam:LDAM",
+    "robx.plugins.balanced_softmax:BalancedSoftmax",
+    "robx.plugins.cb:ClassBalanced",
+    "robx.plugins.drw:DeferredReweighting",
+    "robx.plugins.resample:Resample",
+    "robx.plugins.mixup:Mixup",
+    "robx.plugins.remix:Remix",
+    "robx.plugins.swa:SWA",
+    "robx.plugins.ema:EMA",
+    "robx.plugins.srat:SRAT",
+    "robx.plugins.imbmix:ImbMix",
+    "robx.plugins.dafa:DAFA",
+    "robx.plugins.fairtat:FairTAT",
+    "robx.plugins.cfa:CFA",
+    "robx.plugins.topk:TopK",
+)

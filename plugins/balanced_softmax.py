@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.focal import soft_targets
+from robx.plugins.common import soft_targets
 
 
 def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:

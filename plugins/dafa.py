@@ -16,11 +16,11 @@
   turn its loss into gradient ascent and its attack budget negative. Weights below
   ``min_weight`` (0.1) are raised to it with a warning; on balanced CIFAR-10 the rule stays
   far from it.
-* Afterwards the attack uses eps_y = W_y * eps and alpha_y = W_y * alpha (through
-  ``state.class_eps``/``class_alpha``, which every robx adversary reads -- unlike the
-  authors' PGD-AT path, which drops the class margins), and the per-sample loss is
-  weighted by W_y. With ``trades`` that loss is the natural term only; the KL term stays
-  unweighted, as in the paper.
+* Afterwards the attack uses eps_y = W_y * eps and alpha_y = W_y * alpha (DAFA owns the
+  per-class attack budget, which every robx adversary reads -- unlike the authors' PGD-AT
+  path, which drops the class margins), and the per-sample loss is weighted by W_y (DAFA
+  owns the per-class loss weights). With ``trades`` that loss is the natural term only;
+  the KL term stays unweighted, as in the paper.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ import torch
 
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
-from robx.core.state import StashKey, Step, TrainState
-from robx.plugins.cb import per_sample_class_weights
+from robx.core.state import StashKey, TrainState
 
 WEIGHTS = StashKey[torch.Tensor]("dafa.weights")
 
@@ -91,13 +90,15 @@ class DAFA:
             warnings.warn(f"dafa: weights below min_weight {self.options.min_weight} raised to it ({found}); "
                           "DAFA's rule assumes balanced classes", RuntimeWarning, stacklevel=2)
             weights = weights.clamp(min=self.options.min_weight)
-        weights = weights.to(state.device)
         state.stash[WEIGHTS] = weights.cpu()
-        state.class_eps = weights * float(state.config.eps)
-        state.class_alpha = weights * float(state.config.alpha)
 
     @hookimpl
-    def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
+    def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
         if WEIGHTS not in state.stash:
             return None
-        return per_sample_class_weights(step, state.stash[WEIGHTS])
+        weights = state.stash[WEIGHTS]
+        return weights * float(state.config.eps), weights * float(state.config.alpha)
+
+    @hookimpl
+    def class_weights(self, state: TrainState) -> torch.Tensor | None:
+        return state.stash.get(WEIGHTS, None)

@@ -7,8 +7,9 @@
   distribution without a loop).
 * Adversary: targeted PGD from delta ~ U(-eps_y, eps_y), descending CE(f(x + delta), y_t);
   the training loss stays on the true label (the default CE, or ``trades`` with the same x').
-* Class-wise budgets from epoch 1: "G-rob" (default) eps_c = (0.5 + RobAcc^train_c) eps;
-  "G-cfps" eps_c = (0.5 + 2 CFPS_c) eps. The step size alpha is not rescaled.
+* Class-wise budgets from epoch 1 (FAIR-TAT owns the per-class attack budget): "G-rob"
+  (default) eps_c = (0.5 + RobAcc^train_c) eps; "G-cfps" eps_c = (0.5 + 2 CFPS_c) eps. The
+  step size alpha is not rescaled.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from robx.core.state import StashKey, Step, TrainState
 from robx.core.stats import SplitStats
 
 CFPS = StashKey[torch.Tensor]("fairtat.cfps")
+ROBUST_ACC = StashKey[torch.Tensor]("fairtat.robust_acc")
 
 
 def class_false_positive_scores(stats: SplitStats) -> torch.Tensor:
@@ -77,11 +79,18 @@ class FairTAT:
     def epoch_end(self, state: TrainState) -> None:
         assert state.epoch_stats is not None
         train = state.epoch_stats.train
-        cfps = class_false_positive_scores(train)
-        state.stash[CFPS] = cfps
+        state.stash[CFPS] = class_false_positive_scores(train)
+        if train.robust_acc is None:
+            raise RobxError("fairtat needs adversarial training predictions")
+        state.stash[ROBUST_ACC] = train.robust_acc
+
+    @hookimpl
+    def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if CFPS not in state.stash or self.options.eps_mode == "none":
+            return None  # epoch 0: the global budget
         eps = float(state.config.eps)
         if self.options.eps_mode == "g-rob":
-            assert train.robust_acc is not None
-            state.class_eps = ((0.5 + train.robust_acc) * eps).float().to(state.device)
-        elif self.options.eps_mode == "g-cfps":
-            state.class_eps = ((0.5 + 2 * cfps) * eps).float().to(state.device)
+            class_eps = (0.5 + state.stash[ROBUST_ACC]) * eps
+        else:
+            class_eps = (0.5 + 2 * state.stash[CFPS]) * eps
+        return class_eps.float(), torch.full_like(class_eps, float(state.config.alpha)).float()

@@ -14,11 +14,7 @@ import torch.nn.functional as F
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-
-
-def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Hard labels -> one-hot rows; soft rows pass through."""
-    return targets if targets.is_floating_point() else F.one_hot(targets, num_classes).float()
+from robx.plugins.common import soft_targets
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:

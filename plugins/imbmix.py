@@ -7,19 +7,20 @@ Per batch (Algorithm 5.1), after the adversary produced x' = PGD(x):
    x^_k = x + a (x' - x) * N(0, 1) (element-wise Gaussian rescaling of its perturbation),
    clamped to the image range [0, 1] (the paper does not project them back to the
    eps-ball, nor do we). a = 1; t_c = min(round(n_max / n_c) - 1, ``max_copies`` = 8)
-   unless ``copies`` fixes it. Majority examples get none.
+   unless ``copies`` fixes it, with n_c the training set's counts. Majority examples get none.
 2. Mixing (eq. 5.3-5.4): pairs of the augmented set are mixed with lam_x ~ Beta(1, 1) and
-   the Remix label rule (kappa 3, tau 0.5). n_i, n_j are the training-set class counts:
+   the Remix label rule (kappa 3, tau 0.5). n_i, n_j are the training set's class counts:
    counted in the augmented set the default t makes classes nearly balanced and the rule
    would never fire.
 3. Loss (eq. 5.5): cross-entropy on the mixed (soft) labels (the task's default loss, or
    ``--loss``).
-4. SWA (section 5.3.3) from ``swa_start`` x epochs, BatchNorm recomputed, the averaged
-   model evaluated; ``swa = false`` turns it off (the ablation).
+4. SWA (section 5.3.3) from ``swa_start`` x epochs: this plugin owns the evaluated model
+   (``averaged_weights``), BatchNorm recomputed by the engine; ``swa = false`` turns it off
+   (the ablation; the last iterate is evaluated).
 
-With class weights (``srat``, ``cb``, ``drw``): the weights are computed from the counts
-Imb-Mix trains on, n_c (1 + t_c) (stored under ``cb.TRAINED_CLASS_COUNTS``), not from the
-dataset counts; the copies have already rebalanced the batch.
+The copies grow every epoch by t_c n_c examples of each minority class, so this plugin owns
+the class counts the run trains on: ``state.class_counts`` = n_c (1 + t_c), which class
+weights (``srat``, ``cb``, ``drw``) then use; the copies have already rebalanced the batch.
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+from robx.core.averaging import WeightAverage, add_to_average
 from robx.core.hookspecs import hookimpl
 from robx.core.metrics import majority_classes
 from robx.core.state import StashKey, Step, TrainState
-from robx.plugins.cb import TRAINED_CLASS_COUNTS
-from robx.plugins.mixup import draw_mix, mix_inputs, mix_targets
-from robx.plugins.remix import remix_label_factor
-from robx.plugins.swa import average_from_epoch, finish_average
+from robx.plugins.common import draw_mix, mix_inputs, mix_targets, remix_label_factor
 
 AVERAGE = StashKey[dict]("imbmix.average")
 
@@ -83,24 +82,25 @@ class ImbMix:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-
-    def copies(self, state: TrainState) -> torch.Tensor:
-        return torch.tensor(copies_per_class(state.class_counts.tolist(), self.options.max_copies,
-                                             self.options.copies))
+        self.dataset_counts: torch.Tensor | None = None
+        self.copies: torch.Tensor | None = None
 
     @hookimpl
-    def train_start(self, state: TrainState) -> None:
-        state.stash[TRAINED_CLASS_COUNTS] = state.class_counts.cpu() * (1 + self.copies(state))
+    def trained_class_counts(self, dataset_counts: torch.Tensor) -> torch.Tensor:
+        self.dataset_counts = dataset_counts.cpu()
+        self.copies = torch.tensor(copies_per_class(self.dataset_counts.tolist(), self.options.max_copies,
+                                                    self.options.copies))
+        return self.dataset_counts * (1 + self.copies)
 
     @hookimpl
     def augment(self, step: Step, state: TrainState) -> None:
         assert step.x_adv is not None and step.inputs is not None
-        copies = self.copies(state)
-        extra_x, extra_y = supplementary_examples(step.x, step.x_adv, step.y, copies, self.options.a)
+        assert self.copies is not None and self.dataset_counts is not None
+        extra_x, extra_y = supplementary_examples(step.x, step.x_adv, step.y, self.copies, self.options.a)
         inputs = torch.cat([step.inputs, extra_x])
         labels = torch.cat([step.y, extra_y])
         lam, partner = draw_mix(len(labels), self.options.concentration, labels.device)
-        count_t = state.class_counts.to(labels.device)
+        count_t = self.dataset_counts.to(labels.device)
         label_lam = remix_label_factor(count_t[labels], count_t[labels[partner]], lam,
                                        self.options.kappa, self.options.tau)
         step.inputs = mix_inputs(inputs, lam, partner)
@@ -108,10 +108,12 @@ class ImbMix:
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:
-        if self.options.swa:
-            average_from_epoch(state, AVERAGE, self.options.swa_start)
+        start = min(int(round(self.options.swa_start * state.num_epochs)), state.num_epochs - 1)
+        if self.options.swa and state.epoch >= start:
+            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model)
 
     @hookimpl
-    def train_end(self, state: TrainState) -> None:
-        if self.options.swa:
-            finish_average(state, state.stash[AVERAGE])
+    def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:
+        if not self.options.swa:
+            return None
+        return WeightAverage.from_state(state.stash[AVERAGE]).parameters

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.focal import soft_targets
+from robx.plugins.common import soft_targets
 
 
 def ldam_margins(class_counts: torch.Tensor, max_margin: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.trades import kl_per_sample
+from robx.plugins.common import kl_per_sample
 
 
 def boosted_cross_entropy(adv_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

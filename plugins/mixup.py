@@ -8,30 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-
-
-def draw_mix(batch: int, concentration: float, device: torch.device) -> tuple[float, torch.Tensor]:
-    """lam ~ Beta(a, a) and a partner permutation, from torch's seeded generator."""
-    lam = float(torch.distributions.Beta(concentration, concentration).sample())
-    return lam, torch.randperm(batch, device=device)
-
-
-def mix_inputs(inputs: torch.Tensor, lam: float, partner: torch.Tensor) -> torch.Tensor:
-    return lam * inputs + (1.0 - lam) * inputs[partner]
-
-
-def mix_targets(targets: torch.Tensor, label_lam: torch.Tensor | float, partner: torch.Tensor,
-                num_classes: int) -> torch.Tensor:
-    """label_lam (scalar or per row) * t_i + (1 - label_lam) * t_j, for hard or soft t."""
-    soft = targets if targets.is_floating_point() else F.one_hot(targets, num_classes).float()
-    lam = torch.as_tensor(label_lam, dtype=soft.dtype, device=soft.device)
-    lam = lam[:, None] if lam.dim() == 1 else lam
-    return lam * soft + (1.0 - lam) * soft[partner]
+from robx.plugins.common import draw_mix, mix_inputs, mix_targets
 
 
 class Mixup:

@@ -2,8 +2,10 @@
 
 min_theta E[ max_{x' in B(x, eps) ∩ [0,1]} L(f(x'), y) ], the inner maximisation by
 projected gradient ascent from a random start. The budget is per sample:
-``state.class_eps[y]`` and ``state.class_alpha[y]``, so plugins that set class-wise
-margins reach the attack without touching it. Steps and norm come from the run config
+``state.class_eps[y]`` and ``state.class_alpha[y]``, set by the owner of the per-class
+attack budget (DAFA, FAIR-TAT, CFA), so class-wise margins reach the attack without
+touching it. It is the fallback adversary: added when no selected plugin generates
+adversarial examples, and chosen over TRADES' KL attack when both are selected. Steps and norm come from the run config
 (``--steps``, ``--norm``); ``random_start`` is this plugin's option.
 """
 
@@ -22,6 +24,7 @@ class PGD:
     """PGD adversarial training (Madry et al. 2018); the fallback adversary."""
 
     name = "pgd"
+    fallback = True
 
     @dataclass
     class Options:
@@ -30,7 +33,7 @@ class PGD:
     def __init__(self, options: Options) -> None:
         self.options = options
 
-    @hookimpl(trylast=True)
+    @hookimpl
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         config = state.config
         assert config.steps is not None

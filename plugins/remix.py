@@ -5,30 +5,18 @@ n_i, n_j the training counts of their classes (METHODS.md section 1):
     lam_y = 0    if n_i / n_j >= kappa and lam < tau
     lam_y = 1    if n_i / n_j <= 1 / kappa and 1 - lam < tau
     lam_y = lam  otherwise
-kappa = 3, tau = 0.5. Needs hard labels (class counts of both partners).
+kappa = 3, tau = 0.5; n is ``state.class_counts``. Needs hard labels (class counts of both
+partners).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.mixup import draw_mix, mix_inputs, mix_targets
-
-
-def remix_label_factor(
-    count_i: torch.Tensor, count_j: torch.Tensor, lam: float, kappa: float, tau: float
-) -> torch.Tensor:
-    """The per-pair label factor lam_y of Remix (eq. in the docstring above)."""
-    ratio = count_i.double() / count_j.double()
-    factor = torch.full_like(ratio, lam)
-    factor = torch.where((ratio >= kappa) & (lam < tau), torch.zeros_like(ratio), factor)
-    factor = torch.where((ratio <= 1.0 / kappa) & (1.0 - lam < tau), torch.ones_like(ratio), factor)
-    return factor.float()
+from robx.plugins.common import draw_mix, mix_inputs, mix_targets, remix_label_factor
 
 
 class Remix:

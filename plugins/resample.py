@@ -11,7 +11,7 @@ import torch
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import TrainState
-from robx.plugins.cb import class_balanced_weights
+from robx.plugins.common import class_balanced_weights
 
 
 class Resample:

@@ -15,7 +15,7 @@ Composition: when another plugin changed the trained batch (Imb-Mix mixes it, TR
 trains on the clean batch), L_sep still sees the adversarial examples x' of the batch,
 with their hard labels, through one extra forward pass; the class weights then apply to
 the trained rows (the target-weighted class weight for soft labels) and are computed from
-the class counts actually trained on (with Imb-Mix: n_c (1 + t_c), see ``cb.py``).
+``state.class_counts``, the class counts actually trained on (with Imb-Mix: n_c (1 + t_c)).
 The extra pass runs in train mode, so BatchNorm normalises x' with its own batch
 statistics, not those of the mixed batch. With Imb-Mix this composition trains on digits
 and on cifar10-lt-cpu Exp-100 but collapsed on Step-10 (README, "cifar10-lt-cpu, Step-10").
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
 from robx.kernels import supcon
-from robx.plugins.drw import deferred_class_weights
+from robx.plugins.common import class_balanced_weights, deferred_start_epoch
 
 
 class SRAT:
@@ -57,9 +57,11 @@ class SRAT:
         self.options = options
 
     @hookimpl
-    def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
+    def class_weights(self, state: TrainState) -> torch.Tensor | None:
         o = self.options
-        return deferred_class_weights(step, state, o.beta, o.start, o.start_epoch)
+        if state.epoch < deferred_start_epoch(state.num_epochs, o.start, o.start_epoch):
+            return None
+        return class_balanced_weights(state.class_counts, o.beta)
 
     @hookimpl
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:

@@ -2,16 +2,18 @@
 
 * Adversary (``generate_adversary``): maximise KL(f(x) || f(x')) over the eps-ball from
   x + 0.001 * N(0, 1), with the run's steps / per-class eps and alpha (TRADES' own
-  defaults are 10 steps, eps 0.031, step 0.007), model in eval mode. It is a fallback
-  (``trylast``): another selected adversary (e.g. ``fairtat``'s targeted PGD) replaces it
-  and TRADES then trains on that x'.
+  defaults are 10 steps, eps 0.031, step 0.007), model in eval mode. It is only the
+  default for TRADES' loss (``yields``): another selected adversary (``pgd``, or
+  ``fairtat``'s targeted PGD) replaces it in either listing order, and TRADES then
+  trains on that x'.
 * ``augment``: the trained forward pass is on the *clean* batch, so the per-sample loss
   (and every plugin's weights, e.g. DAFA's W_y) applies to the natural term, and
   ``--loss`` replaces the natural CE (e.g. LDAM).
 * ``extra_loss``: beta * mean_i KL(f(x_i) || f(x'_i)), unweighted (beta = 6). It also
-  hands the adversarial logits to the class statistics. A plugin that calibrates the KL
-  weight per class (``cfa``) puts a per-class weight vector under ``KL_CLASS_WEIGHTS`` in
-  the stash; the term is then mean_i beta_{y_i} KL_i.
+  hands the adversarial logits to the class statistics.
+* Per-class regulariser weights (``state.regularizer_weights``, set by their owner, e.g.
+  CFA's calibrated b_c): the loss becomes (1 - b_y) CE + b_y KL per example, the
+  natural weight through ``weight_samples``; beta is then not used.
 """
 
 from __future__ import annotations
@@ -19,25 +21,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.hookspecs import hookimpl
-from robx.core.state import StashKey, Step, TrainState
-
-KL_CLASS_WEIGHTS = StashKey[torch.Tensor]("trades.kl_class_weights")
-
-
-def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(clean) || softmax(adv)) per row."""
-    clean_log_probs = F.log_softmax(clean_logits, dim=1)
-    return (clean_log_probs.exp() * (clean_log_probs - F.log_softmax(adv_logits, dim=1))).sum(dim=1)
+from robx.core.state import Step, TrainState
+from robx.plugins.common import kl_per_sample, soft_targets
 
 
 class TRADES:
     """TRADES: natural loss + beta * KL(f(x) || f(x')) with a KL attack (Zhang et al. 2019)."""
 
     name = "trades"
+    yields = ("generate_adversary",)
 
     @dataclass
     class Options:
@@ -47,7 +42,7 @@ class TRADES:
     def __init__(self, options: Options) -> None:
         self.options = options
 
-    @hookimpl(trylast=True)
+    @hookimpl
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         model, config = state.model, state.config
         assert config.steps is not None
@@ -68,13 +63,20 @@ class TRADES:
         step.inputs = step.x  # the natural term is the main loss
 
     @hookimpl
+    def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
+        if state.regularizer_weights is None:
+            return None
+        assert step.targets is not None
+        natural = 1.0 - state.regularizer_weights.to(step.targets.device)
+        return soft_targets(step.targets, state.num_classes) @ natural
+
+    @hookimpl
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor:
         assert step.outputs is not None and step.x_adv is not None
         _, adv_logits = state.model(step.x_adv)
         step.adv_outputs = adv_logits.detach()
         clean_logits = step.outputs[: len(step.x)]
         kl = kl_per_sample(clean_logits, adv_logits)
-        class_weights = state.stash.get(KL_CLASS_WEIGHTS, None)
-        if class_weights is not None:
-            return (class_weights.to(kl.device)[step.y] * kl).mean()
+        if state.regularizer_weights is not None:
+            return (state.regularizer_weights.to(kl.device)[step.y] * kl).mean()
         return self.options.beta * kl.mean()

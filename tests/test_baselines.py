@@ -12,11 +12,11 @@ import torch
 from robx.core import engine
 from robx.core.run import load_checkpoint
 from robx.core.attacks import margin_loss
-from robx.core.errors import OptionError, PluginConflictError, RobxError
+from robx.core.errors import OptionError, PluginConflictError
 from robx.core.evaluate import AttackSettings, evaluate
 from robx.core.plugins import PluginHost
 from robx.core.report import aggregate, load_reports
-from robx.core.state import Stash, Step
+from robx.core.state import Stash
 from robx.plugins.balanced_softmax import balanced_softmax_loss
 from robx.plugins.cb import class_balanced_weights
 from robx.plugins.drw import DeferredReweighting
@@ -94,14 +94,13 @@ def _state(epoch: int, epochs: int = 10, counts=(100, 10)):
 
 def test_drw_switches_exactly_at_its_epoch():
     plugin = DeferredReweighting(DeferredReweighting.Options(beta=0.999, start=0.8))
-    step = Step(x=torch.zeros(2, 1), y=torch.tensor([0, 1]))
-    step.targets = step.y
-    assert plugin.weight_samples(step, _state(epoch=7)) is None
-    after = plugin.weight_samples(step, _state(epoch=8))
-    assert after is not None and after[1] > after[0]
+    assert plugin.class_weights(_state(epoch=7)) is None
+    raw = [(1 - 0.999) / (1 - 0.999**n) for n in (100, 10)]  # Cui et al., by hand
+    expected = [r * 2 / sum(raw) for r in raw]
+    assert plugin.class_weights(_state(epoch=8)).tolist() == pytest.approx(expected, rel=1e-5)
     explicit = DeferredReweighting(DeferredReweighting.Options(start_epoch=3))
-    assert explicit.weight_samples(step, _state(epoch=2)) is None
-    assert explicit.weight_samples(step, _state(epoch=3)) is not None
+    assert explicit.class_weights(_state(epoch=2)) is None
+    assert explicit.class_weights(_state(epoch=3)) is not None
 
 
 @pytest.mark.parametrize(
@@ -146,8 +145,9 @@ def test_swa_and_ema_in_training_evaluate_the_average(tmp_path):
     assert "eval_model" in payload and report["plugins"] == ["swa", "pgd"]
     trained = payload["model"]["head.weight"]
     assert not torch.equal(payload["eval_model"]["head.weight"], trained)
-    with pytest.raises(RobxError, match="replace the evaluated model"):
+    with pytest.raises(PluginConflictError, match="'swa' and 'ema' both choose the evaluated model"):
         engine.train(tiny_config(epochs=1, plugins=["swa", "ema"], n_eval=20), tmp_path / "both")
+    assert not (tmp_path / "both").exists()  # rejected before anything was written
 
 
 def test_ema_updates_every_step():

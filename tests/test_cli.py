@@ -40,6 +40,8 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--set", "pgd.random_start=perhaps"], "expects bool"),
         (["train", "--set", "garbage"], "PLUGIN.KEY=VALUE"),
         (["train", "--plugins", "natural,pgd"], "both generate adversarial examples"),
+        (["train", "--plugins", "cfa,ema"], "plugins 'cfa' and 'ema' both choose the evaluated model"),
+        (["train", "--plugins", "dafa,fairtat"], "plugins 'dafa' and 'fairtat' both set the per-class attack budget"),
         (["train", "--epochs", "0"], "epochs must be >= 1"),
         (["train", "--epochs", "many"], "--epochs"),
         (["train", "--eps", "eight"], "--eps expects a number"),

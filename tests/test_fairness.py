@@ -44,13 +44,16 @@ def test_dafa_floors_weights_that_would_turn_negative():
     assert raw.tolist() == pytest.approx([1.8, -0.7, 1.9])
     assert raw.sum().item() == pytest.approx(3.0)  # the rule only moves weight between classes
     stats = SplitStats(torch.full((3,), 10), None, None, None, None, p.double())
-    state = SimpleNamespace(epoch=0, num_epochs=1, device=torch.device("cpu"), stash=Stash(),
-                            epoch_stats=SimpleNamespace(train=stats), config=SimpleNamespace(eps=0.1, alpha=0.02),
-                            class_eps=torch.full((3,), 0.1), class_alpha=torch.full((3,), 0.02))
+    state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), epoch_stats=SimpleNamespace(train=stats),
+                            config=SimpleNamespace(eps=0.1, alpha=0.02))
+    plugin = DAFA(DAFA.Options(warmup=1.0))
+    assert plugin.attack_budget(state=state) is None and plugin.class_weights(state=state) is None  # warm-up
     with pytest.warns(RuntimeWarning, match=r"class 1: -0\.700"):
-        DAFA(DAFA.Options(warmup=1.0)).epoch_end(state=state)
+        plugin.epoch_end(state=state)
     assert state.stash[WEIGHTS].tolist() == pytest.approx([1.8, 0.1, 1.9])
-    assert state.class_eps.tolist() == pytest.approx([0.18, 0.01, 0.19])
+    eps, alpha = plugin.attack_budget(state=state)
+    assert eps.tolist() == pytest.approx([0.18, 0.01, 0.19]) and alpha.tolist() == pytest.approx([0.036, 0.002, 0.038])
+    assert plugin.class_weights(state=state).tolist() == pytest.approx([1.8, 0.1, 1.9])
     with pytest.raises(ValueError, match="min_weight"):
         DAFA.Options(min_weight=0.0)
 
@@ -131,50 +134,47 @@ def _stats(robust_acc: list[float]) -> SplitStats:
                       torch.eye(n, dtype=torch.float64), torch.eye(n, dtype=torch.float64))
 
 
-def test_cfa_calibrates_budgets_trades_weights_and_gates_fawa():
+def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():
     from types import SimpleNamespace
 
-    from robx.core.state import Stash, Step
+    from robx.core.state import Stash
     from robx.plugins.cfa import CFA, FAWA
-    from robx.plugins.trades import KL_CLASS_WEIGHTS, TRADES
 
     model = torch.nn.Linear(2, 3)
-    state = SimpleNamespace(
-        epoch=0, device=torch.device("cpu"), stash=Stash(), model=model,
-        config=SimpleNamespace(eps=0.04, alpha=0.01, val_fraction=0.1),
-        plugin_options={"trades": TRADES.Options(beta=6.0)},
-        class_eps=torch.full((3,), 0.04), class_alpha=torch.full((3,), 0.01),
-    )
+    state = SimpleNamespace(epoch=0, stash=Stash(), model=model,
+                            config=SimpleNamespace(eps=0.04, alpha=0.01, val_fraction=0.1))
     plugin = CFA(CFA.Options(start_epoch=2, fawa_threshold=0.2))
     state.epoch_stats = SimpleNamespace(train=_stats([0.0, 0.3, 0.5]), val=_stats([0.1, 0.3, 0.5]))
-    plugin.epoch_end(state=state)  # epoch 0 ended; epoch 1 < start: nothing changes
-    assert state.class_eps.tolist() == pytest.approx([0.04] * 3) and KL_CLASS_WEIGHTS not in state.stash
+    plugin.epoch_end(state=state)  # epoch 0 ended; epoch 1 < start: nothing to calibrate
+    assert plugin.attack_budget(state=state) is None and plugin.regularizer_weights(state=state) is None
     state.epoch = 1
     plugin.epoch_end(state=state)  # calibrates epoch 2
-    assert state.class_eps.tolist() == pytest.approx([0.02, 0.032, 0.04])
-    assert state.class_alpha.tolist() == pytest.approx([0.005, 0.008, 0.01])
-    assert state.stash[KL_CLASS_WEIGHTS].tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
-    step = Step(x=torch.zeros(2, 2), y=torch.tensor([0, 2]))
-    step.targets = step.y
-    assert plugin.weight_samples(step=step, state=state).tolist() == pytest.approx([0.25, 1 / 7])
+    eps, alpha = plugin.attack_budget(state=state)
+    assert eps.tolist() == pytest.approx([0.02, 0.032, 0.04])  # (0.5 + A_c) * 0.04
+    assert alpha.tolist() == pytest.approx([0.005, 0.008, 0.01])
+    # beta 6: (0.5 + A) * 6 = 3, 4.8, 6 -> b = 3/4, 4.8/5.8, 6/7
+    assert plugin.regularizer_weights(state=state).tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
     assert FAWA not in state.stash  # FAWA starts with epoch 2
     state.epoch = 2
     plugin.epoch_end(state=state)  # worst val class 0.1 < 0.2: gate closed
-    assert FAWA not in state.stash
+    assert FAWA not in state.stash and plugin.averaged_weights(state=state) is None
     state.epoch_stats.val = _stats([0.2, 0.3, 0.5])
     plugin.epoch_end(state=state)
     first = {k: v.clone() for k, v in state.stash[FAWA]["parameters"].items()}
     with torch.no_grad():
         model.weight.add_(1.0)
     plugin.epoch_end(state=state)
-    torch.testing.assert_close(state.stash[FAWA]["parameters"]["weight"], 0.88 * first["weight"] + 0.12 * model.weight)
+    expected = 0.88 * first["weight"] + 0.12 * model.weight
+    torch.testing.assert_close(state.stash[FAWA]["parameters"]["weight"], expected)
+    torch.testing.assert_close(plugin.averaged_weights(state=state)["weight"], expected)
 
 
-def test_trades_kl_term_uses_the_per_class_weights_when_set():
+def test_trades_honours_per_class_regulariser_weights():
+    """CFA's calibrated form: (1 - b_y) CE on the natural term, b_y KL."""
     from types import SimpleNamespace
 
-    from robx.core.state import Stash, Step
-    from robx.plugins.trades import KL_CLASS_WEIGHTS, TRADES, kl_per_sample
+    from robx.core.state import Step
+    from robx.plugins.trades import TRADES
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
@@ -183,16 +183,20 @@ def test_trades_kl_term_uses_the_per_class_weights_when_set():
         logits = model(x)
         return logits, logits
 
-    state = SimpleNamespace(model=two_outputs, stash=Stash())
+    state = SimpleNamespace(model=two_outputs, regularizer_weights=None, num_classes=3)
     step = Step(x=torch.rand(4, 4), y=torch.tensor([0, 1, 2, 2]))
     step.x_adv = step.x + 0.1
     step.outputs = model(step.x)
+    step.targets = step.y
     plugin = TRADES(TRADES.Options(beta=6.0))
-    kl = kl_per_sample(step.outputs, model(step.x_adv))
+    p, q = torch.softmax(step.outputs, 1), torch.softmax(model(step.x_adv), 1)
+    kl = (p * (p.log() - q.log())).sum(1)  # KL(f(x) || f(x')) by its definition
     torch.testing.assert_close(plugin.extra_loss(step=step, state=state), 6.0 * kl.mean())
-    state.stash[KL_CLASS_WEIGHTS] = torch.tensor([0.5, 0.7, 0.9])
-    expected = (torch.tensor([0.5, 0.7, 0.9, 0.9]) * kl).mean()
-    torch.testing.assert_close(plugin.extra_loss(step=step, state=state), expected)
+    assert plugin.weight_samples(step=step, state=state) is None
+    state.regularizer_weights = torch.tensor([0.5, 0.7, 0.9])
+    torch.testing.assert_close(plugin.extra_loss(step=step, state=state),
+                               (torch.tensor([0.5, 0.7, 0.9, 0.9]) * kl).mean())
+    torch.testing.assert_close(plugin.weight_samples(step=step, state=state), torch.tensor([0.5, 0.3, 0.1, 0.1]))
 
 
 def test_trades_cfa_trains_end_to_end_and_needs_a_validation_split(tmp_path):

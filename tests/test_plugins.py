@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from robx.core import plugins as plugin_module
 from robx.core.engine import train
 from robx.core.errors import OptionError, PluginConflictError, UnknownPluginError
 from robx.core.plugins import PluginHost, PluginSpec, available_plugins, parse_set_overrides
+from robx.core.run import load_checkpoint
 from robx.core.state import Step
 
 from conftest import tiny_config
@@ -52,6 +54,50 @@ def test_pgd_is_the_fallback_and_conflicts_are_named():
     assert PluginHost(["natural"], {}).names == ["natural"]
     with pytest.raises(PluginConflictError, match="'natural' and 'pgd'"):
         PluginHost(["natural", "pgd"], {})
+
+
+@pytest.mark.parametrize(("plugins", "adversary"), [
+    (["trades", "pgd"], "pgd"), (["pgd", "trades"], "pgd"),
+    (["trades", "fairtat"], "fairtat"), (["fairtat", "trades"], "fairtat"),
+    (["trades"], "trades"), (["trades", "dafa"], "trades"), (["dafa", "trades"], "trades"),
+])
+def test_the_adversary_follows_declared_rules_not_listing_order(plugins, adversary):
+    """TRADES' KL attack yields to any other selected adversary, in either order."""
+    assert PluginHost(plugins, {}).owners["generate_adversary"] == adversary
+
+
+@pytest.mark.parametrize("plugins", [["trades", "pgd"], ["pgd", "trades"]])
+def test_both_orders_of_trades_and_pgd_train_on_cross_entropy_pgd(tmp_path, monkeypatch, plugins):
+    import robx.plugins.pgd as pgd_module
+    import robx.plugins.trades as trades_module
+
+    calls = {"pgd": 0, "trades": 0}
+
+    def counting(name, real):
+        def attack(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return attack
+
+    monkeypatch.setattr(pgd_module, "pgd", counting("pgd", pgd_module.pgd))
+    monkeypatch.setattr(trades_module, "pgd", counting("trades", trades_module.pgd))
+    train(tiny_config(epochs=1, plugins=plugins, n_eval=20), tmp_path / "run")
+    assert calls["pgd"] == 6 and calls["trades"] == 0  # 720 images / batch 128: every batch by pgd
+
+
+@pytest.mark.parametrize(("plugins", "what"), [
+    (["dafa", "cfa"], "'dafa' and 'cfa' both set the per-class attack budget"),
+    (["fairtat", "dafa"], "'fairtat' and 'dafa' both set the per-class attack budget"),
+    (["srat", "cb"], "'srat' and 'cb' both set the per-class loss weights"),
+    (["cb", "drw"], "'cb' and 'drw' both set the per-class loss weights"),
+    (["imbmix", "swa"], "'imbmix' and 'swa' both choose the evaluated model (weight averaging)"),
+    (["cfa", "ema"], "'cfa' and 'ema' both choose the evaluated model (weight averaging)"),
+    (["swa", "ema"], "'swa' and 'ema' both choose the evaluated model (weight averaging)"),
+    (["fairtat", "pgd"], "'fairtat' and 'pgd' both generate adversarial examples"),
+])
+def test_two_owners_of_one_quantity_are_rejected_at_selection(plugins, what):
+    with pytest.raises(PluginConflictError, match=re.escape(f"plugins {what}; select one of them")):
+        PluginHost(plugins, {})
 
 
 def test_options_are_validated_and_coerced():
@@ -132,6 +178,35 @@ class Recorder:
     def train_end(self, state):
         CALLS.append("train_end")
 
+    # owned per-class quantities: the engine must ask for them and hand them to everyone
+
+    @hookimpl
+    def trained_class_counts(self, dataset_counts):
+        CALLS.append("trained_class_counts")
+        return dataset_counts * 2
+
+    @hookimpl
+    def attack_budget(self, state):
+        CALLS.append(f"attack_budget:{state.epoch}")
+        if state.epoch == 0:
+            return None
+        eps = torch.full((state.num_classes,), float(state.config.eps) / 2)
+        return eps, eps / 4
+
+    @hookimpl
+    def class_weights(self, state):
+        assert state.class_counts.tolist() == [262] * 5 + [26] * 5  # the owner's counts reached state
+        return torch.ones(state.num_classes)
+
+    @hookimpl
+    def regularizer_weights(self, state):
+        return torch.full((state.num_classes,), 0.5)
+
+    @hookimpl
+    def averaged_weights(self, state):
+        CALLS.append("averaged_weights")
+        return {name: torch.zeros_like(p) for name, p in state.model.named_parameters()}
+
 
 class Second:
     """Second plugin: augment order, weight product, extra loss names."""
@@ -186,7 +261,7 @@ def test_hooks_run_in_order_and_combine(test_plugins, tmp_path):
 
 def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
     train(tiny_config(plugins=["recorder", "maskcheck"]), tmp_path / "run")
-    assert CALLS[0] == "train_start" and CALLS[-1] == "train_end"
+    assert CALLS[:2] == ["trained_class_counts", "train_start"] and CALLS[-1] == "averaged_weights"
     for expected in ("epoch_start:0", "sampling_weights", "select_victims", "augment:recorder", "training_loss",
                      "after_step", "epoch_end:0", "epoch_end:1"):
         assert expected in CALLS
@@ -194,6 +269,14 @@ def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
             < CALLS.index("training_loss") < CALLS.index("after_step"))
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "recorder.zero" in metrics[0]["loss_terms"]
+    assert CALLS.index("trained_class_counts") < CALLS.index("train_start")
+    assert CALLS.index("attack_budget:1") < CALLS.index("epoch_start:1")  # asked before the epoch
+    eps = tiny_config().resolved().eps
+    assert metrics[0]["class_eps"] == pytest.approx([eps] * 10, abs=1e-6)  # None: the global budget
+    assert metrics[1]["class_eps"] == pytest.approx([eps / 2] * 10, abs=1e-6)  # the budget used in epoch 1
+    assert CALLS.index("train_end") < CALLS.index("averaged_weights")
+    evaluated = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["eval_model"]
+    assert not evaluated["head.weight"].any() and not evaluated["head.bias"].any()  # the owner's weights
 
 
 # --- third-party plugin through a real entry point ---------------------------------------

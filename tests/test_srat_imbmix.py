@@ -55,38 +55,40 @@ def test_anchor_without_positive_contributes_zero():
     assert supcon(z, torch.tensor([0, 1, 2]), 0.1).item() == 0.0
 
 
+def cb_weights_by_hand(counts: list[int], beta: float) -> list[float]:
+    """Cui et al. (2019): (1 - beta) / (1 - beta^n_c), normalised to sum to the number of classes."""
+    raw = [(1 - beta) / (1 - beta**n) for n in counts]
+    return [r * len(counts) / sum(raw) for r in raw]
+
+
 def test_srat_deferred_weights_switch_at_t_d_and_lambda_scales_l_sep():
-    plugin = SRAT(SRAT.Options(start=0.5, lam=2.0))
+    plugin = SRAT(SRAT.Options(start=0.5, lam=2.0, temperature=0.5))
     state = SimpleNamespace(epoch=4, num_epochs=10, class_counts=torch.tensor([100, 10]), stash=Stash())
-    step = Step(x=torch.zeros(4, 1), y=torch.tensor([0, 0, 1, 1]))
-    step.targets = step.y
-    assert plugin.weight_samples(step, state) is None
+    assert plugin.class_weights(state) is None  # before T_d = 0.5 * 10
     state.epoch = 5
-    weights = plugin.weight_samples(step, state)
-    assert weights[2] > weights[0] and weights.sum() == pytest.approx(4 * (weights[0] + weights[2]) / 2)
-    step.features = torch.randn(4, 8, requires_grad=True)
-    step.x_adv = step.inputs = torch.zeros(4, 1)
-    expected = 2.0 * supcon(F.normalize(step.features, dim=1), step.y, 0.1)
-    assert plugin.extra_loss(step, state).item() == pytest.approx(expected.item())
+    assert plugin.class_weights(state).tolist() == pytest.approx(cb_weights_by_hand([100, 10], 0.9999), rel=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    step = Step(x=torch.zeros(4, 1), y=torch.tensor([0, 0, 1, 1]))
+    step.features = torch.randn(4, 8, generator=generator, dtype=torch.float64)
+    step.x_adv = step.inputs = step.x
+    z = F.normalize(step.features, dim=1)
+    expected = 2.0 * supcon_brute_force(z, [0, 0, 1, 1], 0.5)
+    assert plugin.extra_loss(step, state).item() == pytest.approx(expected, rel=1e-5)
     assert SRAT(SRAT.Options(lam=0.0)).extra_loss(step, state) is None
 
 
 def test_class_weights_under_imbmix_use_the_counts_it_trains_on():
     """Imb-Mix already rebalances the batch; SRAT's weights must not rebalance a second time."""
-    from robx.plugins.cb import class_balanced_weights
     from robx.plugins.imbmix import ImbMix
 
-    state = SimpleNamespace(epoch=9, num_epochs=10, class_counts=torch.tensor([1000, 1000, 100, 100]), stash=Stash())
-    step = Step(x=torch.zeros(2, 1), y=torch.tensor([0, 2]))
-    step.targets = step.y
+    dataset_counts = torch.tensor([1000, 1000, 100, 100])
+    grown = ImbMix(ImbMix.Options()).trained_class_counts(dataset_counts=dataset_counts)
+    assert grown.tolist() == [1000, 1000, 900, 900]  # t = round(1000 / 100) - 1 = 9, capped at 8
     srat = SRAT(SRAT.Options(start=0.5))
-    alone = srat.weight_samples(step, state)
-    assert alone[1] / alone[0] > 9  # dataset counts: the minority weighs about 10x
-    ImbMix(ImbMix.Options()).train_start(state=state)  # t = 8 copies per minority example
-    composed = srat.weight_samples(step, state)
-    expected = class_balanced_weights(torch.tensor([1000, 1000, 900, 900]), 0.9999)[[0, 2]]
-    torch.testing.assert_close(composed, expected)
-    assert composed[1] / composed[0] < 1.2
+    state = SimpleNamespace(epoch=9, num_epochs=10, class_counts=grown, stash=Stash())
+    weights = srat.class_weights(state)
+    assert weights.tolist() == pytest.approx(cb_weights_by_hand([1000, 1000, 900, 900], 0.9999), rel=1e-5)
+    assert weights[2] / weights[0] < 1.2  # with the dataset's counts it would be about 9
 
 
 def test_minority_examples_get_exactly_t_copies_and_majority_none():

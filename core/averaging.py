@@ -1,0 +1,67 @@
+"""Weight averages (SWA, EMA, FAWA) kept as plain data, and the evaluated model built from one.
+
+A plugin that owns :func:`robx.core.hookspecs.averaged_weights` keeps a
+:class:`WeightAverage` in its stash (as :meth:`WeightAverage.to_state`, tensors and an
+int, so checkpoints hold plain data) and answers with its parameters after training; the
+engine builds the evaluated model from them (:func:`averaged_model`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import update_bn
+
+
+@dataclass
+class WeightAverage:
+    """A running average of a model's parameters (buffers are recomputed for the result)."""
+
+    parameters: dict[str, torch.Tensor]
+    count: int = 1
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> WeightAverage:
+        return cls({name: p.detach().clone() for name, p in model.named_parameters()})
+
+    @torch.no_grad()
+    def add(self, model: torch.nn.Module, decay: float | None = None) -> None:
+        """Equal-weight average (SWA) or, with ``decay``, an exponential moving average."""
+        weight = (1.0 - decay) if decay is not None else 1.0 / (self.count + 1)
+        for name, p in model.named_parameters():
+            self.parameters[name].lerp_(p.detach(), weight)
+        self.count += 1
+
+    def to_state(self) -> dict[str, Any]:
+        return {"parameters": self.parameters, "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> WeightAverage:
+        return cls(dict(state["parameters"]), int(state["count"]))
+
+
+def add_to_average(stashed: dict[str, Any] | None, model: torch.nn.Module,
+                   decay: float | None = None) -> dict[str, Any]:
+    """Start an average with ``model`` (``stashed`` is None) or add ``model`` to it;
+    returns the new stash value."""
+    if stashed is None:
+        return WeightAverage.of(model).to_state()
+    average = WeightAverage.from_state(stashed)
+    average.add(model, decay=decay)
+    return average.to_state()
+
+
+def averaged_model(model: torch.nn.Module, parameters: dict[str, torch.Tensor],
+                   batches: Iterable[torch.Tensor], device: torch.device) -> torch.nn.Module:
+    """A copy of ``model`` with the averaged ``parameters`` and BatchNorm statistics
+    recomputed over ``batches`` (``torch.optim.swa_utils.update_bn``), in eval mode."""
+    averaged = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in averaged.named_parameters():
+            p.copy_(parameters[name])
+    update_bn(batches, averaged, device=device)
+    return averaged.eval()

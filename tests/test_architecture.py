@@ -1,0 +1,64 @@
+"""The design rules of DESIGN.md that code review alone would let slip, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from robx.core.plugins import BUILTIN_ORIGIN, available_plugins
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_FILES = sorted(p for p in (ROOT / "plugins").glob("*.py") if p.name not in ("__init__.py", "common.py"))
+CORE_FILES = sorted((ROOT / "core").glob("*.py"))
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _code_strings(tree: ast.Module) -> set[str]:
+    """String constants that are not docstrings."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+
+
+@pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.name)
+def test_no_plugin_imports_another_plugin(path):
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("robx.plugins"):
+            assert node.module == "robx.plugins.common", f"{path.name} imports {node.module}"
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                assert not alias.name.startswith("robx.plugins."), f"{path.name} imports {alias.name}"
+
+
+def test_every_stash_key_carries_its_own_plugins_name():
+    """A plugin writes only its own stash; keys are '<plugin>.<what>'."""
+    names = {Path(spec.target.__module__.replace(".", "/")).name: spec.name
+             for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN}
+    found = 0
+    for path in PLUGIN_FILES:
+        for node in ast.walk(_tree(path)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)
+                    and getattr(node.func.value, "id", None) == "StashKey"):
+                key = node.args[0].value
+                assert key.split(".")[0] == names[path.stem], f"{path.name}: stash key {key!r}"
+                found += 1
+    assert found >= 6  # swa, ema, imbmix, dafa, fairtat, cfa
+
+
+#: Strings that coincide with a plugin name but mean something else in that core file.
+HOMONYMS = {"evaluate.py": {"pgd"}}  # the evaluation attack (PGD-20), not the training plugin
+
+
+def test_the_core_names_no_method():
+    methods = {spec.name for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN}
+    for path in CORE_FILES:
+        named = _code_strings(_tree(path)) & methods - HOMONYMS.get(path.name, set())
+        assert not named, f"core/{path.name} names {sorted(named)}"
