@@ -1,14 +1,15 @@
-"""How much a weight-averaged (SWA) model's robust accuracy depends on the data its BatchNorm
+"""How much a weight-averaged model's robust accuracy depends on the data its BatchNorm
 statistics are recomputed on.
 
-``swa`` and ``imbmix`` recompute BN on the clean training images (torch's ``update_bn``, as the
-reference SWA does). An adversarially trained network saw adversarial (and, under Imb-Mix,
-mixed) batches, so this check evaluates, on the same stratified test subset with the run's
-PGD-20:
+The engine recomputes BN for a weight average (``swa``, ``ema``, ``imbmix``, ``cfa``)
+through the training data path: adversarial examples against the averaged weights, then the
+plugins' ``augment`` (mixed rows under Imb-Mix), the step's own forward passes. This check
+evaluates, on the same stratified test subset with the run's PGD-20:
 
-* ``swa_clean_bn``: the averaged model as shipped (BN from clean training images);
-* ``swa_adversarial_bn``: the same averaged weights, BN recomputed on PGD adversarial examples
-  of the training images (the run's training attack, against the shipped averaged model);
+* ``shipped``: the evaluated model in the run's checkpoint (BN from the training data path,
+  or, for runs from before engine v2, from clean training images);
+* ``clean_bn``: the same averaged weights, BN recomputed on the clean training images
+  (``torch.optim.swa_utils.update_bn``, as the reference SWA does and robx did before);
 * ``final``: the last training iterate with its running BN statistics (no averaging).
 
     python benchmarks/swa_bn_check.py runs/cifar10-lt-cpu/srat+imbmix-seed0
@@ -28,23 +29,14 @@ from torch.optim.swa_utils import update_bn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
 from robx.core import run as rundir  # noqa: E402
-from robx.core.attacks import pgd  # noqa: E402
 from robx.core.data import to_unit_float  # noqa: E402
 from robx.core.engine import Run, SilentProgress, evaluate_run, load_run  # noqa: E402
 from robx.core.errors import RobxError  # noqa: E402
 
 
-def adversarial_training_batches(run: Run, model: torch.nn.Module, batch_size: int = 256) -> list[torch.Tensor]:
-    """PGD adversarial examples of every training image under the run's training attack."""
-    config, data = run.config, run.data
-    assert config.eps is not None and config.alpha is not None and config.steps is not None
-    torch.manual_seed(config.seed)
-    batches = []
-    for start in range(0, len(data.y_train), batch_size):
-        x = to_unit_float(data.x_train[start : start + batch_size]).to(run.state.device)
-        y = data.y_train[start : start + batch_size].to(run.state.device)
-        batches.append(pgd(model, x, y, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm))
-    return batches  # built before update_bn, which runs under no_grad
+def clean_training_batches(run: Run, batch_size: int = 256) -> list[torch.Tensor]:
+    x = run.data.x_train
+    return [to_unit_float(x[start : start + batch_size]).to(run.state.device) for start in range(0, len(x), batch_size)]
 
 
 def main() -> None:
@@ -55,14 +47,14 @@ def main() -> None:
     run = load_run(args.run_dir)
     payload = rundir.load_checkpoint(args.run_dir / rundir.CHECKPOINT_FILE)
     if "eval_model" not in payload:
-        raise RobxError(f"{args.run_dir} has no averaged model (run it with swa or imbmix)")
+        raise RobxError(f"{args.run_dir} has no averaged model (run it with swa, ema, imbmix or cfa)")
     shipped = run.state.model
-    adversarial_bn = copy.deepcopy(shipped)
-    update_bn(adversarial_training_batches(run, shipped), adversarial_bn, device=run.state.device)
+    clean_bn = copy.deepcopy(shipped)
+    update_bn(clean_training_batches(run), clean_bn, device=run.state.device)
     final = copy.deepcopy(shipped)
     final.load_state_dict(payload["model"])
     results = {}
-    for name, model in (("swa_clean_bn", shipped), ("swa_adversarial_bn", adversarial_bn), ("final", final)):
+    for name, model in (("shipped", shipped), ("clean_bn", clean_bn), ("final", final)):
         model.eval()
         started = time.perf_counter()
         report = evaluate_run(run, model, SilentProgress(), n_eval=args.n_eval)

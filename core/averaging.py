@@ -3,18 +3,20 @@
 A plugin that owns :func:`robx.core.hookspecs.averaged_weights` keeps a
 :class:`WeightAverage` in its stash (as :meth:`WeightAverage.to_state`, tensors and an
 int, so checkpoints hold plain data) and answers with its parameters after training; the
-engine builds the evaluated model from them (:func:`averaged_model`).
+engine builds the evaluated model from them (:func:`with_parameters`) and recomputes its
+BatchNorm statistics on the distribution the model trained on (:func:`cumulative_batchnorm`
+around the training data path; ``robx.core.engine.averaged_eval_model``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import update_bn
 
 
 @dataclass
@@ -55,13 +57,27 @@ def add_to_average(stashed: dict[str, Any] | None, model: torch.nn.Module,
     return average.to_state()
 
 
-def averaged_model(model: torch.nn.Module, parameters: dict[str, torch.Tensor],
-                   batches: Iterable[torch.Tensor], device: torch.device) -> torch.nn.Module:
-    """A copy of ``model`` with the averaged ``parameters`` and BatchNorm statistics
-    recomputed over ``batches`` (``torch.optim.swa_utils.update_bn``), in eval mode."""
-    averaged = copy.deepcopy(model)
+def with_parameters(model: torch.nn.Module, parameters: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of ``model`` (buffers included) whose parameters are ``parameters``."""
+    copied = copy.deepcopy(model)
     with torch.no_grad():
-        for name, p in averaged.named_parameters():
+        for name, p in copied.named_parameters():
             p.copy_(parameters[name])
-    update_bn(batches, averaged, device=device)
-    return averaged.eval()
+    return copied
+
+
+@contextmanager
+def cumulative_batchnorm(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Reset every BatchNorm's running statistics and make them a cumulative average
+    (momentum ``None``) of the train-mode passes inside the block, as
+    ``torch.optim.swa_utils.update_bn`` does; momentum is restored afterwards."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
+    try:
+        yield model
+    finally:
+        for module, momentum in zip(norms, momenta):
+            module.momentum = momentum

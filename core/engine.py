@@ -9,6 +9,7 @@ The engine is task-agnostic: the task object supplies the loss and the predictio
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -23,7 +24,7 @@ import torch
 from robx import __version__
 from robx.core import run as rundir
 from robx.core.attacks import eval_mode, logits_of, pgd
-from robx.core.averaging import averaged_model
+from robx.core.averaging import cumulative_batchnorm, with_parameters
 from robx.core.config import TrainConfig
 from robx.core.data import ImageData, batch_indices, crop_flip, prepare_data, stratified_subset, to_unit_float
 from robx.core.errors import NonFiniteLossError, RobxError
@@ -189,11 +190,12 @@ def refresh_class_quantities(run: Run) -> None:
         regularizer, state, "regularizer_weights", host.owners["regularizer_weights"]).float()
 
 
-def row_class_weights(class_weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Each trained row's class weight: w[y] for hard labels, sum_c t_c w_c for soft ones."""
-    if targets.is_floating_point():
+def row_class_weights(class_weights: torch.Tensor, targets: torch.Tensor, row_labels: torch.Tensor) -> torch.Tensor:
+    """Each trained row's class weight: sum_c t_c w_c for soft (mixed) class targets, else
+    the weight of the row's class."""
+    if targets.is_floating_point() and targets.dim() == 2 and targets.shape[1] == len(class_weights):
         return targets @ class_weights.to(targets)
-    return class_weights[targets]
+    return class_weights[row_labels]
 
 
 # ---------------------------------------------------------------------------
@@ -201,19 +203,94 @@ def row_class_weights(class_weights: torch.Tensor, targets: torch.Tensor) -> tor
 # ---------------------------------------------------------------------------
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAccumulator,
-               loss_sums: dict[str, torch.Tensor]) -> None:
-    state, host, model = run.state, run.host, run.state.model
-    with torch.no_grad(), eval_mode(model):  # clean predictions of the same weights as the step
-        clean_logits = logits_of(model, x)
-    step = Step(x=x, y=y)
+def forward_passes(model: torch.nn.Module, step: Step, views: frozenset[str], trains_on: str) -> None:
+    """The step's train-mode forward passes: the trained rows and the views plugins read.
+
+    BatchNorm policy: **one BatchNorm batch per input distribution**. The clean inputs (x,
+    and rows made from it) go through the model together in one pass, the adversarial
+    inputs (x', and rows made from it, such as Imb-Mix's mixed copies) in another; each pass
+    normalises with its own batch statistics and updates the running statistics once, the
+    clean pass first. This is what the authors of TRADES and MART do (separate train-mode
+    passes on x and x', natural first), and, where no paper decides (SRAT's L_sep on x'
+    beside Imb-Mix's mixed rows), keeps one BN batch for everything adversarial. A view that
+    is the unchanged trained rows is the same tensor (no second pass); natural training
+    (x' is x) has a single distribution.
+    """
+    natural = step.x_adv is step.x
+    source = step.x if trains_on == "clean" or natural else step.x_adv
+    rows_kind = "clean" if source is step.x else "adversarial"
+    rows_unchanged = step.inputs is source and step.targets is step.y
+    tensors = {"clean": step.x, "adversarial": step.x_adv}
+    batches: dict[str, list[torch.Tensor]] = {"clean": [], "adversarial": []}
+    batches[rows_kind].append(step.inputs)
+    wanted = {}  # view -> (kind, index of its tensor in that batch)
+    for view in sorted(views):
+        kind = "clean" if natural else view
+        if kind == rows_kind and rows_unchanged:
+            wanted[view] = (kind, 0)
+            continue
+        tensor = tensors[view]
+        parts = batches[kind]
+        index = next((i for i, part in enumerate(parts) if part is tensor), None)
+        if index is None:
+            parts.append(tensor)
+            index = len(parts) - 1
+        wanted[view] = (kind, index)
+    results: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for kind in ("clean", "adversarial"):
+        parts = batches[kind]
+        if not parts:
+            continue
+        features, outputs = model(torch.cat(parts) if len(parts) > 1 else parts[0])
+        sizes = [len(part) for part in parts]
+        results[kind] = list(zip(features.split(sizes), outputs.split(sizes)))
+    step.features, step.outputs = results[rows_kind][0]
+    for view, (kind, index) in wanted.items():
+        features, outputs = results[kind][index]
+        if view == "clean":
+            step.clean_features, step.clean_outputs = features, outputs
+        else:
+            step.adv_features, step.adv_outputs = features, outputs
+
+
+def statistics_views(model: torch.nn.Module, step: Step) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Clean and adversarial predictions of the batch for the class statistics.
+
+    From the step's views where the engine computed them (no extra pass): the clean ones only
+    then, the adversarial ones otherwise from one no-grad eval-mode pass on x' (needed when
+    ``augment`` changed the rows and no plugin reads the adversarial view). Natural training
+    records no adversarial predictions.
+    """
+    clean = None if step.clean_outputs is None else step.clean_outputs.detach()
+    if step.x_adv is step.x:
+        return (step.outputs.detach() if clean is None and step.inputs is step.x else clean), None
+    if step.adv_outputs is not None:
+        return clean, step.adv_outputs.detach()
+    with eval_mode(model):
+        return clean, logits_of(model, step.x_adv)
+
+
+def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> Step:
+    """The data path up to the forward passes: victims, adversary, trained rows, augment."""
+    state, host = run.state, run.host
+    step = Step(x=x, y=y, labels=labels)
     step.victim_mask = host.select_victims(step, state)
     step.x_adv = host.generate_adversary(step, state)
-    step.inputs, step.targets = step.x_adv, y
+    source = step.x if host.trains_on == "clean" else step.x_adv
+    step.inputs, step.targets, step.row_labels = source, step.y, step.labels
     host.augment(step, state)
+    if not len(step.inputs) == len(step.targets) == len(step.row_labels):
+        raise RobxError(f"augment left {len(step.inputs)} inputs, {len(step.targets)} targets and "
+                        f"{len(step.row_labels)} row labels; change the rows with step.set_rows(...)")
+    return step
 
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
+               tracker: ClassStatsAccumulator, loss_sums: dict[str, torch.Tensor]) -> None:
+    state, host, model = run.state, run.host, run.state.model
+    step = prepared_step(run, x, y, labels)
     model.train()
-    step.features, step.outputs = model(step.inputs)
+    forward_passes(model, step, host.views, host.trains_on)
     per_sample = host.training_loss(step, state)
     if per_sample is None:
         per_sample = state.task.per_sample_loss(step.outputs, step.targets)
@@ -223,12 +300,15 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAc
         raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
                         f"{tuple(per_sample.shape)} per-sample losses")
     if state.class_weights is not None:
-        by_class = row_class_weights(state.class_weights, step.targets)
+        by_class = row_class_weights(state.class_weights, step.targets, step.row_labels)
         weights = by_class if weights is None else weights * by_class
     loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
     terms = host.extra_losses(step, state)
     total = loss + sum(terms.values()) if terms else loss
 
+    with torch.no_grad():
+        clean_logits, robust_logits = statistics_views(model, step)
+        tracker.update(labels, clean_logits, robust_logits)
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     state.optimizer.step()
@@ -238,16 +318,6 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, tracker: ClassStatsAc
     host.after_step(step, state)
 
     with torch.no_grad():
-        robust_logits = None
-        if step.x_adv is not step.x:  # natural training has no adversarial predictions
-            if step.adv_outputs is not None:
-                robust_logits = step.adv_outputs
-            elif step.inputs is step.x_adv:
-                robust_logits = step.outputs.detach()
-            else:
-                with eval_mode(model):
-                    robust_logits = logits_of(model, step.x_adv)
-        tracker.update(y, clean_logits, robust_logits)
         batch = torch.as_tensor(float(len(y)), device=x.device)
         loss_sums["loss"] = loss_sums.get("loss", 0) + total.detach() * batch
         for name, value in terms.items():
@@ -266,6 +336,16 @@ def split_stats(run: Run, x: torch.Tensor, y: torch.Tensor) -> SplitStats:
             with torch.no_grad():
                 tracker.update(yb, logits_of(state.model, xb), logits_of(state.model, x_adv))
     return tracker.result()
+
+
+def training_batch(run: Run, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs in [0, 1] (randomly cropped and flipped when the config augments), targets and
+    class labels of the training examples ``idx``."""
+    x = to_unit_float(run.data.x_train[idx]).to(run.state.device)
+    if run.config.augment:
+        x = crop_flip(x)
+    y = run.data.y_train[idx].to(run.state.device)
+    return x, y, y
 
 
 def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
@@ -287,20 +367,15 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
     started = time.perf_counter()
     tracker = ClassStatsAccumulator(state.num_classes, state.device)
     loss_sums: dict[str, torch.Tensor] = {}
-    x_train = data.x_train.to(state.device)
-    y_train = data.y_train.to(state.device)
     assert config.batch_size is not None
-    progress.start_epoch(state.epoch, -(-len(y_train) // config.batch_size))
+    progress.start_epoch(state.epoch, -(-len(data.y_train) // config.batch_size))
     for idx in epoch_batches(run):
-        idx = idx.to(state.device)
-        x = to_unit_float(x_train[idx])
-        if config.augment:
-            x = crop_flip(x)
-        train_step(run, x, y_train[idx], tracker, loss_sums)
+        x, y, labels = training_batch(run, idx)
+        train_step(run, x, y, labels, tracker, loss_sums)
         progress.advance_batch()
     if not run.schedule_per_batch:
         run.scheduler.step()
-    seen = float(len(y_train))
+    seen = float(len(data.y_train))
     totals = {name: float(value) / seen for name, value in loss_sums.items()}  # one host sync
     if not all(np.isfinite(v) for v in totals.values()):
         raise NonFiniteLossError(
@@ -428,7 +503,7 @@ def train(
     model = state.model
     parameters = run.host.averaged_weights(state)
     if parameters is not None:
-        model = averaged_model(state.model, parameters, clean_batches(run), state.device)
+        model = averaged_eval_model(run, parameters)
         payload = checkpoint_payload(run)
         payload["eval_model"] = model.state_dict()
         rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
@@ -438,11 +513,31 @@ def train(
     return report
 
 
-def clean_batches(run: Run, batch_size: int = 256) -> Iterator[torch.Tensor]:
-    """The clean training images in fixed order (BatchNorm statistics of a weight average)."""
-    x = run.data.x_train
-    for start in range(0, len(x), batch_size):
-        yield to_unit_float(x[start : start + batch_size]).to(run.state.device)
+def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The evaluated weight average, its BatchNorm statistics from the distribution the
+    model trained on (DESIGN.md: never silently from clean images).
+
+    One pass over the training set, shuffled with the run's seed, through the step's own
+    data path: victims, the adversary attacking the averaged weights (with the last
+    iterate's BN statistics for its eval-mode passes), ``augment``, then the step's
+    train-mode :func:`forward_passes` without gradients, into cumulative BN averages.
+    """
+    state, host, config = run.state, run.host, run.config
+    attacked = with_parameters(state.model, parameters)
+    averaged = copy.deepcopy(attacked)
+    trained, state.model = state.model, attacked  # the adversary reads state.model
+    generator = torch.Generator().manual_seed(config.seed)
+    assert config.batch_size is not None
+    try:
+        with cumulative_batchnorm(averaged):
+            averaged.train()
+            for idx in batch_indices(len(run.data.y_train), config.batch_size, generator):
+                step = prepared_step(run, *training_batch(run, idx))
+                with torch.no_grad():
+                    forward_passes(averaged, step, host.views, host.trains_on)
+    finally:
+        state.model = trained
+    return averaged.eval()
 
 
 def default_eval_attack(config: TrainConfig) -> AttackSettings:

@@ -13,6 +13,10 @@ take any subset of them (pluggy passes only what it asks for). ``step`` is the
 
 Only plugins the user selected are registered, so a hook runs only for them.
 
+The engine owns every train-mode forward pass (``robx.core.engine.forward_passes``): a plugin
+declares the views it reads (``reads = ("clean", "adversarial")``) and finds them on the
+step; plugins only call the model in eval mode, inside attacks.
+
 Hooks come in three kinds:
 
 * **Shared** hooks combine the answers of every selected plugin (``augment`` in the order
@@ -78,25 +82,27 @@ def generate_adversary(step: Step, state: TrainState) -> torch.Tensor | None:
 
 @hookspec
 def augment(step: Step, state: TrainState) -> None:
-    """Change the trained rows in place after the adversary: ``step.inputs`` and ``step.targets``.
+    """Change the trained rows after the adversary, with ``step.set_rows(inputs, targets, row_labels)``.
 
     Shared: called after :func:`generate_adversary`, in the order the user listed the
-    plugins. ``step.inputs`` starts as ``x'``; ``step.targets`` starts as the hard labels ``y``.
-    A plugin may add rows (both tensors grow together), replace ``targets`` by soft
-    labels of shape (rows, classes), or train on other inputs (TRADES trains its main
-    term on the clean batch). When ``inputs`` is no longer ``x'`` the engine gets the
-    adversarial predictions for the class statistics from ``step.adv_outputs`` if a
-    plugin set it, else from one extra no-grad forward pass. Returns nothing.
+    plugins. The rows start as ``(x', y, labels)`` (``(x, y, labels)`` when a selected plugin
+    declares ``trains_on = "clean"``, as TRADES does). A plugin may add rows, mix them, or
+    replace ``targets`` by soft labels of shape (rows, classes); every row keeps a class in
+    ``row_labels`` (a mixed row: the class it counts for), so other plugins can weight it.
+    Replace the tensors, never modify them in place. When the rows are no longer ``x'`` and
+    no plugin reads the adversarial view, the class statistics get the adversarial
+    predictions from one extra no-grad eval-mode pass. Returns nothing.
     """
 
 
 @hookspec
 def weight_samples(step: Step, state: TrainState) -> torch.Tensor | None:
-    """Per-sample loss weights, shape ``(len(step.targets),)``, or ``None`` for no opinion.
+    """Per-row loss weights, shape ``(len(step.inputs),)``, or ``None`` for no opinion.
 
-    Shared: called after the forward pass; the engine multiplies the results of all
+    Shared: called after the forward passes; the engine multiplies the results of all
     plugins and the per-class loss weights (:func:`class_weights`), so weights compose.
-    The loss is ``mean(w * per_sample_loss)``.
+    Weight by ``step.row_labels`` (not ``step.y``): rows that ``augment`` added or mixed
+    have a class too. The loss is ``mean(w * per_sample_loss)``.
     """
 
 
@@ -104,8 +110,9 @@ def weight_samples(step: Step, state: TrainState) -> torch.Tensor | None:
 def extra_loss(step: Step, state: TrainState) -> torch.Tensor | dict[str, torch.Tensor] | None:
     """An additional loss term: a scalar tensor, a ``{name: scalar}`` dict, or ``None``.
 
-    Shared: called after the forward pass with ``step.outputs``, ``step.features`` and
-    ``step.per_sample_loss`` filled in. All results are summed into the loss and logged
+    Shared: called after the forward passes with ``step.outputs``, ``step.features``,
+    ``step.per_sample_loss`` and the views the plugin ``reads`` (``step.clean_outputs``,
+    ``step.adv_features``, ...) filled in. All results are summed into the loss and logged
     under their names (the plugin name for a bare scalar).
     """
 

@@ -9,6 +9,11 @@ plugins a run selects are registered with its plugin manager, so only they run.
 A plugin class may declare, beside its hooks and ``Options``:
 
 * ``name``: how users select it;
+* ``reads = ("clean", "adversarial")``: the forward-pass views it reads from the step
+  (``step.clean_outputs``/``clean_features``, ``step.adv_outputs``/``adv_features``); the
+  engine computes them (see :func:`robx.core.engine.forward_passes`);
+* ``trains_on = "clean"``: the trained rows start from the clean batch instead of x'
+  (TRADES' natural term);
 * ``yields = ("generate_adversary",)``: its adversary is only a default that gives way to
   any other selected adversary (TRADES);
 * ``fallback = True``: the adversary added when no selected plugin generates one (``pgd``).
@@ -32,7 +37,7 @@ import torch
 from robx.core import hookspecs
 from robx.core.errors import OptionError, PluginConflictError, PluginError, RobxError, UnknownPluginError
 from robx.core.options import coerce_fields
-from robx.core.state import Step, TrainState
+from robx.core.state import VIEWS, Step, TrainState
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DEFAULT_LOSS = "ce"  # the task's own loss: no loss plugin
@@ -71,13 +76,29 @@ class PluginSpec:
         }
         return tuple(sorted(marked - set(hookspecs.HOOK_NAMES)))
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(getattr(self.target, "reads", ()))
+
+    @property
+    def trains_on(self) -> str:
+        return str(getattr(self.target, "trains_on", "adversarial"))
+
     def check_hooks(self) -> None:
-        """One-line error for a hook name robx does not define (pluggy would ignore it)."""
+        """One-line error for a hook name robx does not define (pluggy would ignore it) or
+        a declaration outside the ones the engine knows."""
         if self.unknown_hooks:
             raise PluginError(
                 f"plugin '{self.name}' ({self.origin}) implements unknown hook "
                 f"'{self.unknown_hooks[0]}'; robx hooks: {', '.join(hookspecs.HOOK_NAMES)}"
             )
+        unknown_views = [view for view in self.reads if view not in VIEWS]
+        if unknown_views:
+            raise PluginError(f"plugin '{self.name}' ({self.origin}) reads unknown view '{unknown_views[0]}'; "
+                              f"views: {', '.join(VIEWS)}")
+        if self.trains_on not in ("adversarial", "clean"):
+            raise PluginError(f"plugin '{self.name}' ({self.origin}) trains_on must be 'adversarial' or "
+                              f"'clean', got {self.trains_on!r}")
 
     def yields(self, hook: str) -> bool:
         """True when this plugin's ``hook`` is a default that gives way to another
@@ -285,6 +306,9 @@ class PluginHost:
                     f"(selected: {', '.join(self.names)})"
                 )
         self.specs = {name: get_plugin_spec(name) for name in self.names}
+        #: the forward-pass views some selected plugin reads, and what the rows start from
+        self.views = frozenset(view for spec in self.specs.values() for view in spec.reads)
+        self.trains_on = "clean" if any(spec.trains_on == "clean" for spec in self.specs.values()) else "adversarial"
         self.options = {
             name: build_options(spec, raw_options.get(name, {})) for name, spec in self.specs.items()
         }

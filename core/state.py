@@ -93,28 +93,59 @@ def _check_plain(value: Any, where: str) -> None:
                     "strings and lists/dicts of them only (checkpoints load without running code)")
 
 
+#: What a plugin may declare in its ``reads`` attribute: the engine then computes that view.
+VIEWS = ("clean", "adversarial")
+
+
 @dataclass
 class Step:
     """One training batch as it moves through the hooks.
 
-    ``x``/``y`` are the clean inputs and hard labels and are never changed.
-    ``inputs``/``targets`` are what the model is trained on: ``x'`` after the adversary
-    and whatever ``augment`` made of it (rows may grow, targets may become soft).
-    ``outputs``/``features`` come from the trained forward pass on ``inputs``;
-    ``adv_outputs`` are logits of ``x_adv`` that a plugin computed anyway (for the
-    class statistics when ``inputs`` is not ``x_adv``).
+    The clean batch, never changed: ``x`` (inputs), ``y`` (targets) and ``labels`` (the
+    class of each example; for classification the targets themselves). ``victim_mask`` and
+    ``x_adv`` come from the owners of victims and adversary.
+
+    The trained rows: ``inputs``, ``targets`` and ``row_labels`` start as ``(x_adv, y,
+    labels)`` (or ``(x, y, labels)`` when a plugin declares ``trains_on = "clean"``);
+    ``augment`` plugins replace them with :meth:`set_rows`, so every row keeps the class it
+    counts for (the dominant class of a mixed row) and ``weight_samples`` of any plugin
+    composes with plugins that grow or mix the batch.
+
+    The engine computes every forward pass (train mode, with gradients): ``outputs`` and
+    ``features`` of the trained rows; ``clean_outputs``/``clean_features`` (f(x)) and
+    ``adv_outputs``/``adv_features`` (f(x')) when a selected plugin declares
+    ``reads = ("clean", ...)`` / ``("adversarial", ...)``. A view that coincides with the
+    trained rows is the same tensor, not a second pass. Plugins never call the model in
+    train mode themselves.
     """
 
     x: torch.Tensor
     y: torch.Tensor
+    labels: torch.Tensor
     victim_mask: torch.Tensor | None = None
     x_adv: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    row_labels: torch.Tensor | None = None
     outputs: torch.Tensor | None = None
-    adv_outputs: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    clean_outputs: torch.Tensor | None = None
+    clean_features: torch.Tensor | None = None
+    adv_outputs: torch.Tensor | None = None
+    adv_features: torch.Tensor | None = None
     per_sample_loss: torch.Tensor | None = None
+
+    def set_rows(self, inputs: torch.Tensor, targets: torch.Tensor, row_labels: torch.Tensor) -> None:
+        """Replace the trained rows (from ``augment``): one input, target and class per row.
+
+        Replace the tensors, never modify them in place: they may be ``x`` or ``x_adv``.
+        """
+        from robx.core.errors import RobxError
+
+        if not len(inputs) == len(targets) == len(row_labels):
+            raise RobxError(f"set_rows: {len(inputs)} inputs, {len(targets)} targets and "
+                            f"{len(row_labels)} row labels; every row needs all three")
+        self.inputs, self.targets, self.row_labels = inputs, targets, row_labels
 
 
 @dataclass

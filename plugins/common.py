@@ -67,6 +67,13 @@ def mix_targets(targets: torch.Tensor, label_lam: torch.Tensor | float, partner:
     return lam * soft + (1.0 - lam) * soft[partner]
 
 
+def mix_labels(labels: torch.Tensor, label_lam: torch.Tensor | float, partner: torch.Tensor) -> torch.Tensor:
+    """The class a mixed row counts for: its own where its label weight is at least 1/2,
+    else its partner's."""
+    own = torch.as_tensor(label_lam, device=labels.device) >= 0.5
+    return torch.where(own, labels, labels[partner])
+
+
 def remix_label_factor(
     count_i: torch.Tensor, count_j: torch.Tensor, lam: float, kappa: float, tau: float
 ) -> torch.Tensor:

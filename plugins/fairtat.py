@@ -70,9 +70,9 @@ class FairTAT:
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         assert state.config.steps is not None
         cfps = state.stash.get(CFPS, None)
-        probs = target_distribution(step.y, cfps, state.num_classes, self.options.temperature)
+        probs = target_distribution(step.labels, cfps, state.num_classes, self.options.temperature)
         targets = torch.multinomial(probs, 1).squeeze(1)
-        return pgd(state.model, step.x, targets, eps=state.class_eps[step.y], alpha=state.class_alpha[step.y],
+        return pgd(state.model, step.x, targets, eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels],
                    steps=state.config.steps, norm=state.config.norm, targeted=True, mask=step.victim_mask)
 
     @hookimpl

@@ -33,7 +33,7 @@ from robx.core.averaging import WeightAverage, add_to_average
 from robx.core.hookspecs import hookimpl
 from robx.core.metrics import majority_classes
 from robx.core.state import StashKey, Step, TrainState
-from robx.plugins.common import draw_mix, mix_inputs, mix_targets, remix_label_factor
+from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets, remix_label_factor
 
 AVERAGE = StashKey[dict]("imbmix.average")
 
@@ -96,15 +96,15 @@ class ImbMix:
     def augment(self, step: Step, state: TrainState) -> None:
         assert step.x_adv is not None and step.inputs is not None
         assert self.copies is not None and self.dataset_counts is not None
-        extra_x, extra_y = supplementary_examples(step.x, step.x_adv, step.y, self.copies, self.options.a)
+        extra_x, extra_y = supplementary_examples(step.x, step.x_adv, step.labels, self.copies, self.options.a)
         inputs = torch.cat([step.inputs, extra_x])
-        labels = torch.cat([step.y, extra_y])
+        labels = torch.cat([step.row_labels, extra_y])
         lam, partner = draw_mix(len(labels), self.options.concentration, labels.device)
         count_t = self.dataset_counts.to(labels.device)
         label_lam = remix_label_factor(count_t[labels], count_t[labels[partner]], lam,
                                        self.options.kappa, self.options.tau)
-        step.inputs = mix_inputs(inputs, lam, partner)
-        step.targets = mix_targets(labels, label_lam, partner, state.num_classes)
+        step.set_rows(mix_inputs(inputs, lam, partner), mix_targets(labels, label_lam, partner, state.num_classes),
+                      mix_labels(labels, label_lam, partner))
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:

@@ -1,7 +1,9 @@
 """MART (Wang et al., ICLR 2020): misclassification-aware adversarial training.
 
 L = BCE(f(x'), y) + beta * mean_i KL(f(x_i) || f(x'_i)) * (1 - p_y(x_i)), beta = 6, where
-the boosted cross-entropy BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')).
+the boosted cross-entropy BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')). f(x) and f(x')
+are the engine's clean and adversarial views (``reads``): two train-mode passes, natural
+first, as in the authors' code.
 The adversary is the default PGD (cross-entropy). MART defines the training loss, so it
 cannot be combined with ``--loss``; it needs hard labels (no mixing plugins before it).
 """
@@ -29,6 +31,7 @@ class MART:
     """MART: boosted CE on x' + beta * KL weighted by 1 - p_y(x) (Wang et al. 2020)."""
 
     name = "mart"
+    reads = ("clean", "adversarial")
 
     @dataclass
     class Options:
@@ -46,9 +49,7 @@ class MART:
 
     @hookimpl
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor:
-        assert step.outputs is not None
-        _, clean_logits = state.model(step.x)
-        n = len(step.x)
-        true_prob = F.softmax(clean_logits, dim=1).gather(1, step.y[:, None]).squeeze(1)
-        kl = kl_per_sample(clean_logits, step.outputs[:n])
+        assert step.clean_outputs is not None and step.adv_outputs is not None
+        true_prob = F.softmax(step.clean_outputs, dim=1).gather(1, step.y[:, None]).squeeze(1)
+        kl = kl_per_sample(step.clean_outputs, step.adv_outputs)
         return self.options.beta * (kl * (1.0000001 - true_prob)).mean()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.common import draw_mix, mix_inputs, mix_targets
+from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets
 
 
 class Mixup:
@@ -27,7 +27,7 @@ class Mixup:
 
     @hookimpl
     def augment(self, step: Step, state: TrainState) -> None:
-        assert step.inputs is not None and step.targets is not None
+        assert step.inputs is not None and step.targets is not None and step.row_labels is not None
         lam, partner = draw_mix(len(step.inputs), self.options.concentration, step.inputs.device)
-        step.inputs = mix_inputs(step.inputs, lam, partner)
-        step.targets = mix_targets(step.targets, lam, partner, state.num_classes)
+        step.set_rows(mix_inputs(step.inputs, lam, partner), mix_targets(step.targets, lam, partner, state.num_classes),
+                      mix_labels(step.row_labels, lam, partner))

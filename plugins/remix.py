@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.common import draw_mix, mix_inputs, mix_targets, remix_label_factor
+from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets, remix_label_factor
 
 
 class Remix:
@@ -42,5 +42,6 @@ class Remix:
         counts = state.class_counts.to(step.targets.device)
         label_lam = remix_label_factor(counts[step.targets], counts[step.targets[partner]], lam,
                                        self.options.kappa, self.options.tau)
-        step.inputs = mix_inputs(step.inputs, lam, partner)
-        step.targets = mix_targets(step.targets, label_lam, partner, state.num_classes)
+        step.set_rows(mix_inputs(step.inputs, lam, partner),
+                      mix_targets(step.targets, label_lam, partner, state.num_classes),
+                      mix_labels(step.targets, label_lam, partner))

@@ -11,14 +11,14 @@ Objective (eq. 4.13):  min_theta 1/n sum_i max_{x'_i} w_i L(f(x'_i), y_i) + lamb
   (``--loss focal``), SRAT-LDAM (``--loss ldam``).
 * The adversary is the run's (default PGD).
 
-Composition: when another plugin changed the trained batch (Imb-Mix mixes it, TRADES
-trains on the clean batch), L_sep still sees the adversarial examples x' of the batch,
-with their hard labels, through one extra forward pass; the class weights then apply to
-the trained rows (the target-weighted class weight for soft labels) and are computed from
-``state.class_counts``, the class counts actually trained on (with Imb-Mix: n_c (1 + t_c)).
-The extra pass runs in train mode, so BatchNorm normalises x' with its own batch
-statistics, not those of the mixed batch. With Imb-Mix this composition trains on digits
-and on cifar10-lt-cpu Exp-100 but collapsed on Step-10 (README, "cifar10-lt-cpu, Step-10").
+L_sep reads the engine's adversarial view (``reads = ("adversarial",)``): the features of
+x' with the batch's hard labels. Under PGD-AT that view is the trained forward pass itself.
+When another plugin changed the trained rows (Imb-Mix mixes them, TRADES trains on the clean
+batch), the engine adds x' to the pass of the adversarial rows (one BatchNorm batch with
+Imb-Mix's mixed rows, updating the running statistics once) or runs the adversarial pass
+TRADES needs anyway. The class weights apply to the trained rows (the target-weighted class
+weight for soft labels) and are computed from ``state.class_counts``, the class counts
+actually trained on (with Imb-Mix: n_c (1 + t_c)).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class SRAT:
     """SRAT: deferred class-balanced weights + feature separation loss (Wang, ch. 4)."""
 
     name = "srat"
+    reads = ("adversarial",)
 
     @dataclass
     class Options:
@@ -67,11 +68,6 @@ class SRAT:
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:
         if self.options.lam == 0:
             return None
-        assert step.features is not None and step.x_adv is not None
-        if step.inputs is step.x_adv:
-            features = step.features
-        else:
-            features, adv_logits = state.model(step.x_adv)
-            step.adv_outputs = adv_logits.detach()
-        z = F.normalize(features.float(), dim=1)
-        return self.options.lam * supcon(z, step.y, self.options.temperature)
+        assert step.adv_features is not None
+        z = F.normalize(step.adv_features.float(), dim=1)
+        return self.options.lam * supcon(z, step.labels, self.options.temperature)

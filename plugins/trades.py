@@ -6,11 +6,13 @@
   default for TRADES' loss (``yields``): another selected adversary (``pgd``, or
   ``fairtat``'s targeted PGD) replaces it in either listing order, and TRADES then
   trains on that x'.
-* ``augment``: the trained forward pass is on the *clean* batch, so the per-sample loss
+* ``trains_on = "clean"``: the trained rows are the *clean* batch, so the per-sample loss
   (and every plugin's weights, e.g. DAFA's W_y) applies to the natural term, and
   ``--loss`` replaces the natural CE (e.g. LDAM).
-* ``extra_loss``: beta * mean_i KL(f(x_i) || f(x'_i)), unweighted (beta = 6). It also
-  hands the adversarial logits to the class statistics.
+* ``extra_loss``: beta * mean_i KL(f(x_i) || f(x'_i)), unweighted (beta = 6), on the
+  engine's clean and adversarial views (``reads``). The engine runs them as two train-mode
+  passes, natural first, as the authors' code does (its BatchNorm policy), and the
+  adversarial view also feeds the class statistics.
 * Per-class regulariser weights (``state.regularizer_weights``, set by their owner, e.g.
   CFA's calibrated b_c): the loss becomes (1 - b_y) CE + b_y KL per example, the
   natural weight through ``weight_samples``; beta is then not used.
@@ -33,6 +35,8 @@ class TRADES:
 
     name = "trades"
     yields = ("generate_adversary",)
+    trains_on = "clean"
+    reads = ("clean", "adversarial")
 
     @dataclass
     class Options:
@@ -53,30 +57,26 @@ class TRADES:
             start = torch.where(step.victim_mask, start, step.x)
         return pgd(
             model, step.x, step.y,
-            eps=state.class_eps[step.y], alpha=state.class_alpha[step.y], steps=config.steps, norm=config.norm,
+            eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels], steps=config.steps,
+            norm=config.norm,
             x_init=start, mask=step.victim_mask,
             loss_fn=lambda adv_logits, _: kl_per_sample(clean_logits, adv_logits),
         )
 
     @hookimpl
-    def augment(self, step: Step) -> None:
-        step.inputs = step.x  # the natural term is the main loss
-
-    @hookimpl
     def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
         if state.regularizer_weights is None:
             return None
-        assert step.targets is not None
+        assert step.targets is not None and step.row_labels is not None
         natural = 1.0 - state.regularizer_weights.to(step.targets.device)
-        return soft_targets(step.targets, state.num_classes) @ natural
+        if step.targets.is_floating_point():  # mixed rows: the target-weighted mean
+            return soft_targets(step.targets, state.num_classes) @ natural
+        return natural[step.row_labels]
 
     @hookimpl
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor:
-        assert step.outputs is not None and step.x_adv is not None
-        _, adv_logits = state.model(step.x_adv)
-        step.adv_outputs = adv_logits.detach()
-        clean_logits = step.outputs[: len(step.x)]
-        kl = kl_per_sample(clean_logits, adv_logits)
+        assert step.clean_outputs is not None and step.adv_outputs is not None
+        kl = kl_per_sample(step.clean_outputs, step.adv_outputs)
         if state.regularizer_weights is not None:
-            return (state.regularizer_weights.to(kl.device)[step.y] * kl).mean()
+            return (state.regularizer_weights.to(kl.device)[step.labels] * kl).mean()
         return self.options.beta * kl.mean()

@@ -62,3 +62,16 @@ def test_the_core_names_no_method():
     for path in CORE_FILES:
         named = _code_strings(_tree(path)) & methods - HOMONYMS.get(path.name, set())
         assert not named, f"core/{path.name} names {sorted(named)}"
+
+
+@pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.name)
+def test_no_plugin_runs_the_model_in_train_mode(path):
+    """The engine owns every train-mode forward pass (plugins read views); plugins only hand
+    the model to attacks, which run it in eval mode. tests/test_forward_passes.py checks the
+    passes of real steps."""
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            assert node.func.attr != "train", f"{path.name}:{node.lineno} switches a module to train mode"
+            called = node.func
+            assert not (isinstance(called.value, ast.Name) and called.value.id == "state" and called.attr == "model"), (
+                f"{path.name}:{node.lineno} calls state.model(...)")

@@ -177,19 +177,13 @@ def test_trades_honours_per_class_regulariser_weights():
     from robx.plugins.trades import TRADES
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-
-    def two_outputs(x):
-        logits = model(x)
-        return logits, logits
-
-    state = SimpleNamespace(model=two_outputs, regularizer_weights=None, num_classes=3)
-    step = Step(x=torch.rand(4, 4), y=torch.tensor([0, 1, 2, 2]))
-    step.x_adv = step.x + 0.1
-    step.outputs = model(step.x)
-    step.targets = step.y
+    state = SimpleNamespace(regularizer_weights=None, num_classes=3)
+    y = torch.tensor([0, 1, 2, 2])
+    step = Step(x=torch.rand(4, 4), y=y, labels=y)
+    step.clean_outputs, step.adv_outputs = torch.randn(4, 3), torch.randn(4, 3)  # the engine's views
+    step.targets, step.row_labels = y, y
     plugin = TRADES(TRADES.Options(beta=6.0))
-    p, q = torch.softmax(step.outputs, 1), torch.softmax(model(step.x_adv), 1)
+    p, q = torch.softmax(step.clean_outputs, 1), torch.softmax(step.adv_outputs, 1)
     kl = (p * (p.log() - q.log())).sum(1)  # KL(f(x) || f(x')) by its definition
     torch.testing.assert_close(plugin.extra_loss(step=step, state=state), 6.0 * kl.mean())
     assert plugin.weight_samples(step=step, state=state) is None

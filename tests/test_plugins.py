@@ -144,8 +144,8 @@ class Recorder:
         CALLS.append("augment:recorder")
         # duplicate the batch with soft labels to exercise growing rows and soft targets
         soft = torch.nn.functional.one_hot(step.targets, 10).float()
-        step.inputs = torch.cat([step.inputs, step.inputs])
-        step.targets = torch.cat([soft, soft])
+        step.set_rows(torch.cat([step.inputs, step.inputs]), torch.cat([soft, soft]),
+                      torch.cat([step.row_labels, step.row_labels]))
 
     @hookimpl
     def weight_samples(self, step):
@@ -248,8 +248,9 @@ def test_plugins(monkeypatch):
 
 def test_hooks_run_in_order_and_combine(test_plugins, tmp_path):
     host = PluginHost(["recorder", "second"], {})
-    step = Step(x=torch.rand(4, 1, 8, 8), y=torch.tensor([0, 1, 2, 3]))
-    step.targets = step.y
+    y = torch.tensor([0, 1, 2, 3])
+    step = Step(x=torch.rand(4, 1, 8, 8), y=y, labels=y)
+    step.targets, step.row_labels = y, y
     step.outputs = torch.zeros(8, 10, requires_grad=True)
     step.inputs = step.x
     host.augment(step, state=None)
@@ -261,7 +262,11 @@ def test_hooks_run_in_order_and_combine(test_plugins, tmp_path):
 
 def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
     train(tiny_config(plugins=["recorder", "maskcheck"]), tmp_path / "run")
-    assert CALLS[:2] == ["trained_class_counts", "train_start"] and CALLS[-1] == "averaged_weights"
+    assert CALLS[:2] == ["trained_class_counts", "train_start"]
+    # the average's BatchNorm statistics come through the training data path, augment included
+    after_average = CALLS[CALLS.index("averaged_weights"):]
+    assert "select_victims" in after_average and "augment:recorder" in after_average
+    assert "training_loss" not in after_average and "after_step" not in after_average
     for expected in ("epoch_start:0", "sampling_weights", "select_victims", "augment:recorder", "training_loss",
                      "after_step", "epoch_end:0", "epoch_end:1"):
         assert expected in CALLS
@@ -384,3 +389,40 @@ def test_a_plugin_with_an_unknown_hook_or_argument_is_one_line(tmp_path, plugin,
     assert not (tmp_path / "r").exists()
     if plugin == "wrongarg":
         assert "batch" in lines[0]  # pluggy's reason, on the same line
+
+
+# --- the README's plugin example, installed as a package, composed with srat,imbmix -------
+
+def readme_example() -> tuple[str, str]:
+    """The README's example plugin module and its entry-point line, as a newcomer copies them."""
+    readme = (TESTS_DIR.parent / "README.md").read_text()
+    source = re.search(r"```python\n# (robx_\w+)\.py\n(.*?)```", readme, re.S)
+    entry = re.search(r"\[project\.entry-points\.robx\]\n(\w+) = \"(\w+):(\w+)\"", readme)
+    assert source and entry, "the README lost its plugin example"
+    assert entry.group(2) == source.group(1)
+    return source.group(2), entry.group(0)
+
+
+def test_the_readme_plugin_example_composes_with_batch_growing_plugins(tmp_path):
+    source, entry_line = readme_example()
+    name, target = re.search(r"\n(\w+) = \"robx_minority_boost:(\w+)\"", entry_line).groups()
+    site = install_distribution(tmp_path / "site", "robx_minority_boost", source, {name: target})
+    env = _cli_env(site, tmp_path / "unused")
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "robx.cli.main", "train", "--plugins", f"srat,imbmix,{name}",
+                             "--epochs", "1", "--steps", "1", "--eval-steps", "1", "--n-eval", "50",
+                             "--out", str(out)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "report.json").read_text())["plugins"] == ["srat", "imbmix", name, "pgd"]
+
+    # and its weights reach the rows Imb-Mix added: one weight per row, the factor on minority rows
+    sys.path.insert(0, str(site))
+    try:
+        plugin = __import__("robx_minority_boost").MinorityBoost(__import__("robx_minority_boost").MinorityBoost.Options())
+    finally:
+        sys.path.remove(str(site))
+    row_labels = torch.tensor([0, 9, 9, 9, 1])  # a majority row, three minority copies, a majority row
+    step = Step(x=torch.zeros(2, 1), y=torch.tensor([0, 9]), labels=torch.tensor([0, 9]))
+    step.row_labels = row_labels
+    state = type("S", (), {"class_counts": torch.tensor([131] * 5 + [117] * 5)})()  # Imb-Mix's trained counts
+    assert plugin.weight_samples(step, state).tolist() == [1.0, 2.0, 2.0, 2.0, 1.0]

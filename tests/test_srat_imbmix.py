@@ -68,10 +68,10 @@ def test_srat_deferred_weights_switch_at_t_d_and_lambda_scales_l_sep():
     state.epoch = 5
     assert plugin.class_weights(state).tolist() == pytest.approx(cb_weights_by_hand([100, 10], 0.9999), rel=1e-5)
     generator = torch.Generator().manual_seed(0)
-    step = Step(x=torch.zeros(4, 1), y=torch.tensor([0, 0, 1, 1]))
-    step.features = torch.randn(4, 8, generator=generator, dtype=torch.float64)
-    step.x_adv = step.inputs = step.x
-    z = F.normalize(step.features, dim=1)
+    y = torch.tensor([0, 0, 1, 1])
+    step = Step(x=torch.zeros(4, 1), y=y, labels=y)
+    step.adv_features = torch.randn(4, 8, generator=generator, dtype=torch.float64)  # the engine's view of x'
+    z = F.normalize(step.adv_features, dim=1)
     expected = 2.0 * supcon_brute_force(z, [0, 0, 1, 1], 0.5)
     assert plugin.extra_loss(step, state).item() == pytest.approx(expected, rel=1e-5)
     assert SRAT(SRAT.Options(lam=0.0)).extra_loss(step, state) is None

@@ -1,0 +1,110 @@
+"""The engine owns every forward pass; its BatchNorm policy is one BN batch per input
+distribution (clean, adversarial), clean first, each updating running statistics once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robx.core import engine
+from robx.core.stats import ClassStatsAccumulator
+
+from conftest import tiny_config
+
+MAJORITY, MINORITY = 12, 4  # rows of the test batch from classes 0-4 and 5-9
+B = MAJORITY + MINORITY
+COPIES = 8  # Imb-Mix on digits Step-10: round(131 / 13) - 1 = 9, capped at 8
+
+
+def one_recorded_step(tmp_path, plugins, options=None):
+    """Build a digits run, take one training step, and record every train-mode forward."""
+    run = engine.build_run(tiny_config(plugins=plugins, plugin_options=options or {}), tmp_path / "run")
+    labels = run.data.y_train
+    idx = torch.cat([torch.nonzero(labels < 5).flatten()[:MAJORITY], torch.nonzero(labels >= 5).flatten()[:MINORITY]])
+    x, y, _ = engine.training_batch(run, idx)
+    model = run.state.model
+    passes, steps = [], []
+    real_forward = model.forward
+
+    def recording(inputs):
+        if model.training:
+            passes.append(inputs.detach().clone())
+        return real_forward(inputs)
+
+    model.forward = recording
+    real_prepared = engine.prepared_step
+
+    def keep(run_, *args):
+        steps.append(real_prepared(run_, *args))
+        return steps[-1]
+
+    engine.prepared_step = keep
+    tracked = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    before = int(tracked.num_batches_tracked)
+    try:
+        engine.train_step(run, x, y, y, ClassStatsAccumulator(10, torch.device("cpu")), {})
+    finally:
+        engine.prepared_step = real_prepared
+    return passes, steps[0], int(tracked.num_batches_tracked) - before
+
+
+def same_rows(a, b):
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def test_pgd_at_is_one_pass_on_x_adv(tmp_path):
+    passes, step, updates = one_recorded_step(tmp_path, ["pgd"])
+    assert len(passes) == 1 and same_rows(passes[0], step.x_adv) and updates == 1
+
+
+def test_natural_training_is_one_pass_on_x(tmp_path):
+    passes, step, updates = one_recorded_step(tmp_path, ["natural"])
+    assert len(passes) == 1 and same_rows(passes[0], step.x) and updates == 1
+
+
+@pytest.mark.parametrize("plugins", [["trades"], ["mart"], ["trades", "srat"]])
+def test_trades_and_mart_run_two_separate_passes_natural_first(tmp_path, plugins):
+    """As the TRADES and MART authors' code: model(x_natural), then model(x_adv), each its own BN batch."""
+    passes, step, updates = one_recorded_step(tmp_path, plugins)
+    assert len(passes) == 2 and updates == 2
+    assert same_rows(passes[0], step.x) and same_rows(passes[1], step.x_adv)
+    assert step.clean_outputs is not None and step.adv_outputs is not None
+
+
+def test_srat_reads_the_trained_pass_when_the_rows_are_x_adv(tmp_path):
+    passes, step, updates = one_recorded_step(tmp_path, ["srat"])
+    assert len(passes) == 1 and updates == 1
+    assert step.adv_features is step.features  # the same tensor, no second pass
+
+
+def test_srat_with_imbmix_is_one_joint_adversarial_pass(tmp_path):
+    """L_sep's x' joins Imb-Mix's mixed rows in one BN batch (the old engine ran a second
+    train-mode pass on x' alone and updated the running statistics twice)."""
+    passes, step, updates = one_recorded_step(tmp_path, ["srat", "imbmix"])
+    rows = B + COPIES * MINORITY
+    assert len(passes) == 1 and updates == 1
+    assert passes[0].shape[0] == rows + B and same_rows(passes[0][rows:], step.x_adv)
+    assert same_rows(passes[0][:rows], step.inputs)
+    assert len(step.row_labels) == rows and step.adv_features.shape[0] == B
+
+
+def test_imbmix_alone_trains_on_its_rows_in_one_pass(tmp_path):
+    passes, step, updates = one_recorded_step(tmp_path, ["imbmix"])
+    assert len(passes) == 1 and updates == 1 and passes[0].shape[0] == B + COPIES * MINORITY
+
+
+def test_trades_with_mixup_mixes_the_clean_rows_and_keeps_x_in_the_clean_batch(tmp_path):
+    passes, step, updates = one_recorded_step(tmp_path, ["trades", "mixup"])
+    assert len(passes) == 2 and updates == 2
+    assert passes[0].shape[0] == 2 * B and same_rows(passes[0][B:], step.x)  # mixed clean rows + x
+    assert same_rows(passes[1], step.x_adv)
+
+
+def test_a_mixed_row_counts_for_its_dominant_class():
+    from robx.plugins.common import mix_labels
+
+    labels = torch.tensor([0, 1, 2])
+    partner = torch.tensor([2, 0, 1])
+    assert mix_labels(labels, 0.7, partner).tolist() == [0, 1, 2]
+    assert mix_labels(labels, 0.3, partner).tolist() == [2, 0, 1]
+    assert mix_labels(labels, torch.tensor([1.0, 0.0, 0.5]), partner).tolist() == [0, 0, 2]
