@@ -28,10 +28,11 @@ def independent_pgd20(run_dir: Path) -> dict[str, float]:
 
     run = load_run(run_dir, device="cpu")
     model = run.state.model.eval()
-    x, y = run.data.x_test.float(), run.data.y_test
+    x, y = run.task.inputs(run.data.test.x), run.data.test.y
     eps, alpha = run.config.eps, run.config.eval_alpha
     torch.manual_seed(123)
-    ours = evaluate(model, x, y, AttackSettings(eps=eps, alpha=alpha, steps=20), device=torch.device("cpu"))
+    ours = evaluate(model, run.task, run.data.test, AttackSettings(eps=eps, alpha=alpha, steps=20),
+                    device=torch.device("cpu"))
 
     class LogitsOnly(torch.nn.Module):
         def __init__(self) -> None:
@@ -45,7 +46,7 @@ def independent_pgd20(run_dir: Path) -> dict[str, float]:
     x_adv = torchattacks.PGD(LogitsOnly().eval(), eps=eps, alpha=alpha, steps=20, random_start=True)(x, y)
     with torch.no_grad():
         theirs = (model(x_adv)[1].argmax(1) == y).float().mean().item()
-    return {"robx_pgd20": ours.robust_correct.float().mean().item(), "torchattacks_pgd20": theirs}
+    return {"robx_pgd20": ours.robust_scores.mean().item(), "torchattacks_pgd20": theirs}
 
 
 def main() -> None:

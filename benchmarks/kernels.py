@@ -172,7 +172,7 @@ def hand_written_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                        y_all: torch.Tensor, batch_size: int, eps: float, alpha: float, steps: int,
                        generator: torch.Generator) -> None:
     """The loop one writes without a framework: PGD with random start, BN in eval while attacking."""
-    from robx.core.data import crop_flip, to_unit_float
+    from robx.plugins.tasks.classification import crop_flip, to_unit_float
 
     order = torch.randperm(len(y_all), generator=generator)
     for idx in order.split(batch_size):
@@ -195,16 +195,16 @@ def hand_written_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 def bench_end_to_end(device: torch.device, n_train: int, epochs: int) -> dict[str, Any]:
     from robx.core.config import TrainConfig
     from robx.core.engine import SilentProgress, build_run, train_epoch
-    from robx.core.models import build_model
+    from robx.core.registry import registry
 
     config = TrainConfig(dataset="cifar10", model="smallcnn", imbalance="none", n_max=n_train // 10,
                          val_fraction=0.0, steps=10, batch_size=128, device=device.type, schedule="constant")
     run = build_run(config, Path("unused"))
     if device.type == "cuda":
         run.state.model.to(memory_format=torch.channels_last)
-    x_all, y_all = run.data.x_train.to(device), run.data.y_train.to(device)
+    x_all, y_all = run.data.train.x.to(device), run.data.train.y.to(device)
     eps, alpha, steps = float(run.config.eps), float(run.config.alpha), 10
-    model = build_model("smallcnn", run.data.in_channels, run.data.num_classes, run.data.mean, run.data.std).to(device)
+    model = registry().build_model("smallcnn", run.task.model_input()).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=run.config.lr, momentum=run.config.momentum,

@@ -29,14 +29,13 @@ from torch.optim.swa_utils import update_bn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
 from robx.core import run as rundir  # noqa: E402
-from robx.core.data import to_unit_float  # noqa: E402
 from robx.core.engine import Run, SilentProgress, evaluate_run, load_run  # noqa: E402
 from robx.core.errors import RobxError  # noqa: E402
 
 
 def clean_training_batches(run: Run, batch_size: int = 256) -> list[torch.Tensor]:
-    x = run.data.x_train
-    return [to_unit_float(x[start : start + batch_size]).to(run.state.device) for start in range(0, len(x), batch_size)]
+    x = run.data.train.x
+    return [run.task.inputs(x[start : start + batch_size]).to(run.state.device) for start in range(0, len(x), batch_size)]
 
 
 def main() -> None:

@@ -54,10 +54,10 @@ class RichProgress:
 
     def end_epoch(self, stats: EpochStats) -> None:
         info = f"loss {stats.loss:.3f}"
-        if stats.train.robust_acc is not None:
-            info += f"  train robust {stats.train.robust_acc.mean():.3f}"
-        if stats.train.clean_acc is not None:
-            info += f"  clean {stats.train.clean_acc.mean():.3f}"
+        if stats.train.robust is not None:
+            info += f"  train robust {stats.train.metric} {stats.train.robust.mean():.3f}"
+        if stats.train.clean is not None:
+            info += f"  clean {stats.train.clean.mean():.3f}"
         self.bars.update(self.epoch_task, advance=1, info=info)
 
     def start_eval(self, total: int, description: str) -> None:

@@ -42,19 +42,22 @@ def _number(value: Optional[str], name: str) -> Optional[float]:
 
 def _default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    from robx.core.registry import registry
+
     names = "+".join(resolve_plugin_names(config.plugins, config.loss))
-    return Path("runs") / f"{config.dataset}-{names}-seed{config.seed}-{stamp}"
+    dataset = config.dataset or registry().default_dataset
+    return Path("runs") / f"{dataset}-{names}-seed{config.seed}-{stamp}"
 
 
 @app.command()
 def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML config file.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="digits, cifar10 or cifar100.")] = None,
-    imbalance: Annotated[Optional[str], typer.Option(help="step, exp or none.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="A registered dataset (robx plugins lists them; default digits).")] = None,
+    imbalance: Annotated[Optional[str], typer.Option(help="step, exp, none (balanced) or original (the dataset as it is).")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="Imbalance ratio K (n_max / n_min).")] = None,
     n_max: Annotated[Optional[int], typer.Option(help="Training examples of the largest class.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Stratified validation split of the training subset.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="smallcnn, smallcnn16, resnet18, preactresnet18, wrn28-10, wrn34-10.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="A registered model, e.g. smallcnn, resnet18, mlp (default: the dataset's).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="(Peak) learning rate.")] = None,
@@ -81,7 +84,7 @@ def train(
     if resume is not None:
         with RichProgress(console) as progress:
             report = run_training(TrainConfig(), resume, resume=True, progress=progress)
-        console.print(report_table(report, f"{resume}: test accuracy ({report['attack']['description']})"))
+        console.print(report_table(report, f"{resume}: test {metric_name(report)} ({report['attack']['description']})"))
         return
 
     values: dict[str, Any] = load_toml(config_file) if config_file else {}
@@ -105,8 +108,13 @@ def train(
     run_dir = out or _default_run_dir(config)
     with RichProgress(console) as progress:
         report = run_training(config, run_dir, force=force, progress=progress)
-    console.print(report_table(report, f"{run_dir}: test accuracy ({report['attack']['description']})"))
+    console.print(report_table(report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']})"))
     console.print(f"run directory: {run_dir}")
+
+
+def metric_name(report: dict[str, Any]) -> str:
+    metric = report.get("metric", {"name": "accuracy", "higher_is_better": True})
+    return metric["name"] + ("" if metric["higher_is_better"] else " (lower is better)")
 
 
 @app.command("eval")
@@ -128,7 +136,7 @@ def eval_(
     run = load_run(run_dir, device)
     attack = default_eval_attack(run.config)
     attack.name = "pgd" if attack_name == "pgd20" else attack_name
-    attack.__post_init__()  # validates the name
+    run.task.check_attack(attack.name)
     if norm is not None and norm != run.config.norm and eps is None:
         raise OptionError(f"the run was trained for {run.config.norm}; give --eps (and --alpha) for --norm {norm}")
     if eps is not None:
@@ -149,7 +157,7 @@ def eval_(
         report = evaluate_run(run, run.state.model, progress, attack, n_eval)
     name = f"eval-{attack.tag}-n{report['n_test']}.json"
     write_json(Path(run_dir) / name, report)
-    console.print(report_table(report, f"{run_dir}: test accuracy ({attack.describe()})"))
+    console.print(report_table(report, f"{run_dir}: test {metric_name(report)} ({attack.describe()})"))
     console.print(f"written: {Path(run_dir) / name}")
 
 
@@ -222,15 +230,26 @@ def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
 def plugins_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List every available plugin, where it comes from and the hooks it implements."""
+    """List every available plugin, where it comes from and the hooks it implements, and the
+    tasks, datasets and models they register."""
+    from robx.core.registry import registry
+
     specs = available_plugins()
     rows = [
         {"name": s.name, "origin": s.origin, "hooks": list(s.hooks), "summary": s.summary,
          "options": sorted(getattr(s.options_type, "__dataclass_fields__", {}))}
         for s in specs.values()
     ]
+    found = registry()
+    registered = (
+        [{"kind": "task", "name": t.name, "origin": t.origin, "detail": t.task.metric.name} for t in found.tasks.values()]
+        + [{"kind": "dataset", "name": d.name, "origin": d.origin,
+            "detail": f"task {d.task}" + (", default" if d.name == found.default_dataset else "")}
+           for d in found.datasets.values()]
+        + [{"kind": "model", "name": m.name, "origin": m.origin, "detail": ""} for m in found.models.values()]
+    )
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"plugins": rows, "registered": registered}, indent=2))
         return
     wide = console.width >= 140
     table = Table(title="robx plugins (robx plugins --json for details)", title_justify="left")
@@ -244,6 +263,12 @@ def plugins_(
         cells = [row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"])]
         table.add_row(*cells, *([row["summary"]] if wide else []))
     console.print(table)
+    listing = Table(title="registered tasks, datasets and models (--dataset, --model)", title_justify="left")
+    for column in ("kind", "name", "origin", "detail"):
+        listing.add_column(column)
+    for row in registered:
+        listing.add_row(row["kind"], row["name"], row["origin"], row["detail"])
+    console.print(listing)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

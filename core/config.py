@@ -1,6 +1,7 @@
 """Run configuration: defaults per dataset (the protocols), a TOML file, CLI overrides.
 
-Precedence, lowest first: the dataset preset, the TOML file, command-line options.
+Precedence, lowest first: the dataset's defaults (registered with the dataset), the TOML
+file, command-line options.
 A TOML file holds top-level :class:`TrainConfig` keys and one ``[<plugin>]`` table
 per plugin for its options, for example::
 
@@ -29,33 +30,13 @@ else:  # pragma: no cover
 
 Norm = Literal["linf", "l2"]
 Schedule = Literal["step", "onecycle", "constant"]
-Imbalance = Literal["step", "exp", "none"]
-
-#: Dataset presets: the protocols of PROTOCOLS.md. Only keys the user did not set are filled.
-PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        model="smallcnn16", epochs=25, batch_size=64, lr=0.05, schedule="onecycle",
-        eps=0.1, alpha=0.025, steps=10, eval_steps=20,
-        imbalance="step", ratio=10.0, augment=False,
-    ),
-    "cifar10": dict(
-        model="smallcnn", epochs=30, batch_size=128, lr=0.1, schedule="onecycle",
-        eps=8 / 255, alpha=2 / 255, steps=5, eval_steps=20,
-        imbalance="step", ratio=10.0, n_max=1000, n_test_per_class=200, augment=True,
-    ),
-    "cifar100": dict(
-        model="resnet18", epochs=100, batch_size=128, lr=0.1, schedule="step",
-        eps=8 / 255, alpha=2 / 255, steps=10, eval_steps=20,
-        imbalance="exp", ratio=10.0, augment=True,
-    ),
-}
-
+Imbalance = Literal["step", "exp", "none", "original"]
 
 @dataclass
 class TrainConfig:
-    """All settings of a training run. ``None`` means "take the dataset preset"."""
+    """All settings of a training run. ``None`` means "take the dataset's default"."""
 
-    dataset: str = "digits"
+    dataset: str | None = None  # None: the registered default dataset
     imbalance: Imbalance | None = None
     ratio: float | None = None
     n_max: int | None = None
@@ -90,19 +71,28 @@ class TrainConfig:
     eval_batch_size: int = 256
 
     def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` filled from the dataset preset, validated."""
-        if self.dataset not in PRESETS:
-            raise OptionError(
-                f"unknown dataset '{self.dataset}'; available: {', '.join(PRESETS)}"
-            )
+        """A copy with every ``None`` filled from the dataset's registered defaults, validated."""
+        from robx.core.registry import registry
+
+        found = registry()
         values = dataclasses.asdict(self)
-        for key, value in PRESETS[self.dataset].items():
+        if values["dataset"] is None:
+            if found.default_dataset is None:
+                raise OptionError("no dataset given and no installed plugin registers a default dataset")
+            values["dataset"] = found.default_dataset
+        for key, value in found.dataset(values["dataset"]).defaults.items():
+            if key not in values:
+                raise OptionError(f"dataset '{values['dataset']}' has a default for unknown config key '{key}'")
             if values.get(key) is None:
                 values[key] = value
         if values["eval_alpha"] is None:
             values["eval_alpha"] = values["alpha"]
-        config = TrainConfig(**values)
-        config.validate()
+        config = TrainConfig.from_dict(values)
+        for key in ("imbalance", "ratio", "model", "epochs", "batch_size", "lr", "schedule", "eps", "alpha",
+                    "steps", "eval_steps", "augment"):
+            if getattr(config, key) is None:
+                raise OptionError(f"dataset '{config.dataset}' sets no {key}; give it in the config or on the "
+                                  "command line")
         return config
 
     def validate(self) -> None:
@@ -121,8 +111,8 @@ class TrainConfig:
             (self.norm in ("linf", "l2"), f"norm must be linf or l2, got {self.norm!r}"),
             (self.schedule in (None, "step", "onecycle", "constant"),
              f"schedule must be step, onecycle or constant, got {self.schedule!r}"),
-            (self.imbalance in (None, "step", "exp", "none"),
-             f"imbalance must be step, exp or none, got {self.imbalance!r}"),
+            (self.imbalance in (None, "step", "exp", "none", "original"),
+             f"imbalance must be step, exp, none or original, got {self.imbalance!r}"),
             (self.eval_alpha is None or self.eval_alpha >= 0, "eval_alpha must be >= 0"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),

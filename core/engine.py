@@ -4,7 +4,9 @@
           -> loss = mean(w * per_sample_loss) + sum(extra_loss) -> backward -> step
           -> class statistics (on device; read at epoch end)
 
-The engine is task-agnostic: the task object supplies the loss and the predictions.
+The engine is task-agnostic: the run's registered task (``robx.core.task``) supplies the
+inputs, the augmentation, the losses, the scores and the statistics; the dataset and the
+model come from the registry. Nothing here depends on which task it is.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from robx.core import run as rundir
 from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.averaging import cumulative_batchnorm, with_parameters
 from robx.core.config import TrainConfig
-from robx.core.data import ImageData, batch_indices, crop_flip, prepare_data, stratified_subset, to_unit_float
+from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
 from robx.core.errors import NonFiniteLossError, RobxError
 from robx.core.evaluate import AttackSettings, evaluate
-from robx.core.models import build_model
 from robx.core.plugins import PluginHost, options_as_dict
+from robx.core.registry import registry
 from robx.core.report import build_report, plot_per_class, write_json
 from robx.core.state import Step, TrainState
-from robx.core.stats import ClassStatsAccumulator, EpochStats, SplitStats
-from robx.core.task import ClassificationTask
+from robx.core.stats import EpochStats, ScoreAccumulator, SplitStats
+from robx.core.task import Task
 from robx.kernels import OPS as KERNEL_OPS
 from robx.kernels import implementation_name
 
@@ -118,7 +120,8 @@ class Run:
     """Everything built from a config: data, model, optimiser, plugins, state."""
 
     config: TrainConfig
-    data: ImageData
+    data: TaskData
+    task: Task
     host: PluginHost
     state: TrainState
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -132,18 +135,23 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     seed_everything(config.seed)
     device = resolve_device(config.device)
     host = PluginHost(config.plugins, config.plugin_options, config.loss)
-    assert config.imbalance is not None and config.ratio is not None and config.model is not None
-    data = prepare_data(config.dataset, config.imbalance, config.ratio, config.n_max,
-                        config.n_test_per_class, config.val_fraction, config.data_seed, config.data_root)
-    model = build_model(config.model, data.in_channels, data.num_classes, data.mean, data.std).to(device)
+    assert config.dataset is not None and config.model is not None
+    assert config.imbalance is not None and config.ratio is not None
+    found = registry()
+    task_type = found.task_for(config.dataset)
+    data = found.dataset(config.dataset).load(config.data_root, config.data_seed)
+    data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
+                          config.val_fraction, config.data_seed)
+    task = task_type(data)
+    model = found.build_model(config.model, task.model_input()).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
-    steps_per_epoch = -(-len(data.y_train) // config.batch_size)
+    steps_per_epoch = -(-len(data.train) // config.batch_size)
     scheduler, per_batch = build_scheduler(config, optimizer, steps_per_epoch)
     dataset_counts = torch.tensor(data.class_counts())
     state = TrainState(
         config=config,
-        task=ClassificationTask(data.num_classes, data.classes),
+        task=task,
         model=model,
         optimizer=optimizer,
         device=device,
@@ -158,7 +166,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
     generator = torch.Generator().manual_seed(config.seed)
     state.generator = generator
-    return Run(config, data, host, state, scheduler, per_batch, generator, run_dir)
+    return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir)
 
 
 def _per_class(values: torch.Tensor, state: TrainState, hook: str, owner: str = "") -> torch.Tensor:
@@ -188,14 +196,6 @@ def refresh_class_quantities(run: Run) -> None:
     regularizer = host.regularizer_weights(state)
     state.regularizer_weights = None if regularizer is None else _per_class(
         regularizer, state, "regularizer_weights", host.owners["regularizer_weights"]).float()
-
-
-def row_class_weights(class_weights: torch.Tensor, targets: torch.Tensor, row_labels: torch.Tensor) -> torch.Tensor:
-    """Each trained row's class weight: sum_c t_c w_c for soft (mixed) class targets, else
-    the weight of the row's class."""
-    if targets.is_floating_point() and targets.dim() == 2 and targets.shape[1] == len(class_weights):
-        return targets @ class_weights.to(targets)
-    return class_weights[row_labels]
 
 
 # ---------------------------------------------------------------------------
@@ -286,21 +286,21 @@ def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tens
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
-               tracker: ClassStatsAccumulator, loss_sums: dict[str, torch.Tensor]) -> None:
+               tracker: ScoreAccumulator, loss_sums: dict[str, torch.Tensor]) -> None:
     state, host, model = run.state, run.host, run.state.model
     step = prepared_step(run, x, y, labels)
     model.train()
     forward_passes(model, step, host.views, host.trains_on)
     per_sample = host.training_loss(step, state)
     if per_sample is None:
-        per_sample = state.task.per_sample_loss(step.outputs, step.targets)
+        per_sample = run.task.loss(step.outputs, step.targets)
     step.per_sample_loss = per_sample
     weights = host.sample_weights(step, state)
     if weights is not None and weights.shape != per_sample.shape:
         raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
                         f"{tuple(per_sample.shape)} per-sample losses")
     if state.class_weights is not None:
-        by_class = row_class_weights(state.class_weights, step.targets, step.row_labels)
+        by_class = run.task.row_weights(state.class_weights, step.targets, step.row_labels)
         weights = by_class if weights is None else weights * by_class
     loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
     terms = host.extra_losses(step, state)
@@ -308,7 +308,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
 
     with torch.no_grad():
         clean_logits, robust_logits = statistics_views(model, step)
-        tracker.update(labels, clean_logits, robust_logits)
+        tracker.update(labels, y, clean_logits, robust_logits)
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     state.optimizer.step()
@@ -324,34 +324,36 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
             loss_sums[name] = loss_sums.get(name, 0) + value.detach() * batch
 
 
-def split_stats(run: Run, x: torch.Tensor, y: torch.Tensor) -> SplitStats:
-    """Clean and robust statistics of a held-out split with the training attack budget."""
+def split_stats(run: Run, split: Split) -> SplitStats:
+    """Clean and robust statistics of a held-out split under the training attack budget
+    (PGD on the task's attack loss, the model in eval mode)."""
     config, state = run.config, run.state
-    tracker = ClassStatsAccumulator(state.num_classes, state.device)
+    tracker = run.task.statistics(state.device)
     with eval_mode(state.model):
-        for start in range(0, len(y), config.eval_batch_size):
-            xb = to_unit_float(x[start : start + config.eval_batch_size]).to(state.device)
-            yb = y[start : start + config.eval_batch_size].to(state.device)
-            x_adv = pgd(state.model, xb, yb, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm)
+        for start in range(0, len(split), config.eval_batch_size):
+            part = split.subset(torch.arange(start, min(start + config.eval_batch_size, len(split))))
+            x, y, labels = run.task.inputs(part.x).to(state.device), part.y.to(state.device), part.labels.to(state.device)
+            x_adv = pgd(state.model, x, y, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm,
+                        loss_fn=run.task.attack_loss)
             with torch.no_grad():
-                tracker.update(yb, logits_of(state.model, xb), logits_of(state.model, x_adv))
+                tracker.update(labels, y, logits_of(state.model, x), logits_of(state.model, x_adv))
     return tracker.result()
 
 
 def training_batch(run: Run, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs in [0, 1] (randomly cropped and flipped when the config augments), targets and
-    class labels of the training examples ``idx``."""
-    x = to_unit_float(run.data.x_train[idx]).to(run.state.device)
+    """Model inputs (augmented by the task when the config augments), targets and labels of
+    the training examples ``idx``."""
+    part = run.data.train.subset(idx)
+    x = run.task.inputs(part.x).to(run.state.device)
     if run.config.augment:
-        x = crop_flip(x)
-    y = run.data.y_train[idx].to(run.state.device)
-    return x, y, y
+        x = run.task.augment_batch(x)
+    return x, part.y.to(run.state.device), part.labels.to(run.state.device)
 
 
 def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
     """A shuffled pass over the training set, or, when a plugin gives sampling weights,
     as many examples drawn with replacement by those weights."""
-    labels = run.data.y_train
+    labels = run.data.train.labels
     assert run.config.batch_size is not None
     weights = run.host.sampling_weights(run.state, labels)
     if weights is None:
@@ -365,17 +367,17 @@ def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
 def train_epoch(run: Run, progress: Progress) -> EpochStats:
     config, state, data = run.config, run.state, run.data
     started = time.perf_counter()
-    tracker = ClassStatsAccumulator(state.num_classes, state.device)
+    tracker = run.task.statistics(state.device)
     loss_sums: dict[str, torch.Tensor] = {}
     assert config.batch_size is not None
-    progress.start_epoch(state.epoch, -(-len(data.y_train) // config.batch_size))
+    progress.start_epoch(state.epoch, -(-len(data.train) // config.batch_size))
     for idx in epoch_batches(run):
         x, y, labels = training_batch(run, idx)
         train_step(run, x, y, labels, tracker, loss_sums)
         progress.advance_batch()
     if not run.schedule_per_batch:
         run.scheduler.step()
-    seen = float(len(data.y_train))
+    seen = float(len(data.train))
     totals = {name: float(value) / seen for name, value in loss_sums.items()}  # one host sync
     if not all(np.isfinite(v) for v in totals.values()):
         raise NonFiniteLossError(
@@ -383,8 +385,8 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
             "or check the plugins' options (the last good checkpoint is kept)"
         )
     val = None
-    if data.x_val is not None and data.y_val is not None and len(data.y_val):
-        val = split_stats(run, data.x_val, data.y_val)
+    if data.val is not None and len(data.val):
+        val = split_stats(run, data.val)
     return EpochStats(
         epoch=state.epoch,
         train=tracker.result(),
@@ -531,7 +533,7 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     try:
         with cumulative_batchnorm(averaged):
             averaged.train()
-            for idx in batch_indices(len(run.data.y_train), config.batch_size, generator):
+            for idx in batch_indices(len(run.data.train), config.batch_size, generator):
                 step = prepared_step(run, *training_batch(run, idx))
                 with torch.no_grad():
                     forward_passes(averaged, step, host.views, host.trains_on)
@@ -555,23 +557,24 @@ def evaluate_run(
 ) -> dict[str, Any]:
     config, data = run.config, run.data
     attack = attack or default_eval_attack(config)
-    x_test, y_test = data.x_test, data.y_test
+    run.task.check_attack(attack.name)
+    test = data.test
     n_eval = n_eval or config.n_eval
     if n_eval:
-        keep = stratified_subset(y_test, n_eval, config.data_seed)
-        x_test, y_test = x_test[keep], y_test[keep]
+        test = test.subset(stratified_subset(test.labels, n_eval, config.data_seed))
     torch.manual_seed(config.seed)  # the evaluation's random starts do not depend on training
-    progress.start_eval(len(y_test), f"eval {attack.describe()}")
-    result = evaluate(model, x_test, y_test, attack, device=run.state.device,
+    progress.start_eval(len(test), f"eval {attack.describe()}")
+    result = evaluate(model, run.task, test, attack, device=run.state.device,
                       batch_size=config.eval_batch_size, on_batch=progress.advance_eval)
     progress.end_eval()
-    return build_report(result, data.classes, data.class_counts(), attack, extra={
+    return build_report(result, data.classes, data.class_counts(), attack, run.task.metric, extra={
+        "task": run.task.name,
         "dataset": config.dataset,
         "plugins": run.host.names,
         "seed": config.seed,
         "epochs": config.epochs,
         "model": config.model,
-        "n_test": len(y_test),
+        "n_test": len(test),
     })
 
 

@@ -1,24 +1,25 @@
-"""Per-class clean and robust accuracy of a model on a labelled set (PROTOCOLS.md).
+"""Per-class clean and robust scores of a model on a labelled split (PROTOCOLS.md, Metrics).
 
-Attacks: ``pgd`` (PGD with random start on cross-entropy, final iterate; PGD-20 by
-default), ``cw`` (the same PGD on the Carlini-Wagner margin loss, "CW-Linf"), and
-``autoattack`` (the standard version of Croce & Hein's reference implementation,
-package ``pyautoattack``, optional extra ``robx[autoattack]``).
+Every example gets the task's metric on its clean input and on its adversarial input; the
+task says which evaluation attacks exist (``pgd`` everywhere: PGD with random start on the
+task's attack loss, final iterate, PGD-20 by default; classification adds ``cw`` and
+``autoattack``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from robx.core.attacks import Norm, cross_entropy, eval_mode, logits_of, margin_loss, pgd
-from robx.core.data import to_unit_float
-from robx.core.errors import OptionError, RobxError
+from robx.core.attacks import Norm, eval_mode, logits_of
 
-ATTACKS = ("pgd", "cw", "autoattack")
+if TYPE_CHECKING:
+    from robx.core.data import Split
+    from robx.core.task import Task
 
 
 @dataclass
@@ -31,10 +32,6 @@ class AttackSettings:
     norm: Norm = "linf"
     name: str = "pgd"
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.name not in ATTACKS:
-            raise OptionError(f"unknown attack '{self.name}'; available: pgd20, {', '.join(ATTACKS)}")
 
     def describe(self) -> str:
         if self.name == "autoattack":
@@ -49,73 +46,47 @@ class AttackSettings:
 
 @dataclass
 class EvalResult:
-    """Per-sample correctness flags (CPU bool tensors) and the labels they belong to."""
+    """Per-example scores (CPU float tensors) on clean and adversarial inputs, and the
+    labels they belong to."""
 
     labels: torch.Tensor
-    clean_correct: torch.Tensor
-    robust_correct: torch.Tensor
+    clean_scores: torch.Tensor
+    robust_scores: torch.Tensor
 
     def per_class(self, num_classes: int) -> tuple[list[float], list[float], list[int]]:
+        """Mean clean and robust score of every class, and its number of examples."""
         counts = torch.bincount(self.labels, minlength=num_classes)
         denominator = counts.clamp(min=1).double()
 
-        def rate(flags: torch.Tensor) -> list[float]:
-            hits = torch.bincount(self.labels, weights=flags.double(), minlength=num_classes)
-            return (hits / denominator).tolist()
+        def mean(scores: torch.Tensor) -> list[float]:
+            sums = torch.bincount(self.labels, weights=scores.double(), minlength=num_classes)
+            return (sums / denominator).tolist()
 
-        return rate(self.clean_correct), rate(self.robust_correct), counts.tolist()
-
-
-class LogitsOnly(nn.Module):
-    """Adapter for attack libraries that expect ``model(x) -> logits``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model, x)
-
-
-def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings,
-                        device: torch.device) -> torch.Tensor:
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError as error:
-        raise RobxError("--attack autoattack needs the reference AutoAttack: pip install 'robx[autoattack]'") from error
-    adversary = AutoAttack(LogitsOnly(model).eval(), norm="Linf" if attack.norm == "linf" else "L2",
-                           eps=attack.eps, version="standard", seed=attack.seed, device=device)
-    adversary.verbose = False
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))  # (examples, their predictions)
-    return x_adv
+        return mean(self.clean_scores), mean(self.robust_scores), counts.tolist()
 
 
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    task: Task,
+    split: Split,
     attack: AttackSettings,
     *,
     device: torch.device,
     batch_size: int = 256,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Clean and attacked predictions of every example, in eval mode."""
+    """Clean and attacked scores of every example of ``split``, the model in eval mode."""
+    task.check_attack(attack.name)
     clean, robust = [], []
-    loss_fn = margin_loss if attack.name == "cw" else cross_entropy
     with eval_mode(model):
-        for start in range(0, len(y), batch_size):
-            xb = to_unit_float(x[start : start + batch_size]).to(device)
-            yb = y[start : start + batch_size].to(device)
+        for start in range(0, len(split), batch_size):
+            part = split.subset(torch.arange(start, min(start + batch_size, len(split))))
+            x, y = task.inputs(part.x).to(device), part.y.to(device)
             with torch.no_grad():
-                clean.append((logits_of(model, xb).argmax(1) == yb).cpu())
-            if attack.name == "autoattack":
-                x_adv = autoattack_examples(model, xb, yb, attack, device)
-            else:
-                x_adv = pgd(model, xb, yb, eps=attack.eps, alpha=attack.alpha, steps=attack.steps,
-                            norm=attack.norm, loss_fn=loss_fn)
+                clean.append(task.scores(logits_of(model, x), y).cpu())
+            x_adv = task.adversarial_examples(model, x, y, attack)
             with torch.no_grad():
-                robust.append((logits_of(model, x_adv).argmax(1) == yb).cpu())
+                robust.append(task.scores(logits_of(model, x_adv), y).cpu())
             if on_batch is not None:
-                on_batch(len(yb))
-    return EvalResult(y.cpu(), torch.cat(clean), torch.cat(robust))
+                on_batch(len(y))
+    return EvalResult(split.labels.cpu(), torch.cat(clean), torch.cat(robust))

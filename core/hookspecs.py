@@ -17,7 +17,13 @@ The engine owns every train-mode forward pass (``robx.core.engine.forward_passes
 declares the views it reads (``reads = ("clean", "adversarial")``) and finds them on the
 step; plugins only call the model in eval mode, inside attacks.
 
-Hooks come in three kinds:
+Hooks come in four kinds:
+
+* **Registration** hooks (``register_tasks``, ``register_datasets``, ``register_models``)
+  contribute tasks, datasets and models, the way simonw/llm's ``register_models(register)``
+  does. They run once per process for every installed plugin, selected or not; the
+  built-in ones register through the same hooks (``robx.plugins.tasks``, ``.datasets``,
+  ``.models``). They must be module-level functions (or static methods).
 
 * **Shared** hooks combine the answers of every selected plugin (``augment`` in the order
   the user listed them, ``weight_samples`` multiplied, ``extra_loss`` summed, the lifecycle
@@ -45,12 +51,54 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
+    from robx.core.models import RegisterModel
+    from robx.core.registry import RegisterDataset
     from robx.core.state import Step, TrainState
+    from robx.core.task import RegisterTask
 
 PROJECT_NAME = "robx"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# ---------------------------------------------------------------------------
+# registration: what can be trained, on what, with which model
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def register_tasks(register: RegisterTask) -> None:
+    """Register task classes: ``register(TaskClass)``.
+
+    A task (a subclass of :class:`robx.core.task.Task`, named by its ``name``) owns what
+    depends on the learning problem: turning stored examples into inputs, batch
+    augmentation, the default loss, the loss the attacks ascend, per-example scores and the
+    per-class statistics, and the evaluation attacks. Names must be unique across packages.
+    """
+
+
+@hookspec
+def register_datasets(register: RegisterDataset) -> None:
+    """Register datasets: ``register(name, load, task=..., defaults=..., default=False)``.
+
+    ``load(data_root, seed)`` returns a :class:`robx.core.data.TaskData` of full train/test
+    splits (the engine applies the protocol: imbalance, test subset, validation split);
+    ``task`` names the registered task it is for; ``defaults`` are config values the dataset
+    brings (its protocol: model, epochs, eps, ...), filled in where the user set none;
+    ``default=True`` makes it ``robx train``'s dataset when none is given (one dataset may).
+    """
+
+
+@hookspec
+def register_models(register: RegisterModel) -> None:
+    """Register models: ``register(name, build)``.
+
+    ``build(spec)`` gets a :class:`robx.core.task.ModelInput` (input shape, output units,
+    input normalisation) and returns an ``nn.Module`` whose forward returns
+    ``(features, outputs)``; a builder that cannot serve the task's inputs raises a
+    :class:`robx.core.errors.OptionError` saying why.
+    """
 
 
 # ---------------------------------------------------------------------------
@@ -244,6 +292,10 @@ OWNED: dict[str, str] = {
     "trained_class_counts": "define the class counts the run trains on",
     "averaged_weights": "choose the evaluated model (weight averaging)",
 }
+
+
+#: Hooks run for every installed plugin to build the registry (not per run).
+REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models")
 
 
 def _all_hook_names() -> list[str]:

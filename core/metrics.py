@@ -25,8 +25,13 @@ def summary_keys(balanced: bool) -> tuple[str, ...]:
     return ("overall", "worst") if balanced else ("overall", "majority", "minority", "worst")
 
 
-def summarize(per_class: Sequence[float], class_counts: Sequence[int]) -> dict[str, float]:
-    """overall (mean over classes), majority mean, minority mean, worst class, disparity."""
+def summarize(per_class: Sequence[float], class_counts: Sequence[int], higher_is_better: bool = True
+              ) -> dict[str, float]:
+    """overall (mean over classes), majority mean, minority mean, worst class, disparity.
+
+    For a metric where lower is better (an error) the worst class is the largest value and
+    disparity is minority - majority, so a positive disparity always means the minority
+    fares worse."""
     if len(per_class) != len(class_counts):
         raise ValueError("per_class and class_counts differ in length")
     majority = set(majority_classes(class_counts))
@@ -36,10 +41,11 @@ def summarize(per_class: Sequence[float], class_counts: Sequence[int]) -> dict[s
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
+    sign = 1.0 if higher_is_better else -1.0
     return {
         "overall": mean(list(per_class)),
         "majority": mean(major),
         "minority": mean(minor),
-        "worst": min(per_class),
-        "disparity": mean(major) - mean(minor),
+        "worst": min(per_class) if higher_is_better else max(per_class),
+        "disparity": sign * (mean(major) - mean(minor)),
     }

@@ -35,16 +35,17 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        candidates = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in typing.get_args(annotation):
-                return None
+        optional = type(None) in typing.get_args(annotation)
+        if value is None and optional:
+            return None
         errors = []
-        for candidate in candidates:
+        for candidate in (a for a in typing.get_args(annotation) if a is not type(None)):
             try:
                 return coerce(value, candidate, where)
             except OptionError as error:
                 errors.append(str(error))
+        if optional and isinstance(value, str) and value.lower() == "none":  # "--set srat.start_epoch=none"
+            return None
         raise OptionError(errors[0])
     if origin is typing.Literal:
         allowed = typing.get_args(annotation)

@@ -128,8 +128,9 @@ def _load_object(reference: str) -> Any:
     return getattr(module, attr) if attr else module
 
 
-def _plugin_name(target: Any, fallback: str) -> str:
-    return str(getattr(target, "name", fallback))
+def _plugin_name(target: Any, reference: str) -> str:
+    """A plugin's ``name``, else the last part of its module path (``robx.plugins.models.cnn``: ``cnn``)."""
+    return str(getattr(target, "name", reference.partition(":")[0].rpartition(".")[2]))
 
 
 @lru_cache(maxsize=1)
@@ -266,6 +267,9 @@ def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> Selecti
     specs = [get_plugin_spec(name) for name in names]
     for spec in specs:
         spec.check_hooks()
+        if spec.hooks and set(spec.hooks) <= set(hookspecs.REGISTRATION):
+            raise OptionError(f"plugin '{spec.name}' only registers tasks, datasets or models; use them with "
+                              "--dataset and --model, not --plugins")
     if not any("generate_adversary" in s.hooks for s in specs):
         names.append(fallback_adversary())
         specs.append(get_plugin_spec(names[-1]))

@@ -9,6 +9,9 @@ from typing import Any
 from robx.core.errors import RobxError
 from robx.core.evaluate import AttackSettings, EvalResult
 from robx.core.metrics import is_balanced, majority_classes, summarize
+from robx.core.task import Metric
+
+ACCURACY = {"name": "accuracy", "higher_is_better": True}  # what reports from before tasks measured
 
 
 def build_report(
@@ -16,14 +19,18 @@ def build_report(
     class_names: list[str],
     class_counts: list[int],
     attack: AttackSettings,
+    metric: Metric,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Per-class standard/robust accuracy and their summaries (PROTOCOLS.md, Metrics).
+    """Per-class standard (clean) and robust (attacked) score of the task's metric and their
+    summaries (PROTOCOLS.md, Metrics).
 
     Majority/minority halves come from the *training* class counts.
     """
     standard, robust, test_counts = result.per_class(len(class_names))
+    better = metric.higher_is_better
     report = {
+        "metric": {"name": metric.name, "higher_is_better": better},
         "class_names": class_names,
         "class_counts": class_counts,
         "test_counts": test_counts,
@@ -31,7 +38,8 @@ def build_report(
         "attack": {"name": attack.name, "eps": attack.eps, "alpha": attack.alpha,
                    "steps": attack.steps, "norm": attack.norm, "description": attack.describe()},
         "per_class": {"standard": standard, "robust": robust},
-        "summary": {"standard": summarize(standard, class_counts), "robust": summarize(robust, class_counts)},
+        "summary": {"standard": summarize(standard, class_counts, better),
+                    "robust": summarize(robust, class_counts, better)},
     }
     report.update(extra or {})
     return report
@@ -44,7 +52,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
-    """Grouped bars of per-class standard and robust accuracy; minority classes hatched."""
+    """Grouped bars of per-class standard and robust scores; minority classes hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,6 +61,7 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
     names = report["class_names"]
     standard = report["per_class"]["standard"]
     robust = report["per_class"]["robust"]
+    metric = report.get("metric", ACCURACY)
     balanced = is_balanced(report["class_counts"])
     majority = set(range(len(names))) if balanced else set(report["majority_classes"])
     positions = range(len(names))
@@ -66,9 +75,10 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
                 bar.set_hatch("//")
     ax.set_xticks(list(positions))
     ax.set_xticklabels([f"{n}\n(n={k})" for n, k in zip(names, report["class_counts"])], fontsize=8)
-    ax.set_ylim(0, 1.18)
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel("accuracy")
+    if max(standard + robust) <= 1.0:  # rates: leave room above 1 for the legend
+        ax.set_ylim(0, 1.18)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel(metric["name"] + ("" if metric["higher_is_better"] else " (lower is better)"))
     ax.set_title(title, fontsize=10)
     minority_key = [] if balanced else [plt.Rectangle((0, 0), 1, 1, fill=False, hatch="//")]
     ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False,
@@ -140,6 +150,7 @@ def aggregate(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
             per_class = [m["per_class"][kind] for m in members]
             row[f"per_class.{kind}"] = [sum(c) / len(c) for c in zip(*per_class)]
         row["class_names"] = members[0]["class_names"]
+        row["metric"] = members[0].get("metric", ACCURACY)
         row["majority_classes"] = members[0]["majority_classes"]
         row["balanced"] = is_balanced(members[0]["class_counts"])
         rows.append(row)

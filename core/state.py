@@ -162,7 +162,7 @@ class TrainState:
     * ``class_weights``: per-class weights of the main loss this epoch, or ``None``;
     * ``regularizer_weights``: per-class weights b_c of a regulariser this epoch, or ``None``.
 
-    ``data`` is the run's :class:`robx.core.data.ImageData`; ``stash`` each plugin's own
+    ``task`` is the run's task (``task.data`` its :class:`robx.core.data.TaskData`); ``stash`` each plugin's own
     checkpointed state.
     """
 

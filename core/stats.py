@@ -1,45 +1,49 @@
 """Class statistics: one tracker shared by every fairness and imbalance method.
 
-Counts accumulate on the training device during the epoch (no host sync in the step
-loop) and are read once at epoch end into an :class:`SplitStats`.
+Per split and epoch, for every class (or group) of the labels: how many examples, and the
+mean of the task's metric on clean and on adversarial inputs (accuracy for
+classification). Classification adds the confusion matrices and the mean adversarial class
+probabilities (DAFA, FAIR-TAT). Sums accumulate on the training device during the epoch
+(no host sync in the step loop) and are read once at epoch end into a :class:`SplitStats`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from robx.core.task import Task
 
 
 @dataclass
 class SplitStats:
     """Per-class statistics of one split over one epoch (CPU tensors).
 
-    ``*_confusion[i, j]`` = P(prediction j | true class i); ``robust_mean_prob[i, j]`` =
-    mean softmax probability of class j over the adversarial examples of class i.
-    Robust fields are ``None`` when no adversarial predictions were recorded.
+    ``clean``/``robust``: per-class mean of the task's ``metric`` (accuracy for
+    classification) on clean and adversarial inputs, ``None`` when not recorded.
+    Classification only: ``*_confusion[i, j]`` = P(prediction j | true class i) and
+    ``robust_mean_prob[i, j]`` = mean softmax probability of class j over the adversarial
+    examples of class i.
     """
 
     counts: torch.Tensor
-    clean_acc: torch.Tensor | None
-    robust_acc: torch.Tensor | None
-    clean_confusion: torch.Tensor | None
-    robust_confusion: torch.Tensor | None
-    robust_mean_prob: torch.Tensor | None
+    clean: torch.Tensor | None
+    robust: torch.Tensor | None
+    metric: str = "accuracy"
+    clean_confusion: torch.Tensor | None = None
+    robust_confusion: torch.Tensor | None = None
+    robust_mean_prob: torch.Tensor | None = None
 
     def to_json(self) -> dict[str, Any]:
         def listify(t: torch.Tensor | None) -> Any:
-            return None if t is None else [round(v, 6) for v in t.tolist()] if t.dim() == 1 else [
-                [round(v, 6) for v in row] for row in t.tolist()
-            ]
+            return None if t is None else [round(v, 6) for v in t.tolist()]
 
-        return {
-            "counts": self.counts.tolist(),
-            "clean_acc": listify(self.clean_acc),
-            "robust_acc": listify(self.robust_acc),
-        }
+        return {"metric": self.metric, "counts": self.counts.tolist(), "clean": listify(self.clean),
+                "robust": listify(self.robust)}
 
 
 @dataclass
@@ -76,53 +80,32 @@ class EpochStats:
         }
 
 
-class ClassStatsAccumulator:
-    """Accumulates per-class hits and confusion on the device of the predictions."""
+class ScoreAccumulator:
+    """Per-class example counts and sums of the task's metric, on the device of the outputs."""
 
-    def __init__(self, num_classes: int, device: torch.device) -> None:
-        self.num_classes = num_classes
-        c = num_classes
-        self.counts = torch.zeros(c, dtype=torch.long, device=device)
-        self.clean_confusion = torch.zeros(c, c, dtype=torch.long, device=device)
-        self.robust_confusion = torch.zeros(c, c, dtype=torch.long, device=device)
-        self.robust_prob_sum = torch.zeros(c, c, dtype=torch.float64, device=device)
+    def __init__(self, task: Task, device: torch.device) -> None:
+        self.task = task
+        self.num_classes = task.num_classes
+        self.counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        self.clean_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
+        self.robust_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
         self.has_clean = False
         self.has_robust = False
 
-    def _confusion(self, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        c = self.num_classes
-        flat = y * c + logits.argmax(dim=1)
-        return torch.bincount(flat, minlength=c * c).view(c, c)
-
     @torch.no_grad()
-    def update(
-        self,
-        y: torch.Tensor,
-        clean_logits: torch.Tensor | None = None,
-        robust_logits: torch.Tensor | None = None,
-    ) -> None:
-        self.counts += torch.bincount(y, minlength=self.num_classes)
-        if clean_logits is not None:
+    def update(self, labels: torch.Tensor, targets: torch.Tensor, clean_outputs: torch.Tensor | None = None,
+               robust_outputs: torch.Tensor | None = None) -> None:
+        self.counts += torch.bincount(labels, minlength=self.num_classes)
+        if clean_outputs is not None:
             self.has_clean = True
-            self.clean_confusion += self._confusion(y, clean_logits)
-        if robust_logits is not None:
+            self.clean_sum.index_add_(0, labels, self.task.scores(clean_outputs, targets).double())
+        if robust_outputs is not None:
             self.has_robust = True
-            self.robust_confusion += self._confusion(y, robust_logits)
-            probs = robust_logits.float().softmax(dim=1).double()
-            self.robust_prob_sum.index_add_(0, y, probs)
+            self.robust_sum.index_add_(0, labels, self.task.scores(robust_outputs, targets).double())
 
     def result(self) -> SplitStats:
         counts = self.counts.cpu()
         denominator = counts.clamp(min=1).double()
-
-        def rates(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            confusion = confusion.cpu().double()
-            return confusion.diagonal() / denominator, confusion / denominator[:, None]
-
-        clean_acc = clean_conf = robust_acc = robust_conf = mean_prob = None
-        if self.has_clean:
-            clean_acc, clean_conf = rates(self.clean_confusion)
-        if self.has_robust:
-            robust_acc, robust_conf = rates(self.robust_confusion)
-            mean_prob = self.robust_prob_sum.cpu() / denominator[:, None]
-        return SplitStats(counts, clean_acc, robust_acc, clean_conf, robust_conf, mean_prob)
+        clean = self.clean_sum.cpu() / denominator if self.has_clean else None
+        robust = self.robust_sum.cpu() / denominator if self.has_robust else None
+        return SplitStats(counts, clean, robust, self.task.metric.name)

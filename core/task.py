@@ -1,35 +1,125 @@
-"""Tasks: what the engine optimises and how predictions are scored.
+"""Tasks: what the engine trains and how it is scored.
 
-The engine is task-agnostic; a task supplies the per-sample loss and the predictions.
+The engine is task-agnostic: it orchestrates batches, attacks, forward passes, losses and
+statistics, and asks the run's :class:`Task` for everything that depends on what is learnt.
+Tasks are registered through the ``register_tasks`` hook (built-ins included: image
+classification, and a small zero-inflated regression), so a new kind of problem is one new
+task module plus its plugins, with no engine edit.
+
+Every example has a **target** (what the loss compares the outputs with: a class index, a
+count, soft labels...) and a **label**: the class, or group, it belongs to for the
+per-class quantities (statistics, budgets, loss weights, imbalance). For classification the
+two coincide; a regression task groups its targets (zero / non-zero).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
+
+from robx.core.errors import OptionError
+
+if TYPE_CHECKING:
+    from robx.core.data import TaskData
+    from robx.core.evaluate import AttackSettings
+    from robx.core.stats import ScoreAccumulator
 
 
-class Task(Protocol):
-    num_classes: int
+@dataclass(frozen=True)
+class Metric:
+    """The per-example score a task is judged by (averaged per class in every report)."""
 
-    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    name: str
+    higher_is_better: bool
 
-    def predictions(self, outputs: torch.Tensor) -> torch.Tensor: ...
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a registered model builder needs to know about the task's data."""
+
+    shape: tuple[int, ...]  # one example's input shape: (channels, height, width), (features,), ...
+    outputs: int  # output units: the classes, or 1 for a scalar regression
+    mean: tuple[float, ...]  # per-channel normalisation the model applies to its inputs
+    std: tuple[float, ...]
 
 
-class ClassificationTask:
-    """Multi-class classification: cross-entropy on hard or soft targets, argmax predictions."""
+class Task(ABC):
+    """One kind of learning problem. Subclasses set ``name`` and ``metric`` and implement
+    :meth:`loss` and :meth:`scores`; the rest has defaults a task may override."""
 
-    def __init__(self, num_classes: int, class_names: list[str]) -> None:
-        self.num_classes = num_classes
-        self.class_names = class_names
+    name: ClassVar[str]
+    metric: ClassVar[Metric]
+    #: evaluation attacks this task offers (``robx eval --attack``); ``pgd`` ascends :meth:`attack_loss`
+    attacks: ClassVar[tuple[str, ...]] = ("pgd",)
 
-    def per_sample_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.is_floating_point():  # soft labels of shape (rows, classes)
-            return -(targets * F.log_softmax(outputs, dim=1)).sum(dim=1)
-        return F.cross_entropy(outputs, targets, reduction="none")
+    def __init__(self, data: TaskData) -> None:
+        self.data = data
 
-    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs.argmax(dim=1)
+    @property
+    def num_classes(self) -> int:
+        """Classes (or groups) of the labels."""
+        return len(self.data.classes)
+
+    # --- data ----------------------------------------------------------------------------
+
+    def inputs(self, stored: torch.Tensor) -> torch.Tensor:
+        """Stored examples -> float model inputs (the space attacks perturb)."""
+        return stored.float()
+
+    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Random data augmentation of a training batch (when the config asks for it)."""
+        return x
+
+    def model_input(self) -> ModelInput:
+        data = self.data
+        return ModelInput(tuple(data.train.x.shape[1:]), self.num_classes, data.mean, data.std)
+
+    # --- learning --------------------------------------------------------------------------
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The default per-row training loss (``--loss`` plugins replace it)."""
+
+    def attack_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The per-example loss the default attacks ascend."""
+        return self.loss(outputs, targets)
+
+    def row_weights(self, class_weights: torch.Tensor, targets: torch.Tensor,
+                    row_labels: torch.Tensor) -> torch.Tensor:
+        """Each trained row's weight from the per-class loss weights."""
+        return class_weights[row_labels]
+
+    # --- scoring -------------------------------------------------------------------------
+
+    @abstractmethod
+    def scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The :attr:`metric` of every example (1.0 / 0.0 for a correct / wrong class)."""
+
+    def statistics(self, device: torch.device) -> ScoreAccumulator:
+        """A fresh accumulator of the per-class statistics of one split over one epoch."""
+        from robx.core.stats import ScoreAccumulator
+
+        return ScoreAccumulator(self, device)
+
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                             attack: AttackSettings) -> torch.Tensor:
+        """Evaluation attack ``attack.name`` (one of :attr:`attacks`) on a batch."""
+        from robx.core.attacks import pgd
+
+        self.check_attack(attack.name)
+        return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm,
+                   loss_fn=self.attack_loss)
+
+    def check_attack(self, name: str) -> None:
+        if name not in self.attacks:
+            raise OptionError(f"unknown attack '{name}' for task '{self.name}'; available: pgd20, "
+                              f"{', '.join(self.attacks)}")
+
+
+#: ``register(TaskClass)`` inside a ``register_tasks`` hook
+RegisterTask = Callable[[type[Task]], None]

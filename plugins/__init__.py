@@ -1,9 +1,10 @@
-"""Built-in plugins: one module per method or baseline.
+"""Built-in plugins: one module per method or baseline, and one registration module per
+task (``tasks/``), dataset (``datasets/``) and model family (``models/``).
 
 :data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.plugins.available_plugins` (the
-plugins package names its own members, so the core names no method). Helpers that several
-plugins share live in :mod:`robx.plugins.common`, which is not a plugin; no plugin imports
-another plugin.
+plugins package names its own members, so the core names no method, task, dataset or
+model). Helpers that several plugins share live in :mod:`robx.plugins.common`, which is not
+a plugin; no plugin imports another plugin.
 """
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -27,4 +28,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.fairtat:FairTAT",
     "robx.plugins.cfa:CFA",
     "robx.plugins.topk:TopK",
+    # registrations: selected with --dataset / --model, not --plugins
+    "robx.plugins.tasks.classification",
+    "robx.plugins.tasks.regression",
+    "robx.plugins.datasets.digits",
+    "robx.plugins.datasets.cifar",
+    "robx.plugins.datasets.synthetic",
+    "robx.plugins.models.cnn",
+    "robx.plugins.models.resnet",
+    "robx.plugins.models.mlp",
 )

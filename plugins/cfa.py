@@ -83,12 +83,12 @@ class CFA:
         stats = state.epoch_stats
         assert stats is not None
         if state.epoch + 1 >= self.options.start_epoch:  # these statistics calibrate the next epoch
-            if stats.train.robust_acc is None:
+            if stats.train.robust is None:
                 raise RobxError("cfa needs adversarial training predictions; it cannot run with 'natural'")
-            state.stash[CALIBRATION] = stats.train.robust_acc
+            state.stash[CALIBRATION] = stats.train.robust
         if self.options.fawa and state.epoch >= self.options.start_epoch:
-            assert stats.val is not None and stats.val.robust_acc is not None
-            if float(stats.val.robust_acc.min()) >= self.options.fawa_threshold:
+            assert stats.val is not None and stats.val.robust is not None
+            if float(stats.val.robust.min()) >= self.options.fawa_threshold:
                 state.stash[FAWA] = add_to_average(state.stash.get(FAWA, None), state.model, self.options.fawa_decay)
 
     @hookimpl

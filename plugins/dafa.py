@@ -82,7 +82,8 @@ class DAFA:
         assert state.epoch_stats is not None
         mean_prob = state.epoch_stats.train.robust_mean_prob
         if mean_prob is None:
-            raise RobxError("dafa needs adversarial training predictions; it cannot run with 'natural'")
+            raise RobxError("dafa needs the adversarial class probabilities of a classification task "
+                            "(it cannot run with 'natural')")
         weights = dafa_class_weights(mean_prob, self.options.lam)
         low = (weights < self.options.min_weight).nonzero().flatten().tolist()
         if low:

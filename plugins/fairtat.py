@@ -32,7 +32,7 @@ ROBUST_ACC = StashKey[torch.Tensor]("fairtat.robust_acc")
 def class_false_positive_scores(stats: SplitStats) -> torch.Tensor:
     """CFPS_c = sum_{i != c} n_ic / sum_{i != j} n_ij from the adversarial confusion."""
     if stats.robust_confusion is None:
-        raise RobxError("fairtat needs adversarial training predictions")
+        raise RobxError("fairtat needs the adversarial confusion of a classification task (not with 'natural')")
     counts = stats.robust_confusion * stats.counts.double()[:, None]  # rates -> counts
     wrong = counts.clone()
     wrong.fill_diagonal_(0.0)
@@ -80,9 +80,9 @@ class FairTAT:
         assert state.epoch_stats is not None
         train = state.epoch_stats.train
         state.stash[CFPS] = class_false_positive_scores(train)
-        if train.robust_acc is None:
+        if train.robust is None:
             raise RobxError("fairtat needs adversarial training predictions")
-        state.stash[ROBUST_ACC] = train.robust_acc
+        state.stash[ROBUST_ACC] = train.robust
 
     @hookimpl
     def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:

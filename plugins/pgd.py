@@ -1,7 +1,8 @@
 """PGD adversarial training (Madry et al., ICLR 2018): the default adversary.
 
 min_theta E[ max_{x' in B(x, eps) ∩ [0,1]} L(f(x'), y) ], the inner maximisation by
-projected gradient ascent from a random start. The budget is per sample:
+projected gradient ascent from a random start on the task's attack loss (cross-entropy for
+classification). The budget is per sample:
 ``state.class_eps[y]`` and ``state.class_alpha[y]``, set by the owner of the per-class
 attack budget (DAFA, FAIR-TAT, CFA), so class-wise margins reach the attack without
 touching it. It is the fallback adversary: added when no selected plugin generates
@@ -47,4 +48,5 @@ class PGD:
             norm=config.norm,
             random_init=self.options.random_start and config.random_start,
             mask=step.victim_mask,
+            loss_fn=state.task.attack_loss,
         )

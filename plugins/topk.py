@@ -18,20 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from robx.core.attacks import eval_mode, logits_of
+from robx.core.attacks import AttackLoss, cross_entropy, eval_mode, logits_of
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
 from robx.kernels import topk_victims
 
 
-def input_saliency(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, granularity: str) -> torch.Tensor:
+def input_saliency(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, granularity: str,
+                   loss_fn: AttackLoss = cross_entropy) -> torch.Tensor:
     """(batch, units) saliency ||ReLU(dL/dx_u)||_2; BatchNorm in eval mode, no parameter grads."""
     x = x.detach().requires_grad_(True)
     with eval_mode(model):
-        loss = F.cross_entropy(logits_of(model, x), y, reduction="sum")
+        loss = loss_fn(logits_of(model, x), y).sum()
         (grad,) = torch.autograd.grad(loss, x)
     grad = grad.relu()
     if granularity == "pixel":
@@ -64,7 +64,7 @@ class TopK:
         if granularity == "pixel" and step.x.dim() != 4:
             raise RobxError(f"topk.granularity=pixel needs (batch, channels, H, W) inputs, got "
                             f"{step.x.dim()}-D; use --set topk.granularity=element")
-        saliency = input_saliency(state.model, step.x, step.y, granularity)
+        saliency = input_saliency(state.model, step.x, step.y, granularity, state.task.attack_loss)
         units = saliency[0].numel()
         k = max(1, round(self.options.fraction * units))
         mask = topk_victims(saliency, k)

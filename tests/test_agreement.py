@@ -23,11 +23,12 @@ class LogitsOnly(torch.nn.Module):
 def test_pgd20_robust_accuracy_agrees_with_torchattacks(trained_run):
     run = load_run(trained_run, device="cpu")
     model = run.state.model.eval()
-    x = run.data.x_test.float()
-    y = run.data.y_test
+    x = run.task.inputs(run.data.test.x)
+    y = run.data.test.y
     eps, alpha = run.config.eps, run.config.eval_alpha
     torch.manual_seed(0)
-    ours = evaluate(model, x, y, AttackSettings(eps=eps, alpha=alpha, steps=20), device=torch.device("cpu"))
+    ours = evaluate(model, run.task, run.data.test, AttackSettings(eps=eps, alpha=alpha, steps=20),
+                    device=torch.device("cpu"))
     # torchattacks restores the wrapper's own train/eval flag after attacking, so the
     # wrapper must be in eval mode too, or BatchNorm would score in train mode.
     attack = torchattacks.PGD(LogitsOnly(model).eval(), eps=eps, alpha=alpha, steps=20, random_start=True)
@@ -36,7 +37,7 @@ def test_pgd20_robust_accuracy_agrees_with_torchattacks(trained_run):
     assert not model.training
     with torch.no_grad():
         theirs = (model(x_adv)[1].argmax(1) == y).float().mean().item()
-    robx_acc = ours.robust_correct.float().mean().item()
-    clean_acc = ours.clean_correct.float().mean().item()
+    robx_acc = ours.robust_scores.mean().item()
+    clean_acc = ours.clean_scores.mean().item()
     assert robx_acc < clean_acc - 0.05  # the attack really bites
     assert abs(robx_acc - theirs) <= 0.015, (robx_acc, theirs)

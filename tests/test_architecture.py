@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from robx.core.plugins import BUILTIN_ORIGIN, available_plugins
+from robx.core.registry import registry
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN_FILES = sorted(p for p in (ROOT / "plugins").glob("*.py") if p.name not in ("__init__.py", "common.py"))
+PLUGIN_FILES = sorted(p for p in (ROOT / "plugins").rglob("*.py") if p.name not in ("__init__.py", "common.py"))
 CORE_FILES = sorted((ROOT / "core").glob("*.py"))
 
 
@@ -40,7 +41,7 @@ def test_no_plugin_imports_another_plugin(path):
 
 def test_every_stash_key_carries_its_own_plugins_name():
     """A plugin writes only its own stash; keys are '<plugin>.<what>'."""
-    names = {Path(spec.target.__module__.replace(".", "/")).name: spec.name
+    names = {getattr(spec.target, "__module__", getattr(spec.target, "__name__", "")).rpartition(".")[2]: spec.name
              for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN}
     found = 0
     for path in PLUGIN_FILES:
@@ -54,13 +55,17 @@ def test_every_stash_key_carries_its_own_plugins_name():
 
 
 #: Strings that coincide with a plugin name but mean something else in that core file.
-HOMONYMS = {"evaluate.py": {"pgd"}}  # the evaluation attack (PGD-20), not the training plugin
+HOMONYMS = {"evaluate.py": {"pgd"}, "task.py": {"pgd"}}  # the evaluation attack (PGD-20), not the plugin
 
 
-def test_the_core_names_no_method():
-    methods = {spec.name for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN}
+def test_the_core_names_no_method_task_dataset_or_model():
+    """No `if` on a method or a task in the engine: core code holds none of their names."""
+    found = registry()
+    names = ({spec.name for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN}
+             | set(found.tasks) | set(found.datasets) | set(found.models))
+    assert {"classification", "regression", "digits", "synthetic", "smallcnn", "mlp"} <= names
     for path in CORE_FILES:
-        named = _code_strings(_tree(path)) & methods - HOMONYMS.get(path.name, set())
+        named = _code_strings(_tree(path)) & names - HOMONYMS.get(path.name, set())
         assert not named, f"core/{path.name} names {sorted(named)}"
 
 

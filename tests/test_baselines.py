@@ -13,6 +13,7 @@ from robx.core import engine
 from robx.core.run import load_checkpoint
 from robx.core.attacks import margin_loss
 from robx.core.errors import OptionError, PluginConflictError
+from robx.core.data import Split, TaskData
 from robx.core.evaluate import AttackSettings, evaluate
 from robx.core.plugins import PluginHost
 from robx.core.report import aggregate, load_reports
@@ -27,6 +28,7 @@ from robx.plugins.mart import boosted_cross_entropy
 from robx.plugins.mixup import mix_targets
 from robx.plugins.remix import remix_label_factor
 from robx.plugins.swa import AVERAGE, SWA
+from robx.plugins.tasks.classification import Classification
 from robx.plugins.trades import kl_per_sample
 
 from conftest import tiny_config
@@ -178,7 +180,7 @@ def test_each_baseline_trains_end_to_end(tmp_path, plugins):
     report = engine.train(tiny_config(epochs=1, plugins=plugins, n_eval=40), tmp_path / "run")
     assert all(0 <= v <= 1 for v in report["per_class"]["robust"])
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
-    assert math.isfinite(line["loss"]) and line["train"]["robust_acc"] is not None
+    assert math.isfinite(line["loss"]) and line["train"]["robust"] is not None
 
 
 def test_trades_trains_on_the_clean_batch_and_weights_hit_the_natural_term(tmp_path):
@@ -203,12 +205,14 @@ def test_autoattack_wrapper_on_a_tiny_model():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
     x = torch.rand(8, 1, 4, 4)
     y = model(x).argmax(1)  # every point starts correctly classified
+    split = Split(x, y, y)
+    task = Classification(TaskData("tiny", [str(c) for c in range(10)], split, split))
     settings = dict(eps=0.05, alpha=0.01, steps=20)
-    pgd_result = evaluate(model, x, y, AttackSettings(**settings), device=torch.device("cpu"))
-    aa_result = evaluate(model, x, y, AttackSettings(**settings, name="autoattack", seed=0),
+    pgd_result = evaluate(model, task, split, AttackSettings(**settings), device=torch.device("cpu"))
+    aa_result = evaluate(model, task, split, AttackSettings(**settings, name="autoattack", seed=0),
                          device=torch.device("cpu"))
-    assert aa_result.clean_correct.all()
-    assert aa_result.robust_correct.float().mean() <= pgd_result.robust_correct.float().mean()
+    assert aa_result.clean_scores.all()
+    assert aa_result.robust_scores.mean() <= pgd_result.robust_scores.mean()
 
 
 def test_report_aggregation(tmp_path):

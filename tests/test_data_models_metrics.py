@@ -6,11 +6,19 @@ import pytest
 import torch
 
 from robx.core import data as data_module
-from robx.core.data import (crop_flip, imbalanced_class_sizes, per_class_subset, prepare_data,
-                            stratified_split, stratified_subset)
+from robx.core.data import apply_protocol, imbalanced_class_sizes, per_class_subset, stratified_split, stratified_subset
 from robx.core.errors import DataNotFoundError, OptionError
 from robx.core.metrics import majority_classes, summarize
-from robx.core.models import MODELS, build_model
+from robx.core.registry import registry
+from robx.core.task import ModelInput
+from robx.plugins.datasets import cifar as cifar_module
+from robx.plugins.tasks.classification import crop_flip
+
+
+def prepare_data(name, imbalance, ratio, n_max, n_test_per_class, val_fraction, seed):
+    """A registered dataset after the protocol, as the engine builds it."""
+    data = registry().dataset(name).load(None, seed)
+    return apply_protocol(data, imbalance, ratio, n_max, n_test_per_class, val_fraction, seed)
 
 
 def test_step_and_exp_imbalance_sizes():
@@ -43,14 +51,15 @@ def test_stratified_split_keeps_every_class():
 def test_digits_protocol():
     data = prepare_data("digits", "step", 10, None, None, 0.0, 0)
     assert data.class_counts() == [131] * 5 + [13] * 5
-    assert data.x_train.min() >= 0 and data.x_train.max() <= 1
-    assert len(data.y_test) == 450 and data.x_train.shape[1:] == (1, 8, 8)
+    assert data.train.x.min() >= 0 and data.train.x.max() <= 1
+    assert len(data.test) == 450 and data.train.x.shape[1:] == (1, 8, 8)
+    assert torch.equal(data.train.labels, data.train.y)  # classification: the labels are the targets
 
 
 def test_missing_cifar_names_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBX_DATA", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(data_module, "data_roots", lambda explicit=None: [tmp_path / "nowhere"])
-    monkeypatch.setattr(data_module, "user_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(cifar_module, "data_roots", lambda explicit=None: [tmp_path / "nowhere"])
+    monkeypatch.setattr(cifar_module, "user_cache_dir", lambda: tmp_path / "cache")
 
     class Offline:
         def __init__(self, *args, **kwargs):
@@ -60,7 +69,7 @@ def test_missing_cifar_names_every_place_looked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
     with pytest.raises(DataNotFoundError, match="nowhere/cifar10/train.npz; torchvision .* in .*cache"):
-        data_module.load_cifar("cifar10")
+        cifar_module.load_cifar("cifar10")
 
 
 def test_cifar10_from_shared_npz():
@@ -69,8 +78,8 @@ def test_cifar10_from_shared_npz():
         pytest.skip("CIFAR-10 npz not found under ROBX_DATA or ../shared/data")
     data = prepare_data("cifar10", "step", 10, 100, 20, 0.0, 0)
     assert data.class_counts() == [100] * 5 + [10] * 5
-    assert torch.bincount(data.y_test).tolist() == [20] * 10
-    assert data.x_train.dtype == torch.uint8 and data.x_train.shape[1:] == (3, 32, 32)
+    assert torch.bincount(data.test.labels).tolist() == [20] * 10
+    assert data.train.x.dtype == torch.uint8 and data.train.x.shape[1:] == (3, 32, 32)
     assert data.classes[0] == "airplane"
 
 
@@ -83,13 +92,26 @@ def test_crop_flip_is_per_sample_and_keeps_shape():
     assert 0 < sum(unchanged) < 64  # some samples keep position, most are shifted
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_models_return_features_and_logits(name):
-    channels, size = (1, 8) if name.startswith("smallcnn") else (3, 32)
-    model = build_model(name, channels, 10, (0.5,) * channels, (0.25,) * channels).eval()
+@pytest.mark.parametrize("name", sorted(registry().models))
+def test_models_return_features_and_outputs(name):
+    channels, size = (1, 8) if name.startswith(("smallcnn", "mlp")) else (3, 32)
+    spec = ModelInput((channels, size, size), 10, (0.5,) * channels, (0.25,) * channels)
+    model = registry().build_model(name, spec).eval()
     with torch.no_grad():
         features, logits = model(torch.rand(2, channels, size, size))
     assert logits.shape == (2, 10) and features.shape == (2, model.feature_dim)
+
+
+def test_image_models_refuse_vector_inputs_with_one_line():
+    with pytest.raises(OptionError, match=r"smallcnn needs image inputs \(channels, height, width\), got shape \(8,\)"):
+        registry().build_model("smallcnn", ModelInput((8,), 1, (0.5,) * 8, (0.3,) * 8))
+
+
+def test_original_imbalance_keeps_every_training_example():
+    data = prepare_data("synthetic", "original", 1.0, None, None, 0.0, 0)
+    assert len(data.train) == 1200 and data.class_counts()[0] > 2 * data.class_counts()[1]  # zero-inflated
+    balanced = prepare_data("synthetic", "none", 1.0, None, None, 0.0, 0)
+    assert balanced.class_counts() == [data.class_counts()[1]] * 2  # 'none': every class at the smallest size
 
 
 def test_summary_metrics():
@@ -101,3 +123,5 @@ def test_summary_metrics():
     assert summary["majority"] == pytest.approx(0.85) and summary["minority"] == pytest.approx(0.2)
     assert summary["worst"] == pytest.approx(0.1) and summary["disparity"] == pytest.approx(0.65)
     assert majority_classes([5, 5, 5]) == [0]  # balanced and odd: the first half
+    errors = summarize([0.1, 0.2, 0.9, 1.1], counts, higher_is_better=False)  # an error metric
+    assert errors["worst"] == pytest.approx(1.1) and errors["disparity"] == pytest.approx(1.0 - 0.15)

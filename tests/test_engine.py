@@ -10,7 +10,8 @@ import torch
 import robx.core.engine as engine
 from robx.core.errors import CheckpointError, NonFiniteLossError, RunDirError
 from robx.core.run import load_checkpoint, save_checkpoint
-from robx.core.stats import ClassStatsAccumulator
+from robx.core.data import Split, TaskData
+from robx.plugins.tasks.classification import Classification
 
 from conftest import tiny_config
 
@@ -96,16 +97,17 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 
 def test_class_statistics_tracker():
-    tracker = ClassStatsAccumulator(3, torch.device("cpu"))
+    empty = Split(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    tracker = Classification(TaskData("t", ["a", "b", "c"], empty, empty)).statistics(torch.device("cpu"))
     y = torch.tensor([0, 0, 1, 2, 2, 2])
     clean = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2, 2, 0]), 3).float() * 10
     robust = torch.nn.functional.one_hot(torch.tensor([0, 0, 2, 2, 0, 0]), 3).float() * 10
-    tracker.update(y[:3], clean[:3], robust[:3])
-    tracker.update(y[3:], clean[3:], robust[3:])
+    tracker.update(y[:3], y[:3], clean[:3], robust[:3])
+    tracker.update(y[3:], y[3:], clean[3:], robust[3:])
     stats = tracker.result()
     assert stats.counts.tolist() == [2, 1, 3]
-    assert torch.allclose(stats.clean_acc, torch.tensor([0.5, 1.0, 2 / 3], dtype=torch.float64))
-    assert torch.allclose(stats.robust_acc, torch.tensor([1.0, 0.0, 1 / 3], dtype=torch.float64))
+    assert torch.allclose(stats.clean, torch.tensor([0.5, 1.0, 2 / 3], dtype=torch.float64))
+    assert torch.allclose(stats.robust, torch.tensor([1.0, 0.0, 1 / 3], dtype=torch.float64))
     assert torch.allclose(stats.robust_confusion[2], torch.tensor([2 / 3, 0, 1 / 3], dtype=torch.float64))
     assert torch.allclose(stats.robust_mean_prob.sum(1), torch.ones(3, dtype=torch.float64))
 
@@ -113,7 +115,7 @@ def test_class_statistics_tracker():
 def test_natural_training_records_no_robust_train_statistics(tmp_path):
     engine.train(tiny_config(epochs=1, plugins=["natural"]), tmp_path / "run")
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
-    assert line["train"]["robust_acc"] is None and line["train"]["clean_acc"] is not None
+    assert line["train"]["robust"] is None and line["train"]["clean"] is not None
 
 
 def test_training_is_seeded(tmp_path):

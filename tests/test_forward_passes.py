@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from robx.core import engine
-from robx.core.stats import ClassStatsAccumulator
 
 from conftest import tiny_config
 
@@ -19,7 +18,7 @@ COPIES = 8  # Imb-Mix on digits Step-10: round(131 / 13) - 1 = 9, capped at 8
 def one_recorded_step(tmp_path, plugins, options=None):
     """Build a digits run, take one training step, and record every train-mode forward."""
     run = engine.build_run(tiny_config(plugins=plugins, plugin_options=options or {}), tmp_path / "run")
-    labels = run.data.y_train
+    labels = run.data.train.labels
     idx = torch.cat([torch.nonzero(labels < 5).flatten()[:MAJORITY], torch.nonzero(labels >= 5).flatten()[:MINORITY]])
     x, y, _ = engine.training_batch(run, idx)
     model = run.state.model
@@ -42,7 +41,7 @@ def one_recorded_step(tmp_path, plugins, options=None):
     tracked = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
     before = int(tracked.num_batches_tracked)
     try:
-        engine.train_step(run, x, y, y, ClassStatsAccumulator(10, torch.device("cpu")), {})
+        engine.train_step(run, x, y, y, run.task.statistics(torch.device("cpu")), {})
     finally:
         engine.prepared_step = real_prepared
     return passes, steps[0], int(tracked.num_batches_tracked) - before

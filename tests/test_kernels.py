@@ -223,18 +223,23 @@ def test_dispatched_supcon_is_the_fused_op_on_cpu():
 def test_topk_plugin_lets_the_adversary_move_only_the_most_salient_pixels():
     from types import SimpleNamespace
 
-    from robx.core.attacks import pgd
+    from robx.core.attacks import cross_entropy, pgd
     from robx.core.state import Step
-    from robx.plugins.topk import TopK, input_saliency
+    from robx.plugins.topk import TopK
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5))
     x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 5, (6,))
     plugin = TopK(TopK.Options(fraction=0.25))
-    mask = plugin.select_victims(step=Step(x=x, y=y, labels=y), state=SimpleNamespace(model=model))
+    state = SimpleNamespace(model=model, task=SimpleNamespace(attack_loss=cross_entropy))
+    mask = plugin.select_victims(step=Step(x=x, y=y, labels=y), state=state)
     assert mask.shape == (6, 1, 8, 8) and (mask.flatten(1).sum(dim=1) == 16).all()
-    saliency = input_saliency(model, x, y, "pixel").flatten(1)
+    # STPGD's saliency by its definition: || ReLU(dL/dx) ||_2 over the channels of each pixel
+    leaf = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(leaf), y, reduction="sum").backward()
+    saliency = leaf.grad.relu().pow(2).sum(dim=1).sqrt().flatten(1)
+    model.zero_grad(set_to_none=True)
     chosen, others = saliency[mask.flatten(1)].view(6, 16), saliency[~mask.flatten(1)].view(6, 48)
     assert (chosen.min(dim=1).values >= others.max(dim=1).values).all()
     assert all(p.grad is None for p in model.parameters())

@@ -158,7 +158,7 @@ class Recorder:
     @hookimpl
     def training_loss(self, step, state):
         CALLS.append("training_loss")
-        return state.task.per_sample_loss(step.outputs, step.targets)
+        return state.task.loss(step.outputs, step.targets)
 
     @hookimpl
     def sampling_weights(self, state, labels):
@@ -171,7 +171,7 @@ class Recorder:
 
     @hookimpl
     def epoch_end(self, state):
-        assert state.epoch_stats is not None and state.epoch_stats.train.robust_acc is not None
+        assert state.epoch_stats is not None and state.epoch_stats.train.robust is not None
         CALLS.append(f"epoch_end:{state.epoch}")
 
     @hookimpl
@@ -306,14 +306,15 @@ class Marker:
 
 def install_distribution(site: Path, module: str, source: str, entry_points: dict[str, str],
                          version: str = "0.3") -> Path:
-    """A distribution installed as a plain sys.path entry: module + dist-info with entry points."""
+    """A distribution installed as a plain sys.path entry: module + dist-info with entry points
+    (``{name: attribute}``; an empty attribute points at the module itself)."""
     site.mkdir(exist_ok=True)
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     dist_info = site / f"{module}-{version}.dist-info"
     dist_info.mkdir()
     name = module.replace("_", "-")
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = "".join(f"{key} = {module}:{target}\n" for key, target in entry_points.items())
+    lines = "".join(f"{key} = {module}{':' + target if target else ''}\n" for key, target in entry_points.items())
     (dist_info / "entry_points.txt").write_text("[robx]\n" + lines)
     return site
 
@@ -335,7 +336,7 @@ def test_entry_point_plugin_is_listed_and_runs_when_selected(external_distributi
     env = _cli_env(external_distribution, marker)
     listing = subprocess.run([sys.executable, "-m", "robx.cli.main", "plugins", "--json"],
                              capture_output=True, text=True, env=env, check=True)
-    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    rows = {row["name"]: row for row in json.loads(listing.stdout)["plugins"]}
     assert rows["marker"]["origin"] == "robx-marker-plugin 0.3"
     assert rows["marker"]["hooks"] == ["extra_loss"]
 

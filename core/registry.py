@@ -1,0 +1,142 @@
+"""The tasks, datasets and models of every installed plugin (the registration hooks).
+
+Built once per process, lazily: every available plugin (built-in or from an entry point)
+that implements ``register_tasks``, ``register_datasets`` or ``register_models`` is asked
+for its contributions, the way simonw/llm collects ``register_models``. A name taken twice
+is an error naming both origins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import pluggy
+import torch.nn as nn
+
+from robx.core import hookspecs
+from robx.core.data import TaskData
+from robx.core.errors import OptionError, PluginError, RobxError
+from robx.core.models import ModelBuilder
+from robx.core.task import ModelInput, Task
+
+#: ``load(data_root, seed) -> TaskData``
+DatasetLoader = Callable[[str | None, int], TaskData]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    load: DatasetLoader
+    task: str
+    defaults: Mapping[str, Any]
+    origin: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: ModelBuilder
+    origin: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    task: type[Task]
+    origin: str
+
+
+#: ``register(name, load, task=..., defaults=..., default=False)``, the argument of ``register_datasets``
+RegisterDataset = Callable[..., None]
+
+
+@dataclass
+class Registry:
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    default_dataset: str | None = None
+
+    def _claim(self, table: dict[str, Any], kind: str, name: str, origin: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{origin} registered a {kind} without a name")
+        if name in table:
+            raise PluginError(f"{kind} name '{name}' from {origin} is already taken by {table[name].origin}")
+
+    def add_task(self, task: type[Task], origin: str) -> None:
+        if not (isinstance(task, type) and issubclass(task, Task)):
+            raise PluginError(f"{origin} registered {task!r} as a task; register a subclass of robx.core.task.Task")
+        self._claim(self.tasks, "task", getattr(task, "name", ""), origin)
+        self.tasks[task.name] = TaskSpec(task.name, task, origin)
+
+    def add_dataset(self, origin: str, name: str, load: DatasetLoader, *, task: str,
+                    defaults: Mapping[str, Any] | None = None, default: bool = False) -> None:
+        self._claim(self.datasets, "dataset", name, origin)
+        self.datasets[name] = DatasetSpec(name, load, task, dict(defaults or {}), origin)
+        if default:
+            if self.default_dataset is not None:
+                raise PluginError(f"dataset '{name}' from {origin} and '{self.default_dataset}' both claim to be "
+                                  "the default dataset")
+            self.default_dataset = name
+
+    def add_model(self, origin: str, name: str, build: ModelBuilder) -> None:
+        self._claim(self.models, "model", name, origin)
+        self.models[name] = ModelSpec(name, build, origin)
+
+    # --- lookups with one-line errors ------------------------------------------------------
+
+    def dataset(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise OptionError(f"unknown dataset '{name}'; available: {', '.join(sorted(self.datasets))}")
+        spec = self.datasets[name]
+        if spec.task not in self.tasks:
+            raise RobxError(f"dataset '{name}' ({spec.origin}) is for task '{spec.task}', which no installed "
+                            f"plugin registers; tasks: {', '.join(sorted(self.tasks))}")
+        return spec
+
+    def task_for(self, dataset: str) -> type[Task]:
+        return self.tasks[self.dataset(dataset).task].task
+
+    def build_model(self, name: str, spec: ModelInput) -> nn.Module:
+        if name not in self.models:
+            raise OptionError(f"unknown model '{name}'; available: {', '.join(sorted(self.models))}")
+        return self.models[name].build(spec)
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """Every installed plugin's tasks, datasets and models."""
+    from robx.core.plugins import available_plugins
+
+    found = Registry()
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    origins = {}
+    for spec in available_plugins().values():
+        if not set(spec.hooks) & set(hookspecs.REGISTRATION):
+            continue
+        spec.check_hooks()
+        try:
+            manager.register(spec.target, name=spec.name)
+        except pluggy.PluginValidationError as error:
+            detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+            raise PluginError(f"plugin '{spec.name}' ({spec.origin}) does not fit robx's hooks: {detail}") from error
+        origins[spec.name] = f"{spec.name} ({spec.origin})"
+    adders: dict[str, Callable[[str], Callable[..., None]]] = {
+        "register_tasks": lambda origin: lambda task: found.add_task(task, origin),
+        "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
+        "register_models": lambda origin: lambda *args, **kwargs: found.add_model(origin, *args, **kwargs),
+    }
+    for hook in hookspecs.REGISTRATION:  # tasks first, so datasets can name them
+        for impl in getattr(manager.hook, hook).get_hookimpls():
+            origin = origins[impl.plugin_name]
+            try:
+                impl.function(register=adders[hook](origin))
+            except RobxError:
+                raise
+            except TypeError as error:  # e.g. an instance method, or register() called wrongly
+                raise PluginError(f"{origin}: {hook} failed: {error}") from error
+    return found

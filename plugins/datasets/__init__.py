@@ -1,0 +1,1 @@
+"""Built-in datasets, one registered module each (``register_datasets``)."""

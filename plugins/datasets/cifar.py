@@ -1,0 +1,80 @@
+"""``cifar10`` and ``cifar100``: from the npz layout of ``$ROBX_DATA`` / ``../shared/data``
+(``<name>/{train,test}.npz``: uint8 HWC images and labels), else through torchvision's
+download into the user cache. Images stay uint8 in memory (CHW) and become floats per batch.
+
+Defaults: ``cifar10`` is the cifar10-lt-cpu protocol (Step-10, n_max 1000, 200 test images
+per class, smallcnn, 30 one-cycle epochs, PGD-5 training at eps 8/255); ``cifar100`` the
+paper setting (Exp-10, ResNet-18, PGD-10, step schedule).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robx.core.data import Split, TaskData, data_roots, user_cache_dir
+from robx.core.errors import DataNotFoundError
+from robx.core.hookspecs import hookimpl
+from robx.core.registry import RegisterDataset
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+STATISTICS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+              "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+def _load_npz_split(path: Path) -> Split:
+    with np.load(path) as data:
+        x = torch.from_numpy(np.ascontiguousarray(data["x"].transpose(0, 3, 1, 2)))
+        y = torch.from_numpy(data["y"].astype(np.int64))
+    return Split(x, y, y)
+
+
+def load_cifar(name: str, data_root: str | None = None, download: bool = True) -> TaskData:
+    """CIFAR-10/100 from the npz layout of shared/data, else through torchvision."""
+    looked: list[str] = []
+    classes = CIFAR10_CLASSES if name == "cifar10" else None
+    mean, std = STATISTICS[name]
+    for root in data_roots(data_root):
+        folder = root / name
+        looked.append(str(folder / "train.npz"))
+        if (folder / "train.npz").exists() and (folder / "test.npz").exists():
+            train, test = _load_npz_split(folder / "train.npz"), _load_npz_split(folder / "test.npz")
+            with np.load(folder / "train.npz") as data:
+                if "classes" in data:
+                    classes = [str(c) for c in data["classes"]]
+            num_classes = int(train.labels.max()) + 1
+            return TaskData(name, classes or [str(c) for c in range(num_classes)], train, test, mean, std)
+    from torchvision import datasets
+
+    dataset_cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    cache = user_cache_dir() / "torchvision"
+    looked.append(f"torchvision {dataset_cls.__name__} in {cache}")
+    try:
+        train_set = dataset_cls(str(cache), train=True, download=download)
+        test_set = dataset_cls(str(cache), train=False, download=download)
+    except Exception as error:  # offline, corrupt archive, ...
+        raise DataNotFoundError(
+            f"{name} not found; looked in: {'; '.join(looked)} (download: {error})"
+        ) from error
+
+    def split(ds) -> Split:
+        y = torch.tensor(ds.targets)
+        return Split(torch.from_numpy(ds.data.transpose(0, 3, 1, 2).copy()), y, y)
+
+    return TaskData(name, list(train_set.classes), split(train_set), split(test_set), mean, std)
+
+
+@hookimpl
+def register_datasets(register: RegisterDataset) -> None:
+    register("cifar10", lambda root, seed: load_cifar("cifar10", root), task="classification", defaults=dict(
+        model="smallcnn", epochs=30, batch_size=128, lr=0.1, schedule="onecycle",
+        eps=8 / 255, alpha=2 / 255, steps=5, eval_steps=20,
+        imbalance="step", ratio=10.0, n_max=1000, n_test_per_class=200, augment=True,
+    ))
+    register("cifar100", lambda root, seed: load_cifar("cifar100", root), task="classification", defaults=dict(
+        model="resnet18", epochs=100, batch_size=128, lr=0.1, schedule="step",
+        eps=8 / 255, alpha=2 / 255, steps=10, eval_steps=20,
+        imbalance="exp", ratio=10.0, augment=True,
+    ))

@@ -1,0 +1,1 @@
+"""Built-in models, one registered module per family (``register_models``)."""

@@ -1,0 +1,1 @@
+"""Built-in tasks, one registered module each (``register_tasks``)."""

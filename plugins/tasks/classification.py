@@ -1,0 +1,155 @@
+"""Image (or any) classification: the task of the dissertation's and the fairness papers' protocols.
+
+* Inputs: stored uint8 images become floats in [0, 1]; float inputs pass through. Training
+  batches of images are randomly cropped (zero padding 4) and flipped per sample when the
+  config augments.
+* Loss: cross-entropy on hard labels, or on soft (mixed) targets of shape (rows, classes);
+  the default attacks ascend cross-entropy.
+* Score: 1 for a correct prediction (argmax), so per-class scores are per-class accuracy.
+* Statistics add the confusion matrices of clean and adversarial predictions and the mean
+  adversarial class probabilities (DAFA's p_i(j), FAIR-TAT's CFPS).
+* Evaluation attacks: ``pgd`` (cross-entropy PGD, random start, final iterate), ``cw`` (the
+  same PGD on the Carlini-Wagner margin) and ``autoattack`` (the standard version of Croce &
+  Hein's reference implementation, package ``pyautoattack``, extra ``robx[autoattack]``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robx.core.attacks import logits_of, margin_loss, pgd
+from robx.core.errors import RobxError
+from robx.core.evaluate import AttackSettings
+from robx.core.hookspecs import hookimpl
+from robx.core.stats import ScoreAccumulator, SplitStats
+from robx.core.task import Metric, RegisterTask, Task
+
+
+def to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [0, 1]; float inputs pass through."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """Per-sample random crop after zero padding, and random horizontal flip.
+
+    Done on the batch tensor because torchvision's tensor transforms draw one set of
+    parameters per call, i.e. one crop for the whole batch.
+    """
+    b, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    left = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
+    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, channels, rows, cols]
+    flip = torch.rand(b, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+class ClassStatsAccumulator(ScoreAccumulator):
+    """Per-class accuracy plus confusion matrices and mean adversarial class probabilities."""
+
+    def __init__(self, task: Task, device: torch.device) -> None:
+        super().__init__(task, device)
+        c = self.num_classes
+        self.clean_confusion = torch.zeros(c, c, dtype=torch.long, device=device)
+        self.robust_confusion = torch.zeros(c, c, dtype=torch.long, device=device)
+        self.robust_prob_sum = torch.zeros(c, c, dtype=torch.float64, device=device)
+
+    def _confusion(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        c = self.num_classes
+        return torch.bincount(labels * c + logits.argmax(dim=1), minlength=c * c).view(c, c)
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor, targets: torch.Tensor, clean_outputs: torch.Tensor | None = None,
+               robust_outputs: torch.Tensor | None = None) -> None:
+        super().update(labels, targets, clean_outputs, robust_outputs)
+        if clean_outputs is not None:
+            self.clean_confusion += self._confusion(labels, clean_outputs)
+        if robust_outputs is not None:
+            self.robust_confusion += self._confusion(labels, robust_outputs)
+            self.robust_prob_sum.index_add_(0, labels, robust_outputs.float().softmax(dim=1).double())
+
+    def result(self) -> SplitStats:
+        stats = super().result()
+        rows = stats.counts.clamp(min=1).double()[:, None]
+        if self.has_clean:
+            stats.clean_confusion = self.clean_confusion.cpu().double() / rows
+        if self.has_robust:
+            stats.robust_confusion = self.robust_confusion.cpu().double() / rows
+            stats.robust_mean_prob = self.robust_prob_sum.cpu() / rows
+        return stats
+
+
+class LogitsOnly(nn.Module):
+    """Adapter for attack libraries that expect ``model(x) -> logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model, x)
+
+
+def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings) -> torch.Tensor:
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as error:
+        raise RobxError("--attack autoattack needs the reference AutoAttack: pip install 'robx[autoattack]'") from error
+    adversary = AutoAttack(LogitsOnly(model).eval(), norm="Linf" if attack.norm == "linf" else "L2",
+                           eps=attack.eps, version="standard", seed=attack.seed, device=x.device)
+    adversary.verbose = False
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))  # (examples, their predictions)
+    return x_adv
+
+
+class Classification(Task):
+    """Multi-class classification: cross-entropy, accuracy, per-class confusion."""
+
+    name = "classification"
+    metric = Metric("accuracy", higher_is_better=True)
+    attacks = ("pgd", "cw", "autoattack")
+
+    def inputs(self, stored: torch.Tensor) -> torch.Tensor:
+        return to_unit_float(stored)
+
+    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return crop_flip(x) if x.dim() == 4 else x  # images only
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point():  # soft labels of shape (rows, classes)
+            return -(targets * F.log_softmax(outputs, dim=1)).sum(dim=1)
+        return F.cross_entropy(outputs, targets, reduction="none")
+
+    def row_weights(self, class_weights: torch.Tensor, targets: torch.Tensor,
+                    row_labels: torch.Tensor) -> torch.Tensor:
+        """w of the row's class; for soft targets the target-weighted mean sum_c t_c w_c."""
+        if targets.is_floating_point():
+            return targets @ class_weights.to(targets)
+        return class_weights[row_labels]
+
+    def scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs.argmax(dim=1) == targets).float()
+
+    def statistics(self, device: torch.device) -> ClassStatsAccumulator:
+        return ClassStatsAccumulator(self, device)
+
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                             attack: AttackSettings) -> torch.Tensor:
+        self.check_attack(attack.name)
+        if attack.name == "autoattack":
+            return autoattack_examples(model, x, y, attack)
+        loss_fn = margin_loss if attack.name == "cw" else self.attack_loss
+        return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm,
+                   loss_fn=loss_fn)
+
+
+@hookimpl
+def register_tasks(register: RegisterTask) -> None:
+    register(Classification)

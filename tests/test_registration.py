@@ -1,0 +1,224 @@
+"""Tasks, datasets and models are registered, not hard-coded: an external package adds
+them through entry points, and the engine trains a second task with no change."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import robx.core.engine as engine
+from robx.core.errors import OptionError
+from robx.core.plugins import PluginHost
+from robx.core.registry import registry
+from robx.core.run import load_checkpoint
+
+from conftest import tiny_config
+from test_plugins import _cli_env, install_distribution
+
+ROBX = [sys.executable, "-m", "robx.cli.main"]
+
+EXTERNAL_PACKAGE = '''
+"""A research group's package: its own task, datasets, model and plugin, no robx edit."""
+
+import torch
+import torch.nn as nn
+from robx import hookimpl
+from robx.core.data import Split, TaskData
+from robx.core.models import classifier
+from robx.core.task import Metric, Task
+
+
+class Huber(Task):
+    """Scalar regression with the Huber loss, scored by absolute error."""
+
+    name = "huber"
+    metric = Metric("absolute error", higher_is_better=False)
+
+    def model_input(self):
+        spec = super().model_input()
+        return type(spec)(spec.shape, 1, spec.mean, spec.std)
+
+    def loss(self, outputs, targets):
+        return torch.nn.functional.huber_loss(outputs[:, 0], targets, reduction="none")
+
+    def scores(self, outputs, targets):
+        return (outputs[:, 0] - targets).abs()
+
+
+def stripes(data_root, seed):
+    """4 classes of 1x6x6 images: horizontal or vertical stripes, even or odd phase, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(4).repeat(100)
+    grid = torch.arange(6)
+    x = torch.zeros(len(labels), 1, 6, 6)
+    for c in range(4):
+        line = ((grid + c % 2) % 2).float()
+        x[labels == c, 0] = line[:, None].expand(6, 6) if c < 2 else line[None, :].expand(6, 6)
+    x = (x + 0.3 * torch.rand(x.shape, generator=g)).clamp(0, 1)
+    train, test = Split(x[:300], labels[:300], labels[:300]), Split(x[300:], labels[300:], labels[300:])
+    return TaskData("stripes", ["h0", "h1", "v0", "v1"], train, test, (0.5,), (0.3,))
+
+
+def ramp(data_root, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(300, 1, 6, 6, generator=g)
+    y = x.mean(dim=(1, 2, 3)) * 4
+    groups = (y > 2).long()
+    return TaskData("ramp", ["low", "high"], Split(x[:200], y[:200], groups[:200]),
+                    Split(x[200:], y[200:], groups[200:]), (0.5,), (0.3,))
+
+
+def tiny(spec):
+    return classifier(spec, nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.BatchNorm1d(16), nn.ReLU()), 16)
+
+
+@hookimpl
+def register_tasks(register):
+    register(Huber)
+
+
+@hookimpl
+def register_datasets(register):
+    common = dict(model="tinynet", epochs=2, batch_size=50, lr=0.05, schedule="onecycle", eps=0.1,
+                  alpha=0.03, steps=3, eval_steps=5, imbalance="original", ratio=1.0, augment=False)
+    register("stripes", stripes, task="classification", defaults=common)
+    register("ramp", ramp, task="huber", defaults=common)
+
+
+@hookimpl
+def register_models(register):
+    register("tinynet", tiny)
+
+
+class Halve:
+    """Halves the loss of the rows of class 0 (a method plugin from the same package)."""
+
+    name = "halve"
+
+    @hookimpl
+    def weight_samples(self, step, state):
+        return torch.where(step.row_labels == 0, 0.5, 1.0)
+'''
+
+
+@pytest.fixture
+def external_site(tmp_path):
+    return install_distribution(tmp_path / "site", "robx_group_extras", EXTERNAL_PACKAGE,
+                                {"group-extras": "", "halve": "Halve"}, version="1.2")
+
+
+def test_an_external_package_adds_a_task_datasets_a_model_and_a_plugin(external_site, tmp_path):
+    env = _cli_env(external_site, tmp_path / "unused")
+    listing = json.loads(subprocess.run(ROBX + ["plugins", "--json"], capture_output=True, text=True, env=env,
+                                        check=True).stdout)
+    registered = {(row["kind"], row["name"]): row["origin"] for row in listing["registered"]}
+    origin = "group-extras (robx-group-extras 1.2)"
+    assert registered[("task", "huber")] == origin and registered[("model", "tinynet")] == origin
+    assert registered[("dataset", "stripes")] == origin and registered[("dataset", "ramp")] == origin
+
+    trained = subprocess.run(ROBX + ["train", "--dataset", "stripes", "--plugins", "halve,trades",
+                                     "--out", str(tmp_path / "stripes")], capture_output=True, text=True, env=env)
+    assert trained.returncode == 0, trained.stderr
+    report = json.loads((tmp_path / "stripes" / "report.json").read_text())
+    assert report["task"] == "classification" and report["model"] == "tinynet"
+    assert report["plugins"] == ["halve", "trades"] and report["class_names"] == ["h0", "h1", "v0", "v1"]
+    assert report["summary"]["standard"]["overall"] > 0.5  # 4 classes: it learnt the stripes
+
+    regressed = subprocess.run(ROBX + ["train", "--dataset", "ramp", "--out", str(tmp_path / "ramp")],
+                               capture_output=True, text=True, env=env)
+    assert regressed.returncode == 0, regressed.stderr
+    report = json.loads((tmp_path / "ramp" / "report.json").read_text())
+    assert report["task"] == "huber" and report["metric"] == {"name": "absolute error", "higher_is_better": False}
+    assert "absolute error (lower is better)" in regressed.stdout
+
+
+def test_a_name_registered_twice_is_one_line_naming_both(tmp_path):
+    clash = install_distribution(tmp_path / "site", "robx_clash", '''
+from robx import hookimpl
+
+
+@hookimpl
+def register_datasets(register):
+    register("digits", lambda root, seed: None, task="classification")
+''', {"clash": ""})
+    result = subprocess.run(ROBX + ["train"], capture_output=True, text=True, env=_cli_env(clash, tmp_path / "u"),
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("robx: error: dataset name 'digits' from clash (robx-clash 0.3) is already "
+                                     "taken by digits (built-in)")
+
+
+def test_registration_plugins_are_not_training_plugins():
+    with pytest.raises(OptionError, match="plugin 'digits' only registers tasks, datasets or models"):
+        PluginHost(["digits"], {})
+    with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: cifar10, cifar100, digits, synthetic"):
+        tiny_config(dataset="mnist").resolved()
+    with pytest.raises(OptionError, match="unknown model 'vgg'; available: .*smallcnn"):
+        engine.build_run(tiny_config(model="vgg"), None)
+
+
+# --------------------------------------------------------------------------- the second task
+
+
+def regression_config(**overrides):
+    values = dict(dataset="synthetic", epochs=3, steps=3, eval_steps=5, n_eval=200)
+    values.update(overrides)
+    return tiny_config(**values)
+
+
+def test_regression_trains_is_attacked_and_reports_errors_per_group(tmp_path):
+    report = engine.train(regression_config(epochs=6), tmp_path / "run")
+    assert report["task"] == "regression" and report["class_names"] == ["zero", "non-zero"]
+    assert report["class_counts"][0] > 2 * report["class_counts"][1]  # zero-inflated, kept as it is
+    standard, robust = report["summary"]["standard"], report["summary"]["robust"]
+    assert robust["overall"] > standard["overall"]  # the attack raises the error
+    assert robust["worst"] == max(report["per_class"]["robust"])  # the worst group has the largest error
+    # the error a constant predictor at the mean target would make, from the test targets themselves
+    run = engine.load_run(tmp_path / "run")
+    targets = run.data.test.y
+    assert standard["overall"] < (targets - targets.mean()).abs().mean().item()
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < metrics[0]["loss"] and metrics[0]["train"]["metric"] == "absolute error"
+
+
+def test_regression_resumes_bit_exactly_and_reevaluates(tmp_path, monkeypatch):
+    config = regression_config(val_fraction=0.1, plugins=["cb", "swa"], plugin_options={"swa": {"start": 0.3}})
+    engine.train(config, tmp_path / "straight")
+    real_epoch = engine.train_epoch
+
+    def killed_in_epoch_two(run, progress):
+        if run.state.epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, progress)
+
+    monkeypatch.setattr(engine, "train_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(config, tmp_path / "killed")
+    monkeypatch.setattr(engine, "train_epoch", real_epoch)
+    engine.train(config, tmp_path / "killed", resume=True)
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    for key in ("model", "eval_model"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+    result = subprocess.run(ROBX + ["eval", str(tmp_path / "killed"), "--steps", "10", "--n-eval", "100"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (written,) = (tmp_path / "killed").glob("eval-pgd10-*.json")
+    assert json.loads(written.read_text())["metric"]["name"] == "absolute error"
+    cw = subprocess.run(ROBX + ["eval", str(tmp_path / "killed"), "--attack", "cw"], capture_output=True, text=True)
+    assert cw.returncode == 2 and "unknown attack 'cw' for task 'regression'; available: pgd20, pgd" in cw.stderr
+
+
+def test_every_registered_model_builds_for_the_tasks_that_fit_it():
+    found = registry()
+    assert {"classification", "regression"} <= set(found.tasks)
+    assert found.default_dataset == "digits"
+    for name in ("mlp",):
+        spec = found.task_for("synthetic")(found.dataset("synthetic").load(None, 0)).model_input()
+        features, outputs = found.build_model(name, spec).eval()(torch.rand(3, *spec.shape))
+        assert outputs.shape == (3, 1)
