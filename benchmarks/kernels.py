@@ -11,7 +11,8 @@ on GPU the peak memory above the inputs. ``topk_victims``: the eager line one wr
 images per second of PGD-10 adversarial-training epochs, robx's engine (its hooks, the fused
 path and its per-class statistics) against a plain hand-written loop with the same model,
 data, batch, augmentation and attack; on GPU both in bf16 autocast with channels_last.
-Writes benchmarks/results/kernels/<device>.json.
+Writes benchmarks/results/kernels/<device>.json (``--e2e-only``: only the end-to-end part,
+into <device>-end-to-end.json).
 """
 
 from __future__ import annotations
@@ -250,8 +251,17 @@ def main() -> None:
     parser.add_argument("--e2e-images", type=int, default=2560, help="training images per end-to-end epoch")
     parser.add_argument("--e2e-epochs", type=int, default=3, help="timed epochs per side")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--e2e-only", action="store_true",
+                        help="only the end-to-end part, into <device>-end-to-end.json (the kernel results stay)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "-")
+    if args.e2e_only:
+        started = time.perf_counter()
+        result = {"device": name, "end_to_end": bench_end_to_end(device, args.e2e_images, args.e2e_epochs)}
+        result["wall_seconds"] = time.perf_counter() - started
+        print(write_result(RESULTS / "kernels" / f"{name}-end-to-end.json", result))
+        return
     fused = implementation_name("pgd_step", device)
     with_compile = device.type == "cuda"
     started = time.perf_counter()
@@ -262,7 +272,6 @@ def main() -> None:
         "supcon": bench_supcon(device, implementation_name("supcon", device), with_compile),
         "topk_victims": bench_topk(device, implementation_name("topk_victims", device), with_compile),
     }
-    name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).replace(" ", "-")
     path = RESULTS / "kernels" / f"{name}.json"
     payload["wall_seconds"] = time.perf_counter() - started
     write_result(path, payload)  # kept even if the end-to-end part fails (it needs CIFAR-10)

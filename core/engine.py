@@ -159,13 +159,11 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         class_counts=dataset_counts.to(device),
         class_eps=torch.full((data.num_classes,), float(config.eps), device=device),
         class_alpha=torch.full((data.num_classes,), float(config.alpha), device=device),
-        data=data,
     )
     trained_counts = host.trained_class_counts(state, dataset_counts)
     if trained_counts is not None:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
     generator = torch.Generator().manual_seed(config.seed)
-    state.generator = generator
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir)
 
 

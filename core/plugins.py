@@ -57,24 +57,21 @@ class PluginSpec:
         return getattr(self.target, "Options", None)
 
     @property
+    def _marked(self) -> set[str]:
+        """Names of the members marked ``@hookimpl``."""
+        return {name for name, value in inspect.getmembers(self.target)
+                if hasattr(value, f"{hookspecs.PROJECT_NAME}_impl")}
+
+    @property
     def hooks(self) -> tuple[str, ...]:
         """Names of the hooks this plugin implements, in spec order."""
-        implemented = {
-            name
-            for name, value in inspect.getmembers(self.target)
-            if hasattr(value, f"{hookspecs.PROJECT_NAME}_impl")
-        }
-        return tuple(h for h in hookspecs.HOOK_NAMES if h in implemented)
+        marked = self._marked
+        return tuple(h for h in hookspecs.HOOK_NAMES if h in marked)
 
     @property
     def unknown_hooks(self) -> tuple[str, ...]:
-        """Methods marked ``@hookimpl`` whose name is no robx hook (a misspelling)."""
-        marked = {
-            name
-            for name, value in inspect.getmembers(self.target)
-            if hasattr(value, f"{hookspecs.PROJECT_NAME}_impl")
-        }
-        return tuple(sorted(marked - set(hookspecs.HOOK_NAMES)))
+        """Members marked ``@hookimpl`` whose name is no robx hook (a misspelling)."""
+        return tuple(sorted(self._marked - set(hookspecs.HOOK_NAMES)))
 
     @property
     def reads(self) -> tuple[str, ...]:

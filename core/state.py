@@ -182,8 +182,6 @@ class TrainState:
     stash: Stash = field(default_factory=Stash)
     epoch_stats: EpochStats | None = None
     history: list[EpochStats] = field(default_factory=list)
-    data: Any = None
-    generator: torch.Generator | None = None
 
     @property
     def num_epochs(self) -> int:

@@ -22,6 +22,28 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def train_killed_and_resumed(config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             kill_in_epoch: int = 2) -> tuple[Path, Path]:
+    """Train ``config`` straight, and again killed at the start of ``kill_in_epoch`` then
+    resumed from its checkpoint; returns both run directories."""
+    import robx.core.engine as engine
+
+    train(config, tmp_path / "straight")
+    real_epoch = engine.train_epoch
+
+    def killed(run, progress):
+        if run.state.epoch == kill_in_epoch:
+            raise KeyboardInterrupt
+        return real_epoch(run, progress)
+
+    monkeypatch.setattr(engine, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "killed")
+    monkeypatch.setattr(engine, "train_epoch", real_epoch)
+    train(config, tmp_path / "killed", resume=True)
+    return tmp_path / "straight", tmp_path / "killed"
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A digits PGD-AT run trained once for the tests that need a real model."""

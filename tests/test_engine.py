@@ -13,7 +13,7 @@ from robx.core.run import load_checkpoint, save_checkpoint
 from robx.core.data import Split, TaskData
 from robx.plugins.tasks.classification import Classification
 
-from conftest import tiny_config
+from conftest import tiny_config, train_killed_and_resumed
 
 
 def test_run_directory_holds_config_metrics_checkpoint_report_and_plot(tmp_path):
@@ -53,31 +53,16 @@ def test_existing_run_directory_is_never_overwritten_without_force(tmp_path):
 
 
 def test_resume_after_a_kill_is_bit_exact(tmp_path, monkeypatch):
-    config = tiny_config(epochs=3, val_fraction=0.1)
-    engine.train(config, tmp_path / "straight")
-
-    real_epoch = engine.train_epoch
-
-    def killed_in_epoch_two(run, progress):
-        if run.state.epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(run, progress)
-
-    monkeypatch.setattr(engine, "train_epoch", killed_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(config, tmp_path / "killed")
-    monkeypatch.setattr(engine, "train_epoch", real_epoch)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
-    engine.train(config, tmp_path / "killed", resume=True)
-
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    resumed = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    straight_dir, killed_dir = train_killed_and_resumed(tiny_config(epochs=3, val_fraction=0.1), tmp_path, monkeypatch)
+    straight = load_checkpoint(straight_dir / "checkpoint.pt")
+    resumed = load_checkpoint(killed_dir / "checkpoint.pt")
+    assert straight["epoch"] == resumed["epoch"] == 2
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    lines = (killed_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
-    assert (json.loads((tmp_path / "straight" / "report.json").read_text())["per_class"]
-            == json.loads((tmp_path / "killed" / "report.json").read_text())["per_class"])
+    assert (json.loads((straight_dir / "report.json").read_text())["per_class"]
+            == json.loads((killed_dir / "report.json").read_text())["per_class"])
 
 
 def test_checkpoint_write_is_atomic_and_corruption_is_reported(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import os
 import subprocess
@@ -427,3 +428,23 @@ def test_the_readme_plugin_example_composes_with_batch_growing_plugins(tmp_path)
     step.row_labels = row_labels
     state = type("S", (), {"class_counts": torch.tensor([131] * 5 + [117] * 5)})()  # Imb-Mix's trained counts
     assert plugin.weight_samples(step, state).tolist() == [1.0, 2.0, 2.0, 2.0, 1.0]
+
+
+# --- every method of the shipped protocols still trains -----------------------------------
+
+def protocol_methods():
+    from robx.core.config import tomllib
+
+    for path in sorted((TESTS_DIR.parent / "benchmarks" / "protocols").glob("*.toml")):
+        protocol = tomllib.loads(path.read_text())
+        for method, values in protocol["methods"].items():
+            yield pytest.param(protocol["train"].get("val_fraction", 0.0), values, id=f"{path.stem}:{method}")
+
+
+@pytest.mark.parametrize(("val_fraction", "method"), list(protocol_methods()))
+def test_every_protocol_method_trains_on_digits(tmp_path, val_fraction, method):
+    config = tiny_config(epochs=2, steps=1, eval_steps=2, n_eval=50, val_fraction=max(val_fraction, 0.1), **method)
+    report = train(config, tmp_path / "run")
+    assert all(0.0 <= value <= 1.0 for kind in ("standard", "robust") for value in report["per_class"][kind])
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(line["loss"]) for line in metrics)

@@ -16,7 +16,7 @@ from robx.core.plugins import PluginHost
 from robx.core.registry import registry
 from robx.core.run import load_checkpoint
 
-from conftest import tiny_config
+from conftest import tiny_config, train_killed_and_resumed
 from test_plugins import _cli_env, install_distribution
 
 ROBX = [sys.executable, "-m", "robx.cli.main"]
@@ -187,19 +187,7 @@ def test_regression_trains_is_attacked_and_reports_errors_per_group(tmp_path):
 
 def test_regression_resumes_bit_exactly_and_reevaluates(tmp_path, monkeypatch):
     config = regression_config(val_fraction=0.1, plugins=["cb", "swa"], plugin_options={"swa": {"start": 0.3}})
-    engine.train(config, tmp_path / "straight")
-    real_epoch = engine.train_epoch
-
-    def killed_in_epoch_two(run, progress):
-        if run.state.epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(run, progress)
-
-    monkeypatch.setattr(engine, "train_epoch", killed_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(config, tmp_path / "killed")
-    monkeypatch.setattr(engine, "train_epoch", real_epoch)
-    engine.train(config, tmp_path / "killed", resume=True)
+    train_killed_and_resumed(config, tmp_path, monkeypatch)
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     resumed = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
     for key in ("model", "eval_model"):
