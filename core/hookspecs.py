@@ -1,9 +1,9 @@
 """Hook specifications of robx (pluggy project name ``"robx"``).
 
-Every training step flows one way (see DESIGN.md)::
+Every training step flows one way (see DESIGN.md and docs/engine.md)::
 
-    select_victims -> generate_adversary -> augment -> forward
-        -> loss = mean(w * per_sample_loss) + sum(extra_loss) -> backward -> step
+    select_victims -> generate_adversary -> augment -> the engine's forward passes
+        -> loss = mean(w * per_row_loss) + sum(extra_loss) -> backward -> step
 
 Each hook receives the keyword arguments named in its spec; an implementation may
 take any subset of them (pluggy passes only what it asks for). ``step`` is the
@@ -17,14 +17,13 @@ The engine owns every train-mode forward pass (``robx.core.engine.forward_passes
 declares the views it reads (``reads = ("clean", "adversarial")``) and finds them on the
 step; plugins only call the model in eval mode, inside attacks.
 
-Hooks come in four kinds:
+Hooks come in three kinds (docs/hooks.md is the reference):
 
 * **Registration** hooks (``register_tasks``, ``register_datasets``, ``register_models``)
   contribute tasks, datasets and models, the way simonw/llm's ``register_models(register)``
   does. They run once per process for every installed plugin, selected or not; the
   built-in ones register through the same hooks (``robx.plugins.tasks``, ``.datasets``,
   ``.models``). They must be module-level functions (or static methods).
-
 * **Shared** hooks combine the answers of every selected plugin (``augment`` in the order
   the user listed them, ``weight_samples`` multiplied, ``extra_loss`` summed, the lifecycle
   hooks called in turn).
@@ -35,11 +34,12 @@ Hooks come in four kinds:
   plugin may implement each; two are rejected when the run is built, with one line naming
   both. The engine asks the owner and hands the answer to everyone through ``state``, so no
   plugin writes a quantity another plugin reads.
-* The adversary has one declared exception: a plugin may list ``generate_adversary`` in
-  its ``yields`` attribute (TRADES: its KL attack is only the default for its loss), and
-  then gives way to any other selected adversary, whatever the listing order. When no
-  selected plugin generates adversaries, the built-in plugin that declares
-  ``fallback = True`` (``pgd``) is added.
+
+The adversary has one declared exception to single ownership: a plugin may list
+``generate_adversary`` in its ``yields`` attribute (TRADES: its KL attack is only the
+default for its loss), and then gives way to any other selected adversary, whatever the
+listing order. When no selected plugin generates adversaries, the built-in plugin that
+declares ``fallback = True`` (``pgd``) is added.
 """
 
 from __future__ import annotations

@@ -125,3 +125,16 @@ def test_summary_metrics():
     assert majority_classes([5, 5, 5]) == [0]  # balanced and odd: the first half
     errors = summarize([0.1, 0.2, 0.9, 1.1], counts, higher_is_better=False)  # an error metric
     assert errors["worst"] == pytest.approx(1.1) and errors["disparity"] == pytest.approx(1.0 - 0.15)
+
+
+def test_imbalance_none_from_a_file_means_balanced_not_the_dataset_default(tmp_path):
+    """'none' is a value of `imbalance`, not the empty value (a coercion once read it as None,
+    so the dataset's default, Step-10, silently replaced a balanced protocol)."""
+    from robx.core.config import TrainConfig, load_toml
+
+    (tmp_path / "fair.toml").write_text('dataset = "digits"\nimbalance = "none"\nn_max = 13\n')
+    config = TrainConfig.from_dict(load_toml(tmp_path / "fair.toml")).resolved()
+    assert config.imbalance == "none"
+    data = prepare_data(config.dataset, config.imbalance, config.ratio, config.n_max, None, 0.0, 0)
+    assert data.class_counts() == [13] * 10
+    assert TrainConfig.from_dict({"n_test_per_class": "none"}).n_test_per_class is None  # the empty value
