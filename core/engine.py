@@ -297,10 +297,13 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
     if weights is not None and weights.shape != per_sample.shape:
         raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
                         f"{tuple(per_sample.shape)} per-sample losses")
-    if state.class_weights is not None:
+    if state.class_weights is None:
+        loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+    else:
         by_class = run.task.row_weights(state.class_weights, step.targets, step.row_labels)
-        weights = by_class if weights is None else weights * by_class
-    loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+        weighted = per_sample * by_class * (weights if weights is not None else 1.0)
+        # the owner's declared average: over the rows' class weights, or over the batch
+        loss = weighted.sum() / by_class.sum() if host.class_weighted_mean else weighted.mean()
     terms = host.extra_losses(step, state)
     total = loss + sum(terms.values()) if terms else loss
 

@@ -206,8 +206,9 @@ def class_weights(state: TrainState) -> torch.Tensor | None:
 
     Owned. Called at the start of every epoch. The engine puts the answer in
     ``state.class_weights`` and weights each trained row by its class's weight (the
-    target-weighted mean for soft labels), times the :func:`weight_samples` product.
-    ``None`` means weight 1 for every class.
+    target-weighted mean for soft labels), times the :func:`weight_samples` product, and
+    averages over the batch, or over the rows' class weights when the owner declares
+    ``weighted_mean = True``. ``None`` means weight 1 for every class.
     """
 
 

@@ -16,7 +16,11 @@ A plugin class may declare, beside its hooks and ``Options``:
   (TRADES' natural term);
 * ``yields = ("generate_adversary",)``: its adversary is only a default that gives way to
   any other selected adversary (TRADES);
-* ``fallback = True``: the adversary added when no selected plugin generates one (``pgd``).
+* ``fallback = True``: the adversary added when no selected plugin generates one (``pgd``);
+* ``weighted_mean = True`` (an owner of ``class_weights``): the class-weighted loss is
+  averaged over the rows' class weights, sum_i w_i l_i / sum_i w_i, as
+  ``F.cross_entropy(weight=w)`` does (LDAM-DRW's code: DRW, SRAT), instead of over the batch,
+  sum_i w_i l_i / B (Cui et al.'s class-balanced loss, DAFA's code).
 """
 
 from __future__ import annotations
@@ -96,11 +100,18 @@ class PluginSpec:
         if self.trains_on not in ("adversarial", "clean"):
             raise PluginError(f"plugin '{self.name}' ({self.origin}) trains_on must be 'adversarial' or "
                               f"'clean', got {self.trains_on!r}")
+        if self.weighted_mean and "class_weights" not in self.hooks:
+            raise PluginError(f"plugin '{self.name}' ({self.origin}) declares weighted_mean but does not "
+                              "implement class_weights")
 
     def yields(self, hook: str) -> bool:
         """True when this plugin's ``hook`` is a default that gives way to another
         selected plugin's (declared with ``yields = ("generate_adversary",)``)."""
         return hook in getattr(self.target, "yields", ())
+
+    @property
+    def weighted_mean(self) -> bool:
+        return bool(getattr(self.target, "weighted_mean", False))
 
     @property
     def is_fallback(self) -> bool:
@@ -310,6 +321,9 @@ class PluginHost:
         #: the forward-pass views some selected plugin reads, and what the rows start from
         self.views = frozenset(view for spec in self.specs.values() for view in spec.reads)
         self.trains_on = "clean" if any(spec.trains_on == "clean" for spec in self.specs.values()) else "adversarial"
+        #: whether the class-weighted loss is averaged over the rows' class weights
+        weights_owner = self.owners.get("class_weights")
+        self.class_weighted_mean = weights_owner is not None and self.specs[weights_owner].weighted_mean
         self.options = {
             name: build_options(spec, raw_options.get(name, {})) for name, spec in self.specs.items()
         }

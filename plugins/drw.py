@@ -5,6 +5,10 @@ of ``state.class_counts``).
 T_d is ``start`` times the number of epochs, rounded (default 0.8: SRAT's 160 of 200,
 the first learning-rate decay), or ``start_epoch`` when given. With ``--loss ldam`` this
 is DRCB-LDAM.
+
+The weighted loss is averaged over the rows' weights, sum_i w_i l_i / sum_i w_i, as the
+authors' code computes it (``F.cross_entropy(weight=per_cls_weights)``): with Step-10 CB
+weights a batch mean would scale the loss after T_d down to about a third.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class DeferredReweighting:
     """Deferred re-weighting: class-balanced weights from epoch T_d on (Cao et al. 2019)."""
 
     name = "drw"
+    weighted_mean = True
 
     @dataclass
     class Options:

@@ -3,7 +3,12 @@
 Objective (eq. 4.13):  min_theta 1/n sum_i max_{x'_i} w_i L(f(x'_i), y_i) + lambda L_sep(x'_i)
 
 * w_i: class-balanced weights (effective number, beta 0.9999) of y_i, applied only from
-  epoch T_d = ``start`` x epochs (deferred schedule, Algorithm 4.1; default 0.8).
+  epoch T_d = ``start`` x epochs (deferred schedule, Algorithm 4.1; default 0.8). The
+  weighted term is averaged over the rows' weights, sum_i w_i L_i / sum_i w_i: Algorithm
+  4.1 writes 1/N sum_i w_i L_i, but its deferred schedule is LDAM-DRW's [10], whose code
+  computes it as ``F.cross_entropy(weight=w)`` (normalised by the weights); no SRAT code is
+  public. So SRAT-LDAM and DRCB-LDAM differ by L_sep alone, and the weights do not shrink
+  the loss after T_d (a batch mean would, to about a third on Step-10).
 * L_sep (eq. 4.12): supervised contrastive loss on the L2-normalised penultimate features
   of the adversarial examples, temperature ``temperature`` (0.1; the paper does not
   state it), computed by the ``supcon`` kernel dispatch; lambda = ``lam`` (1.0, Fig. 4.6).
@@ -39,6 +44,7 @@ class SRAT:
 
     name = "srat"
     reads = ("adversarial",)
+    weighted_mean = True
 
     @dataclass
     class Options:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from types import SimpleNamespace
@@ -259,3 +260,46 @@ def test_balanced_runs_show_average_and_worst_only(tmp_path):
     report["class_counts"] = [9, 9, 1, 1]
     console.print(report_table(report, "t"))
     assert "minority" in console.export_text()
+
+
+def _loss_of_one_step(tmp_path, plugins, options):
+    """One natural-training step (x' = x, no augmentation): the batch's outputs and labels
+    as the training pass saw them, and the loss the engine minimised."""
+    from robx.core import engine
+
+    config = tiny_config(plugins=plugins, plugin_options=options, augment=False)
+    run = engine.build_run(config, tmp_path / "run")
+    engine.refresh_class_quantities(run)
+    labels = run.data.train.labels
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:n] for c, n in ((0, 6), (3, 5), (7, 2), (9, 1))])
+    x, y, _ = engine.training_batch(run, idx)
+    reference = copy.deepcopy(run.state.model).train()
+    with torch.no_grad():
+        outputs = reference(x)[1]
+    sums: dict[str, torch.Tensor] = {}
+    engine.train_step(run, x, y, y, run.task.statistics(torch.device("cpu")), sums)
+    return outputs, y, float(sums["loss"]) / len(y), run.state.class_counts
+
+
+def _cb_weights_by_hand(counts, beta):
+    raw = [(1 - beta) / (1 - beta ** int(n)) for n in counts]
+    return [w * len(raw) / sum(raw) for w in raw]
+
+
+def test_drw_averages_over_the_row_weights_like_cross_entropy_weight(tmp_path):
+    outputs, y, loss, counts = _loss_of_one_step(tmp_path, ["natural", "drw"], {"drw": {"start_epoch": 0}})
+    weights = _cb_weights_by_hand(counts.tolist(), 0.9999)
+    ce = [-math.log(math.exp(float(o[t])) / sum(math.exp(float(v)) for v in o)) for o, t in zip(outputs, y.tolist())]
+    w = [weights[t] for t in y.tolist()]
+    expected = sum(wi * li for wi, li in zip(w, ce)) / sum(w)  # LDAM-DRW: F.cross_entropy(weight=)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    batch_mean = sum(wi * li for wi, li in zip(w, ce)) / len(ce)
+    assert abs(expected - batch_mean) > 0.1 * expected  # the two rules differ on this batch
+
+
+def test_cb_averages_over_the_batch_like_cui_et_al(tmp_path):
+    outputs, y, loss, counts = _loss_of_one_step(tmp_path, ["natural", "cb"], {})
+    weights = _cb_weights_by_hand(counts.tolist(), 0.9999)
+    ce = [-math.log(math.exp(float(o[t])) / sum(math.exp(float(v)) for v in o)) for o, t in zip(outputs, y.tolist())]
+    expected = sum(weights[t] * li for t, li in zip(y.tolist(), ce)) / len(ce)
+    assert loss == pytest.approx(expected, rel=1e-5)
