@@ -9,7 +9,7 @@ The scale: LDAM's s = 30 multiplies *cosine* logits in [-1, 1] (its reference mo
 normalises features and weights). robx's heads are plain linear layers whose logits carry
 their own scale, so the default here is s = 1. With s = 30 on plain logits, training
 collapsed on cifar10-lt-cpu (loss rising from 17 to 101, chance-level accuracy:
-benchmarks/results/cifar10-lt-cpu-ldam-s30/); ``--set ldam.scale=30`` restores it.
+benchmarks/results/superseded/cifar10-lt-cpu-v1-ldam-s30/); ``--set ldam.scale=30`` restores it.
 """
 
 from __future__ import annotations

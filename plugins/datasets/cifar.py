@@ -3,7 +3,7 @@
 download into the user cache. Images stay uint8 in memory (CHW) and become floats per batch.
 
 Defaults: ``cifar10`` is the cifar10-lt-cpu protocol (Step-10, n_max 1000, 200 test images
-per class, smallcnn, 30 one-cycle epochs, PGD-5 training at eps 8/255); ``cifar100`` the
+per class, cnn4, 30 one-cycle epochs, PGD-5 training at eps 8/255); ``cifar100`` the
 paper setting (Exp-10, ResNet-18, PGD-10, step schedule).
 """
 
@@ -69,7 +69,7 @@ def load_cifar(name: str, data_root: str | None = None, download: bool = True) -
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register("cifar10", lambda root, seed: load_cifar("cifar10", root), task="classification", defaults=dict(
-        model="smallcnn", epochs=30, batch_size=128, lr=0.1, schedule="onecycle",
+        model="cnn4", epochs=30, batch_size=128, lr=0.1, schedule="onecycle",
         eps=8 / 255, alpha=2 / 255, steps=5, eval_steps=20,
         imbalance="step", ratio=10.0, n_max=1000, n_test_per_class=200, augment=True,
     ))
