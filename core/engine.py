@@ -12,6 +12,7 @@ model come from the registry. Nothing here depends on which task it is.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import time
@@ -29,14 +30,15 @@ from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.averaging import cumulative_batchnorm, with_parameters
 from robx.core.config import TrainConfig
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
-from robx.core.errors import NonFiniteLossError, RobxError
+from robx.core.errors import NonFiniteLossError, OptionError, RobxError
 from robx.core.evaluate import AttackSettings, evaluate
 from robx.core.plugins import PluginHost, options_as_dict
-from robx.core.registry import registry
+from robx.core.models import NormedLinear
+from robx.core.registry import Registry, registry
 from robx.core.report import build_report, plot_per_class, write_json
 from robx.core.state import Step, TrainState
 from robx.core.stats import EpochStats, ScoreAccumulator, SplitStats
-from robx.core.task import Task
+from robx.core.task import ModelInput, Task
 from robx.kernels import OPS as KERNEL_OPS
 from robx.kernels import implementation_name
 
@@ -130,6 +132,15 @@ class Run:
     run_dir: Path
 
 
+def build_model(found: Registry, name: str, spec: ModelInput) -> torch.nn.Module:
+    """The registered model, checked to have the head the selected plugins need."""
+    model = found.build_model(name, spec)
+    if spec.head != "linear" and not isinstance(getattr(model, "head", None), NormedLinear):
+        raise OptionError(f"model '{name}' has no {spec.head} head (the selected loss needs one); build it with "
+                          "robx.core.models.classifier, which honours ModelInput.head")
+    return model
+
+
 def build_run(config: TrainConfig, run_dir: Path) -> Run:
     config = config.resolved()
     seed_everything(config.seed)
@@ -143,7 +154,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed)
     task = task_type(data)
-    model = found.build_model(config.model, task.model_input()).to(device)
+    model = build_model(found, config.model, dataclasses.replace(task.model_input(), head=host.head)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     steps_per_epoch = -(-len(data.train) // config.batch_size)

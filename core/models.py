@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from robx.core.task import ModelInput
 
@@ -30,16 +31,33 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class Classifier(nn.Module):
-    """``normalize -> body -> features -> linear head`` (the head has one output per class,
-    or per regressed value)."""
+class NormedLinear(nn.Module):
+    """Cosine head: cos(feature, w_c) for each class c, no bias (the LDAM-DRW authors'
+    ``NormedLinear``); outputs lie in [-1, 1], so the loss brings its own scale."""
 
-    def __init__(self, normalize: nn.Module, body: nn.Module, feature_dim: int, num_outputs: int):
+    def __init__(self, feature_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        # one unit-norm column per class, uniformly oriented (as the authors initialise)
+        self.weight = nn.Parameter(F.normalize(torch.empty(feature_dim, num_outputs).uniform_(-1, 1), dim=0))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features, dim=1) @ F.normalize(self.weight, dim=0)
+
+
+HEADS = ("linear", "cosine")
+
+
+class Classifier(nn.Module):
+    """``normalize -> body -> features -> head``: a linear head, or a cosine head
+    (:class:`NormedLinear`), with one output per class or per regressed value."""
+
+    def __init__(self, normalize: nn.Module, body: nn.Module, feature_dim: int, num_outputs: int,
+                 head: str = "linear"):
         super().__init__()
         self.normalize = normalize
         self.body = body
         self.feature_dim = feature_dim
-        self.head = nn.Linear(feature_dim, num_outputs)
+        self.head = NormedLinear(feature_dim, num_outputs) if head == "cosine" else nn.Linear(feature_dim, num_outputs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(self.normalize(x))
@@ -48,7 +66,7 @@ class Classifier(nn.Module):
 
 def classifier(spec: ModelInput, body: nn.Module, feature_dim: int) -> Classifier:
     """The standard wrapper around a body, normalising with the task's statistics."""
-    return Classifier(Normalize(spec.mean, spec.std, len(spec.shape)), body, feature_dim, spec.outputs)
+    return Classifier(Normalize(spec.mean, spec.std, len(spec.shape)), body, feature_dim, spec.outputs, spec.head)
 
 
 #: ``build(spec) -> model``: what ``register_models`` registers under a name

@@ -20,7 +20,10 @@ A plugin class may declare, beside its hooks and ``Options``:
 * ``weighted_mean = True`` (an owner of ``class_weights``): the class-weighted loss is
   averaged over the rows' class weights, sum_i w_i l_i / sum_i w_i, as
   ``F.cross_entropy(weight=w)`` does (LDAM-DRW's code: DRW, SRAT), instead of over the batch,
-  sum_i w_i l_i / B (Cui et al.'s class-balanced loss, DAFA's code).
+  sum_i w_i l_i / B (Cui et al.'s class-balanced loss, DAFA's code);
+* ``head = "cosine"``: the model's output layer its loss needs (``robx.core.models.HEADS``;
+  LDAM: normalised features times normalised weights). Two selected plugins that need
+  different heads are rejected.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 
 from robx.core import hookspecs
 from robx.core.errors import OptionError, PluginConflictError, PluginError, RobxError, UnknownPluginError
+from robx.core.models import HEADS
 from robx.core.options import coerce_fields
 from robx.core.state import VIEWS, Step, TrainState
 
@@ -100,6 +104,9 @@ class PluginSpec:
         if self.trains_on not in ("adversarial", "clean"):
             raise PluginError(f"plugin '{self.name}' ({self.origin}) trains_on must be 'adversarial' or "
                               f"'clean', got {self.trains_on!r}")
+        if self.head is not None and self.head not in HEADS:
+            raise PluginError(f"plugin '{self.name}' ({self.origin}) needs head {self.head!r}; heads: "
+                              f"{', '.join(HEADS)}")
         if self.weighted_mean and "class_weights" not in self.hooks:
             raise PluginError(f"plugin '{self.name}' ({self.origin}) declares weighted_mean but does not "
                               "implement class_weights")
@@ -108,6 +115,10 @@ class PluginSpec:
         """True when this plugin's ``hook`` is a default that gives way to another
         selected plugin's (declared with ``yields = ("generate_adversary",)``)."""
         return hook in getattr(self.target, "yields", ())
+
+    @property
+    def head(self) -> str | None:
+        return getattr(self.target, "head", None)
 
     @property
     def weighted_mean(self) -> bool:
@@ -281,6 +292,10 @@ def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> Selecti
     if not any("generate_adversary" in s.hooks for s in specs):
         names.append(fallback_adversary())
         specs.append(get_plugin_spec(names[-1]))
+    heads = {s.head for s in specs if s.head is not None}
+    if len(heads) > 1:
+        needing = [f"'{s.name}' ({s.head})" for s in specs if s.head is not None]
+        raise PluginConflictError(f"plugins {' and '.join(needing)} need different model heads; select one of them")
     return Selection(names, _owners(specs))
 
 
@@ -324,6 +339,8 @@ class PluginHost:
         #: whether the class-weighted loss is averaged over the rows' class weights
         weights_owner = self.owners.get("class_weights")
         self.class_weighted_mean = weights_owner is not None and self.specs[weights_owner].weighted_mean
+        #: the model head a selected plugin's loss needs (``"linear"`` when none does)
+        self.head = next((spec.head for spec in self.specs.values() if spec.head is not None), "linear")
         self.options = {
             name: build_options(spec, raw_options.get(name, {})) for name, spec in self.specs.items()
         }

@@ -46,6 +46,7 @@ class ModelInput:
     outputs: int  # output units: the classes, or 1 for a scalar regression
     mean: tuple[float, ...]  # per-channel normalisation the model applies to its inputs
     std: tuple[float, ...]
+    head: str = "linear"  # "linear", or "cosine" (normalised features x normalised weights)
 
 
 class Task(ABC):

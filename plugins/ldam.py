@@ -5,11 +5,14 @@ margin is ``max_margin`` (0.5) (METHODS.md section 1). The margin is subtracted 
 target logit only; with soft targets each class's logit loses its target share of the
 margin. Use it with ``--loss ldam``; DRCB-LDAM is ``--loss ldam --plugins drw``.
 
-The scale: LDAM's s = 30 multiplies *cosine* logits in [-1, 1] (its reference model
-normalises features and weights). robx's heads are plain linear layers whose logits carry
-their own scale, so the default here is s = 1. With s = 30 on plain logits, training
-collapsed on cifar10-lt-cpu (loss rising from 17 to 101, chance-level accuracy:
-benchmarks/results/superseded/cifar10-lt-cpu-v1-ldam-s30/); ``--set ldam.scale=30`` restores it.
+The head and the scale: as in the authors' code, LDAM trains a cosine classifier
+(``head = "cosine"``: the model's last layer is ``robx.core.models.NormedLinear``,
+normalised features times normalised class weights, no bias), whose outputs lie in
+[-1, 1], and multiplies them by s = 30 inside the loss. Evaluation and attacks see the
+cosine outputs, as the authors' model returns them. (The first robx LDAM used s = 1 on a
+plain linear head, where the 0.5 margin vanishes as the logits grow, so DRCB-LDAM equalled
+PGD-AT; s = 30 on plain logits collapsed training:
+benchmarks/results/superseded/cifar10-lt-cpu-v1-ldam-s30/.)
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ class LDAM:
     """LDAM loss: class-dependent margins m_c ~ n_c^(-1/4) (Cao et al. 2019)."""
 
     name = "ldam"
+    head = "cosine"
 
     @dataclass
     class Options:
         max_margin: float = 0.5
-        scale: float = 1.0
+        scale: float = 30.0
 
     def __init__(self, options: Options) -> None:
         self.options = options

@@ -303,3 +303,41 @@ def test_cb_averages_over_the_batch_like_cui_et_al(tmp_path):
     ce = [-math.log(math.exp(float(o[t])) / sum(math.exp(float(v)) for v in o)) for o, t in zip(outputs, y.tolist())]
     expected = sum(weights[t] * li for t, li in zip(y.tolist(), ce)) / len(ce)
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_ldam_trains_a_cosine_head_with_scale_30(tmp_path):
+    from robx.core import engine
+
+    run = engine.build_run(tiny_config(loss="ldam", plugins=["drw"]), tmp_path / "run")
+    assert run.host.options["ldam"].scale == 30.0  # the authors' s
+    model = run.state.model.eval()
+    x, _, _ = engine.training_batch(run, torch.arange(6))
+    features, outputs = model(x)
+    weights = [p for name, p in model.named_parameters() if name.startswith("head")]
+    assert len(weights) == 1  # no bias
+    (w,) = weights
+    for i in range(6):
+        for c in range(outputs.shape[1]):
+            f, wc = features[i].tolist(), w[:, c].tolist()
+            cosine = sum(a * b for a, b in zip(f, wc)) / (math.sqrt(sum(a * a for a in f)) * math.sqrt(sum(b * b for b in wc)))
+            assert outputs[i, c].item() == pytest.approx(cosine, abs=1e-5)
+    plain = engine.build_run(tiny_config(plugins=["drw"]), tmp_path / "plain").state.model
+    assert isinstance(plain.head, torch.nn.Linear)
+
+
+def test_a_model_without_the_needed_head_is_one_line(tmp_path):
+    from robx.core import engine
+    from robx.core.registry import registry
+    from robx.core.task import ModelInput
+
+    class Bare(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+
+    found = registry()
+    found.models["bare-test"] = type(found.models["mlp"])("bare-test", lambda spec: Bare(), "test")
+    try:
+        with pytest.raises(OptionError, match="model 'bare-test' has no cosine head"):
+            engine.build_model(found, "bare-test", ModelInput((4,), 2, (0.0,) * 4, (1.0,) * 4, head="cosine"))
+    finally:
+        del found.models["bare-test"]
