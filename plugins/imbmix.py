@@ -9,9 +9,12 @@ Per batch (Algorithm 5.1), after the adversary produced x' = PGD(x):
    eps-ball, nor do we). a = 1; t_c = min(round(n_max / n_c) - 1, ``max_copies`` = 8)
    unless ``copies`` fixes it, with n_c the training set's counts. Majority examples get none.
 2. Mixing (eq. 5.3-5.4): pairs of the augmented set are mixed with lam_x ~ Beta(1, 1) and
-   the Remix label rule (kappa 3, tau 0.5). n_i, n_j are the training set's class counts:
-   counted in the augmented set the default t makes classes nearly balanced and the rule
-   would never fire.
+   the Remix label rule (kappa 3, tau 0.5). n_i, n_j are, as eq. 5.4 defines them, the
+   numbers of adversarial examples of each class in the augmented set, n_c (1 + t_c)
+   (``remix_counts = "augmented"``). The default t makes the classes nearly balanced
+   (Step-10: 1000 vs 900), so the rule rarely fires and the labels are mostly Mixup's;
+   ``remix_counts = "dataset"`` uses the training set's counts n_c instead (robx's first
+   version, where the rule fires for every majority-minority pair).
 3. Loss (eq. 5.5): cross-entropy on the mixed (soft) labels (the task's default loss, or
    ``--loss``).
 4. SWA (section 5.3.3) from ``swa_start`` x epochs: this plugin owns the evaluated model
@@ -26,6 +29,7 @@ weights (``srat``, ``cb``, ``drw``) then use; the copies have already rebalanced
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -79,28 +83,31 @@ class ImbMix:
         concentration: float = 1.0
         swa: bool = True
         swa_start: float = 0.75
+        remix_counts: Literal["augmented", "dataset"] = "augmented"
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.dataset_counts: torch.Tensor | None = None
+        self.remix_counts: torch.Tensor | None = None  # n_i, n_j of the Remix rule
         self.copies: torch.Tensor | None = None
 
     @hookimpl
     def trained_class_counts(self, dataset_counts: torch.Tensor) -> torch.Tensor:
-        self.dataset_counts = dataset_counts.cpu()
-        self.copies = torch.tensor(copies_per_class(self.dataset_counts.tolist(), self.options.max_copies,
+        dataset_counts = dataset_counts.cpu()
+        self.copies = torch.tensor(copies_per_class(dataset_counts.tolist(), self.options.max_copies,
                                                     self.options.copies))
-        return self.dataset_counts * (1 + self.copies)
+        augmented = dataset_counts * (1 + self.copies)
+        self.remix_counts = augmented if self.options.remix_counts == "augmented" else dataset_counts
+        return augmented
 
     @hookimpl
     def augment(self, step: Step, state: TrainState) -> None:
         assert step.x_adv is not None and step.inputs is not None
-        assert self.copies is not None and self.dataset_counts is not None
+        assert self.copies is not None and self.remix_counts is not None
         extra_x, extra_y = supplementary_examples(step.x, step.x_adv, step.labels, self.copies, self.options.a)
         inputs = torch.cat([step.inputs, extra_x])
         labels = torch.cat([step.row_labels, extra_y])
         lam, partner = draw_mix(len(labels), self.options.concentration, labels.device)
-        count_t = self.dataset_counts.to(labels.device)
+        count_t = self.remix_counts.to(labels.device)
         label_lam = remix_label_factor(count_t[labels], count_t[labels[partner]], lam,
                                        self.options.kappa, self.options.tau)
         step.set_rows(mix_inputs(inputs, lam, partner), mix_targets(labels, label_lam, partner, state.num_classes),

@@ -118,3 +118,35 @@ def test_compositions_train_end_to_end(tmp_path, plugins, options):
     assert all(0 <= v <= 1 for v in report["per_class"]["robust"])
     payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ("eval_model" in payload) == (plugins == ["srat", "imbmix"])
+
+
+@pytest.mark.parametrize("remix_counts,expected_row0", [
+    ("augmented", [0.3, 0.0, 0.7, 0.0]),  # eq. 5.4: n_0 / n_2 = 1000 / 900 < kappa: Mixup's labels
+    ("dataset", [0.0, 0.0, 1.0, 0.0]),    # 1000 / 100 >= kappa and lam < tau: all to the minority
+])
+def test_remix_rule_counts_the_augmented_set_as_eq_5_4(monkeypatch, remix_counts, expected_row0):
+    import robx.plugins.imbmix as imbmix
+
+    plugin = imbmix.ImbMix(imbmix.ImbMix.Options(remix_counts=remix_counts))
+    augmented = plugin.trained_class_counts(dataset_counts=torch.tensor([1000, 1000, 100, 100]))
+    assert augmented.tolist() == [1000, 1000, 900, 900]
+    y = torch.tensor([0, 2])
+    x = torch.rand(2, 3)
+    step = Step(x=x, y=y, labels=y)
+    step.x_adv = x.clone()
+    step.inputs, step.targets, step.row_labels = x.clone(), y, y
+    rows = 2 + 8  # row 1 (class 2) gets t = 8 copies
+    partner = torch.roll(torch.arange(rows), -1)  # row 0 pairs with row 1
+    monkeypatch.setattr(imbmix, "draw_mix", lambda batch, concentration, device: (0.3, partner))
+    plugin.augment(step, SimpleNamespace(num_classes=4))
+    assert step.targets[0].tolist() == pytest.approx(expected_row0)
+    assert step.row_labels[0].item() == 2  # the class the row counts for: its label weight 0.3 or 0 < 1/2
+
+
+def test_supplementary_copies_scale_the_perturbation_by_a_times_standard_normal():
+    torch.manual_seed(0)
+    x = torch.full((1, 20000), 0.5)
+    x_adv = x + 0.01
+    extra, _ = supplementary_examples(x, x_adv, torch.tensor([0]), torch.tensor([1]), scale=2.0)
+    noise = (extra[0] - x[0]) / (2.0 * 0.01)  # eq. 5.2: x + a (x' - x) * N(0, 1), a = 2
+    assert abs(noise.mean().item()) < 0.03 and noise.std().item() == pytest.approx(1.0, abs=0.03)
