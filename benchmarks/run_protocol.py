@@ -6,7 +6,8 @@
 Results: benchmarks/results/<protocol>[-<variant>]/<method>-seed<k>.json, each with the
 command, commit, machine, wall time, the run's report and per-epoch metrics; the run
 directories (with checkpoints, for `robx eval`) stay under runs/<protocol>/. Existing
-results are skipped (so an interrupted sweep continues) unless --force. Runs go seed by
+results are skipped and an interrupted run of the same config continues from its
+checkpoint (so a killed sweep loses at most an epoch) unless --force. Runs go seed by
 seed so that a partial sweep already holds comparable methods. `robx report` on the
 results folder prints the table.
 """
@@ -27,6 +28,16 @@ from robx.core.options import parse_number  # noqa: E402
 
 PROTOCOLS = Path(__file__).resolve().parent / "protocols"
 RUNS = Path(__file__).resolve().parent.parent / "runs"  # run directories (checkpoints; not committed)
+
+
+def continue_or_start(config: TrainConfig, run_dir: Path) -> dict[str, bool]:
+    """Continue an interrupted run of the same config from its checkpoint; else start over."""
+    saved = run_dir / "config.json"
+    if (run_dir / "checkpoint.pt").exists() and saved.exists():
+        if json.loads(saved.read_text()).get("config") == config.resolved().to_dict():
+            print(f"continue {run_dir} from its checkpoint", flush=True)
+            return {"resume": True}
+    return {"force": True}
 
 
 def parse_value(text: str):
@@ -66,7 +77,7 @@ def main() -> None:
             config = TrainConfig.from_dict(values)
             run_dir = RUNS / out_dir.name / f"{method}-seed{seed}"
             started = time.perf_counter()
-            report = train(config, run_dir, force=True)
+            report = train(config, run_dir, **continue_or_start(config, run_dir))
             seconds = time.perf_counter() - started
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             write_result(result_path, {
