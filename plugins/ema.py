@@ -1,7 +1,11 @@
 """Exponential moving average of the weights (Polyak averaging), updated every step:
 
-theta_ema <- d * theta_ema + (1 - d) * theta, d = 0.999, from the start epoch (default 0).
-After training the engine evaluates the average (this plugin owns ``averaged_weights``),
+theta_ema <- d_t * theta_ema + (1 - d_t) * theta from the start epoch (default 0), with the
+warmed-up decay d_t = min(d, (1 + t) / (10 + t)), t the number of models averaged so far and
+d = 0.999 (TensorFlow's ``ExponentialMovingAverage(num_updates=)`` rule). Without the warm-up
+(``warmup = false``) the average of a short run is mostly its first steps' weights: after
+the ~1,300 steps of a 30-epoch cifar10-lt-cpu run, 0.999^1300 = 27 % of it is the initial
+model. After training the engine evaluates the average (this plugin owns ``averaged_weights``),
 with BatchNorm statistics recomputed for it, as for :mod:`robx.plugins.swa`.
 """
 
@@ -27,14 +31,21 @@ class EMA:
     class Options:
         decay: float = 0.999
         start: float = 0.0
+        warmup: bool = True
 
     def __init__(self, options: Options) -> None:
         self.options = options
 
     @hookimpl
     def after_step(self, step: Step, state: TrainState) -> None:
-        if state.epoch >= int(round(self.options.start * state.num_epochs)):
-            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model, self.options.decay)
+        if state.epoch < int(round(self.options.start * state.num_epochs)):
+            return
+        stashed = state.stash.get(AVERAGE, None)
+        decay = self.options.decay
+        if self.options.warmup and stashed is not None:
+            averaged = int(stashed["count"])
+            decay = min(decay, (1 + averaged) / (10 + averaged))
+        state.stash[AVERAGE] = add_to_average(stashed, state.model, decay)
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor]:

@@ -156,7 +156,7 @@ def test_swa_and_ema_in_training_evaluate_the_average(tmp_path):
 def test_ema_updates_every_step():
     model = torch.nn.Linear(2, 1, bias=False)
     state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
-    plugin = EMA(EMA.Options(decay=0.5))
+    plugin = EMA(EMA.Options(decay=0.5, warmup=False))
     for value in (1.0, 3.0):
         with torch.no_grad():
             model.weight.fill_(value)
@@ -164,6 +164,21 @@ def test_ema_updates_every_step():
     from robx.plugins.ema import AVERAGE as EMA_AVERAGE
 
     assert torch.allclose(state.stash[EMA_AVERAGE]["parameters"]["weight"], torch.full((1, 2), 2.0))  # 0.5*1 + 0.5*3
+
+
+def test_ema_warms_up_its_decay_by_hand():
+    from robx.plugins.ema import AVERAGE as EMA_AVERAGE
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
+    plugin = EMA(EMA.Options(decay=0.999))
+    for value in (1.0, 3.0, 5.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        plugin.after_step(None, state)
+    d1, d2 = 2 / 11, 3 / 12  # min(0.999, (1 + t) / (10 + t)) for t = 1, 2 models averaged
+    expected = d2 * (d1 * 1.0 + (1 - d1) * 3.0) + (1 - d2) * 5.0
+    assert state.stash[EMA_AVERAGE]["parameters"]["weight"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_resample_draws_classes_evenly(tmp_path, monkeypatch):
