@@ -10,8 +10,15 @@ import torch
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
-# targets and divergences
+# attack starts, targets and divergences
 # ---------------------------------------------------------------------------
+
+
+def gaussian_start(x: torch.Tensor, std: float, victim_mask: torch.Tensor | None) -> torch.Tensor:
+    """x + std N(0, 1) in the image range, moved only at victims: the PGD start of the
+    TRADES and MART authors' code (instead of a uniform point of the ball)."""
+    start = (x + std * torch.randn_like(x)).clamp(0.0, 1.0)
+    return start if victim_mask is None else torch.where(victim_mask, start, x)
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -4,8 +4,11 @@ L = BCE(f(x'), y) + beta * mean_i KL(f(x_i) || f(x'_i)) * (1 - p_y(x_i)), beta =
 the boosted cross-entropy BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')). f(x) and f(x')
 are the engine's clean and adversarial views (``reads``): two train-mode passes, natural
 first, as in the authors' code.
-The adversary is the default PGD (cross-entropy). MART defines the training loss, so it
-cannot be combined with ``--loss``; it needs hard labels (no mixing plugins before it).
+The adversary, as in the authors' code: PGD on the cross-entropy (the task's attack loss)
+starting from x + 0.001 N(0, 1) instead of a uniform point of the ball; like TRADES' it is a
+default that gives way to another selected adversary (``yields``). MART defines the training
+loss, so it cannot be combined with ``--loss``; it needs hard labels (no mixing plugins
+before it).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from robx.core.attacks import pgd
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.common import kl_per_sample
+from robx.plugins.common import gaussian_start, kl_per_sample
 
 
 def boosted_cross_entropy(adv_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -32,13 +36,26 @@ class MART:
 
     name = "mart"
     reads = ("clean", "adversarial")
+    yields = ("generate_adversary",)
 
     @dataclass
     class Options:
         beta: float = 6.0
+        init_std: float = 0.001
 
     def __init__(self, options: Options) -> None:
         self.options = options
+
+    @hookimpl
+    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
+        config = state.config
+        assert config.steps is not None
+        start = gaussian_start(step.x, self.options.init_std, step.victim_mask)
+        return pgd(
+            state.model, step.x, step.y,
+            eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels], steps=config.steps,
+            norm=config.norm, x_init=start, mask=step.victim_mask, loss_fn=state.task.attack_loss,
+        )
 
     @hookimpl
     def training_loss(self, step: Step, state: TrainState) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
-from robx.plugins.common import kl_per_sample, soft_targets
+from robx.plugins.common import gaussian_start, kl_per_sample, soft_targets
 
 
 class TRADES:
@@ -52,9 +52,7 @@ class TRADES:
         assert config.steps is not None
         with torch.no_grad(), eval_mode(model):
             clean_logits = logits_of(model, step.x)
-        start = (step.x + self.options.init_std * torch.randn_like(step.x)).clamp(0.0, 1.0)
-        if step.victim_mask is not None:
-            start = torch.where(step.victim_mask, start, step.x)
+        start = gaussian_start(step.x, self.options.init_std, step.victim_mask)
         return pgd(
             model, step.x, step.y,
             eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels], steps=config.steps,

@@ -85,6 +85,43 @@ def test_mart_boosted_ce_and_trades_kl_by_hand():
     assert kl_per_sample(LOGITS, torch.tensor([[0.0, 1.0, 0.0]])).item() == pytest.approx(kl, rel=1e-5)
 
 
+def test_mart_kl_is_weighted_by_one_minus_the_clean_true_probability():
+    from robx.core.state import Step
+    from robx.plugins.mart import MART
+
+    clean = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    adv = torch.tensor([[0.0, 1.0, 0.0], [1.0, -1.0, 2.0]])
+    y = torch.tensor([0, 2])
+    step = Step(x=torch.zeros(2, 1), y=y, labels=y)
+    step.clean_outputs, step.adv_outputs = clean, adv
+    expected = 0.0
+    for c_row, a_row, label in zip(clean.tolist(), adv.tolist(), y.tolist()):
+        p, q = softmax_list(c_row), softmax_list(a_row)
+        kl = sum(a * math.log(a / b) for a, b in zip(p, q))
+        expected += kl * (1 - p[label]) / 2  # the authors' mean over the batch
+    got = MART(MART.Options(beta=6.0)).extra_loss(step, None).item()
+    assert got == pytest.approx(6.0 * expected, rel=1e-5)
+
+
+def test_mart_attacks_with_cross_entropy_from_x_plus_small_gaussian_noise(monkeypatch):
+    import robx.plugins.mart as mart
+    from robx.core.attacks import cross_entropy
+    from robx.core.state import Step
+
+    calls = {}
+    monkeypatch.setattr(mart, "pgd", lambda model, x, y, **kwargs: calls.update(kwargs) or x)
+    torch.manual_seed(0)
+    x = torch.full((4, 3, 16, 16), 0.5)
+    y = torch.tensor([0, 1, 0, 1])
+    state = SimpleNamespace(model=None, config=SimpleNamespace(steps=10, norm="linf"),
+                            class_eps=torch.full((2,), 8 / 255), class_alpha=torch.full((2,), 2 / 255),
+                            task=SimpleNamespace(attack_loss=cross_entropy))
+    mart.MART(mart.MART.Options()).generate_adversary(Step(x=x, y=y, labels=y), state)
+    noise = calls["x_init"] - x
+    assert noise.std().item() == pytest.approx(0.001, rel=0.05) and abs(noise.mean().item()) < 1e-4
+    assert calls["loss_fn"] is cross_entropy and calls["steps"] == 10
+
+
 def test_cw_margin_loss():
     assert margin_loss(LOGITS, LABEL).item() == pytest.approx(-2.0)
     assert margin_loss(LOGITS, torch.tensor([2])).item() == pytest.approx(3.0)
