@@ -19,23 +19,36 @@ from typing import Any
 import torch
 
 
+def _averaged_tensors(model: torch.nn.Module, with_buffers: bool) -> dict[str, torch.Tensor]:
+    """The parameters, and with ``with_buffers`` the floating-point buffers (BatchNorm's
+    running mean and variance; its batch counter is an integer and is left out)."""
+    tensors = dict(model.named_parameters())
+    if with_buffers:
+        tensors.update((name, b) for name, b in model.named_buffers() if b.is_floating_point())
+    return tensors
+
+
 @dataclass
 class WeightAverage:
-    """A running average of a model's parameters (buffers are recomputed for the result)."""
+    """A running average of a model's parameters, and optionally of its floating-point
+    buffers (CFA's FAWA averages BatchNorm statistics with the weights; the other averages
+    have theirs recomputed by the engine)."""
 
     parameters: dict[str, torch.Tensor]
     count: int = 1
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> WeightAverage:
-        return cls({name: p.detach().clone() for name, p in model.named_parameters()})
+    def of(cls, model: torch.nn.Module, with_buffers: bool = False) -> WeightAverage:
+        return cls({name: t.detach().clone() for name, t in _averaged_tensors(model, with_buffers).items()})
 
     @torch.no_grad()
     def add(self, model: torch.nn.Module, decay: float | None = None) -> None:
-        """Equal-weight average (SWA) or, with ``decay``, an exponential moving average."""
+        """Equal-weight average (SWA) or, with ``decay``, an exponential moving average, of
+        the tensors this average holds."""
         weight = (1.0 - decay) if decay is not None else 1.0 / (self.count + 1)
-        for name, p in model.named_parameters():
-            self.parameters[name].lerp_(p.detach(), weight)
+        current = _averaged_tensors(model, with_buffers=True)
+        for name, average in self.parameters.items():
+            average.lerp_(current[name].detach(), weight)
         self.count += 1
 
     def to_state(self) -> dict[str, Any]:
@@ -47,23 +60,31 @@ class WeightAverage:
 
 
 def add_to_average(stashed: dict[str, Any] | None, model: torch.nn.Module,
-                   decay: float | None = None) -> dict[str, Any]:
+                   decay: float | None = None, with_buffers: bool = False) -> dict[str, Any]:
     """Start an average with ``model`` (``stashed`` is None) or add ``model`` to it;
     returns the new stash value."""
     if stashed is None:
-        return WeightAverage.of(model).to_state()
+        return WeightAverage.of(model, with_buffers).to_state()
     average = WeightAverage.from_state(stashed)
     average.add(model, decay=decay)
     return average.to_state()
 
 
 def with_parameters(model: torch.nn.Module, parameters: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """A copy of ``model`` (buffers included) whose parameters are ``parameters``."""
+    """A copy of ``model`` whose parameters, and the buffers ``parameters`` holds, are
+    ``parameters``' (the other buffers stay the model's)."""
     copied = copy.deepcopy(model)
     with torch.no_grad():
-        for name, p in copied.named_parameters():
-            p.copy_(parameters[name])
+        for name, t in _averaged_tensors(copied, with_buffers=True).items():
+            if name in parameters:
+                t.copy_(parameters[name])
     return copied
+
+
+def holds_buffers(model: torch.nn.Module, parameters: dict[str, torch.Tensor]) -> bool:
+    """True when an average holds the model's floating-point buffers (BN statistics)."""
+    buffers = [name for name, b in model.named_buffers() if b.is_floating_point()]
+    return bool(buffers) and all(name in parameters for name in buffers)
 
 
 @contextmanager

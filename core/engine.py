@@ -27,7 +27,7 @@ import torch
 from robx import __version__
 from robx.core import run as rundir
 from robx.core.attacks import eval_mode, logits_of, pgd
-from robx.core.averaging import cumulative_batchnorm, with_parameters
+from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
 from robx.core.errors import NonFiniteLossError, OptionError, RobxError
@@ -529,7 +529,8 @@ def train(
 
 def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The evaluated weight average, its BatchNorm statistics from the distribution the
-    model trained on (DESIGN.md: never silently from clean images).
+    model trained on (DESIGN.md: never silently from clean images), unless the average
+    holds them already (CFA's FAWA, as its authors average the whole state).
 
     One pass over the training set, shuffled with the run's seed, through the step's own
     data path: victims, the adversary attacking the averaged weights (with the last
@@ -538,6 +539,8 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     """
     state, host, config = run.state, run.host, run.config
     attacked = with_parameters(state.model, parameters)
+    if holds_buffers(state.model, parameters):  # the owner averaged BN statistics too (CFA)
+        return attacked.eval()
     averaged = copy.deepcopy(attacked)
     trained, state.model = state.model, attacked  # the adversary reads state.model
     generator = torch.Generator().manual_seed(config.seed)

@@ -242,8 +242,9 @@ def averaged_weights(state: TrainState) -> dict[str, torch.Tensor] | None:
 
     Owned (weight averaging: SWA, EMA, FAWA). Called once after the last epoch, before
     the final evaluation. The engine loads the answer into a copy of the model, recomputes
-    its BatchNorm statistics, checkpoints it as ``eval_model`` and evaluates it. ``None``
-    evaluates the last iterate.
+    its BatchNorm statistics through the training data path (unless the answer holds the
+    model's floating-point buffers too: then they are used as given, CFA's choice),
+    checkpoints it as ``eval_model`` and evaluates it. ``None`` evaluates the last iterate.
     """
 
 

@@ -1,24 +1,29 @@
-"""CFA: Class-wise calibrated Fair Adversarial training (Wei et al., CVPR 2023).
+"""CFA: Class-wise calibrated Fair Adversarial training (Wei et al., CVPR 2023), as the
+authors' code (PKU-ML/CFA, train.py) runs it.
 
 With A_c the training robust accuracy of class c in the previous epoch (the class
-statistics), from ``start_epoch`` (10 in the paper) on:
+statistics):
 
-* CCM, class-wise calibrated margins (CFA owns the per-class attack budget):
-  eps_c = (lam_eps + A_c) * eps (lam_eps = 0.5); the step size scales alike,
-  alpha_c = alpha * eps_c / eps, so every adversary keeps its steps per budget. Weaker
-  classes get smaller budgets.
+* CCM, class-wise calibrated margins (CFA owns the per-class attack budget), from
+  ``start_epoch`` (10): eps_c = (lam_eps + A_c) * eps (lam_eps = 0.5); before it, eps. The
+  step size stays alpha for every class, as in the authors' code (robx's first version
+  scaled it with eps_c).
 * CCR, class-wise calibrated regularisation (CFA owns the per-class regulariser weights):
-  b_c = (lam_beta + A_c) beta / (1 + (lam_beta + A_c) beta) (lam_beta = 0.5, beta = 6, the
-  TRADES beta the paper calibrates; ``beta`` here, set it with ``trades.beta`` when that
-  changes). A regulariser that honours them (``trades``) trains on
-  (1 - b_y) CE(f(x), y) + b_y KL(f(x) || f(x')). Without one (PGD-AT + CFA) CCR has nothing
-  to calibrate, as in the paper.
-* FAWA, fairness-aware weight averaging (CFA owns the evaluated model): at each epoch end
-  from ``start_epoch``, an EMA of the weights (decay 0.88) takes the model only when the
-  worst class's *validation* robust accuracy is at least ``fawa_threshold`` (0.2); the
-  engine recomputes BatchNorm for the average, which is the evaluated model. Needs a
-  validation split (``--val-fraction``, 2 % in the paper). If no epoch passes the gate, the
-  final model is evaluated and the run says so.
+  b_c = beta / (1 + beta) before ``start_epoch`` and
+  b_c = (lam_beta + A_c) beta / (1 + (lam_beta + A_c) beta) from it (lam_beta = 0.5,
+  beta = 6, the TRADES beta the paper calibrates; ``beta`` here, set it with ``trades.beta``
+  when that changes). A regulariser that honours them (``trades``) trains on
+  (1 - b_y) CE(f(x), y) + b_y KL(f(x) || f(x')) from the first epoch, as the authors' code
+  does (robx's first version trained CE + 6 KL until epoch 10, then switched to the
+  calibrated form, seven times smaller). Without one (PGD-AT + CFA) CCR has nothing to
+  calibrate, as in the paper.
+* FAWA, fairness-aware weight averaging (CFA owns the evaluated model): at every epoch end,
+  an EMA of the whole model state (weights and BatchNorm statistics, decay 0.88) takes the
+  model only when the worst class's *validation* robust accuracy is at least
+  ``fawa_threshold`` (0.24, the authors' default); the first epoch that passes starts it.
+  Its BN statistics are the averaged ones (not recomputed). Needs a validation split
+  (``--val-fraction``, 2 % in the paper). If no epoch passes the gate, the final model is
+  evaluated and the run says so.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class CFA:
         beta: float = 6.0
         fawa: bool = True
         fawa_decay: float = 0.88
-        fawa_threshold: float = 0.2
+        fawa_threshold: float = 0.24
 
         def __post_init__(self) -> None:
             if self.start_epoch < 0:
@@ -86,23 +91,24 @@ class CFA:
             if stats.train.robust is None:
                 raise RobxError("cfa needs adversarial training predictions; it cannot run with 'natural'")
             state.stash[CALIBRATION] = stats.train.robust
-        if self.options.fawa and state.epoch >= self.options.start_epoch:
+        if self.options.fawa:
             assert stats.val is not None and stats.val.robust is not None
             if float(stats.val.robust.min()) >= self.options.fawa_threshold:
-                state.stash[FAWA] = add_to_average(state.stash.get(FAWA, None), state.model, self.options.fawa_decay)
+                state.stash[FAWA] = add_to_average(state.stash.get(FAWA, None), state.model, self.options.fawa_decay,
+                                                   with_buffers=True)
 
     @hookimpl
     def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
         if CALIBRATION not in state.stash:
             return None
-        eps, alpha = float(state.config.eps), float(state.config.alpha)
-        class_eps = calibrated_eps(state.stash[CALIBRATION], eps, self.options.lam_eps)
-        return class_eps.float(), (class_eps * (alpha / eps)).float()
+        class_eps = calibrated_eps(state.stash[CALIBRATION], float(state.config.eps), self.options.lam_eps)
+        return class_eps.float(), torch.full_like(class_eps, float(state.config.alpha)).float()
 
     @hookimpl
-    def regularizer_weights(self, state: TrainState) -> torch.Tensor | None:
-        if CALIBRATION not in state.stash:
-            return None
+    def regularizer_weights(self, state: TrainState) -> torch.Tensor:
+        if CALIBRATION not in state.stash:  # before start_epoch: TRADES as beta / (1 + beta)
+            beta = self.options.beta
+            return torch.full((state.num_classes,), beta / (1.0 + beta))
         return calibrated_beta(state.stash[CALIBRATION], self.options.beta, self.options.lam_beta).float()
 
     @hookimpl

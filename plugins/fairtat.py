@@ -10,6 +10,13 @@
 * Class-wise budgets from epoch 1 (FAIR-TAT owns the per-class attack budget): "G-rob"
   (default) eps_c = (0.5 + RobAcc^train_c) eps; "G-cfps" eps_c = (0.5 + 2 CFPS_c) eps. The
   step size alpha is not rescaled.
+
+Deliberate deviation: the authors' code attacks with the model in train mode, so BatchNorm
+normalises every PGD step with the statistics of the batch being attacked and updates its
+running statistics at each of them. robx runs every attack in eval mode (running
+statistics, nothing updated; docs/engine.md): an example's perturbation then does not
+depend on the rest of its batch (TRADES issue #3), the running statistics see only the
+training passes, and FAIR-TAT compares with the other methods under one attack policy.
 """
 
 from __future__ import annotations

@@ -108,6 +108,29 @@ def test_targets_never_equal_the_label_and_follow_softmax_2_cfps():
     assert uniform.tolist()[0] == pytest.approx([1 / 3, 1 / 3, 0.0, 1 / 3])
 
 
+@pytest.mark.parametrize("mode,expected_eps", [
+    ("g-rob", [0.5 * 0.04, 0.8 * 0.04, 1.0 * 0.04]),   # (0.5 + RobAcc_c) eps
+    ("g-cfps", [1.7 * 0.04, 1.1 * 0.04, 0.7 * 0.04]),  # (0.5 + 2 CFPS_c) eps, CFPS 0.6, 0.3, 0.1
+])
+def test_fairtat_class_wise_budgets_by_hand(mode, expected_eps):
+    from types import SimpleNamespace
+
+    from robx.core.state import Stash
+    from robx.plugins.fairtat import FairTAT
+
+    counts = torch.tensor([10, 10, 20])
+    confusion = torch.tensor([[6.0, 3.0, 1.0], [2.0, 8.0, 0.0], [4.0, 0.0, 16.0]]) / counts[:, None]
+    robust = torch.tensor([0.0, 0.3, 0.5], dtype=torch.float64)
+    train = SplitStats(counts, None, robust, robust_confusion=confusion.double())
+    state = SimpleNamespace(stash=Stash(), config=SimpleNamespace(eps=0.04, alpha=0.01),
+                            epoch_stats=SimpleNamespace(train=train))
+    plugin = FairTAT(FairTAT.Options(eps_mode=mode))
+    assert plugin.attack_budget(state=state) is None  # epoch 0: the run's budget
+    plugin.epoch_end(state=state)
+    eps, alpha = plugin.attack_budget(state=state)
+    assert eps.tolist() == pytest.approx(expected_eps) and alpha.tolist() == pytest.approx([0.01] * 3)
+
+
 @pytest.mark.parametrize("plugins", [["dafa", "trades"], ["fairtat"], ["trades", "fairtat"]])
 def test_fairness_plugins_train_end_to_end(tmp_path, plugins):
     report = engine.train(tiny_config(epochs=2, plugins=plugins, n_eval=40), tmp_path / "run")
@@ -135,38 +158,60 @@ def _stats(robust_acc: list[float]) -> SplitStats:
 
 
 def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():
+    """As the authors' train.py: TRADES as beta/(1+beta) from epoch 0, alpha fixed, the FAWA
+    gate checked every epoch, BatchNorm statistics averaged with the weights."""
     from types import SimpleNamespace
 
     from robx.core.state import Stash
     from robx.plugins.cfa import CFA, FAWA
 
-    model = torch.nn.Linear(2, 3)
-    state = SimpleNamespace(epoch=0, stash=Stash(), model=model,
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    state = SimpleNamespace(epoch=0, stash=Stash(), model=model, num_classes=3,
                             config=SimpleNamespace(eps=0.04, alpha=0.01, val_fraction=0.1))
-    plugin = CFA(CFA.Options(start_epoch=2, fawa_threshold=0.2))
+    plugin = CFA(CFA.Options(start_epoch=2))
+    assert plugin.options.fawa_threshold == 0.24  # the authors' --thershold default
+    assert plugin.attack_budget(state=state) is None  # the run's eps and alpha
+    assert plugin.regularizer_weights(state=state).tolist() == pytest.approx([6 / 7] * 3)  # beta / (1 + beta)
     state.epoch_stats = SimpleNamespace(train=_stats([0.0, 0.3, 0.5]), val=_stats([0.1, 0.3, 0.5]))
     plugin.epoch_end(state=state)  # epoch 0 ended; epoch 1 < start: nothing to calibrate
-    assert plugin.attack_budget(state=state) is None and plugin.regularizer_weights(state=state) is None
+    assert plugin.attack_budget(state=state) is None
+    assert plugin.regularizer_weights(state=state).tolist() == pytest.approx([6 / 7] * 3)
+    assert FAWA not in state.stash  # worst val class 0.1 < 0.24: gate closed
     state.epoch = 1
-    plugin.epoch_end(state=state)  # calibrates epoch 2
+    state.epoch_stats.val = _stats([0.24, 0.3, 0.5])
+    plugin.epoch_end(state=state)  # calibrates epoch 2; the gate opens before start_epoch
     eps, alpha = plugin.attack_budget(state=state)
     assert eps.tolist() == pytest.approx([0.02, 0.032, 0.04])  # (0.5 + A_c) * 0.04
-    assert alpha.tolist() == pytest.approx([0.005, 0.008, 0.01])
+    assert alpha.tolist() == pytest.approx([0.01, 0.01, 0.01])  # fixed
     # beta 6: (0.5 + A) * 6 = 3, 4.8, 6 -> b = 3/4, 4.8/5.8, 6/7
     assert plugin.regularizer_weights(state=state).tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
-    assert FAWA not in state.stash  # FAWA starts with epoch 2
-    state.epoch = 2
-    plugin.epoch_end(state=state)  # worst val class 0.1 < 0.2: gate closed
-    assert FAWA not in state.stash and plugin.averaged_weights(state=state) is None
-    state.epoch_stats.val = _stats([0.2, 0.3, 0.5])
-    plugin.epoch_end(state=state)
     first = {k: v.clone() for k, v in state.stash[FAWA]["parameters"].items()}
+    assert set(first) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"}
     with torch.no_grad():
-        model.weight.add_(1.0)
+        model[0].weight.add_(1.0)
+        model[1].running_mean.add_(2.0)
+    state.epoch = 2
     plugin.epoch_end(state=state)
-    expected = 0.88 * first["weight"] + 0.12 * model.weight
-    torch.testing.assert_close(state.stash[FAWA]["parameters"]["weight"], expected)
-    torch.testing.assert_close(plugin.averaged_weights(state=state)["weight"], expected)
+    for name, current in (("0.weight", model[0].weight), ("1.running_mean", model[1].running_mean)):
+        expected = 0.88 * first[name] + 0.12 * current  # weight_average(FAWA, model, 0.88)
+        torch.testing.assert_close(state.stash[FAWA]["parameters"][name], expected)
+        torch.testing.assert_close(plugin.averaged_weights(state=state)[name], expected)
+    state.epoch_stats.val = _stats([0.1, 0.3, 0.5])
+    before = {k: v.clone() for k, v in state.stash[FAWA]["parameters"].items()}
+    plugin.epoch_end(state=state)  # gate closed: the average stays
+    for name, value in before.items():
+        torch.testing.assert_close(state.stash[FAWA]["parameters"][name], value)
+
+
+def test_averaged_bn_statistics_are_used_as_given():
+    from robx.core.averaging import holds_buffers, with_parameters
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    average = {name: torch.full_like(t, 7.0) for name, t in model.state_dict().items() if t.is_floating_point()}
+    assert holds_buffers(model, average) and not holds_buffers(model, dict(model.named_parameters()))
+    copied = with_parameters(model, average)
+    assert (copied[1].running_var == 7.0).all() and (copied[0].weight == 7.0).all()
+    assert (model[1].running_var == 1.0).all()  # the original is untouched
 
 
 def test_trades_honours_per_class_regulariser_weights():
