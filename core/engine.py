@@ -30,7 +30,7 @@ from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
-from robx.core.errors import NonFiniteLossError, OptionError, RobxError
+from robx.core.errors import NonFiniteLossError, OptionError, RobxError, TrainingPaused
 from robx.core.evaluate import AttackSettings, evaluate
 from robx.core.plugins import PluginHost, options_as_dict
 from robx.core.models import NormedLinear
@@ -466,11 +466,15 @@ def train(
     force: bool = False,
     resume: bool = False,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Train, checkpoint every epoch, evaluate on the test set; returns the report.
 
     With ``resume=True``, ``config`` is ignored and the run continues from the
-    checkpoint in ``run_dir`` with the configuration it was started with.
+    checkpoint in ``run_dir`` with the configuration it was started with. With a
+    ``deadline`` (a ``time.monotonic()`` value), an epoch that would end after it (judged
+    by the last epoch's time) is not started: :class:`TrainingPaused` is raised with the
+    checkpoint in place (for device sessions with a time limit per command).
     """
     progress = progress or SilentProgress()
     run_dir = Path(run_dir)
@@ -500,6 +504,8 @@ def train(
     progress.start_training(config.epochs, state.epoch)
     metrics_path = run_dir / rundir.METRICS_FILE
     for epoch in range(state.epoch, config.epochs):
+        if deadline is not None and state.history and time.monotonic() + state.history[-1].seconds > deadline:
+            raise TrainingPaused(epoch)
         state.epoch = epoch
         refresh_class_quantities(run)
         run.host.epoch_start(state)

@@ -35,3 +35,12 @@ class RunDirError(RobxError):
 
 class NonFiniteLossError(RobxError):
     pass
+
+
+class TrainingPaused(Exception):
+    """Training stopped cleanly before an epoch that would end after its deadline; the
+    run directory's checkpoint continues it (``train(..., resume=True)``)."""
+
+    def __init__(self, next_epoch: int) -> None:
+        super().__init__(f"paused before epoch {next_epoch}; resume from the checkpoint")
+        self.next_epoch = next_epoch

@@ -65,6 +65,21 @@ def test_resume_after_a_kill_is_bit_exact(tmp_path, monkeypatch):
             == json.loads((killed_dir / "report.json").read_text())["per_class"])
 
 
+def test_a_deadline_pauses_between_epochs_and_the_run_continues_to_the_same_result(tmp_path):
+    import time
+
+    from robx.core.errors import TrainingPaused
+
+    config = tiny_config(epochs=3)
+    straight = engine.train(config, tmp_path / "straight")
+    with pytest.raises(TrainingPaused) as paused:
+        engine.train(config, tmp_path / "paused", deadline=time.monotonic())  # epoch 0 runs: no time known yet
+    assert paused.value.next_epoch == 1
+    assert not (tmp_path / "paused" / "report.json").exists()
+    continued = engine.train(config, tmp_path / "paused", resume=True)
+    assert continued["per_class"] == straight["per_class"]
+
+
 def test_checkpoint_write_is_atomic_and_corruption_is_reported(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"model": {}, "epoch": 0})
