@@ -77,12 +77,14 @@ def main() -> None:
             config = TrainConfig.from_dict(values)
             run_dir = RUNS / out_dir.name / f"{method}-seed{seed}"
             started = time.perf_counter()
-            report = train(config, run_dir, **continue_or_start(config, run_dir))
+            how = continue_or_start(config, run_dir)
+            report = train(config, run_dir, **how)
             seconds = time.perf_counter() - started
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             write_result(result_path, {
                 "protocol": args.protocol, "variant": variant, "method": method, "seed": seed,
-                "wall_seconds": round(seconds, 1), "config": config.resolved().to_dict(), "run_dir": str(run_dir),
+                "wall_seconds": round(seconds, 1), "continued_from_checkpoint": "resume" in how,
+                "config": config.resolved().to_dict(), "run_dir": str(run_dir),
                 "epoch_seconds": [m["seconds"] for m in metrics], "final_train_loss": metrics[-1]["loss"],
                 "report": report,
             })

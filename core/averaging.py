@@ -75,9 +75,11 @@ def with_parameters(model: torch.nn.Module, parameters: dict[str, torch.Tensor])
     ``parameters``' (the other buffers stay the model's)."""
     copied = copy.deepcopy(model)
     with torch.no_grad():
-        for name, t in _averaged_tensors(copied, with_buffers=True).items():
+        for name, p in copied.named_parameters():  # every parameter: a missing one is a KeyError
+            p.copy_(parameters[name])
+        for name, b in copied.named_buffers():
             if name in parameters:
-                t.copy_(parameters[name])
+                b.copy_(parameters[name])
     return copied
 
 
