@@ -6,12 +6,15 @@ d = 0.999 (TensorFlow's ``ExponentialMovingAverage(num_updates=)`` rule). Withou
 (``warmup = false``) the average of a short run is mostly its first steps' weights: after
 the ~1,300 steps of a 30-epoch cifar10-lt-cpu run, 0.999^1300 = 27 % of it is the initial
 model. After training the engine evaluates the average (this plugin owns ``averaged_weights``),
-with BatchNorm statistics recomputed for it, as for :mod:`robx.plugins.swa`.
+with BatchNorm statistics recomputed for it through the training data path, as for
+:mod:`robx.plugins.swa` (``batchnorm = "recompute"``), or averaged with the weights
+(``batchnorm = "average"``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -23,7 +26,7 @@ AVERAGE = StashKey[dict]("ema.average")
 
 
 class EMA:
-    """Exponential moving average of the weights, BN recomputed at the end."""
+    """Exponential moving average of the weights."""
 
     name = "ema"
 
@@ -32,6 +35,7 @@ class EMA:
         decay: float = 0.999
         start: float = 0.0
         warmup: bool = True
+        batchnorm: Literal["recompute", "average"] = "recompute"
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -45,7 +49,8 @@ class EMA:
         if self.options.warmup and stashed is not None:
             averaged = int(stashed["count"])
             decay = min(decay, (1 + averaged) / (10 + averaged))
-        state.stash[AVERAGE] = add_to_average(stashed, state.model, decay)
+        state.stash[AVERAGE] = add_to_average(stashed, state.model, decay,
+                                              with_buffers=self.options.batchnorm == "average")
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor]:

@@ -18,8 +18,10 @@ Per batch (Algorithm 5.1), after the adversary produced x' = PGD(x):
 3. Loss (eq. 5.5): cross-entropy on the mixed (soft) labels (the task's default loss, or
    ``--loss``).
 4. SWA (section 5.3.3) from ``swa_start`` x epochs: this plugin owns the evaluated model
-   (``averaged_weights``), BatchNorm recomputed by the engine; ``swa = false`` turns it off
-   (the ablation; the last iterate is evaluated).
+   (``averaged_weights``), BatchNorm recomputed by the engine through the training data
+   path as for :mod:`robx.plugins.swa` (``batchnorm = "average"`` averages the running
+   statistics with the weights instead); ``swa = false`` turns it off (the ablation; the
+   last iterate is evaluated).
 
 The copies grow every epoch by t_c n_c examples of each minority class, so this plugin owns
 the class counts the run trains on: ``state.class_counts`` = n_c (1 + t_c), which class
@@ -84,6 +86,7 @@ class ImbMix:
         swa: bool = True
         swa_start: float = 0.75
         remix_counts: Literal["augmented", "dataset"] = "augmented"
+        batchnorm: Literal["recompute", "average"] = "recompute"
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -117,7 +120,8 @@ class ImbMix:
     def epoch_end(self, state: TrainState) -> None:
         start = min(int(round(self.options.swa_start * state.num_epochs)), state.num_epochs - 1)
         if self.options.swa and state.epoch >= start:
-            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model)
+            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model,
+                                                  with_buffers=self.options.batchnorm == "average")
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:

@@ -2,14 +2,19 @@
 
 theta_swa <- (theta_swa * n + theta) / (n + 1) at the end of every epoch from the start
 epoch (``start`` x epochs, default 0.75). After training the engine evaluates the average
-(this plugin owns ``averaged_weights``), with BatchNorm statistics recomputed for it. The
-running average lives in the stash as plain tensors, so it is checkpointed and resumes
-exactly.
+(this plugin owns ``averaged_weights``). Its BatchNorm statistics are, by default
+(``batchnorm = "recompute"``), recomputed after training, as the SWA paper does with one
+pass over the training data (``torch.optim.swa_utils.update_bn``); robx makes that pass
+through the training data path, so the statistics are those of the adversarial batches the
+weights trained on. ``batchnorm = "average"`` averages the running statistics with the
+weights instead (CFA's authors' FAWA does so). The running average lives in the stash as
+plain tensors, so it is checkpointed and resumes exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -21,13 +26,14 @@ AVERAGE = StashKey[dict]("swa.average")
 
 
 class SWA:
-    """Stochastic weight averaging from a start epoch, BN recomputed (Izmailov et al. 2018)."""
+    """Stochastic weight averaging from a start epoch (Izmailov et al. 2018)."""
 
     name = "swa"
 
     @dataclass
     class Options:
         start: float = 0.75
+        batchnorm: Literal["recompute", "average"] = "recompute"
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -35,7 +41,8 @@ class SWA:
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:
         if state.epoch >= min(int(round(self.options.start * state.num_epochs)), state.num_epochs - 1):
-            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model)
+            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model,
+                                                 with_buffers=self.options.batchnorm == "average")
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor]:

@@ -190,6 +190,44 @@ def test_swa_and_ema_in_training_evaluate_the_average(tmp_path):
     assert not (tmp_path / "both").exists()  # rejected before anything was written
 
 
+def test_swa_can_average_batchnorm_statistics_with_the_weights(tmp_path, monkeypatch):
+    """``batchnorm = "average"``: the evaluated model's BN statistics are the mean of the
+    last iterate's running statistics at the averaged epochs, not recomputed."""
+    snapshots: list[dict[str, torch.Tensor]] = []
+    real_epoch = engine.train_epoch
+
+    def recorded(run, progress):
+        stats = real_epoch(run, progress)
+        snapshots.append({name: b.detach().clone() for name, b in run.state.model.named_buffers()
+                          if b.is_floating_point()})
+        return stats
+
+    monkeypatch.setattr(engine, "train_epoch", recorded)
+    engine.train(tiny_config(epochs=3, plugins=["swa"], plugin_options={"swa": {"start": 0.3, "batchnorm": "average"}}),
+                 tmp_path / "swa")  # averages epochs 1 and 2
+    evaluated = load_checkpoint(tmp_path / "swa" / "checkpoint.pt")["eval_model"]
+    assert snapshots and all(name in evaluated for name in snapshots[0])
+    for name in snapshots[0]:
+        torch.testing.assert_close(evaluated[name], (snapshots[1][name] + snapshots[2][name]) / 2)
+
+
+def test_ema_averages_batchnorm_statistics_only_when_asked():
+    from robx.plugins.ema import AVERAGE as EMA_AVERAGE
+
+    for batchnorm, expected in (("average", 2.0), ("recompute", None)):
+        model = torch.nn.BatchNorm1d(2)
+        state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
+        plugin = EMA(EMA.Options(decay=0.5, warmup=False, batchnorm=batchnorm))
+        for value in (1.0, 3.0):
+            model.running_mean.fill_(value)
+            plugin.after_step(None, state)
+        average = state.stash[EMA_AVERAGE]["parameters"]
+        if expected is None:
+            assert "running_mean" not in average  # the engine recomputes the statistics
+        else:
+            assert torch.allclose(average["running_mean"], torch.full((2,), expected))  # 0.5*1 + 0.5*3
+
+
 def test_ema_updates_every_step():
     model = torch.nn.Linear(2, 1, bias=False)
     state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
