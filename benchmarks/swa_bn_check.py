@@ -6,11 +6,14 @@ through the training data path: adversarial examples against the averaged weight
 plugins' ``augment`` (mixed rows under Imb-Mix), the step's own forward passes. This check
 evaluates, on the same stratified test subset with the run's PGD-20:
 
-* ``shipped``: the evaluated model in the run's checkpoint (BN from the training data path,
-  averaged with the weights for runs with ``<plugin>.batchnorm = "average"`` or ``cfa``, or,
-  for runs from before engine v2, from clean training images);
-* ``train_path_bn``: only where ``shipped`` has averaged BN statistics: the same averaged
-  weights, BN recomputed through the training data path as the engine's default does;
+* ``shipped``: the evaluated model in the run's checkpoint, its BN statistics as the run's
+  ``batchnorm`` option chose (``core/averaging.py``: recomputed through the training data
+  path, averaged with the weights, or the last iterate's; runs from before engine v2
+  recomputed them on clean training images);
+* ``train_path_bn``: the same averaged weights, BN recomputed through the training data
+  path (unless that is what ``shipped`` has);
+* ``last_bn``: the same averaged weights with the last iterate's BN statistics (unless that
+  is what ``shipped`` has);
 * ``clean_bn``: the same averaged weights, BN recomputed on the clean training images
   (``torch.optim.swa_utils.update_bn``, as the reference SWA does and robx did before);
 * ``final``: the last training iterate with its running BN statistics (no averaging).
@@ -33,6 +36,7 @@ from torch.optim.swa_utils import update_bn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
 from robx.core import run as rundir  # noqa: E402
+from robx.core.averaging import with_parameters  # noqa: E402
 from robx.core.engine import Run, SilentProgress, averaged_eval_model, evaluate_run, load_run  # noqa: E402
 from robx.core.errors import RobxError  # noqa: E402
 
@@ -42,10 +46,13 @@ def clean_training_batches(run: Run, batch_size: int = 256) -> list[torch.Tensor
     return [run.task.inputs(x[start : start + batch_size]).to(run.state.device) for start in range(0, len(x), batch_size)]
 
 
-def averages_batchnorm(run_dir: Path) -> bool:
-    """Whether the run's evaluated model holds averaged BN statistics (from its recorded options)."""
+def shipped_batchnorm(run_dir: Path) -> str:
+    """Where the shipped model's BN statistics came from, by the run's recorded options."""
     plugins = json.loads((run_dir / rundir.CONFIG_FILE).read_text())["plugins"]
-    return "cfa" in plugins or any(options.get("batchnorm") == "average" for options in plugins.values())
+    if "cfa" in plugins:
+        return "average"
+    chosen = [options["batchnorm"] for options in plugins.values() if "batchnorm" in options]
+    return chosen[0] if chosen else "recompute"
 
 
 def main() -> None:
@@ -62,10 +69,16 @@ def main() -> None:
     update_bn(clean_training_batches(run), clean_bn, device=run.state.device)
     final = copy.deepcopy(shipped)
     final.load_state_dict(payload["model"])
-    variants = [("shipped", shipped), ("clean_bn", clean_bn), ("final", final)]
-    if averages_batchnorm(args.run_dir):
+    averaged = dict(shipped.named_parameters())
+    last_bn = with_parameters(final, averaged)  # averaged weights, the last iterate's buffers
+    variants = [("shipped", shipped)]
+    source = shipped_batchnorm(args.run_dir)
+    if source != "recompute":
         run.state.model = final  # as after training: the averaged weights attacked with the last iterate's BN
-        variants.insert(1, ("train_path_bn", averaged_eval_model(run, dict(shipped.named_parameters()))))
+        variants.append(("train_path_bn", averaged_eval_model(run, averaged)))
+    if source != "last":
+        variants.append(("last_bn", last_bn))
+    variants += [("clean_bn", clean_bn), ("final", final)]
     results = {}
     for name, model in variants:
         model.eval()
@@ -78,7 +91,8 @@ def main() -> None:
               f"(majority {summary['robust']['majority']:.3f}, minority {summary['robust']['minority']:.3f})",
               flush=True)
     path = RESULTS / "swa-bn-check" / f"{args.run_dir.parent.name}-{args.run_dir.name}.json"
-    write_result(path, {"run_dir": str(args.run_dir), "n_eval": args.n_eval, "results": results})
+    write_result(path, {"run_dir": str(args.run_dir), "n_eval": args.n_eval, "shipped_batchnorm": source,
+                        "results": results})
     print(f"written: {path}")
 
 

@@ -14,9 +14,16 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+BatchNormSource = Literal["recompute", "average", "last"]
+"""Where an evaluated weight average's BatchNorm statistics come from: ``"recompute"``d by
+the engine through the training data path (SWA's ``update_bn``, on the trained
+distribution), ``"average"``d with the weights (CFA's FAWA), or the ``"last"`` iterate's
+running statistics (the EMA of Gowal et al. 2020 / Rebuffi et al. 2021: their code evaluates
+the averaged parameters with the training network's state)."""
 
 
 def _averaged_tensors(model: torch.nn.Module, with_buffers: bool) -> dict[str, torch.Tensor]:
@@ -68,6 +75,17 @@ def add_to_average(stashed: dict[str, Any] | None, model: torch.nn.Module,
     average = WeightAverage.from_state(stashed)
     average.add(model, decay=decay)
     return average.to_state()
+
+
+def evaluated_average(stashed: dict[str, Any], model: torch.nn.Module,
+                      batchnorm: BatchNormSource) -> dict[str, torch.Tensor]:
+    """The answer to ``averaged_weights`` for an average kept with :func:`add_to_average`
+    (``with_buffers`` when ``batchnorm`` is ``"average"``): its tensors, plus the last
+    iterate's (``model``'s) BatchNorm statistics when ``batchnorm`` is ``"last"``."""
+    tensors = dict(WeightAverage.from_state(stashed).parameters)
+    if batchnorm == "last":
+        tensors.update((name, b.detach().clone()) for name, b in model.named_buffers() if b.is_floating_point())
+    return tensors
 
 
 def with_parameters(model: torch.nn.Module, parameters: dict[str, torch.Tensor]) -> torch.nn.Module:

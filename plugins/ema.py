@@ -5,20 +5,21 @@ warmed-up decay d_t = min(d, (1 + t) / (10 + t)), t the number of models average
 d = 0.999 (TensorFlow's ``ExponentialMovingAverage(num_updates=)`` rule). Without the warm-up
 (``warmup = false``) the average of a short run is mostly its first steps' weights: after
 the ~1,300 steps of a 30-epoch cifar10-lt-cpu run, 0.999^1300 = 27 % of it is the initial
-model. After training the engine evaluates the average (this plugin owns ``averaged_weights``),
-with BatchNorm statistics recomputed for it through the training data path, as for
-:mod:`robx.plugins.swa` (``batchnorm = "recompute"``), or averaged with the weights
-(``batchnorm = "average"``).
+model. After training the engine evaluates the average (this plugin owns ``averaged_weights``)
+with the last iterate's BatchNorm statistics (``batchnorm = "last"``), as the adversarial
+training EMA of Gowal et al. (2020) and Rebuffi et al. (2021) does: their code evaluates the
+averaged parameters with the training network's state. ``"recompute"`` recomputes them
+through the training data path (as :mod:`robx.plugins.swa`), ``"average"`` averages them
+with the weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from robx.core.averaging import WeightAverage, add_to_average
+from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
 
@@ -35,7 +36,7 @@ class EMA:
         decay: float = 0.999
         start: float = 0.0
         warmup: bool = True
-        batchnorm: Literal["recompute", "average"] = "recompute"
+        batchnorm: BatchNormSource = "last"
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -54,4 +55,4 @@ class EMA:
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor]:
-        return WeightAverage.from_state(state.stash[AVERAGE]).parameters
+        return evaluated_average(state.stash[AVERAGE], state.model, self.options.batchnorm)

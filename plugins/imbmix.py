@@ -19,9 +19,10 @@ Per batch (Algorithm 5.1), after the adversary produced x' = PGD(x):
    ``--loss``).
 4. SWA (section 5.3.3) from ``swa_start`` x epochs: this plugin owns the evaluated model
    (``averaged_weights``), BatchNorm recomputed by the engine through the training data
-   path as for :mod:`robx.plugins.swa` (``batchnorm = "average"`` averages the running
-   statistics with the weights instead); ``swa = false`` turns it off (the ablation; the
-   last iterate is evaluated).
+   path as for :mod:`robx.plugins.swa`, the SWA paper's choice the dissertation cites
+   (``batchnorm = "average"`` averages the running statistics with the weights, ``"last"``
+   keeps the last iterate's); ``swa = false`` turns it off (the ablation; the last iterate
+   is evaluated).
 
 The copies grow every epoch by t_c n_c examples of each minority class, so this plugin owns
 the class counts the run trains on: ``state.class_counts`` = n_c (1 + t_c), which class
@@ -35,7 +36,7 @@ from typing import Literal
 
 import torch
 
-from robx.core.averaging import WeightAverage, add_to_average
+from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
 from robx.core.hookspecs import hookimpl
 from robx.core.metrics import majority_classes
 from robx.core.state import StashKey, Step, TrainState
@@ -86,7 +87,7 @@ class ImbMix:
         swa: bool = True
         swa_start: float = 0.75
         remix_counts: Literal["augmented", "dataset"] = "augmented"
-        batchnorm: Literal["recompute", "average"] = "recompute"
+        batchnorm: BatchNormSource = "recompute"
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -127,4 +128,4 @@ class ImbMix:
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:
         if not self.options.swa:
             return None
-        return WeightAverage.from_state(state.stash[AVERAGE]).parameters
+        return evaluated_average(state.stash[AVERAGE], state.model, self.options.batchnorm)

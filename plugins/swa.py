@@ -7,18 +7,18 @@ epoch (``start`` x epochs, default 0.75). After training the engine evaluates th
 pass over the training data (``torch.optim.swa_utils.update_bn``); robx makes that pass
 through the training data path, so the statistics are those of the adversarial batches the
 weights trained on. ``batchnorm = "average"`` averages the running statistics with the
-weights instead (CFA's authors' FAWA does so). The running average lives in the stash as
-plain tensors, so it is checkpointed and resumes exactly.
+weights instead (CFA's authors' FAWA does so), ``"last"`` keeps the last iterate's (as the
+EMA of :mod:`robx.plugins.ema`). The running average lives in the stash as plain tensors, so
+it is checkpointed and resumes exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from robx.core.averaging import WeightAverage, add_to_average
+from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, TrainState
 
@@ -33,7 +33,7 @@ class SWA:
     @dataclass
     class Options:
         start: float = 0.75
-        batchnorm: Literal["recompute", "average"] = "recompute"
+        batchnorm: BatchNormSource = "recompute"
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -46,4 +46,4 @@ class SWA:
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor]:
-        return WeightAverage.from_state(state.stash[AVERAGE]).parameters
+        return evaluated_average(state.stash[AVERAGE], state.model, self.options.batchnorm)

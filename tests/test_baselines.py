@@ -211,21 +211,25 @@ def test_swa_can_average_batchnorm_statistics_with_the_weights(tmp_path, monkeyp
         torch.testing.assert_close(evaluated[name], (snapshots[1][name] + snapshots[2][name]) / 2)
 
 
-def test_ema_averages_batchnorm_statistics_only_when_asked():
-    from robx.plugins.ema import AVERAGE as EMA_AVERAGE
-
-    for batchnorm, expected in (("average", 2.0), ("recompute", None)):
+def test_ema_batchnorm_statistics_by_choice():
+    """"average": the EMA of the running mean (0.5 * 1 + 0.5 * 3); "last" (the default, as
+    Gowal et al.'s code): the last iterate's (3); "recompute": none, the engine recomputes."""
+    assert EMA.Options().batchnorm == "last"
+    for batchnorm, expected in (("average", 2.0), ("last", 3.0), ("recompute", None)):
         model = torch.nn.BatchNorm1d(2)
         state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
         plugin = EMA(EMA.Options(decay=0.5, warmup=False, batchnorm=batchnorm))
         for value in (1.0, 3.0):
+            with torch.no_grad():
+                model.weight.fill_(value)
             model.running_mean.fill_(value)
             plugin.after_step(None, state)
-        average = state.stash[EMA_AVERAGE]["parameters"]
+        evaluated = plugin.averaged_weights(state)
+        assert torch.allclose(evaluated["weight"], torch.full((2,), 2.0))  # the weights are averaged in every case
         if expected is None:
-            assert "running_mean" not in average  # the engine recomputes the statistics
+            assert "running_mean" not in evaluated
         else:
-            assert torch.allclose(average["running_mean"], torch.full((2,), expected))  # 0.5*1 + 0.5*3
+            assert torch.allclose(evaluated["running_mean"], torch.full((2,), expected))
 
 
 def test_ema_updates_every_step():
