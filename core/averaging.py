@@ -3,9 +3,11 @@
 A plugin that owns :func:`robx.core.hookspecs.averaged_weights` keeps a
 :class:`WeightAverage` in its stash (as :meth:`WeightAverage.to_state`, tensors and an
 int, so checkpoints hold plain data) and answers with its parameters after training; the
-engine builds the evaluated model from them (:func:`with_parameters`) and recomputes its
-BatchNorm statistics on the distribution the model trained on (:func:`cumulative_batchnorm`
-around the training data path; ``robx.core.engine.averaged_eval_model``).
+engine builds the evaluated model from them (:func:`with_parameters`). Its BatchNorm
+statistics are the owner's choice (:data:`BatchNormSource`): held in the answer (averaged, or
+the last iterate's, :func:`evaluated_average`), or else recomputed by the engine on the
+distribution the model trained on (:func:`cumulative_batchnorm` around the training data
+path; ``robx.core.engine.averaged_eval_model``).
 """
 
 from __future__ import annotations
