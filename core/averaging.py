@@ -28,12 +28,17 @@ running statistics (the EMA of Gowal et al. 2020 / Rebuffi et al. 2021: their co
 the averaged parameters with the training network's state)."""
 
 
+def _floating_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm's running mean and variance (its batch counter is an integer and is left out)."""
+    return {name: b for name, b in model.named_buffers() if b.is_floating_point()}
+
+
 def _averaged_tensors(model: torch.nn.Module, with_buffers: bool) -> dict[str, torch.Tensor]:
     """The parameters, and with ``with_buffers`` the floating-point buffers (BatchNorm's
     running mean and variance; its batch counter is an integer and is left out)."""
     tensors = dict(model.named_parameters())
     if with_buffers:
-        tensors.update((name, b) for name, b in model.named_buffers() if b.is_floating_point())
+        tensors.update(_floating_buffers(model))
     return tensors
 
 
@@ -86,7 +91,7 @@ def evaluated_average(stashed: dict[str, Any], model: torch.nn.Module,
     iterate's (``model``'s) BatchNorm statistics when ``batchnorm`` is ``"last"``."""
     tensors = dict(WeightAverage.from_state(stashed).parameters)
     if batchnorm == "last":
-        tensors.update((name, b.detach().clone()) for name, b in model.named_buffers() if b.is_floating_point())
+        tensors.update((name, b.detach().clone()) for name, b in _floating_buffers(model).items())
     return tensors
 
 
@@ -105,7 +110,7 @@ def with_parameters(model: torch.nn.Module, parameters: dict[str, torch.Tensor])
 
 def holds_buffers(model: torch.nn.Module, parameters: dict[str, torch.Tensor]) -> bool:
     """True when an average holds the model's floating-point buffers (BN statistics)."""
-    buffers = [name for name, b in model.named_buffers() if b.is_floating_point()]
+    buffers = _floating_buffers(model)
     return bool(buffers) and all(name in parameters for name in buffers)
 
 
