@@ -70,7 +70,7 @@ def train(
     n_eval: Annotated[Optional[int], typer.Option(help="Evaluate on a stratified test subset of this size.")] = None,
     plugins: Annotated[Optional[str], typer.Option(help="Comma-separated plugins, e.g. srat,imbmix (default: pgd).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="ce (default), focal, ldam, balanced_softmax (a loss plugin).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Plugin option PLUGIN.KEY=VALUE (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Plugin option PLUGIN.KEY=VALUE, or dataset.KEY=VALUE (repeatable).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batches and attacks.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<dataset>-<plugins>-seed<k>-<time>).")] = None,
@@ -101,7 +101,9 @@ def train(
         if not any(values["plugins"]) or not all(values["plugins"]):
             raise OptionError(f"--plugins expects comma-separated plugin names, got {plugins!r}")
     options = {name: dict(table) for name, table in values.get("plugin_options", {}).items()}
-    for name, table in parse_set_overrides(set_ or []).items():
+    overrides = parse_set_overrides(set_ or [])
+    values["dataset_options"] = {**values.get("dataset_options", {}), **overrides.pop("dataset", {})}
+    for name, table in overrides.items():
         options.setdefault(name, {}).update(table)
     values["plugin_options"] = options
     config = TrainConfig.from_dict(values)

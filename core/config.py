@@ -2,8 +2,9 @@
 
 Precedence, lowest first: the dataset's defaults (registered with the dataset), the TOML
 file, command-line options.
-A TOML file holds top-level :class:`TrainConfig` keys and one ``[<plugin>]`` table
-per plugin for its options, for example::
+A TOML file holds top-level :class:`TrainConfig` keys, one ``[<plugin>]`` table per plugin
+for its options and a ``[dataset_options]`` table for the dataset's own (the command
+line's ``--set dataset.KEY=VALUE``), for example::
 
     dataset = "cifar10"
     epochs = 30
@@ -37,6 +38,7 @@ class TrainConfig:
     """All settings of a training run. ``None`` means "take the dataset's default"."""
 
     dataset: str | None = None  # None: the registered default dataset
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # the dataset's own settings
     imbalance: Imbalance | None = None
     ratio: float | None = None
     n_max: int | None = None
@@ -150,7 +152,8 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise OptionError(f"config file not found: {path}") from error
     except tomllib.TOMLDecodeError as error:
         raise OptionError(f"config file {path} is not valid TOML: {error}") from error
-    plugin_tables = {key: data.pop(key) for key in list(data) if isinstance(data[key], dict)}
+    plugin_tables = {key: data.pop(key) for key in list(data)
+                     if isinstance(data[key], dict) and key != "dataset_options"}
     if plugin_tables:
         data["plugin_options"] = plugin_tables
     TrainConfig.from_dict(data)  # unknown keys -> clear error

@@ -23,7 +23,14 @@ from robx.core.errors import OptionError
 
 @dataclass
 class Split:
-    """Stored inputs, targets and the label (class or group) of every example."""
+    """Stored inputs, targets and the label (class or group) of every example.
+
+    ``labels`` has one entry per example, shape ``(examples,)``, or one per scored target of
+    an example with several (shape ``(examples, *target_shape)``, e.g. the zero / non-zero
+    group of every node and category of a crime grid). Every labelled entry then counts once
+    in the class counts and statistics; such datasets keep their own splits (see
+    :func:`apply_protocol`).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -48,14 +55,16 @@ class TaskData:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     val: Split | None = None
+    graph: torch.Tensor | None = None  # (nodes, nodes) adjacency of graph-structured examples
+    target_names: list[str] | None = None  # names along the targets' last axis (crime categories)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def class_counts(self) -> list[int]:
-        """Training examples of each class."""
-        return torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
+        """Labelled training examples (or targets) of each class."""
+        return torch.bincount(self.train.labels.flatten(), minlength=self.num_classes).tolist()
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +153,19 @@ def apply_protocol(
 ) -> TaskData:
     """The protocol on the labels: imbalanced training subset (``original``: every training
     example, the dataset's own class distribution), balanced test subset, stratified
-    validation split taken from the training subset."""
+    validation split taken from the training subset.
+
+    A dataset that labels every target of an example (``labels`` of more than one axis) has
+    no per-example class to subsample by: it keeps the dataset's own splits, and asking for
+    anything else is an :class:`OptionError`."""
+    if data.train.labels.dim() > 1:
+        asked = [what for what, given in (("imbalance=" + imbalance, imbalance != "original"),
+                                          (f"n_test_per_class={n_test_per_class}", bool(n_test_per_class)),
+                                          (f"val_fraction={val_fraction:g}", val_fraction > 0)) if given]
+        if asked:
+            raise OptionError(f"dataset '{data.name}' labels every target, so it keeps its own splits; "
+                              f"drop {', '.join(asked)} (imbalance must be 'original')")
+        return data
     if imbalance != "original":
         n_max = n_max or min(data.class_counts())
         sizes = imbalanced_class_sizes(data.num_classes, imbalance, ratio, n_max)
@@ -161,9 +182,12 @@ def apply_protocol(
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """About ``n`` indices with the class proportions of ``labels`` (for ``--n-eval``)."""
+    """About ``n`` indices with the class proportions of ``labels`` (for ``--n-eval``);
+    a seeded uniform subset of the examples when every target is labelled."""
     if n >= len(labels):
         return torch.arange(len(labels))
+    if labels.dim() > 1:
+        return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(labels))[:n]))
     _, held = stratified_split(labels, n / len(labels), seed)
     return held
 

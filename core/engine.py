@@ -150,7 +150,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     assert config.imbalance is not None and config.ratio is not None
     found = registry()
     task_type = found.task_for(config.dataset)
-    data = found.dataset(config.dataset).load(config.data_root, config.data_seed)
+    data = found.dataset(config.dataset).read(config.data_root, config.data_seed, config.dataset_options)
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed)
     task = task_type(data)
@@ -370,6 +370,9 @@ def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
     weights = run.host.sampling_weights(run.state, labels)
     if weights is None:
         return batch_indices(len(labels), run.config.batch_size, run.generator)
+    if labels.dim() > 1:
+        raise RobxError(f"{run.host.owners['sampling_weights']} samples examples by class, but dataset "
+                        f"'{run.config.dataset}' labels every target of an example, not the example")
     if weights.shape != labels.shape or not torch.isfinite(weights).all() or (weights < 0).any():
         raise RobxError("sampling_weights must be finite, non-negative, one per training example")
     drawn = torch.multinomial(weights.double().cpu(), len(labels), replacement=True, generator=run.generator)

@@ -25,6 +25,10 @@ class DataNotFoundError(RobxError):
     pass
 
 
+class DataError(RobxError):
+    """Data that is there but is not what the dataset says it is (a malformed file)."""
+
+
 class CheckpointError(RobxError):
     pass
 

@@ -47,7 +47,7 @@ class AttackSettings:
 @dataclass
 class EvalResult:
     """Per-example scores (CPU float tensors) on clean and adversarial inputs, and the
-    labels they belong to."""
+    labels they belong to (per target, of the same shape, for tasks that label every target)."""
 
     labels: torch.Tensor
     clean_scores: torch.Tensor
@@ -55,11 +55,12 @@ class EvalResult:
 
     def per_class(self, num_classes: int) -> tuple[list[float], list[float], list[int]]:
         """Mean clean and robust score of every class, and its number of examples."""
-        counts = torch.bincount(self.labels, minlength=num_classes)
+        labels = self.labels.flatten()
+        counts = torch.bincount(labels, minlength=num_classes)
         denominator = counts.clamp(min=1).double()
 
         def mean(scores: torch.Tensor) -> list[float]:
-            sums = torch.bincount(self.labels, weights=scores.double(), minlength=num_classes)
+            sums = torch.bincount(labels, weights=scores.double().flatten(), minlength=num_classes)
             return (sums / denominator).tolist()
 
         return mean(self.clean_scores), mean(self.robust_scores), counts.tolist()

@@ -6,6 +6,7 @@ its field's declared type or rejected with a one-line :class:`OptionError` namin
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from collections.abc import Mapping
@@ -99,3 +100,22 @@ def coerce_fields(cls: type, raw: Mapping[str, Any], label: str) -> dict[str, An
     """
     hints = typing.get_type_hints(cls)
     return {key: coerce(value, hints[key], label.format(key=key)) for key, value in raw.items()}
+
+
+def options_from(options_type: type | None, raw: Mapping[str, Any], prefix: str, owner: str) -> Any:
+    """An ``options_type`` dataclass from raw values named ``<prefix>.<key>`` (a plugin's or a
+    dataset's options); ``None`` when it declares none and none are given. ``owner`` names
+    it in errors, e.g. ``"plugin 'srat'"``."""
+    if options_type is None:
+        if raw:
+            raise OptionError(f"{owner} takes no options (got {', '.join(raw)})")
+        return None
+    fields = [f.name for f in dataclasses.fields(options_type)]
+    for key in raw:
+        if key not in fields:
+            raise OptionError(f"unknown option '{prefix}.{key}'; valid: " + ", ".join(f"{prefix}.{k}" for k in fields))
+    values = coerce_fields(options_type, raw, f"option '{prefix}.{{key}}'")
+    try:
+        return options_type(**values)
+    except (TypeError, ValueError) as error:
+        raise OptionError(f"invalid options for {owner}: {error}") from error

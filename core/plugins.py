@@ -44,7 +44,7 @@ import torch
 from robx.core import hookspecs
 from robx.core.errors import OptionError, PluginConflictError, PluginError, RobxError, UnknownPluginError
 from robx.core.models import HEADS
-from robx.core.options import coerce_fields
+from robx.core.options import options_from
 from robx.core.state import VIEWS, Step, TrainState
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
@@ -205,23 +205,7 @@ def fallback_adversary() -> str:
 
 def build_options(spec: PluginSpec, raw: Mapping[str, Any]) -> Any:
     """Validate raw option values against the plugin's ``Options`` dataclass."""
-    options_type = spec.options_type
-    if options_type is None:
-        if raw:
-            raise OptionError(f"plugin '{spec.name}' takes no options (got {', '.join(raw)})")
-        return None
-    fields = [f.name for f in dataclasses.fields(options_type)]
-    for key in raw:
-        if key not in fields:
-            raise OptionError(
-                f"unknown option '{spec.name}.{key}'; valid: "
-                + ", ".join(f"{spec.name}.{k}" for k in fields)
-            )
-    values = coerce_fields(options_type, raw, f"option '{spec.name}.{{key}}'")
-    try:
-        return options_type(**values)
-    except (TypeError, ValueError) as error:
-        raise OptionError(f"invalid options for plugin '{spec.name}': {error}") from error
+    return options_from(spec.options_type, raw, spec.name, f"plugin '{spec.name}'")
 
 
 def parse_set_overrides(assignments: Sequence[str]) -> dict[str, dict[str, str]]:

@@ -8,6 +8,7 @@ is an error naming both origins.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,10 +21,12 @@ from robx.core import hookspecs
 from robx.core.data import TaskData
 from robx.core.errors import OptionError, PluginError, RobxError
 from robx.core.models import ModelBuilder
+from robx.core.options import options_from
 from robx.core.task import ModelInput, Task
 
-#: ``load(data_root, seed) -> TaskData``
-DatasetLoader = Callable[[str | None, int], TaskData]
+#: ``load(data_root, seed) -> TaskData``, or ``load(data_root, seed, options)`` for a dataset
+#: registered with ``options=`` (a dataclass of its own settings, e.g. a history length)
+DatasetLoader = Callable[..., TaskData]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,12 @@ class DatasetSpec:
     task: str
     defaults: Mapping[str, Any]
     origin: str
+    options: type | None = None
+
+    def read(self, data_root: str | None, seed: int, raw_options: Mapping[str, Any] | None = None) -> TaskData:
+        """The dataset with its options (``--set dataset.KEY=VALUE``) validated and applied."""
+        options = options_from(self.options, raw_options or {}, "dataset", f"dataset '{self.name}'")
+        return self.load(data_root, seed) if self.options is None else self.load(data_root, seed, options)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class TaskSpec:
     origin: str
 
 
-#: ``register(name, load, task=..., defaults=..., default=False)``, the argument of ``register_datasets``
+#: ``register(name, load, task=..., defaults=..., default=False, options=None)``, the argument of
+#: ``register_datasets``
 RegisterDataset = Callable[..., None]
 
 
@@ -73,9 +83,12 @@ class Registry:
         self.tasks[task.name] = TaskSpec(task.name, task, origin)
 
     def add_dataset(self, origin: str, name: str, load: DatasetLoader, *, task: str,
-                    defaults: Mapping[str, Any] | None = None, default: bool = False) -> None:
+                    defaults: Mapping[str, Any] | None = None, default: bool = False,
+                    options: type | None = None) -> None:
         self._claim(self.datasets, "dataset", name, origin)
-        self.datasets[name] = DatasetSpec(name, load, task, dict(defaults or {}), origin)
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise PluginError(f"{origin} registered dataset '{name}' with options={options!r}; give a dataclass")
+        self.datasets[name] = DatasetSpec(name, load, task, dict(defaults or {}), origin, options)
         if default:
             if self.default_dataset is not None:
                 raise PluginError(f"dataset '{name}' from {origin} and '{self.default_dataset}' both claim to be "

@@ -102,7 +102,8 @@ class Step:
     """One training batch as it moves through the hooks.
 
     The clean batch, never changed: ``x`` (inputs), ``y`` (targets) and ``labels`` (the
-    class of each example; for classification the targets themselves). ``victim_mask`` and
+    class of each example, or of each target where the task labels targets; for
+    classification the targets themselves). ``victim_mask`` and
     ``x_adv`` come from the owners of victims and adversary.
 
     The trained rows: ``inputs``, ``targets`` and ``row_labels`` start as ``(x_adv, y,

@@ -95,13 +95,14 @@ class ScoreAccumulator:
     @torch.no_grad()
     def update(self, labels: torch.Tensor, targets: torch.Tensor, clean_outputs: torch.Tensor | None = None,
                robust_outputs: torch.Tensor | None = None) -> None:
+        labels = labels.flatten()  # one entry per labelled target (tasks with several per example)
         self.counts += torch.bincount(labels, minlength=self.num_classes)
         if clean_outputs is not None:
             self.has_clean = True
-            self.clean_sum.index_add_(0, labels, self.task.scores(clean_outputs, targets).double())
+            self.clean_sum.index_add_(0, labels, self.task.scores(clean_outputs, targets).double().flatten())
         if robust_outputs is not None:
             self.has_robust = True
-            self.robust_sum.index_add_(0, labels, self.task.scores(robust_outputs, targets).double())
+            self.robust_sum.index_add_(0, labels, self.task.scores(robust_outputs, targets).double().flatten())
 
     def result(self) -> SplitStats:
         counts = self.counts.cpu()

@@ -9,7 +9,10 @@ task module plus its plugins, with no engine edit.
 Every example has a **target** (what the loss compares the outputs with: a class index, a
 count, soft labels...) and a **label**: the class, or group, it belongs to for the
 per-class quantities (statistics, budgets, loss weights, imbalance). For classification the
-two coincide; a regression task groups its targets (zero / non-zero).
+two coincide; a regression task groups its targets (zero / non-zero). An example with many
+targets (a crime grid's next-day count of every node and category) may label each of them:
+labels of shape ``(examples, *target_shape)``; then the loss and the scores are per target
+too, and each labelled target counts once in the per-class quantities.
 """
 
 from __future__ import annotations
@@ -84,7 +87,9 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The default per-row training loss (``--loss`` plugins replace it)."""
+        """The default per-row training loss (``--loss`` plugins replace it); for a task
+        whose labels are per target, the loss of every target (the labels' shape), so the
+        per-class loss weights apply target by target."""
 
     def attack_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The per-example loss the default attacks ascend."""
@@ -92,14 +97,15 @@ class Task(ABC):
 
     def row_weights(self, class_weights: torch.Tensor, targets: torch.Tensor,
                     row_labels: torch.Tensor) -> torch.Tensor:
-        """Each trained row's weight from the per-class loss weights."""
+        """Each trained row's (or target's) weight from the per-class loss weights."""
         return class_weights[row_labels]
 
     # --- scoring -------------------------------------------------------------------------
 
     @abstractmethod
     def scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The :attr:`metric` of every example (1.0 / 0.0 for a correct / wrong class)."""
+        """The :attr:`metric` of every example (1.0 / 0.0 for a correct / wrong class), or of
+        every target, shaped like the labels, when the labels are per target."""
 
     def statistics(self, device: torch.device) -> ScoreAccumulator:
         """A fresh accumulator of the per-class statistics of one split over one epoch."""

@@ -138,3 +138,73 @@ def test_imbalance_none_from_a_file_means_balanced_not_the_dataset_default(tmp_p
     data = prepare_data(config.dataset, config.imbalance, config.ratio, config.n_max, None, 0.0, 0)
     assert data.class_counts() == [13] * 10
     assert TrainConfig.from_dict({"n_test_per_class": "none"}).n_test_per_class is None  # the empty value
+
+
+# --------------------------------------------------------------------------- labels per target
+
+
+def test_labels_per_target_count_and_score_every_target_once():
+    """An example with several targets may label each (a crime grid: zero / non-zero per cell)."""
+    from robx.core.data import Split, TaskData
+    from robx.core.evaluate import EvalResult
+    from robx.plugins.tasks.regression import Regression
+
+    class GridRegression(Regression):
+        def scores(self, outputs, targets):
+            return (outputs - targets).abs()
+
+    y = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])  # two examples of three targets
+    labels = (y > 0).long()
+    data = TaskData("grid", ["zero", "non-zero"], Split(torch.zeros(2, 4), y, labels), Split(torch.zeros(2, 4), y, labels))
+    assert data.class_counts() == [4, 2]
+    outputs = torch.tensor([[0.5, 1.0, 0.0], [4.0, 1.0, 0.0]])
+    # by hand: zero targets have errors 0.5, 0, 1, 0 -> 0.375; non-zero targets 1 and 3 -> 2
+    tracker = GridRegression(data).statistics(torch.device("cpu"))
+    tracker.update(labels, y, clean_outputs=outputs)
+    stats = tracker.result()
+    assert stats.counts.tolist() == [4, 2] and stats.clean.tolist() == pytest.approx([0.375, 2.0])
+    clean, robust, counts = EvalResult(labels, (outputs - y).abs(), torch.zeros(2, 3)).per_class(2)
+    assert clean == pytest.approx([0.375, 2.0]) and robust == [0.0, 0.0] and counts == [4, 2]
+
+    assert apply_protocol(data, "original", 1.0, None, None, 0.0, 0) is data  # its own splits
+    for asked, named in ((("step", 10.0, None, None, 0.0), "imbalance=step"),
+                         (("original", 1.0, None, 50, 0.0), "n_test_per_class=50"),
+                         (("original", 1.0, None, None, 0.2), "val_fraction=0.2")):
+        with pytest.raises(OptionError, match=f"labels every target, so it keeps its own splits; drop {named}"):
+            apply_protocol(data, *asked, 0)
+    assert stratified_subset(torch.zeros(10, 3, dtype=torch.long), 4, seed=1).unique().numel() == 4
+
+
+def test_a_dataset_declares_its_own_options(tmp_path):
+    """``--set dataset.KEY=VALUE`` (TOML: [dataset_options]) reaches a loader registered with options."""
+    from dataclasses import dataclass
+
+    from robx.core.config import load_toml
+    from robx.core.errors import PluginError
+    from robx.core.registry import Registry
+
+    @dataclass
+    class Window:
+        history: int = 30
+
+    seen = []
+    found = Registry()
+    found.add_dataset("test", "windows", lambda root, seed, options: seen.append(options.history), task="regression",
+                      options=Window)
+    found.add_dataset("test", "plain", lambda root, seed: seen.append("plain"), task="regression")
+    found.datasets["windows"].read(None, 0, {"history": "14"})
+    found.datasets["windows"].read(None, 0)
+    found.datasets["plain"].read(None, 0)
+    assert seen == [14, 30, "plain"]
+    with pytest.raises(OptionError, match=r"unknown option 'dataset.days'; valid: dataset.history"):
+        found.datasets["windows"].read(None, 0, {"days": 3})
+    with pytest.raises(OptionError, match=r"option 'dataset.history' expects int, got 'long'"):
+        found.datasets["windows"].read(None, 0, {"history": "long"})
+    with pytest.raises(OptionError, match=r"dataset 'plain' takes no options \(got history\)"):
+        found.datasets["plain"].read(None, 0, {"history": 3})
+    with pytest.raises(PluginError, match="give a dataclass"):
+        found.add_dataset("test", "bad", lambda root, seed, options: None, task="regression", options=dict)
+    path = tmp_path / "run.toml"
+    path.write_text('dataset = "windows"\n[dataset_options]\nhistory = 7\n[srat]\nlam = 0.5\n')
+    assert load_toml(path)["dataset_options"] == {"history": 7}
+    assert load_toml(path)["plugin_options"] == {"srat": {"lam": 0.5}}
