@@ -1,0 +1,133 @@
+"""The crime task's data (MinGRE, issue 16): the shipped grids, the gridding of the raw
+events, next-day examples, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robx.core.data import data_roots
+from robx.core.errors import DataError, DataNotFoundError, OptionError
+from robx.plugins.datasets import crime
+from robx.plugins.datasets.crime import CrimeOptions, grid_adjacency, grid_events, load_crime
+
+
+def shared_crime_folder() -> Path | None:
+    for root in data_roots():
+        if (root / "crime" / "nyc.npz").exists() and (root / "crime" / "NYC_Crime.zip").exists():
+            return root / "crime"
+    return None
+
+
+SHARED = shared_crime_folder()
+needs_crime_data = pytest.mark.skipif(SHARED is None, reason="the crime grids and raw events (../shared/data/crime "
+                                                            "or $ROBX_DATA/crime) are not on this machine")
+
+
+@needs_crime_data
+@pytest.mark.parametrize("name", ["nyc", "chicago"])
+def test_gridding_the_raw_events_reproduces_the_shipped_splits(name):
+    where = crime.CITIES[name]
+    gridded = grid_events(SHARED / where.archive, where)
+    with np.load(SHARED / where.npz) as shipped:
+        train, val, test = shipped["train"], shipped["val"], shipped["test"]
+    assert gridded.shape == train.shape[:2] + (sum(where.split_days), 4)
+    n_train, n_val = train.shape[2], val.shape[2]
+    assert np.array_equal(gridded[:, :, :n_train], train)
+    assert np.array_equal(gridded[:, :, n_train:n_train + n_val], val)
+    assert np.array_equal(gridded[:, :, n_train + n_val:], test)
+
+
+@needs_crime_data
+def test_examples_are_the_previous_days_and_the_next_day_of_every_cell():
+    with np.load(SHARED / "nyc.npz") as shipped:
+        days = np.concatenate([shipped["train"], shipped["val"], shipped["test"]], axis=2).astype(np.float32)
+    data = load_crime("nyc", str(SHARED.parent), CrimeOptions(history=30))
+    assert (len(data.train), len(data.val), len(data.test)) == (608 - 30, 30, 92)
+    assert data.train.x.shape[1:] == (30, 256, 4) and data.train.y.shape[1:] == (256, 4)
+    nodes = days.reshape(256, -1, 4)  # row-major cells
+    # the first validation day (day 608): history days 578..607 are the last 30 training days
+    assert np.array_equal(data.val.x[0].numpy(), nodes[:, 578:608].transpose(1, 0, 2))
+    assert np.array_equal(data.val.y[0].numpy(), nodes[:, 608])
+    assert np.array_equal(data.train.y[5].numpy(), nodes[:, 35]) and np.array_equal(data.test.y[-1].numpy(), nodes[:, 729])
+    cell = 3 * 16 + 7  # grid row 3, col 7
+    assert data.test.x[10, -1, cell, 1].item() == days[3, 7, 638 + 10 - 1, 1]
+    assert torch.equal(data.train.labels, (data.train.y > 0).long())
+    assert 0.85 < (data.train.labels == 0).float().mean().item() < 0.88  # README: 87 % zeros in NYC
+    assert data.class_counts() == [int((data.train.y == 0).sum()), int((data.train.y > 0).sum())]
+    # per-category z-score statistics of the training days, by numpy
+    training = days[:, :, :608].astype(np.float64).reshape(-1, 4)
+    assert data.mean == pytest.approx(training.mean(axis=0).tolist(), rel=1e-9)
+    assert data.std == pytest.approx(training.std(axis=0, ddof=1).tolist(), rel=1e-9)
+    assert data.target_names == ["BURGLARY", "GRAND LARCENY", "ROBBERY", "FELONY ASSAULT"]
+
+
+def test_the_grid_graph_joins_each_cell_to_its_eight_neighbours_and_itself():
+    adjacency = grid_adjacency(3, 4)
+    assert torch.equal(adjacency, adjacency.T)
+    degree = adjacency.sum(dim=1).view(3, 4)
+    assert degree.tolist() == [[4, 6, 6, 4], [6, 9, 9, 6], [4, 6, 6, 4]]  # corners, edges, inside
+    assert adjacency[0, 5] == 1 and adjacency[0, 2] == 0  # (0,0)-(1,1) diagonal; (0,0)-(0,2) too far
+
+
+def write_grid(folder: Path, name: str = "nyc.npz", **arrays) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / name, **arrays)
+
+
+def test_bad_crime_input_is_one_clear_error(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    monkeypatch.setattr(crime, "data_roots", lambda explicit=None: [Path(explicit)])  # not the shared data
+    small = dict(train=np.ones((2, 2, 40, 4), np.uint16), val=np.zeros((2, 2, 5, 4), np.uint16),
+                 test=np.zeros((2, 2, 6, 4), np.uint16))
+    write_grid(root / "crime", **small)
+    data = load_crime("nyc", str(root), CrimeOptions(history=39))
+    assert (len(data.train), len(data.val), len(data.test)) == (1, 5, 6)
+    with pytest.raises(OptionError, match=r"^history must be from 1 to 39 days \(the nyc grid has 40 training days\), got 40$"):
+        load_crime("nyc", str(root), CrimeOptions(history=40))
+    with pytest.raises(OptionError, match="unknown city 'paris'; available: nyc, chicago"):
+        load_crime("paris", str(root), CrimeOptions())
+
+    write_grid(root / "crime", train=small["train"], val=small["val"])
+    with pytest.raises(DataError, match="is not a crime grid npz with train, val and test arrays"):
+        load_crime("nyc", str(root), CrimeOptions(history=3))
+    write_grid(root / "crime", **{**small, "val": np.zeros((3, 2, 5, 4), np.uint16)})
+    with pytest.raises(DataError, match=r"must be \(rows, cols, days, 4\) arrays of one grid"):
+        load_crime("nyc", str(root), CrimeOptions(history=3))
+    write_grid(root / "crime", **{**small, "test": -np.ones((2, 2, 6, 4), np.int32)})
+    with pytest.raises(DataError, match="non-negative integers"):
+        load_crime("nyc", str(root), CrimeOptions(history=3))
+    (root / "crime" / "nyc.npz").write_text("not an archive")
+    with pytest.raises(DataError, match="is not a crime grid npz"):
+        load_crime("nyc", str(root), CrimeOptions(history=3))
+
+    (root / "crime" / "nyc.npz").unlink()
+    with pytest.raises(DataNotFoundError, match="nyc crime data not found; looked in: .*nyc.npz"):
+        load_crime("nyc", str(root), CrimeOptions())
+    where = crime.CITIES["nyc"]
+    with zipfile.ZipFile(root / "crime" / where.archive, "w") as archive:
+        archive.writestr(where.member, "Occurrence Date,Day of Week,Offense,Sector,Precinct,Latitude,Longitude\n"
+                                       "01/02/2014 10:00:00 AM,Thursday,BURGLARY,A,1,40.7,-73.9\n"
+                                       "01/03/2014 10:00:00 AM,Friday,JAYWALKING,A,1,40.7,-73.9\n")
+    with pytest.raises(DataError, match=r"line 3 is not a nyc crime event .*JAYWALKING"):
+        load_crime("nyc", str(root), CrimeOptions())
+
+
+def test_raw_events_grid_by_the_documented_rule(tmp_path):
+    """Three events by hand: rows from latitude (111/3 per degree), cols from longitude (84/3)."""
+    where = crime.CITIES["chicago"]  # its CSV has no header line: the first line is skipped all the same
+    path = tmp_path / "events.csv"
+    path.write_text("01/01/2016 09:00:00 AM,THEFT,41.60,-87.80\n"
+                    "01/01/2016 11:00:00 PM,THEFT,41.60,-87.80\n"
+                    "01/03/2016 01:00:00 AM,ASSAULT,41.70,-87.70\n"
+                    "01/03/2016 02:00:00 PM,BATTERY,41.65,-87.75\n")
+    grid = grid_events(path, where)
+    # min lat 41.60, min lon -87.80: (41.70-41.60)*37 = 3.7 -> row 3, (0.10)*28 = 2.8 -> col 2
+    assert grid.shape == (4, 3, 3, 4) and grid.sum() == 3
+    assert grid[0, 0, 0, 0] == 1  # the second THEFT (the first line counts as the header)
+    assert grid[3, 2, 2, 2] == 1  # ASSAULT on day 2
+    assert grid[1, 1, 2, 1] == 1  # BATTERY: 0.05*37 = 1.85 -> row 1, 0.05*28 = 1.4 -> col 1
