@@ -50,7 +50,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def random_start(
-    x: torch.Tensor, eps: torch.Tensor, norm: Norm, mask: torch.Tensor | None
+    x: torch.Tensor, eps: torch.Tensor, norm: Norm, mask: torch.Tensor | None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """Uniform in the Linf ball; for L2 a uniform direction scaled by U(0, 1) * eps."""
     if norm == "linf":
@@ -64,7 +65,7 @@ def random_start(
         delta = direction * radius
     if mask is not None:
         delta = delta * mask
-    return (x + delta).clamp(0.0, 1.0)
+    return (x + delta).clamp(*bounds)
 
 
 def pgd(
@@ -81,6 +82,7 @@ def pgd(
     mask: torch.Tensor | None = None,
     loss_fn: AttackLoss = cross_entropy,
     x_init: torch.Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """Projected gradient descent; returns the final iterate ``x'`` (detached).
 
@@ -89,6 +91,7 @@ def pgd(
     mask: bool tensor broadcastable to ``x``; coordinates where it is False never move.
     x_init: a custom starting point (TRADES starts from x + 0.001 N(0, 1)); overrides
     ``random_init``. The first step projects it into the ball.
+    bounds: the box inputs stay in (the task's ``input_bounds``; pixels [0, 1]).
     """
     x = x.detach()
     eps_t = per_sample(eps, x.shape[0], x)
@@ -97,14 +100,14 @@ def pgd(
     if x_init is not None:
         x_adv = x_init.detach().clone()
     else:
-        x_adv = random_start(x, eps_t, norm, mask) if random_init else x.clone()
+        x_adv = random_start(x, eps_t, norm, mask, bounds) if random_init else x.clone()
     sign = -1.0 if targeted else 1.0
     with eval_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(logits_of(model, x_adv), y).sum() * sign
             (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = pgd_step(x_adv.detach(), grad, x, eps_t.flatten(), alpha, norm, mask)
+            x_adv = pgd_step(x_adv.detach(), grad, x, eps_t.flatten(), alpha, norm, mask, bounds)
     return x_adv.detach()
 
 

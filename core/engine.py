@@ -346,7 +346,7 @@ def split_stats(run: Run, split: Split) -> SplitStats:
             part = split.subset(torch.arange(start, min(start + config.eval_batch_size, len(split))))
             x, y, labels = run.task.inputs(part.x).to(state.device), part.y.to(state.device), part.labels.to(state.device)
             x_adv = pgd(state.model, x, y, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm,
-                        loss_fn=run.task.attack_loss)
+                        loss_fn=run.task.attack_loss, bounds=run.task.input_bounds)
             with torch.no_grad():
                 tracker.update(labels, y, logits_of(state.model, x), logits_of(state.model, x_adv))
     return tracker.result()

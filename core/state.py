@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 
+from robx.core.errors import RobxError
+
 if TYPE_CHECKING:
     from robx.core.config import TrainConfig
     from robx.core.stats import EpochStats
@@ -159,7 +161,8 @@ class TrainState:
     * ``class_counts``: the examples of each class the model trains on per epoch (the
       training set's counts, or those of the plugin that grows them), fixed for the run;
     * ``class_eps``/``class_alpha``: the per-class attack budget of the current epoch
-      (length ``num_classes``); every adversary uses ``class_eps[y]`` per example;
+      (length ``num_classes``); every adversary uses :meth:`example_budget` (``class_eps[y]``
+      per example);
     * ``class_weights``: per-class weights of the main loss this epoch, or ``None``;
     * ``regularizer_weights``: per-class weights b_c of a regulariser this epoch, or ``None``.
 
@@ -183,6 +186,16 @@ class TrainState:
     stash: Stash = field(default_factory=Stash)
     epoch_stats: EpochStats | None = None
     history: list[EpochStats] = field(default_factory=list)
+
+    def example_budget(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each example's (eps, alpha): its class's. Where the task labels every target of an
+        example, the example has no one class; the budget must then be the same for all."""
+        if labels.dim() == 1:
+            return self.class_eps[labels], self.class_alpha[labels]
+        if not (bool((self.class_eps == self.class_eps[0]).all()) and bool((self.class_alpha == self.class_alpha[0]).all())):
+            raise RobxError("per-class attack budgets need one class per example; this task labels every target")
+        rows = labels.shape[0]
+        return self.class_eps[0].expand(rows), self.class_alpha[0].expand(rows)
 
     @property
     def num_epochs(self) -> int:

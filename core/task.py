@@ -50,6 +50,7 @@ class ModelInput:
     mean: tuple[float, ...]  # per-channel normalisation the model applies to its inputs
     std: tuple[float, ...]
     head: str = "linear"  # "linear", or "cosine" (normalised features x normalised weights)
+    graph: torch.Tensor | None = None  # (nodes, nodes) adjacency when examples are graph signals
 
 
 class Task(ABC):
@@ -60,6 +61,8 @@ class Task(ABC):
     metric: ClassVar[Metric]
     #: evaluation attacks this task offers (``robx eval --attack``); ``pgd`` ascends :meth:`attack_loss`
     attacks: ClassVar[tuple[str, ...]] = ("pgd",)
+    #: the box every attack keeps inputs in: [0, 1] for pixels; (-inf, inf) for no box
+    input_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
 
     def __init__(self, data: TaskData) -> None:
         self.data = data
@@ -120,7 +123,7 @@ class Task(ABC):
 
         self.check_attack(attack.name)
         return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm,
-                   loss_fn=self.attack_loss)
+                   loss_fn=self.attack_loss, bounds=self.input_bounds)
 
     def check_attack(self, name: str) -> None:
         if name not in self.attacks:

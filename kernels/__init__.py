@@ -81,12 +81,13 @@ def pgd_step(
     alpha: float | torch.Tensor,
     norm: Norm = "linf",
     mask: torch.Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """One projected-gradient step; see :func:`pgd_step_reference` for the contract."""
     implementation = _choose("pgd_step", x_adv.device, x_adv.dtype)
     if implementation == "torch-reference":
-        return pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, mask)
-    return _load("pgd_step", implementation)(x_adv, grad, x_orig, eps, alpha, norm, mask)
+        return pgd_step_reference(x_adv, grad, x_orig, eps, alpha, norm, mask, bounds)
+    return _load("pgd_step", implementation)(x_adv, grad, x_orig, eps, alpha, norm, mask, bounds)
 
 
 def supcon(

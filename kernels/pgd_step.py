@@ -30,13 +30,15 @@ def pgd_step_reference(
     alpha: float | torch.Tensor,
     norm: Norm = "linf",
     mask: torch.Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """x' <- Proj_{B(x, eps) ∩ [0,1]}(x' + alpha * dir(g)) (Madry et al. 2018, eq. 2.1).
+    """x' <- Proj_{B(x, eps) ∩ box}(x' + alpha * dir(g)) (Madry et al. 2018, eq. 2.1).
 
     ``dir(g)`` is ``sign(g)`` for Linf and ``g / ||g||_2`` per sample for L2. Coordinates
     where ``mask`` is False get no step (the gradient is masked before the L2 norm).
-    Projection onto the ball then clamping to [0, 1] stays inside the ball because
-    ``x_orig`` itself lies in [0, 1] (clamping moves no coordinate away from it).
+    Projection onto the ball then clamping to the box ``bounds`` (the task's input range:
+    [0, 1] for pixels, (-inf, inf) for none) stays inside the ball because ``x_orig`` itself
+    lies in the box (clamping moves no coordinate away from it).
     """
     batch = x_adv.shape[0]
     eps_t = per_sample(eps, batch, x_adv)
@@ -54,4 +56,4 @@ def pgd_step_reference(
         delta = delta * (eps_t / delta_norm.clamp_min(_TINY)).clamp(max=1.0)
     else:
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    return (x_orig + delta).clamp(0.0, 1.0)
+    return (x_orig + delta).clamp(*bounds)

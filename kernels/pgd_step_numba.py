@@ -14,7 +14,7 @@ from robx.kernels.pgd_step import Norm, per_sample
 
 
 @numba.njit(parallel=True, cache=True)
-def _linf(x_adv, grad, x_orig, eps, alpha, mask, has_mask, out):  # pragma: no cover - compiled
+def _linf(x_adv, grad, x_orig, eps, alpha, mask, has_mask, low, high, out):  # pragma: no cover - compiled
     batch, dim = x_adv.shape
     for b in numba.prange(batch):
         e = eps[b]
@@ -26,11 +26,11 @@ def _linf(x_adv, grad, x_orig, eps, alpha, mask, has_mask, out):  # pragma: no c
             step = a if g > 0 else (-a if g < 0 else 0.0)
             delta = x_adv[b, d] + step - x_orig[b, d]
             delta = min(max(delta, -e), e)
-            out[b, d] = min(max(x_orig[b, d] + delta, 0.0), 1.0)
+            out[b, d] = min(max(x_orig[b, d] + delta, low), high)
 
 
 @numba.njit(parallel=True, cache=True)
-def _l2(x_adv, grad, x_orig, eps, alpha, mask, has_mask, out):  # pragma: no cover - compiled
+def _l2(x_adv, grad, x_orig, eps, alpha, mask, has_mask, low, high, out):  # pragma: no cover - compiled
     batch, dim = x_adv.shape
     for b in numba.prange(batch):
         g_sq = 0.0
@@ -47,7 +47,7 @@ def _l2(x_adv, grad, x_orig, eps, alpha, mask, has_mask, out):  # pragma: no cov
             d_sq += delta * delta
         factor = min(eps[b] / max(math.sqrt(d_sq), 1e-12), 1.0)
         for d in range(dim):
-            out[b, d] = min(max(x_orig[b, d] + out[b, d] * factor, 0.0), 1.0)
+            out[b, d] = min(max(x_orig[b, d] + out[b, d] * factor, low), high)
 
 
 def pgd_step_numba(
@@ -58,6 +58,7 @@ def pgd_step_numba(
     alpha: float | torch.Tensor,
     norm: Norm = "linf",
     mask: torch.Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     batch = x_adv.shape[0]
     shape = x_adv.shape
@@ -73,5 +74,6 @@ def pgd_step_numba(
     kernel = _linf if norm == "linf" else _l2
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    kernel(flat(x_adv), flat(grad), flat(x_orig), eps_np, alpha_np, mask_np, has_mask, out.numpy())
+    kernel(flat(x_adv), flat(grad), flat(x_orig), eps_np, alpha_np, mask_np, has_mask, float(bounds[0]), float(bounds[1]),
+           out.numpy())
     return out.reshape(shape)

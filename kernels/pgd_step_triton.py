@@ -32,7 +32,7 @@ def _load_step(x_adv_ptr, grad_ptr, x_orig_ptr, mask_ptr, offsets, inside, HAS_M
 
 
 @triton.jit
-def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, out_ptr, dim,
+def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, out_ptr, dim, low, high,
                  HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -43,12 +43,12 @@ def _linf_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, 
     alpha = tl.load(alpha_ptr + row)
     step = tl.where(grad > 0, alpha, tl.where(grad < 0, -alpha, 0.0))
     delta = tl.minimum(tl.maximum(x_adv + step - x_orig, -eps), eps)
-    out = tl.minimum(tl.maximum(x_orig + delta, 0.0), 1.0)
+    out = tl.minimum(tl.maximum(x_orig + delta, low), high)
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
-def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, out_ptr, dim,
+def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, out_ptr, dim, low, high,
                HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     base = row.to(tl.int64) * dim
@@ -76,7 +76,7 @@ def _l2_kernel(x_adv_ptr, grad_ptr, x_orig_ptr, eps_ptr, alpha_ptr, mask_ptr, ou
         inside = cols < dim
         x_adv, grad, x_orig = _load_step(x_adv_ptr, grad_ptr, x_orig_ptr, mask_ptr, base + cols, inside, HAS_MASK)
         delta = (x_adv + scale * grad - x_orig) * factor
-        out = tl.minimum(tl.maximum(x_orig + delta, 0.0), 1.0)
+        out = tl.minimum(tl.maximum(x_orig + delta, low), high)
         tl.store(out_ptr + base + cols, out.to(out_ptr.dtype.element_ty), mask=inside)
 
 
@@ -88,6 +88,7 @@ def pgd_step_triton(
     alpha: float | torch.Tensor,
     norm: Norm = "linf",
     mask: torch.Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
@@ -102,7 +103,7 @@ def pgd_step_triton(
     has_mask = mask is not None
     mask_t = mask.to(torch.bool).expand(x_adv.shape).contiguous().view(torch.uint8) if has_mask else x_adv
     args = (x_adv.detach().contiguous(), grad.detach().contiguous(), x_orig.detach().contiguous(),
-            eps_t, alpha_t, mask_t, out, dim)
+            eps_t, alpha_t, mask_t, out, dim, float(bounds[0]), float(bounds[1]))
     if norm == "linf":
         _linf_kernel[(batch, triton.cdiv(dim, _LINF_BLOCK))](*args, HAS_MASK=has_mask, BLOCK=_LINF_BLOCK)
     else:

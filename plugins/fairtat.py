@@ -80,7 +80,8 @@ class FairTAT:
         probs = target_distribution(step.labels, cfps, state.num_classes, self.options.temperature)
         targets = torch.multinomial(probs, 1).squeeze(1)
         return pgd(state.model, step.x, targets, eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels],
-                   steps=state.config.steps, norm=state.config.norm, targeted=True, mask=step.victim_mask)
+                   steps=state.config.steps, norm=state.config.norm, targeted=True, mask=step.victim_mask,
+                   bounds=state.task.input_bounds)
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:

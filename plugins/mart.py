@@ -50,11 +50,13 @@ class MART:
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         config = state.config
         assert config.steps is not None
-        start = gaussian_start(step.x, self.options.init_std, step.victim_mask)
+        start = gaussian_start(step.x, self.options.init_std, step.victim_mask, state.task.input_bounds)
+        eps, alpha = state.example_budget(step.labels)
         return pgd(
             state.model, step.x, step.y,
-            eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels], steps=config.steps,
-            norm=config.norm, x_init=start, mask=step.victim_mask, loss_fn=state.task.attack_loss,
+            eps=eps, alpha=alpha, steps=config.steps,
+            norm=config.norm, x_init=start, mask=step.victim_mask, bounds=state.task.input_bounds,
+            loss_fn=state.task.attack_loss,
         )
 
     @hookimpl

@@ -3,7 +3,7 @@
 min_theta E[ max_{x' in B(x, eps) ∩ [0,1]} L(f(x'), y) ], the inner maximisation by
 projected gradient ascent from a random start on the task's attack loss (cross-entropy for
 classification). The budget is per sample:
-``state.class_eps[y]`` and ``state.class_alpha[y]``, set by the owner of the per-class
+``state.example_budget(labels)`` (``class_eps[y]`` and ``class_alpha[y]``), set by the owner of the per-class
 attack budget (DAFA, FAIR-TAT, CFA), so class-wise margins reach the attack without
 touching it. It is the fallback adversary: added when no selected plugin generates
 adversarial examples, and chosen over TRADES' KL attack when both are selected. Steps and norm come from the run config
@@ -38,15 +38,17 @@ class PGD:
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         config = state.config
         assert config.steps is not None
+        eps, alpha = state.example_budget(step.labels)
         return pgd(
             state.model,
             step.x,
             step.y,
-            eps=state.class_eps[step.labels],
-            alpha=state.class_alpha[step.labels],
+            eps=eps,
+            alpha=alpha,
             steps=config.steps,
             norm=config.norm,
             random_init=self.options.random_start and config.random_start,
             mask=step.victim_mask,
+            bounds=state.task.input_bounds,
             loss_fn=state.task.attack_loss,
         )

@@ -52,12 +52,13 @@ class TRADES:
         assert config.steps is not None
         with torch.no_grad(), eval_mode(model):
             clean_logits = logits_of(model, step.x)
-        start = gaussian_start(step.x, self.options.init_std, step.victim_mask)
+        start = gaussian_start(step.x, self.options.init_std, step.victim_mask, state.task.input_bounds)
+        eps, alpha = state.example_budget(step.labels)
         return pgd(
             model, step.x, step.y,
-            eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels], steps=config.steps,
+            eps=eps, alpha=alpha, steps=config.steps,
             norm=config.norm,
-            x_init=start, mask=step.victim_mask,
+            x_init=start, mask=step.victim_mask, bounds=state.task.input_bounds,
             loss_fn=lambda adv_logits, _: kl_per_sample(clean_logits, adv_logits),
         )
 

@@ -9,6 +9,8 @@ bfloat16 one bf16 rounding step of the value; topk_victims exact.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,15 +62,18 @@ def step_case(draw):
     return x_adv, grad, x, eps, alpha, draw(st.sampled_from(["linf", "l2"])), mask
 
 
+BOXES = st.sampled_from([(0.0, 1.0), (-math.inf, math.inf), (-0.25, 1.5)])  # pixels, none (z-scores), other
+
+
 @pytest.mark.parametrize("implementation", ["numba", "triton"])
 @settings(max_examples=40, deadline=None)
-@given(case=step_case(), scalar_budget=st.booleans())
-def test_pgd_step_equals_the_reference(implementation, case, scalar_budget):
+@given(case=step_case(), scalar_budget=st.booleans(), bounds=BOXES)
+def test_pgd_step_equals_the_reference(implementation, case, scalar_budget, bounds):
     x_adv, grad, x, eps, alpha, norm, mask = case
     if scalar_budget:
         eps, alpha = float(eps[0]), float(alpha[0])
-    expected = pgd_step_reference(x_adv, grad, x, eps, alpha, norm, mask)
-    got = PGD_STEPS[implementation](*placed(implementation, x_adv, grad, x, eps, alpha, norm, mask)).cpu()
+    expected = pgd_step_reference(x_adv, grad, x, eps, alpha, norm, mask, bounds)
+    got = PGD_STEPS[implementation](*placed(implementation, x_adv, grad, x, eps, alpha, norm, mask), bounds).cpu()
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
@@ -82,6 +87,15 @@ def test_triton_pgd_step_in_bfloat16_rounds_the_float32_result(case):
     got = triton_pgd.pgd_step_triton(*placed("triton", x_adv, grad, x, eps, alpha, norm, mask)).cpu()
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, rtol=2**-8, atol=2**-9)  # one bf16 rounding
+
+
+def test_pgd_step_reference_keeps_inputs_in_the_task_box_by_hand():
+    x = torch.tensor([[0.1, 0.9, -2.0]])
+    grad = torch.tensor([[-1.0, 1.0, -1.0]])
+    # Linf step 0.3 inside eps 0.5: 0.1 - 0.3, 0.9 + 0.3, -2.0 - 0.3
+    unbounded = pgd_step_reference(x, grad, x, 0.5, 0.3, bounds=(-math.inf, math.inf))
+    assert unbounded[0].tolist() == pytest.approx([-0.2, 1.2, -2.3])
+    assert pgd_step_reference(x, grad, x, 0.5, 0.3)[0].tolist() == pytest.approx([0.0, 1.0, 0.0])  # pixels: [0, 1]
 
 
 # --------------------------------------------------------------------------- supcon
