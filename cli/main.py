@@ -52,6 +52,7 @@ def _default_run_dir(config: TrainConfig) -> Path:
 @app.command()
 def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML config file.")] = None,
+    task: Annotated[Optional[str], typer.Option(help="A registered task (default: the dataset's); checked against the dataset.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="A registered dataset (robx plugins lists them; default digits).")] = None,
     imbalance: Annotated[Optional[str], typer.Option(help="step, exp, none (balanced) or original (the dataset as it is).")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="Imbalance ratio K (n_max / n_min).")] = None,
@@ -89,7 +90,7 @@ def train(
 
     values: dict[str, Any] = load_toml(config_file) if config_file else {}
     cli_values = {
-        "dataset": dataset, "imbalance": imbalance, "ratio": ratio, "n_max": n_max,
+        "task": task, "dataset": dataset, "imbalance": imbalance, "ratio": ratio, "n_max": n_max,
         "val_fraction": val_fraction, "model": model, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
         "alpha": _number(alpha, "alpha"), "steps": steps, "eval_steps": eval_steps, "n_eval": n_eval,

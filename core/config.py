@@ -37,7 +37,8 @@ Imbalance = Literal["step", "exp", "none", "original"]
 class TrainConfig:
     """All settings of a training run. ``None`` means "take the dataset's default"."""
 
-    dataset: str | None = None  # None: the registered default dataset
+    task: str | None = None  # None: the dataset's task; given, it must be the dataset's
+    dataset: str | None = None  # None: the registered default dataset (given a task: required)
     dataset_options: dict[str, Any] = field(default_factory=dict)  # the dataset's own settings
     imbalance: Imbalance | None = None
     ratio: float | None = None
@@ -78,11 +79,22 @@ class TrainConfig:
 
         found = registry()
         values = dataclasses.asdict(self)
+        task = values["task"]
+        if task is not None and task not in found.tasks:
+            raise OptionError(f"unknown task '{task}'; available: {', '.join(sorted(found.tasks))}")
+        default = found.datasets.get(found.default_dataset or "")
+        if values["dataset"] is None and task is not None and (default is None or default.task != task):
+            names = sorted(name for name, spec in found.datasets.items() if spec.task == task)
+            raise OptionError(f"task '{task}' needs a dataset: give --dataset ({', '.join(names) or 'none registered'})")
         if values["dataset"] is None:
             if found.default_dataset is None:
                 raise OptionError("no dataset given and no installed plugin registers a default dataset")
             values["dataset"] = found.default_dataset
-        for key, value in found.dataset(values["dataset"]).defaults.items():
+        spec = found.dataset(values["dataset"])
+        if task is not None and spec.task != task:
+            raise OptionError(f"dataset '{spec.name}' is for task '{spec.task}', not '{task}'")
+        values["task"] = spec.task
+        for key, value in spec.defaults.items():
             if key not in values:
                 raise OptionError(f"dataset '{values['dataset']}' has a default for unknown config key '{key}'")
             if values.get(key) is None:

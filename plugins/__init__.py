@@ -31,10 +31,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     # registrations: selected with --dataset / --model, not --plugins
     "robx.plugins.tasks.classification",
     "robx.plugins.tasks.regression",
+    "robx.plugins.tasks.crime",
     "robx.plugins.datasets.digits",
     "robx.plugins.datasets.cifar",
     "robx.plugins.datasets.synthetic",
+    "robx.plugins.datasets.city_crime",
     "robx.plugins.models.cnn",
     "robx.plugins.models.resnet",
     "robx.plugins.models.mlp",
+    "robx.plugins.models.stgnn",
 )

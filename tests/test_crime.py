@@ -12,8 +12,8 @@ import torch
 
 from robx.core.data import data_roots
 from robx.core.errors import DataError, DataNotFoundError, OptionError
-from robx.plugins.datasets import crime
-from robx.plugins.datasets.crime import CrimeOptions, grid_adjacency, grid_events, load_crime
+from robx.plugins.datasets import city_crime as crime
+from robx.plugins.datasets.city_crime import CrimeOptions, grid_adjacency, grid_events, load_crime
 
 
 def shared_crime_folder() -> Path | None:
@@ -131,3 +131,86 @@ def test_raw_events_grid_by_the_documented_rule(tmp_path):
     assert grid[0, 0, 0, 0] == 1  # the second THEFT (the first line counts as the header)
     assert grid[3, 2, 2, 2] == 1  # ASSAULT on day 2
     assert grid[1, 1, 2, 1] == 1  # BATTERY: 0.05*37 = 1.85 -> row 1, 0.05*28 = 1.4 -> col 1
+
+
+# --------------------------------------------------------------------------- the task and its model
+
+
+def test_negative_binomial_nll_is_scipys():
+    from scipy.stats import nbinom
+
+    from robx.plugins.tasks.crime import nb_nll, nb_variance
+
+    mu = torch.tensor([0.2, 1.0, 3.5, 10.0, 0.05], dtype=torch.float64)
+    alpha = torch.tensor([0.5, 2.0, 1.0, 30.0, 5.0], dtype=torch.float64)
+    y = torch.tensor([0, 3, 2, 12, 1])
+    expected = [-nbinom.logpmf(k, a, a / (a + m)) for k, m, a in zip(y.tolist(), mu.tolist(), alpha.tolist())]
+    assert nb_nll(mu, alpha, y).tolist() == pytest.approx(expected, rel=1e-10)
+    assert nb_variance(mu, alpha).tolist() == pytest.approx(
+        [nbinom.var(a, a / (a + m)) for m, a in zip(mu.tolist(), alpha.tolist())], rel=1e-10)
+
+
+def tiny_city(root: Path, seed: int = 0) -> None:
+    """A 3 x 3 grid, 40 + 5 + 6 days, counts ~ Poisson with a busy centre (about half zeros)."""
+    rng = np.random.default_rng(seed)
+    rate = np.full((3, 3, 1, 4), 0.3)
+    rate[1, 1] = 3.0
+    days = rng.poisson(rate, size=(3, 3, 51, 4)).astype(np.uint16)
+    write_grid(root / "crime", train=days[:, :, :40], val=days[:, :, 40:45], test=days[:, :, 45:])
+
+
+def test_the_crime_task_trains_attacks_and_reports_zero_and_non_zero_errors(tmp_path, monkeypatch):
+    import robx.core.engine as engine
+    from robx.core.config import TrainConfig
+
+    monkeypatch.setattr(crime, "data_roots", lambda explicit=None: [Path(explicit)])
+    tiny_city(tmp_path / "data")
+    config = TrainConfig(dataset="nyc-crime", data_root=str(tmp_path / "data"), dataset_options={"history": 7},
+                         epochs=3, batch_size=8, eval_steps=5, lr=0.05)
+    report = engine.train(config, tmp_path / "run")
+    assert report["task"] == "crime" and report["model"] == "stgnn" and report["class_names"] == ["zero", "non-zero"]
+    run = engine.load_run(tmp_path / "run")
+    test_y = run.data.test.y
+    assert report["n_test"] == 6 and report["test_counts"] == [int((test_y == 0).sum()), int((test_y > 0).sum())]
+    # the per-group MAE of the run's own predictions, by hand
+    with torch.no_grad():
+        mu = run.state.model(run.task.inputs(run.data.test.x))[1][..., 0]
+    errors = (mu - test_y).abs()
+    assert report["per_class"]["standard"] == pytest.approx([errors[test_y == 0].mean().item(),
+                                                            errors[test_y > 0].mean().item()], rel=1e-5)
+    standard, robust = report["summary"]["standard"], report["summary"]["robust"]
+    assert robust["overall"] > standard["overall"]  # STPGD-sized budget raises the error
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 3 and '"counts": [' in metrics[0]
+
+
+def test_the_task_is_implied_by_the_dataset_and_checked_against_it():
+    from robx.core.config import TrainConfig
+
+    assert TrainConfig(task="crime", dataset="nyc-crime").resolved().task == "crime"
+    assert TrainConfig(dataset="chicago-crime").resolved().task == "crime"  # the dataset implies it
+    with pytest.raises(OptionError, match=r"^task 'crime' needs a dataset: give --dataset \(chicago-crime, nyc-crime\)$"):
+        TrainConfig(task="crime").resolved()
+    with pytest.raises(OptionError, match="^dataset 'cifar10' is for task 'classification', not 'crime'$"):
+        TrainConfig(task="crime", dataset="cifar10").resolved()
+    with pytest.raises(OptionError, match="^unknown task 'traffic'; available: classification, crime, regression$"):
+        TrainConfig(task="traffic", dataset="nyc-crime").resolved()
+
+
+@needs_crime_data
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "paris-crime"], "unknown dataset 'paris-crime'; available: "),
+    (["--dataset", "nyc-crime", "--set", "dataset.history=700"],
+     "history must be from 1 to 607 days (the nyc grid has 608 training days), got 700"),
+    (["--dataset", "nyc-crime", "--set", "dataset.days=3"], "unknown option 'dataset.days'; valid: dataset.history"),
+    (["--dataset", "digits", "--set", "dataset.history=3"], "dataset 'digits' takes no options (got history)"),
+    (["--task", "crime", "--dataset", "cifar10"], "dataset 'cifar10' is for task 'classification', not 'crime'"),
+])
+def test_bad_crime_runs_are_one_line_and_exit_2(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "robx.cli.main", "train", *args, "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -33,6 +33,8 @@ import torch
 
 from robx.core.data import Split, TaskData, data_roots
 from robx.core.errors import DataError, DataNotFoundError, OptionError
+from robx.core.hookspecs import hookimpl
+from robx.core.registry import RegisterDataset
 
 GROUPS = ["zero", "non-zero"]
 SPLITS = ("train", "val", "test")
@@ -190,3 +192,16 @@ def load_crime(name: str, data_root: str | None, options: CrimeOptions) -> TaskD
     return TaskData(f"{where.name}-crime", GROUPS, split(history, train_days), split(train_days + val_days, days),
                     mean, std, val=split(train_days, train_days + val_days), graph=grid_adjacency(rows, cols),
                     target_names=list(where.categories))
+
+
+def defaults() -> dict[str, object]:
+    """The crime-cpu protocol's settings (PROTOCOLS.md): STPGD-sized budgets in z units."""
+    return dict(model="stgnn", epochs=10, batch_size=16, lr=0.01, schedule="onecycle",
+                eps=0.5, alpha=0.1, steps=5, eval_steps=20, imbalance="original", ratio=1.0, augment=False)
+
+
+@hookimpl
+def register_datasets(register: RegisterDataset) -> None:
+    for name in CITIES:
+        register(f"{name}-crime", lambda root, seed, options, name=name: load_crime(name, root, options),
+                 task="crime", defaults=defaults(), options=CrimeOptions)
