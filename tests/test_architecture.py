@@ -80,3 +80,23 @@ def test_no_plugin_runs_the_model_in_train_mode(path):
             called = node.func
             assert not (isinstance(called.value, ast.Name) and called.value.id == "state" and called.attr == "model"), (
                 f"{path.name}:{node.lineno} calls state.model(...)")
+
+
+def test_every_source_package_is_in_the_distribution():
+    """pyproject lists packages by hand (the source folders map onto robx.*): a folder left out
+    installs from a checkout (-e) but is missing from a wheel, as robx.plugins.tasks once was."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {package: ROOT / folder for package, folder in setup["package-dir"].items()}
+    expected = set()
+    for package, folder in folders.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            expected.add(".".join((package, *relative)))
+    assert expected == set(setup["packages"])
