@@ -91,3 +91,23 @@ def report_table(report: dict[str, Any], title: str) -> Table:
         table.add_row(key, "", *([] if balanced else [""]), f"{report['summary']['standard'][key]:.3f}",
                       f"{report['summary']['robust'][key]:.3f}", style="bold" if key == "overall" else None)
     return table
+
+
+def details_tables(report: dict[str, Any]) -> list[Table]:
+    """The task's own tables (``report["details"]["tables"]``), e.g. the crime task's errors
+    on zero and non-zero targets beside the trivial predictors."""
+    tables = []
+    for spec in report.get("details", {}).get("tables", []):
+        table = Table(title=spec["title"], title_justify="left")
+        for i, column in enumerate(spec["columns"]):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in spec["rows"]:
+            table.add_row(*(cell if isinstance(cell, str) else "–" if cell is None else f"{cell:.3f}" for cell in row))
+        tables.append(table)
+    return tables
+
+
+def print_report(console: Console, report: dict[str, Any], title: str) -> None:
+    """The per-class table, then the task's own tables."""
+    for table in (report_table(report, title), *details_tables(report)):
+        console.print(table)

@@ -79,13 +79,13 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its checkpoint.")] = None,
 ) -> None:
     """Train a model; with no options, the digits demo (PGD-AT on Step-10 imbalanced digits)."""
-    from robx.cli.display import RichProgress, report_table
+    from robx.cli.display import RichProgress, print_report
     from robx.core.engine import train as run_training
 
     if resume is not None:
         with RichProgress(console) as progress:
             report = run_training(TrainConfig(), resume, resume=True, progress=progress)
-        console.print(report_table(report, f"{resume}: test {metric_name(report)} ({report['attack']['description']})"))
+        print_report(console, report, f"{resume}: test {metric_name(report)} ({report['attack']['description']})")
         return
 
     values: dict[str, Any] = load_toml(config_file) if config_file else {}
@@ -111,7 +111,7 @@ def train(
     run_dir = out or _default_run_dir(config)
     with RichProgress(console) as progress:
         report = run_training(config, run_dir, force=force, progress=progress)
-    console.print(report_table(report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']})"))
+    print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']})")
     console.print(f"run directory: {run_dir}")
 
 
@@ -132,7 +132,7 @@ def eval_(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Re-evaluate a run's checkpoint with chosen attack settings; writes eval-*.json in the run."""
-    from robx.cli.display import RichProgress, report_table
+    from robx.cli.display import RichProgress, print_report
     from robx.core.engine import default_eval_attack, evaluate_run, load_run
     from robx.core.report import write_json
 
@@ -160,7 +160,7 @@ def eval_(
         report = evaluate_run(run, run.state.model, progress, attack, n_eval)
     name = f"eval-{attack.tag}-n{report['n_test']}.json"
     write_json(Path(run_dir) / name, report)
-    console.print(report_table(report, f"{run_dir}: test {metric_name(report)} ({attack.describe()})"))
+    print_report(console, report, f"{run_dir}: test {metric_name(report)} ({attack.describe()})")
     console.print(f"written: {Path(run_dir) / name}")
 
 

@@ -591,7 +591,10 @@ def evaluate_run(
     result = evaluate(model, run.task, test, attack, device=run.state.device,
                       batch_size=config.eval_batch_size, on_batch=progress.advance_eval)
     progress.end_eval()
+    assert result.clean_outputs is not None and result.robust_outputs is not None
+    details = run.task.report_details(test, result.clean_outputs, result.robust_outputs, attack)
     return build_report(result, data.classes, data.class_counts(), attack, run.task.metric, extra={
+        **({"details": details} if details else {}),
         "task": run.task.name,
         "dataset": config.dataset,
         "plugins": run.host.names,

@@ -52,6 +52,8 @@ class EvalResult:
     labels: torch.Tensor
     clean_scores: torch.Tensor
     robust_scores: torch.Tensor
+    clean_outputs: torch.Tensor | None = None  # the model's outputs, for the task's report details
+    robust_outputs: torch.Tensor | None = None
 
     def per_class(self, num_classes: int) -> tuple[list[float], list[float], list[int]]:
         """Mean clean and robust score of every class, and its number of examples."""
@@ -78,16 +80,21 @@ def evaluate(
 ) -> EvalResult:
     """Clean and attacked scores of every example of ``split``, the model in eval mode."""
     task.check_attack(attack.name)
-    clean, robust = [], []
+    clean, robust, clean_outputs, robust_outputs = [], [], [], []
     with eval_mode(model):
         for start in range(0, len(split), batch_size):
             part = split.subset(torch.arange(start, min(start + batch_size, len(split))))
             x, y = task.inputs(part.x).to(device), part.y.to(device)
             with torch.no_grad():
-                clean.append(task.scores(logits_of(model, x), y).cpu())
+                outputs = logits_of(model, x)
+                clean.append(task.scores(outputs, y).cpu())
+                clean_outputs.append(outputs.float().cpu())
             x_adv = task.adversarial_examples(model, x, y, attack)
             with torch.no_grad():
-                robust.append(task.scores(logits_of(model, x_adv), y).cpu())
+                outputs = logits_of(model, x_adv)
+                robust.append(task.scores(outputs, y).cpu())
+                robust_outputs.append(outputs.float().cpu())
             if on_batch is not None:
                 on_batch(len(y))
-    return EvalResult(split.labels.cpu(), torch.cat(clean), torch.cat(robust))
+    return EvalResult(split.labels.cpu(), torch.cat(clean), torch.cat(robust), torch.cat(clean_outputs),
+                      torch.cat(robust_outputs))

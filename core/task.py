@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ import torch.nn as nn
 from robx.core.errors import OptionError
 
 if TYPE_CHECKING:
-    from robx.core.data import TaskData
+    from robx.core.data import Split, TaskData
     from robx.core.evaluate import AttackSettings
     from robx.core.stats import ScoreAccumulator
 
@@ -109,6 +109,13 @@ class Task(ABC):
     def scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The :attr:`metric` of every example (1.0 / 0.0 for a correct / wrong class), or of
         every target, shaped like the labels, when the labels are per target."""
+
+    def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
+                       attack: AttackSettings) -> dict[str, Any]:
+        """Task-specific numbers for the report beside the per-class table (``report["details"]``),
+        from the model's outputs on the evaluated split. ``tables``: a list of
+        ``{"title", "columns", "rows"}`` the CLI prints; anything else is kept in the JSON."""
+        return {}
 
     def statistics(self, device: torch.device) -> ScoreAccumulator:
         """A fresh accumulator of the per-class statistics of one split over one epoch."""

@@ -182,6 +182,11 @@ def test_the_crime_task_trains_attacks_and_reports_zero_and_non_zero_errors(tmp_
     assert robust["overall"] > standard["overall"]  # STPGD-sized budget raises the error
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 3 and '"counts": [' in metrics[0]
+    # the details: the trivial all-zero predictor's non-zero MAE is the mean non-zero count
+    details = report["details"]["predictors"]
+    assert details["all-zero"]["mae non-zero"] == pytest.approx(test_y[test_y > 0].mean().item())
+    assert details["model, clean"]["mae zero"] == pytest.approx(report["per_class"]["standard"][0], rel=1e-5)
+    assert [table["title"][:6] for table in report["details"]["tables"]] == ["errors", "MAE on"]
 
 
 def test_the_task_is_implied_by_the_dataset_and_checked_against_it():
@@ -214,3 +219,40 @@ def test_bad_crime_runs_are_one_line_and_exit_2(tmp_path, args, message):
                             capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_event_detection_by_hand():
+    from robx.plugins.tasks.crime import event_detection
+
+    # one day, one category, 5 cells; events at cells 1 and 4; ranking by prediction: 4, 2, 1, 0, 3
+    counts = torch.tensor([0, 2, 0, 0, 1.0]).view(1, 5, 1)
+    predicted = torch.tensor([0.2, 0.5, 0.9, 0.1, 1.4]).view(1, 5, 1)
+    # K = 2: detections {4, 2}: one hit of two events -> recall 1/2; AP = (1/1) / min(2, 2) = 0.5
+    assert event_detection(predicted, counts, 2) == pytest.approx((0.5, 0.5))
+    # K = 3: hits at ranks 1 and 3 -> recall 1; AP = (1/1 + 2/3) / 2 = 5/6
+    assert event_detection(predicted, counts, 3) == pytest.approx((1.0, 5 / 6))
+    # a second (day, category) without events is left out of both means
+    two = torch.cat([counts, torch.zeros(1, 5, 1)], dim=2), torch.cat([predicted, torch.rand(1, 5, 1)], dim=2)
+    assert event_detection(two[1], two[0], 3) == pytest.approx((1.0, 5 / 6))
+
+
+def test_error_summary_and_trivial_predictors_by_hand():
+    from robx.core.data import Split, TaskData
+    from robx.plugins.tasks.crime import Crime, error_summary
+
+    counts = torch.tensor([[[0.0], [3.0]], [[1.0], [0.0]]])  # 2 days, 2 cells, 1 category
+    predicted = torch.tensor([[[1.0], [1.0]], [[1.0], [0.5]]])
+    summary = error_summary(predicted, counts)
+    # errors: zero targets 1 and 0.5; non-zero 2 and 0
+    assert summary["mae zero"] == pytest.approx(0.75) and summary["mae non-zero"] == pytest.approx(1.0)
+    assert summary["mae disparity"] == pytest.approx(0.25) and summary["mae overall"] == pytest.approx(0.875)
+    assert summary["rmse zero"] == pytest.approx((1.25 / 2) ** 0.5) and summary["rmse non-zero"] == pytest.approx(2 ** 0.5)
+
+    history = torch.tensor([[[[5.0], [0.0]], [[2.0], [4.0]]], [[[2.0], [4.0]], [[7.0], [1.0]]]])  # 2 days of 2-day history
+    train = Split(history, torch.tensor([[[1.0], [2.0]], [[3.0], [6.0]]]), torch.zeros(2, 2, 1, dtype=torch.long))
+    test = Split(history, counts, (counts > 0).long())
+    task = Crime(TaskData("toy", ["zero", "non-zero"], train, test, (0.0,), (1.0,)))
+    trivial = task.trivial_predictions(test)
+    assert trivial["all-zero"].abs().sum() == 0
+    assert trivial["historical mean"][0].flatten().tolist() == [2.0, 4.0]  # (1+3)/2, (2+6)/2 per cell
+    assert trivial["last value"].flatten().tolist() == [2.0, 4.0, 7.0, 1.0]  # the last history day
