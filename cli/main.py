@@ -123,7 +123,9 @@ def metric_name(report: dict[str, Any]) -> str:
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `robx train`.")],
-    attack_name: Annotated[str, typer.Option("--attack", help="pgd20 (default), pgd, cw or autoattack.")] = "pgd20",
+    attack_name: Annotated[Optional[str], typer.Option("--attack", help="The task's attacks: pgd20 or pgd, cw, autoattack "
+                                                       "(classification), stpgd (crime); default: the task's.")] = None,
+    victims: Annotated[Optional[float], typer.Option(help="stpgd: the fraction of victim units (default 0.1).")] = None,
     eps: Annotated[Optional[str], typer.Option(help="Budget (default: the run's).")] = None,
     alpha: Annotated[Optional[str], typer.Option(help="Step size (default: the run's evaluation step).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="PGD steps (default 20).")] = None,
@@ -137,8 +139,9 @@ def eval_(
     from robx.core.report import write_json
 
     run = load_run(run_dir, device)
-    attack = default_eval_attack(run.config)
-    attack.name = "pgd" if attack_name == "pgd20" else attack_name
+    attack = default_eval_attack(run.config, run.task.default_attack)
+    if attack_name is not None:
+        attack.name = "pgd" if attack_name == "pgd20" else attack_name
     run.task.check_attack(attack.name)
     if norm is not None and norm != run.config.norm and eps is None:
         raise OptionError(f"the run was trained for {run.config.norm}; give --eps (and --alpha) for --norm {norm}")
@@ -156,6 +159,10 @@ def eval_(
         attack.norm = norm  # type: ignore[assignment]
     if n_eval is not None and n_eval < 1:
         raise OptionError("--n-eval must be >= 1")
+    if victims is not None:
+        if not 0 < victims <= 1:
+            raise OptionError(f"--victims must be in (0, 1], got {victims}")
+        attack.victims = victims
     with RichProgress(console) as progress:
         report = evaluate_run(run, run.state.model, progress, attack, n_eval)
     name = f"eval-{attack.tag}-n{report['n_test']}.json"

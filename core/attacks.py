@@ -83,6 +83,7 @@ def pgd(
     loss_fn: AttackLoss = cross_entropy,
     x_init: torch.Tensor | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
+    start_scale: float = 1.0,
 ) -> torch.Tensor:
     """Projected gradient descent; returns the final iterate ``x'`` (detached).
 
@@ -92,6 +93,8 @@ def pgd(
     x_init: a custom starting point (TRADES starts from x + 0.001 N(0, 1)); overrides
     ``random_init``. The first step projects it into the ball.
     bounds: the box inputs stay in (the task's ``input_bounds``; pixels [0, 1]).
+    start_scale: the random start is drawn from the ball of radius ``start_scale * eps``
+    (STPGD: U(-eps/10, eps/10), 0.1).
     """
     x = x.detach()
     eps_t = per_sample(eps, x.shape[0], x)
@@ -100,7 +103,7 @@ def pgd(
     if x_init is not None:
         x_adv = x_init.detach().clone()
     else:
-        x_adv = random_start(x, eps_t, norm, mask, bounds) if random_init else x.clone()
+        x_adv = random_start(x, eps_t * start_scale, norm, mask, bounds) if random_init else x.clone()
     sign = -1.0 if targeted else 1.0
     with eval_mode(model):
         for _ in range(steps):
@@ -122,3 +125,28 @@ def fgsm(
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): PGD with one full step, no random start."""
     return pgd(model, x, y, eps=eps, alpha=eps, steps=1, norm=norm, random_init=False, loss_fn=loss_fn)
+
+
+def saliency_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
+                      alpha: float | torch.Tensor, steps: int, loss_fn: AttackLoss,
+                      bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """The input gradient victim selection ranks units by (STPGD, Liu et al. 2022).
+
+    ``steps = 1``: dL/dx at the clean input. ``steps > 1``: as the authors' code (Adv-ST,
+    ``find_type='saliency'``), ``steps`` Linf PGD iterations over the whole input, each
+    adding U(-eps/10, eps/10) noise before its gradient, and the gradient of the last one.
+    BatchNorm in eval mode; no parameter gradients.
+    """
+    x = x.detach()
+    eps_t = per_sample(eps, x.shape[0], x)
+    point = x
+    with eval_mode(model):
+        for step in range(steps):
+            if steps > 1:
+                point = point + (torch.rand_like(x) * 2 - 1) * eps_t / 10
+            point = point.detach().requires_grad_(True)
+            loss = loss_fn(logits_of(model, point), y).sum()
+            (grad,) = torch.autograd.grad(loss, point)
+            if step < steps - 1:
+                point = pgd_step(point.detach(), grad, x, eps_t.flatten(), alpha, "linf", None, bounds)
+    return grad

@@ -566,10 +566,12 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     return averaged.eval()
 
 
-def default_eval_attack(config: TrainConfig) -> AttackSettings:
+def default_eval_attack(config: TrainConfig, name: str = "pgd") -> AttackSettings:
+    """The run's evaluation attack: ``name`` (the task's ``default_attack``) with the
+    training budget, the evaluation step size and steps."""
     assert config.eps is not None and config.eval_alpha is not None and config.eval_steps is not None
     return AttackSettings(eps=config.eps, alpha=config.eval_alpha, steps=config.eval_steps, norm=config.norm,
-                          seed=config.seed)
+                          name=name, seed=config.seed)
 
 
 def evaluate_run(
@@ -580,7 +582,7 @@ def evaluate_run(
     n_eval: int | None = None,
 ) -> dict[str, Any]:
     config, data = run.config, run.data
-    attack = attack or default_eval_attack(config)
+    attack = attack or default_eval_attack(config, run.task.default_attack)
     run.task.check_attack(attack.name)
     test = data.test
     n_eval = n_eval or config.n_eval

@@ -32,16 +32,19 @@ class AttackSettings:
     norm: Norm = "linf"
     name: str = "pgd"
     seed: int = 0
+    victims: float = 0.1  # the fraction of victim units, for attacks that choose them (stpgd)
 
     def describe(self) -> str:
         if self.name == "autoattack":
             return f"AutoAttack (standard) {self.norm} eps={self.eps:.4g}"
-        return f"{self.name.upper()}-{self.steps} {self.norm} eps={self.eps:.4g} alpha={self.alpha:.4g}"
+        chosen = f" on {self.victims:.0%} of units" if self.name == "stpgd" else ""
+        return f"{self.name.upper()}-{self.steps}{chosen} {self.norm} eps={self.eps:.4g} alpha={self.alpha:.4g}"
 
     @property
     def tag(self) -> str:
         steps = "" if self.name == "autoattack" else str(self.steps)
-        return f"{self.name}{steps}-{self.norm}-eps{self.eps:.4g}"
+        chosen = f"-victims{self.victims:.4g}" if self.name == "stpgd" else ""
+        return f"{self.name}{steps}{chosen}-{self.norm}-eps{self.eps:.4g}"
 
 
 @dataclass

@@ -61,8 +61,13 @@ class Task(ABC):
     metric: ClassVar[Metric]
     #: evaluation attacks this task offers (``robx eval --attack``); ``pgd`` ascends :meth:`attack_loss`
     attacks: ClassVar[tuple[str, ...]] = ("pgd",)
+    #: the attack a run is evaluated with unless ``robx eval --attack`` names another
+    default_attack: ClassVar[str] = "pgd"
     #: the box every attack keeps inputs in: [0, 1] for pixels; (-inf, inf) for no box
     input_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    #: the unit victim selection (``topk``, MinGRE) ranks, when the task has one of its own
+    #: (crime: "node"); it then implements :meth:`unit_saliency` and :meth:`unit_mask`
+    victim_unit: ClassVar[str | None] = None
 
     def __init__(self, data: TaskData) -> None:
         self.data = data
@@ -102,6 +107,15 @@ class Task(ABC):
                     row_labels: torch.Tensor) -> torch.Tensor:
         """Each trained row's (or target's) weight from the per-class loss weights."""
         return class_weights[row_labels]
+
+    def unit_saliency(self, grad: torch.Tensor) -> torch.Tensor:
+        """(rows, units) saliency of the task's victim units from an input gradient; rows is
+        1 where the units are shared by the whole batch (graph nodes)."""
+        raise NotImplementedError(f"task '{self.name}' has no victim unit")
+
+    def unit_mask(self, chosen: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A (rows, units) boolean choice as a mask broadcastable to the inputs ``x``."""
+        raise NotImplementedError(f"task '{self.name}' has no victim unit")
 
     # --- scoring -------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ classification). The budget is per sample:
 attack budget (DAFA, FAIR-TAT, CFA), so class-wise margins reach the attack without
 touching it. It is the fallback adversary: added when no selected plugin generates
 adversarial examples, and chosen over TRADES' KL attack when both are selected. Steps and norm come from the run config
-(``--steps``, ``--norm``); ``random_start`` is this plugin's option.
+(``--steps``, ``--norm``); ``random_start`` and ``start_scale`` (the start's radius as a
+fraction of eps; STPGD's U(-eps/10, eps/10) is 0.1) are this plugin's options.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class PGD:
     @dataclass
     class Options:
         random_start: bool = True
+        start_scale: float = 1.0  # the start is uniform in the ball of radius start_scale * eps (STPGD: 0.1)
+
+        def __post_init__(self) -> None:
+            if not 0.0 < self.start_scale <= 1.0:
+                raise ValueError(f"start_scale must be in (0, 1], got {self.start_scale}")
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -51,4 +57,5 @@ class PGD:
             mask=step.victim_mask,
             bounds=state.task.input_bounds,
             loss_fn=state.task.attack_loss,
+            start_scale=self.options.start_scale,
         )

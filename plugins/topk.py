@@ -1,16 +1,26 @@
 """Top-k saliency victims (STPGD, Liu et al., NeurIPS 2022): perturb only the most salient units.
 
-Instead of the whole input, the adversary may move only the K units of each sample with the
-largest input-gradient saliency, K = ``fraction`` of the units (10 %, METHODS.md section 7):
+Instead of the whole input, the adversary may move only the K units with the largest
+input-gradient saliency, K = ``fraction`` of the units (10 %, METHODS.md section 7):
 
-    s_u = || ReLU(dL(f(x), y) / dx_u) ||_2,     victims = top-K_u s_u      (per sample)
+    s_u = || ReLU(dL(f(x), y) / dx_u) ||_2,     victims = top-K_u s_u
 
-A unit is a pixel (its channels move together) for image batches (``granularity = "pixel"``)
-or a single input coordinate (``"element"``). STPGD averages the gradient over the batch
-because graph nodes are shared across samples; image pixels are not, so the saliency here is
-per sample. The mask comes from the ``topk_victims`` kernel dispatch; every adversary
-(pgd, trades, fairtat) honours it. Reweighted selections (MinGRE) pass their weights to the
-same op.
+The unit (``granularity``):
+
+* ``unit``: the task's own victim unit (``Task.victim_unit``; crime: a graph node, whose
+  history of every category moves together). The task turns the gradient into unit
+  saliency: for nodes, as STPGD, from the batch-mean gradient, so one victim set serves the
+  whole batch (nodes are shared by every sample);
+* ``pixel``: an image pixel (its channels move together), per sample;
+* ``element``: a single input coordinate, per sample;
+* ``auto`` (default): ``unit`` when the task has one, else ``pixel`` for image batches,
+  else ``element``.
+
+``saliency_steps``: 1 ranks by the gradient at the clean input; STPGD's authors (Adv-ST,
+``find_type='saliency'``) take it after 5 whole-input PGD iterations with U(-eps/10,
+eps/10) noise added at each (``robx.core.attacks.saliency_gradient``). The mask comes from
+the ``topk_victims`` kernel dispatch; every adversary (pgd, trades, mart, fairtat) honours
+it. Reweighted selections (MinGRE) pass their weights to the same op.
 """
 
 from __future__ import annotations
@@ -19,24 +29,21 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.attacks import AttackLoss, cross_entropy, eval_mode, logits_of
+from robx.core.attacks import saliency_gradient
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
 from robx.kernels import topk_victims
 
+GRANULARITIES = ("auto", "unit", "pixel", "element")
 
-def input_saliency(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, granularity: str,
-                   loss_fn: AttackLoss = cross_entropy) -> torch.Tensor:
-    """(batch, units) saliency ||ReLU(dL/dx_u)||_2; BatchNorm in eval mode, no parameter grads."""
-    x = x.detach().requires_grad_(True)
-    with eval_mode(model):
-        loss = loss_fn(logits_of(model, x), y).sum()
-        (grad,) = torch.autograd.grad(loss, x)
+
+def unit_saliency(grad: torch.Tensor, granularity: str) -> torch.Tensor:
+    """(batch, units) saliency ||ReLU(g_u)||_2 of pixels (over channels) or elements."""
     grad = grad.relu()
     if granularity == "pixel":
-        return grad.norm(dim=1)  # (batch, H, W)
-    return grad.abs().reshape(x.shape[0], -1)
+        return grad.norm(dim=1).flatten(1)  # (batch, H * W)
+    return grad.reshape(grad.shape[0], -1)
 
 
 class TopK:
@@ -47,25 +54,43 @@ class TopK:
     @dataclass
     class Options:
         fraction: float = 0.1
-        granularity: str = "pixel"
+        granularity: str = "auto"
+        saliency_steps: int = 1
 
         def __post_init__(self) -> None:
             if not 0.0 < self.fraction <= 1.0:
                 raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-            if self.granularity not in ("pixel", "element"):
-                raise ValueError(f"granularity must be 'pixel' or 'element', got {self.granularity!r}")
+            if self.granularity not in GRANULARITIES:
+                raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+            if self.saliency_steps < 1:
+                raise ValueError(f"saliency_steps must be >= 1, got {self.saliency_steps}")
 
     def __init__(self, options: Options) -> None:
         self.options = options
 
+    def granularity(self, x: torch.Tensor, state: TrainState) -> str:
+        chosen = self.options.granularity
+        if chosen == "pixel" and x.dim() != 4:
+            raise RobxError(f"topk.granularity=pixel needs (batch, channels, H, W) inputs, got "
+                            f"{x.dim()}-D; use --set topk.granularity=element")
+        if chosen == "auto":
+            return "unit" if state.task.victim_unit else "pixel" if x.dim() == 4 else "element"
+        if chosen == "unit" and not state.task.victim_unit:
+            raise RobxError(f"topk.granularity=unit: task '{state.task.name}' has no victim unit; use pixel or element")
+        return chosen
+
     @hookimpl
     def select_victims(self, step: Step, state: TrainState) -> torch.Tensor:
-        granularity = self.options.granularity
-        if granularity == "pixel" and step.x.dim() != 4:
-            raise RobxError(f"topk.granularity=pixel needs (batch, channels, H, W) inputs, got "
-                            f"{step.x.dim()}-D; use --set topk.granularity=element")
-        saliency = input_saliency(state.model, step.x, step.y, granularity, state.task.attack_loss)
-        units = saliency[0].numel()
-        k = max(1, round(self.options.fraction * units))
-        mask = topk_victims(saliency, k)
-        return mask.unsqueeze(1) if granularity == "pixel" else mask.reshape(step.x.shape)
+        granularity = self.granularity(step.x, state)
+        eps, alpha = state.example_budget(step.labels)
+        grad = saliency_gradient(state.model, step.x, step.y, eps=eps, alpha=alpha, steps=self.options.saliency_steps,
+                                 loss_fn=state.task.attack_loss, bounds=state.task.input_bounds)
+        if granularity == "unit":
+            saliency = state.task.unit_saliency(grad)
+        else:
+            saliency = unit_saliency(grad, granularity)
+        k = max(1, round(self.options.fraction * saliency.shape[1]))
+        chosen = topk_victims(saliency, k)
+        if granularity == "unit":
+            return state.task.unit_mask(chosen, step.x)
+        return chosen.view(step.x.shape[0], 1, *step.x.shape[2:]) if granularity == "pixel" else chosen.view(step.x.shape)

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from robx.core.data import data_roots
 from robx.core.errors import DataError, DataNotFoundError, OptionError
@@ -256,3 +258,60 @@ def test_error_summary_and_trivial_predictors_by_hand():
     assert trivial["all-zero"].abs().sum() == 0
     assert trivial["historical mean"][0].flatten().tolist() == [2.0, 4.0]  # (1+3)/2, (2+6)/2 per cell
     assert trivial["last value"].flatten().tolist() == [2.0, 4.0, 7.0, 1.0]  # the last history day
+
+
+# --------------------------------------------------------------------------- STPGD
+
+
+def toy_crime_task(nodes_side: int = 3, days: int = 12, history: int = 4, seed: int = 0):
+    from robx.core.data import Split, TaskData
+    from robx.plugins.models.stgnn import STGNN
+    from robx.plugins.tasks.crime import Crime
+
+    generator = torch.Generator().manual_seed(seed)
+    nodes = nodes_side * nodes_side
+    x = torch.poisson(torch.full((days, history, nodes, 2), 0.7), generator=generator)
+    y = torch.poisson(torch.full((days, nodes, 2), 0.7), generator=generator)
+    split = Split(x, y, (y > 0).long())
+    task = Crime(TaskData("toy", ["zero", "non-zero"], split, split, (0.7, 0.7), (0.8, 0.8),
+                          graph=grid_adjacency(nodes_side, nodes_side)))
+    torch.manual_seed(seed)
+    model = STGNN(grid_adjacency(nodes_side, nodes_side), 2, 2, hidden=8).eval()
+    return task, model, task.inputs(x), y
+
+
+def test_topk_victims_of_the_crime_task_are_stpgds_most_salient_nodes():
+    from types import SimpleNamespace
+
+    from robx.core.state import Step
+    from robx.plugins.tasks.crime import nb_nll
+    from robx.plugins.topk import TopK
+
+    task, model, x, y = toy_crime_task(nodes_side=4)
+    state = SimpleNamespace(model=model, task=task,
+                            example_budget=lambda labels: (torch.full((len(x),), 0.5), torch.full((len(x),), 0.1)))
+    mask = TopK(TopK.Options(fraction=0.25)).select_victims(step=Step(x=x, y=y, labels=(y > 0).long()), state=state)
+    assert mask.shape == (1, 1, 16, 1) and mask.sum() == 4
+    # Liu et al.'s node saliency by its definition, with autograd: || ReLU(mean over the batch of dL/dX_n) ||_2
+    leaf = x.clone().requires_grad_(True)
+    _, outputs = model(leaf)
+    nb_nll(outputs[..., 0], outputs[..., 1], y).sum().backward()
+    saliency = leaf.grad.mean(dim=0).clamp(min=0).pow(2).sum(dim=(0, 2)).sqrt()
+    assert set(mask.flatten().nonzero().flatten().tolist()) == set(saliency.topk(4).indices.tolist())
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), eps=st.floats(0.05, 1.0), victims=st.sampled_from([0.1, 0.25, 0.5]),
+       steps=st.integers(1, 4))
+def test_stpgd_moves_only_victim_nodes_and_stays_in_the_ball(seed, eps, victims, steps):
+    from robx.core.evaluate import AttackSettings
+
+    task, model, x, y = toy_crime_task(nodes_side=4, seed=seed)
+    torch.manual_seed(seed)
+    x_adv = task.adversarial_examples(model, x, y, AttackSettings(eps=eps, alpha=eps / 4, steps=steps, name="stpgd",
+                                                                  victims=victims))
+    delta = x_adv - x
+    assert delta.abs().max() <= eps + 1e-6
+    moved_nodes = (delta != 0).any(dim=0).any(dim=0).any(dim=1)  # any day, step or category of the node
+    assert 0 < moved_nodes.sum() <= max(1, round(victims * 16))
+    assert torch.equal(x_adv[:, :, ~moved_nodes], x[:, :, ~moved_nodes])

@@ -246,7 +246,9 @@ def test_topk_plugin_lets_the_adversary_move_only_the_most_salient_pixels():
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5))
     x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 5, (6,))
     plugin = TopK(TopK.Options(fraction=0.25))
-    state = SimpleNamespace(model=model, task=SimpleNamespace(attack_loss=cross_entropy))
+    state = SimpleNamespace(model=model, task=SimpleNamespace(attack_loss=cross_entropy, victim_unit=None,
+                                                              input_bounds=(0.0, 1.0)),
+                            example_budget=lambda labels: (torch.full((6,), 0.1), torch.full((6,), 0.05)))
     mask = plugin.select_victims(step=Step(x=x, y=y, labels=y), state=state)
     assert mask.shape == (6, 1, 8, 8) and (mask.flatten(1).sum(dim=1) == 16).all()
     # STPGD's saliency by its definition: || ReLU(dL/dx) ||_2 over the channels of each pixel
@@ -273,5 +275,5 @@ def test_topk_plugin_trains_end_to_end_and_rejects_pixels_of_flat_inputs(tmp_pat
     report = train(tiny_config(epochs=1, plugins=["topk"]), tmp_path / "run")
     assert 0.0 <= report["summary"]["robust"]["overall"] <= 1.0
     with pytest.raises(RobxError, match="granularity=element"):
-        TopK(TopK.Options()).select_victims(step=Step(x=torch.rand(2, 5), y=torch.zeros(2, dtype=torch.long), labels=torch.zeros(2, dtype=torch.long)),
+        TopK(TopK.Options(granularity="pixel")).select_victims(step=Step(x=torch.rand(2, 5), y=torch.zeros(2, dtype=torch.long), labels=torch.zeros(2, dtype=torch.long)),
                                             state=None)

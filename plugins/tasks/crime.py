@@ -9,6 +9,12 @@
   shape (batch, nodes, categories, 2); the prediction is mu.
 * Loss: the NB negative log-likelihood of the counts, per target (below); the attacks
   ascend it.
+* Attacks: ``stpgd`` (the default evaluation; STPGD, Liu et al. NeurIPS 2022, as their
+  code Adv-ST runs it: the 10 % of nodes with the largest saliency ||ReLU(batch-mean
+  dL/dX_node)||_2 after 5 whole-input iterations move, Linf, from U(-eps/10, eps/10); eps
+  0.5 and step 0.1 in z units) and ``pgd`` (every node moves). The victim unit is the node:
+  the ``topk`` plugin picks training victims the same way. Victims are chosen per
+  evaluation batch (all test days in one batch of 256).
 * Score: absolute error of mu per target (lower is better), so the per-group scores are the
   MAE on zero and on non-zero targets.
 * Report details (beside the per-group table): MAE and RMSE overall / on zero / on
@@ -35,13 +41,18 @@ from typing import Any
 
 import torch
 
+from robx.core.attacks import pgd, saliency_gradient
 from robx.core.data import Split
 from robx.core.evaluate import AttackSettings
 from robx.core.hookspecs import hookimpl
 from robx.core.task import Metric, ModelInput, RegisterTask, Task
+from robx.kernels import topk_victims
 
 #: cells ranked per day and category for event detection
 TOP_K = 20
+#: STPGD (Adv-ST): whole-input PGD iterations before the node saliency is read, and the
+#: random start's radius as a fraction of eps
+SALIENCY_STEPS, START_SCALE = 5, 0.1
 
 
 def nb_nll(mu: torch.Tensor, alpha: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -97,6 +108,8 @@ class Crime(Task):
 
     name = "crime"
     metric = Metric("absolute error", higher_is_better=False)
+    attacks = ("stpgd", "pgd")
+    default_attack = "stpgd"
     # z-scores have no box (Adv-ST, STPGD's code, clamps to [0, 1] because it min-max scales its inputs)
     input_bounds = (-math.inf, math.inf)
 
@@ -114,11 +127,37 @@ class Crime(Task):
         return ModelInput(tuple(data.train.x.shape[1:]), categories, (0.0,) * categories, (1.0,) * categories,
                           graph=data.graph)
 
+    victim_unit = "node"
+
+    def unit_saliency(self, grad: torch.Tensor) -> torch.Tensor:
+        """STPGD's node saliency: ||ReLU(batch-mean dL/dX_node)||_2 over the node's history of
+        every category (Adv-ST's ``batch_saliency_map``), shape (1, nodes)."""
+        return grad.mean(dim=0).relu().square().sum(dim=(0, 2)).sqrt()[None]
+
+    def unit_mask(self, chosen: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return chosen.view(1, 1, -1, 1)  # (batch, time, nodes, categories): a node's whole history
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nb_nll(outputs[..., 0], outputs[..., 1], targets)
 
     def scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs[..., 0] - targets.to(outputs.dtype)).abs()
+
+    def adversarial_examples(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                             attack: AttackSettings) -> torch.Tensor:
+        """``stpgd``: Liu et al.'s STPGD as their code runs it (Adv-ST): node saliency after 5
+        whole-input iterations, the top ``attack.victims`` of the nodes of the batch move, from
+        U(-eps/10, eps/10); ``pgd``: every node moves."""
+        self.check_attack(attack.name)
+        mask = None
+        if attack.name == "stpgd":
+            grad = saliency_gradient(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=SALIENCY_STEPS,
+                                     loss_fn=self.attack_loss, bounds=self.input_bounds)
+            saliency = self.unit_saliency(grad)
+            mask = self.unit_mask(topk_victims(saliency, max(1, round(attack.victims * saliency.shape[1]))), x)
+        return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm, mask=mask,
+                   loss_fn=self.attack_loss, bounds=self.input_bounds,
+                   start_scale=START_SCALE if attack.name == "stpgd" else 1.0)
 
     def trivial_predictions(self, split: Split) -> dict[str, torch.Tensor]:
         """The predictors every crime result is read against (module docstring)."""
