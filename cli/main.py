@@ -62,6 +62,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="(Peak) learning rate.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="sgd (momentum 0.9) or adam (default: the dataset's).")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="onecycle, step or constant.")] = None,
     norm: Annotated[Optional[str], typer.Option(help="linf or l2.")] = None,
     eps: Annotated[Optional[str], typer.Option(help="Perturbation budget, e.g. 8/255.")] = None,
@@ -92,7 +93,7 @@ def train(
     cli_values = {
         "task": task, "dataset": dataset, "imbalance": imbalance, "ratio": ratio, "n_max": n_max,
         "val_fraction": val_fraction, "model": model, "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
+        "lr": lr, "optimizer": optimizer, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
         "alpha": _number(alpha, "alpha"), "steps": steps, "eval_steps": eval_steps, "n_eval": n_eval,
         "seed": seed, "device": device, "loss": loss,
     }

@@ -31,6 +31,7 @@ else:  # pragma: no cover
 
 Norm = Literal["linf", "l2"]
 Schedule = Literal["step", "onecycle", "constant"]
+Optimizer = Literal["sgd", "adam"]
 Imbalance = Literal["step", "exp", "none", "original"]
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    optimizer: Optimizer | None = None  # None: the dataset's, else SGD with momentum
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
@@ -101,6 +103,8 @@ class TrainConfig:
                 values[key] = value
         if values["eval_alpha"] is None:
             values["eval_alpha"] = values["alpha"]
+        if values["optimizer"] is None:
+            values["optimizer"] = "sgd"
         config = TrainConfig.from_dict(values)
         for key in ("imbalance", "ratio", "model", "epochs", "batch_size", "lr", "schedule", "eps", "alpha",
                     "steps", "eval_steps", "augment"):
@@ -123,6 +127,7 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
             (self.n_eval is None or self.n_eval >= 1, "n_eval must be >= 1"),
             (self.norm in ("linf", "l2"), f"norm must be linf or l2, got {self.norm!r}"),
+            (self.optimizer in (None, "sgd", "adam"), f"optimizer must be sgd or adam, got {self.optimizer!r}"),
             (self.schedule in (None, "step", "onecycle", "constant"),
              f"schedule must be step, onecycle or constant, got {self.schedule!r}"),
             (self.imbalance in (None, "step", "exp", "none", "original"),

@@ -132,6 +132,15 @@ class Run:
     run_dir: Path
 
 
+def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum (the image protocols), or Adam (the crime task's graph model, as
+    spatiotemporal crime forecasters train); weight decay as L2 in both."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov)
+
+
 def build_model(found: Registry, name: str, spec: ModelInput) -> torch.nn.Module:
     """The registered model, checked to have the head the selected plugins need."""
     model = found.build_model(name, spec)
@@ -155,8 +164,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
                           config.val_fraction, config.data_seed)
     task = task_type(data)
     model = build_model(found, config.model, dataclasses.replace(task.model_input(), head=host.head)).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    optimizer = build_optimizer(config, model)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
     scheduler, per_batch = build_scheduler(config, optimizer, steps_per_epoch)
     dataset_counts = torch.tensor(data.class_counts())

@@ -168,10 +168,11 @@ def test_the_crime_task_trains_attacks_and_reports_zero_and_non_zero_errors(tmp_
     monkeypatch.setattr(crime, "data_roots", lambda explicit=None: [Path(explicit)])
     tiny_city(tmp_path / "data")
     config = TrainConfig(dataset="nyc-crime", data_root=str(tmp_path / "data"), dataset_options={"history": 7},
-                         epochs=3, batch_size=8, eval_steps=5, lr=0.05)
+                         epochs=3, batch_size=8, eval_steps=5, lr=0.01, optimizer="adam")
     report = engine.train(config, tmp_path / "run")
     assert report["task"] == "crime" and report["model"] == "stgnn" and report["class_names"] == ["zero", "non-zero"]
     run = engine.load_run(tmp_path / "run")
+    assert isinstance(run.state.optimizer, torch.optim.Adam)
     test_y = run.data.test.y
     assert report["n_test"] == 6 and report["test_counts"] == [int((test_y == 0).sum()), int((test_y > 0).sum())]
     # the per-group MAE of the run's own predictions, by hand
@@ -212,6 +213,7 @@ def test_the_task_is_implied_by_the_dataset_and_checked_against_it():
     (["--dataset", "nyc-crime", "--set", "dataset.days=3"], "unknown option 'dataset.days'; valid: dataset.history"),
     (["--dataset", "digits", "--set", "dataset.history=3"], "dataset 'digits' takes no options (got history)"),
     (["--task", "crime", "--dataset", "cifar10"], "dataset 'cifar10' is for task 'classification', not 'crime'"),
+    (["--dataset", "nyc-crime", "--optimizer", "rmsprop"], "config key 'optimizer' must be one of sgd, adam, got 'rmsprop'"),
 ])
 def test_bad_crime_runs_are_one_line_and_exit_2(tmp_path, args, message):
     import subprocess

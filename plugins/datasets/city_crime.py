@@ -195,8 +195,11 @@ def load_crime(name: str, data_root: str | None, options: CrimeOptions) -> TaskD
 
 
 def defaults() -> dict[str, object]:
-    """The crime-cpu protocol's settings (PROTOCOLS.md): STPGD-sized budgets in z units."""
-    return dict(model="stgnn", epochs=10, batch_size=16, lr=0.01, schedule="onecycle",
+    """Settings for the crime task: STPGD-sized budgets in z units; Adam at 3e-3 (natural
+    training, NYC, 40 epochs: MAE 0.105 on zero / 1.003 on non-zero targets, the historical
+    mean 0.100 / 0.942; SGD at 0.05, 20 epochs: 0.135 / 1.113). The crime-cpu protocol is
+    still to be fixed (issue 16)."""
+    return dict(model="stgnn", epochs=20, batch_size=16, lr=0.003, optimizer="adam", schedule="onecycle",
                 eps=0.5, alpha=0.1, steps=5, eval_steps=20, imbalance="original", ratio=1.0, augment=False)
 
 

