@@ -44,7 +44,7 @@ def main() -> None:
     run = load_run(args.run_dir)
     results = {}
     for name in ("pgd", "autoattack"):
-        attack = default_eval_attack(run.config)
+        attack = default_eval_attack(run.config, run.task.default_attack)
         attack.name = name
         started = time.perf_counter()
         report = evaluate_run(run, run.state.model, SilentProgress(), attack, args.n_eval)

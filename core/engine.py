@@ -574,7 +574,7 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     return averaged.eval()
 
 
-def default_eval_attack(config: TrainConfig, name: str = "pgd") -> AttackSettings:
+def default_eval_attack(config: TrainConfig, name: str) -> AttackSettings:
     """The run's evaluation attack: ``name`` (the task's ``default_attack``) with the
     training budget, the evaluation step size and steps."""
     assert config.eps is not None and config.eval_alpha is not None and config.eval_steps is not None

@@ -114,8 +114,8 @@ def test_mart_attacks_with_cross_entropy_from_x_plus_small_gaussian_noise(monkey
     x = torch.full((4, 3, 16, 16), 0.5)
     y = torch.tensor([0, 1, 0, 1])
     state = SimpleNamespace(model=None, config=SimpleNamespace(steps=10, norm="linf"),
-                            class_eps=torch.full((2,), 8 / 255), class_alpha=torch.full((2,), 2 / 255),
-                            task=SimpleNamespace(attack_loss=cross_entropy))
+                            example_budget=lambda labels: (torch.full((4,), 8 / 255), torch.full((4,), 2 / 255)),
+                            task=SimpleNamespace(attack_loss=cross_entropy, input_bounds=(0.0, 1.0)))
     mart.MART(mart.MART.Options()).generate_adversary(Step(x=x, y=y, labels=y), state)
     noise = calls["x_init"] - x
     assert noise.std().item() == pytest.approx(0.001, rel=0.05) and abs(noise.mean().item()) < 1e-4

@@ -155,7 +155,7 @@ def register_datasets(register):
 def test_registration_plugins_are_not_training_plugins():
     with pytest.raises(OptionError, match="plugin 'digits' only registers tasks, datasets or models"):
         PluginHost(["digits"], {})
-    with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: cifar10, cifar100, digits, synthetic"):
+    with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: chicago-crime, cifar10, cifar100, digits, nyc-crime, synthetic"):
         tiny_config(dataset="mnist").resolved()
     with pytest.raises(OptionError, match="unknown model 'vgg'; available: .*smallcnn"):
         engine.build_run(tiny_config(model="vgg"), None)
