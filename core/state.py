@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 
-from robx.core.errors import RobxError
-
 if TYPE_CHECKING:
     from robx.core.config import TrainConfig
     from robx.core.stats import EpochStats
@@ -189,11 +187,10 @@ class TrainState:
 
     def example_budget(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each example's (eps, alpha): its class's. Where the task labels every target of an
-        example, the example has no one class; the budget must then be the same for all."""
+        example, the example has no one class; the budget is then the same for all classes
+        (the engine refuses a per-class budget for such a task when it is set, each epoch)."""
         if labels.dim() == 1:
             return self.class_eps[labels], self.class_alpha[labels]
-        if not (bool((self.class_eps == self.class_eps[0]).all()) and bool((self.class_alpha == self.class_alpha[0]).all())):
-            raise RobxError("per-class attack budgets need one class per example; this task labels every target")
         rows = labels.shape[0]
         return self.class_eps[0].expand(rows), self.class_alpha[0].expand(rows)
 
