@@ -207,8 +207,8 @@ def refresh_class_quantities(run: Run) -> None:
         owner = host.owners["attack_budget"]
         state.class_eps = _per_class(budget[0], state, "attack_budget", owner).float()
         state.class_alpha = _per_class(budget[1], state, "attack_budget", owner).float()
-        uniform = bool((state.class_eps == state.class_eps[0]).all() and (state.class_alpha == state.class_alpha[0]).all())
-        if run.data.train.labels.dim() > 1 and not uniform:
+        if run.data.train.labels.dim() > 1 and not bool(
+                (state.class_eps == state.class_eps[0]).all() and (state.class_alpha == state.class_alpha[0]).all()):
             raise RobxError(f"{owner} sets a per-class attack budget, but dataset '{config.dataset}' labels every "
                             "target of an example, so an example has no one class to take it from")
     weights = host.class_weights(state)

@@ -117,6 +117,18 @@ class Task(ABC):
         """A (rows, units) boolean choice as a mask broadcastable to the inputs ``x``."""
         raise NotImplementedError(f"task '{self.name}' has no victim unit")
 
+    def victim_mask(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
+                    alpha: float | torch.Tensor, fraction: float, saliency_steps: int) -> torch.Tensor:
+        """The ``fraction`` of the task's victim units with the largest saliency, as a mask
+        for ``x`` (STPGD's selection; ``robx.core.attacks.saliency_gradient`` for the steps)."""
+        from robx.core.attacks import saliency_gradient
+        from robx.kernels import topk_victims
+
+        grad = saliency_gradient(model, x, y, eps=eps, alpha=alpha, steps=saliency_steps, loss_fn=self.attack_loss,
+                                 bounds=self.input_bounds)
+        saliency = self.unit_saliency(grad)
+        return self.unit_mask(topk_victims(saliency, max(1, round(fraction * saliency.shape[1]))), x)
+
     # --- scoring -------------------------------------------------------------------------
 
     @abstractmethod

@@ -83,14 +83,11 @@ class TopK:
     def select_victims(self, step: Step, state: TrainState) -> torch.Tensor:
         granularity = self.granularity(step.x, state)
         eps, alpha = state.example_budget(step.labels)
+        if granularity == "unit":
+            return state.task.victim_mask(state.model, step.x, step.y, eps=eps, alpha=alpha,
+                                          fraction=self.options.fraction, saliency_steps=self.options.saliency_steps)
         grad = saliency_gradient(state.model, step.x, step.y, eps=eps, alpha=alpha, steps=self.options.saliency_steps,
                                  loss_fn=state.task.attack_loss, bounds=state.task.input_bounds)
-        if granularity == "unit":
-            saliency = state.task.unit_saliency(grad)
-        else:
-            saliency = unit_saliency(grad, granularity)
-        k = max(1, round(self.options.fraction * saliency.shape[1]))
-        chosen = topk_victims(saliency, k)
-        if granularity == "unit":
-            return state.task.unit_mask(chosen, step.x)
+        saliency = unit_saliency(grad, granularity)
+        chosen = topk_victims(saliency, max(1, round(self.options.fraction * saliency.shape[1])))
         return chosen.view(step.x.shape[0], 1, *step.x.shape[2:]) if granularity == "pixel" else chosen.view(step.x.shape)

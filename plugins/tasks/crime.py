@@ -41,12 +41,11 @@ from typing import Any
 
 import torch
 
-from robx.core.attacks import pgd, saliency_gradient
+from robx.core.attacks import pgd
 from robx.core.data import Split
 from robx.core.evaluate import AttackSettings
 from robx.core.hookspecs import hookimpl
 from robx.core.task import Metric, ModelInput, RegisterTask, Task
-from robx.kernels import topk_victims
 
 #: cells ranked per day and category for event detection
 TOP_K = 20
@@ -151,10 +150,8 @@ class Crime(Task):
         self.check_attack(attack.name)
         mask = None
         if attack.name == "stpgd":
-            grad = saliency_gradient(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=SALIENCY_STEPS,
-                                     loss_fn=self.attack_loss, bounds=self.input_bounds)
-            saliency = self.unit_saliency(grad)
-            mask = self.unit_mask(topk_victims(saliency, max(1, round(attack.victims * saliency.shape[1]))), x)
+            mask = self.victim_mask(model, x, y, eps=attack.eps, alpha=attack.alpha, fraction=attack.victims,
+                                    saliency_steps=SALIENCY_STEPS)
         return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm, mask=mask,
                    loss_fn=self.attack_loss, bounds=self.input_bounds,
                    start_scale=START_SCALE if attack.name == "stpgd" else 1.0)
