@@ -86,6 +86,7 @@ def main() -> None:
                 "wall_seconds": round(seconds, 1), "continued_from_checkpoint": "resume" in how,
                 "config": config.resolved().to_dict(), "run_dir": str(run_dir),
                 "epoch_seconds": [m["seconds"] for m in metrics], "final_train_loss": metrics[-1]["loss"],
+                **({"diagnostics": [m["diagnostics"] for m in metrics]} if "diagnostics" in metrics[0] else {}),
                 "report": report,
             })
             robust = report["summary"]["robust"]

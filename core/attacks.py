@@ -127,15 +127,15 @@ def fgsm(
     return pgd(model, x, y, eps=eps, alpha=eps, steps=1, norm=norm, random_init=False, loss_fn=loss_fn)
 
 
-def saliency_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
-                      alpha: float | torch.Tensor, steps: int, loss_fn: AttackLoss,
-                      bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """The input gradient victim selection ranks units by (STPGD, Liu et al. 2022).
+def saliency_point(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
+                   alpha: float | torch.Tensor, steps: int, loss_fn: AttackLoss,
+                   bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """The input at which victim selection reads its gradient (STPGD, Liu et al. 2022).
 
-    ``steps = 1``: dL/dx at the clean input. ``steps > 1``: as the authors' code (Adv-ST,
-    ``find_type='saliency'``), ``steps`` Linf PGD iterations over the whole input, each
-    adding U(-eps/10, eps/10) noise before its gradient, and the gradient of the last one.
-    BatchNorm in eval mode; no parameter gradients.
+    ``steps = 1``: the clean input. ``steps > 1``: as the authors' code (Adv-ST,
+    ``find_type='saliency'``), ``steps - 1`` Linf PGD iterations over the whole input, each
+    from the previous point plus U(-eps/10, eps/10) noise, and that noise once more on the
+    last point. BatchNorm in eval mode; no parameter gradients. Detached.
     """
     x = x.detach()
     eps_t = per_sample(eps, x.shape[0], x)
@@ -144,9 +144,22 @@ def saliency_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         for step in range(steps):
             if steps > 1:
                 point = point + (torch.rand_like(x) * 2 - 1) * eps_t / 10
+            if step == steps - 1:
+                break
             point = point.detach().requires_grad_(True)
             loss = loss_fn(logits_of(model, point), y).sum()
             (grad,) = torch.autograd.grad(loss, point)
-            if step < steps - 1:
-                point = pgd_step(point.detach(), grad, x, eps_t.flatten(), alpha, "linf", None, bounds)
+            point = pgd_step(point.detach(), grad, x, eps_t.flatten(), alpha, "linf", None, bounds)
+    return point.detach()
+
+
+def saliency_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
+                      alpha: float | torch.Tensor, steps: int, loss_fn: AttackLoss,
+                      bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """The input gradient victim selection ranks units by: dL/dx at :func:`saliency_point`."""
+    point = saliency_point(model, x, y, eps=eps, alpha=alpha, steps=steps, loss_fn=loss_fn,
+                           bounds=bounds).requires_grad_(True)
+    with eval_mode(model):
+        loss = loss_fn(logits_of(model, point), y).sum()
+        (grad,) = torch.autograd.grad(loss, point)
     return grad

@@ -530,6 +530,9 @@ def train(
         state.history.append(stats)
         run.host.epoch_end(state)
         record = {**stats.to_json(), "class_eps": used_eps}
+        diagnostics = state.take_diagnostics()
+        if diagnostics:
+            record["diagnostics"] = diagnostics
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, checkpoint_payload(run))

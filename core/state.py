@@ -165,7 +165,8 @@ class TrainState:
     * ``regularizer_weights``: per-class weights b_c of a regulariser this epoch, or ``None``.
 
     ``task`` is the run's task (``task.data`` its :class:`robx.core.data.TaskData`); ``stash`` each plugin's own
-    checkpointed state.
+    checkpointed state; :meth:`log_diagnostic` the numbers a plugin reports about its own
+    working, per epoch in metrics.jsonl.
     """
 
     config: TrainConfig
@@ -184,6 +185,21 @@ class TrainState:
     stash: Stash = field(default_factory=Stash)
     epoch_stats: EpochStats | None = None
     history: list[EpochStats] = field(default_factory=list)
+    diagnostics: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
+
+    def log_diagnostic(self, name: str, value: torch.Tensor | float) -> None:
+        """Report a number about a plugin's working at this step (``"<plugin>.<what>"``);
+        the engine writes its mean over the epoch's steps to metrics.jsonl (``diagnostics``).
+        Tensors are summed where they are, so logging costs no host sync per step."""
+        value = torch.as_tensor(value).detach().double()
+        total, count = self.diagnostics.get(name, (torch.zeros_like(value), 0))
+        self.diagnostics[name] = (total + value, count + 1)
+
+    def take_diagnostics(self) -> dict[str, float]:
+        """The epoch's diagnostic means (one host sync), emptied for the next epoch."""
+        means = {name: float(total) / count for name, (total, count) in sorted(self.diagnostics.items())}
+        self.diagnostics = {}
+        return means
 
     def example_budget(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each example's (eps, alpha): its class's. Where the task labels every target of an

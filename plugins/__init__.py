@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.fairtat:FairTAT",
     "robx.plugins.cfa:CFA",
     "robx.plugins.topk:TopK",
+    "robx.plugins.mingre:MinGRE",
     # registrations: selected with --dataset / --model, not --plugins
     "robx.plugins.tasks.classification",
     "robx.plugins.tasks.regression",

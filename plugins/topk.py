@@ -20,7 +20,7 @@ The unit (``granularity``):
 ``find_type='saliency'``) take it after 5 whole-input PGD iterations with U(-eps/10,
 eps/10) noise added at each (``robx.core.attacks.saliency_gradient``). The mask comes from
 the ``topk_victims`` kernel dispatch; every adversary (pgd, trades, mart, fairtat) honours
-it. Reweighted selections (MinGRE) pass their weights to the same op.
+it. MinGRE ranks its reweighted node scores with the same op.
 """
 
 from __future__ import annotations

@@ -432,11 +432,16 @@ def test_the_readme_plugin_example_composes_with_batch_growing_plugins(tmp_path)
 
 # --- every method of the shipped protocols still trains -----------------------------------
 
-def protocol_methods():
+def protocol_methods(task: str = "classification"):
+    """The methods of every shipped protocol on ``task``'s datasets (crime-cpu's methods train
+    on a tiny city in tests/test_mingre.py)."""
     from robx.core.config import tomllib
+    from robx.core.registry import registry
 
     for path in sorted((TESTS_DIR.parent / "benchmarks" / "protocols").glob("*.toml")):
         protocol = tomllib.loads(path.read_text())
+        if registry().dataset(protocol["train"]["dataset"]).task != task:
+            continue
         for method, values in protocol["methods"].items():
             yield pytest.param(protocol["train"].get("val_fraction", 0.0), values, id=f"{path.stem}:{method}")
 

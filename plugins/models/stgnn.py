@@ -2,8 +2,9 @@
 
 Input: a history of graph signals, shape (batch, T, nodes, channels) (crime: T days of
 every grid cell's counts per category, z-scored), with a learnt 8-dim embedding of each
-node appended to every step (natural training on NYC: non-zero MAE 1.06 without, 1.00
-with). Two blocks of
+node appended to every step and a learnt offset of every node's and category's decoder
+output (natural training on NYC, 20 epochs, non-zero MAE: 1.06 with neither, 1.005 with
+both; 40 epochs 0.978; the historical mean of each cell 0.942). Two blocks of
 
     causal temporal convolution (per node, stride 2) -> graph convolution  A_hat H W  -> ReLU,
 
@@ -74,6 +75,8 @@ class STGNN(nn.Module):
         self.blocks = nn.ModuleList([SpatioTemporalBlock(channels + node_dim, hidden, kernel),
                                      SpatioTemporalBlock(hidden, hidden, kernel)])
         self.decoder = nn.Linear(hidden, 2 * outputs)
+        # and a learnt offset of each node's and category's (mu, alpha) before the softplus
+        self.node_bias = nn.Parameter(torch.zeros(len(adjacency), outputs, 2))
         self.outputs = outputs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +86,7 @@ class STGNN(nn.Module):
         for block in self.blocks:
             h = block(h, graph)
         features = h[:, -1]  # (batch, nodes, hidden): the embedding after the whole history
-        raw = self.decoder(features).view(*features.shape[:2], self.outputs, 2)
+        raw = self.decoder(features).view(*features.shape[:2], self.outputs, 2) + self.node_bias
         return features, F.softplus(raw) + 1e-6  # mu > 0, alpha > 0
 
 
