@@ -168,7 +168,9 @@ class MinGRE:
         if not self.options.reweight:
             return
         _, steps, _, channels = train.x.shape
-        self.encoder = CrossSegmentEncoder(channels, steps, self.options.encoder_dim).to(state.device)
+        with torch.random.fork_rng(devices=[]):  # its own draws: a resumed run's random stream stays the straight one's
+            torch.manual_seed(state.config.seed)
+            self.encoder = CrossSegmentEncoder(channels, steps, self.options.encoder_dim).to(state.device)
         self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=self.options.encoder_lr)
         if ENCODER in state.stash:  # a resumed run
             saved = state.stash[ENCODER]

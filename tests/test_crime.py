@@ -141,7 +141,8 @@ def test_raw_events_grid_by_the_documented_rule(tmp_path):
 def test_negative_binomial_nll_is_scipys():
     from scipy.stats import nbinom
 
-    from robx.plugins.tasks.crime import nb_nll, nb_variance
+    from robx.plugins.mingre import nb_variance
+    from robx.plugins.tasks.crime import nb_nll
 
     mu = torch.tensor([0.2, 1.0, 3.5, 10.0, 0.05], dtype=torch.float64)
     alpha = torch.tensor([0.5, 2.0, 1.0, 30.0, 5.0], dtype=torch.float64)

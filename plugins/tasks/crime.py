@@ -62,11 +62,6 @@ def nb_nll(mu: torch.Tensor, alpha: torch.Tensor, y: torch.Tensor) -> torch.Tens
              + alpha * (torch.log(alpha) - log_total) + y * (torch.log(mu) - log_total))
 
 
-def nb_variance(mu: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Var = mu + mu^2 / alpha."""
-    return mu + mu * mu / alpha
-
-
 def event_detection(predicted: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[float, float]:
     """(Recall@K, MAP@K) over the (day, category) pairs with at least one event.
 
