@@ -1,0 +1,95 @@
+"""The crime-cpu tables of docs/results.md from the protocol's result JSONs.
+
+    python benchmarks/crime_table.py benchmarks/results/crime-cpu benchmarks/results/crime-cpu-chicago
+
+For each results folder: per method, mean +- std over its seeds of the MAE on zero and on
+non-zero targets and their disparity, clean and under STPGD-20, and event detection
+(Recall@20 / MAP@20) on clean inputs; the trivial predictors (the same on every seed's
+test days) below; then MinGRE's victim diagnostics, the mean over its epochs and seeds of
+the minority share of its victims' targets and gradient mass, beside plain top-K's on the
+same batches. Markdown on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+COLUMNS = ("mae zero", "mae non-zero", "mae disparity")
+TRIVIAL = ("all-zero", "historical mean", "last value")
+DIAGNOSTICS = (("victim_minority_share", "minority share of the victims' targets"),
+               ("victim_minority_mass", "minority share of the victims' gradient mass"))
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def load(folder: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("*-seed*.json")):
+        result = json.loads(path.read_text())
+        runs.setdefault(result["method"], []).append(result)
+    return runs
+
+
+def table(folder: Path) -> str:
+    runs = load(folder)
+    if not runs:
+        return f"{folder}: no results\n"
+    attack = next(iter(runs.values()))[0]["report"]["attack"]["name"]
+    head = ["method", "seeds"] + [f"{c} {view}" for c in COLUMNS for view in ("clean", attack)] + [
+        "recall@20 clean", "map@20 clean", "min / epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, results in runs.items():
+        predictors = [r["report"]["details"]["predictors"] for r in results]
+        cells = [method, ",".join(str(r["seed"]) for r in results)]
+        for column in COLUMNS:
+            for view in ("model, clean", f"model, {attack}"):
+                cells.append(mean_std([p[view][column] for p in predictors]))
+        cells += [mean_std([p["model, clean"]["recall@20"] for p in predictors]),
+                  mean_std([p["model, clean"]["map@20"] for p in predictors]),
+                  f"{statistics.mean(s for r in results for s in r['epoch_seconds']) / 60:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = next(iter(runs.values()))[0]["report"]["details"]["predictors"]
+    for name in TRIVIAL:
+        row = first[name]
+        cells = [f"*{name}*", "-"] + [f"{row[c]:.3f}" for c in COLUMNS for _ in (0, 1)] + [
+            "-" if row["recall@20"] is None else f"{row['recall@20']:.3f}",
+            "-" if row["map@20"] is None else f"{row['map@20']:.3f}", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = [f"**{folder.name}** (STPGD-20 columns: the same inputs attacked; trivial predictors need no model)", "",
+           *lines, ""]
+    diagnosed = {m: rs for m, rs in runs.items() if "diagnostics" in rs[0]}
+    if diagnosed:
+        out += ["| method | " + " | ".join(f"{label}: MinGRE / plain top-K" for _, label in DIAGNOSTICS)
+                + " | all nodes | victims shared with plain |", "|---|---|---|---|---|"]
+        for method, results in diagnosed.items():
+            epochs = [d for r in results for d in r["diagnostics"]]
+            cells = [method]
+            for key, _ in DIAGNOSTICS:
+                ours = statistics.mean(d[f"mingre.{key}"] for d in epochs)
+                plain = statistics.mean(d[f"mingre.{key}_plain"] for d in epochs)
+                cells.append(f"{ours:.3f} / {plain:.3f} ({ours / plain:.1f}x)")
+            cells += [f"{statistics.mean(d['mingre.minority_share_all'] for d in epochs):.3f}",
+                      f"{statistics.mean(d['mingre.victim_overlap'] for d in epochs):.2f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    for folder in parser.parse_args().folders:
+        print(table(folder))
+
+
+if __name__ == "__main__":
+    main()
