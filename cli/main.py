@@ -6,6 +6,8 @@ exit with status 2; nothing already on disk is lost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import sys
 from datetime import datetime
@@ -121,6 +123,14 @@ def metric_name(report: dict[str, Any]) -> str:
     return metric["name"] + ("" if metric["higher_is_better"] else " (lower is better)")
 
 
+def score_format(rows: list[dict[str, Any]]) -> tuple[str, Callable[[float], str]]:
+    """How `robx report` writes the rows' metric (one metric: ``aggregate`` checks it):
+    accuracy in %, any other as it is (the crime task's absolute error)."""
+    if rows[0]["metric"]["name"] == "accuracy":
+        return "accuracy (%)", lambda value: f"{100 * value:.1f}"
+    return metric_name(rows[0]), lambda value: f"{value:.3f}"
+
+
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `robx train`.")],
@@ -199,9 +209,10 @@ def report_(
         return
     balanced = all(row["balanced"] for row in rows)
     keys = summary_keys(balanced)
+    label, write = score_format(rows)
     for kind_name in ("standard", "robust"):
         halves = "" if balanced else " (majority/minority by training counts)"
-        table = Table(title=f"{kind_name} accuracy (%), mean ± std over seeds{halves}", title_justify="left")
+        table = Table(title=f"{kind_name} {label}, mean ± std over seeds{halves}", title_justify="left")
         table.add_column("method", no_wrap=True)
         table.add_column("runs", justify="right")
         for key in keys:
@@ -209,8 +220,7 @@ def report_(
         if baseline is not None:
             table.add_column(f"rho vs {baseline}", justify="right")
         for row in rows:
-            cells = [f"{100 * row[f'{kind_name}.{key}'][0]:.1f} ± {100 * row[f'{kind_name}.{key}'][1]:.1f}"
-                     for key in keys]
+            cells = [f"{write(row[f'{kind_name}.{key}'][0])} ± {write(row[f'{kind_name}.{key}'][1])}" for key in keys]
             if baseline is not None:
                 cells.append(f"{row[f'{kind_name}.rho']:.3f}")
             table.add_row(row["method"], str(row["runs"]), *cells)
@@ -220,16 +230,18 @@ def report_(
 
 def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
     """Standard and robust overall / majority / minority / worst (overall / worst when every
-    run is class-balanced), mean ± std in %, and the robust rho against ``baseline`` when given."""
+    run is class-balanced), mean ± std (accuracy in %), and the robust rho against ``baseline``
+    when given."""
     from robx.core.metrics import summary_keys
 
     keys = summary_keys(all(row.get("balanced", False) for row in rows))
+    _, write = score_format(rows)
     columns = [(kind, key) for kind in ("standard", "robust") for key in keys]
     header = "| method | seeds | " + " | ".join(f"{kind[:3]} {key}" for kind, key in columns)
     header += f" | rob rho vs {baseline} |" if baseline else " |"
     lines = [header, "|" + "---|" * (len(columns) + 2 + bool(baseline))]
     for row in rows:
-        cells = [f"{100 * row[f'{kind}.{key}'][0]:.1f} ± {100 * row[f'{kind}.{key}'][1]:.1f}" for kind, key in columns]
+        cells = [f"{write(row[f'{kind}.{key}'][0])} ± {write(row[f'{kind}.{key}'][1])}" for kind, key in columns]
         if baseline:
             cells.append(f"{row['robust.rho']:.3f}")
         seeds = ",".join(str(seed) for seed in row.get("seeds", []))

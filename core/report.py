@@ -136,7 +136,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def aggregate(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per method: mean and sample std over its runs (seeds) of every summary,
-    and the mean per-class accuracies."""
+    and the mean per-class scores. Runs must share their classes and metric."""
+    kinds = {(tuple(r["class_names"]), r.get("metric", ACCURACY)["name"]) for r in reports}
+    if len(kinds) > 1:
+        raise RobxError("cannot put runs of different classes or metrics in one table: "
+                        + "; ".join(f"{metric} over {', '.join(names)}" for names, metric in sorted(kinds)))
     groups: dict[str, list[dict[str, Any]]] = {}
     for report in reports:
         groups.setdefault(report["method"], []).append(report)
@@ -179,7 +183,7 @@ def add_fairness_scores(rows: list[dict[str, Any]], baseline: str) -> None:
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust") -> None:
-    """Per-class accuracy (mean over seeds) of every method, grouped by class."""
+    """Per-class score (mean over seeds) of every method, grouped by class."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,10 +202,13 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust"
                color=palette[i % len(palette)])
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([f"{n}{'' if c in majority else '*'}" for c, n in enumerate(names)], fontsize=8)
-    ax.set_ylim(0, 1.25)
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel(f"{kind} accuracy (mean over seeds)")
-    ax.set_title(f"per-class {kind} accuracy" + ("" if balanced else "; * = minority class"), fontsize=10)
+    metric = rows[0].get("metric", ACCURACY)
+    if metric["name"] == "accuracy":  # room above 1.0 for the legend
+        ax.set_ylim(0, 1.25)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel(f"{kind} {metric['name']} (mean over seeds)")
+    ax.set_title(f"per-class {kind} {metric['name']}" + ("" if metric["higher_is_better"] else " (lower is better)")
+                 + ("" if balanced else "; * = minority class"), fontsize=10)
     ax.legend(fontsize=7, ncol=4, loc="upper center", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

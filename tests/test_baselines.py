@@ -329,6 +329,31 @@ def test_report_aggregation(tmp_path):
     assert rows["pgd-at"]["per_class.robust"] == pytest.approx([0.5, 0.2])
 
 
+def test_reports_of_a_lower_is_better_metric_are_tabulated_as_they_are(tmp_path):
+    """Crime runs score absolute error: `robx report` prints it unscaled (not as %), and
+    refuses, in one line, to put it in a table beside accuracy runs."""
+    from robx.cli.main import markdown_table
+    from robx.core.errors import RobxError
+
+    def fake(folder, method, seed, metric, names, minority):
+        report = {"class_names": names, "class_counts": [90, 10], "majority_classes": [0], "plugins": ["x"],
+                  "metric": metric, "per_class": {"standard": [0.1, minority], "robust": [0.2, minority]},
+                  "summary": {k: {"overall": 0.3, "majority": 0.1, "minority": minority, "worst": minority,
+                                  "disparity": minority - 0.1} for k in ("standard", "robust")}, "seed": seed}
+        folder.mkdir(exist_ok=True)
+        (folder / f"{method}-seed{seed}.json").write_text(json.dumps({"method": method, "report": report}))
+
+    error = {"name": "absolute error", "higher_is_better": False}
+    fake(tmp_path / "crime", "mingre", 0, error, ["zero", "non-zero"], 1.0)
+    fake(tmp_path / "crime", "mingre", 1, error, ["zero", "non-zero"], 1.2)
+    rows = aggregate(load_reports([tmp_path / "crime"]))
+    line = markdown_table(rows).splitlines()[2]
+    assert line.startswith("| mingre | 0,1 | 0.300 ± 0.000 | 0.100 ± 0.000 | 1.100 ± 0.141 |")  # std of 1.0, 1.2
+    fake(tmp_path / "images", "pgd", 0, {"name": "accuracy", "higher_is_better": True}, ["a", "b"], 0.5)
+    with pytest.raises(RobxError, match="^cannot put runs of different classes or metrics in one table"):
+        aggregate(load_reports([tmp_path / "crime", tmp_path / "images"]))
+
+
 def test_balanced_runs_show_average_and_worst_only(tmp_path):
     """On balanced data the majority/minority halves are arbitrary; tables drop them."""
     from rich.console import Console
