@@ -3,8 +3,8 @@
     python benchmarks/crime_table.py benchmarks/results/crime-cpu benchmarks/results/crime-cpu-chicago
 
 For each results folder: per method, mean +- std over its seeds of the MAE on zero and on
-non-zero targets and their disparity, clean and under STPGD-20, and event detection
-(Recall@20 / MAP@20) on clean inputs; the trivial predictors (the same on every seed's
+non-zero targets and their disparity and event detection (Recall@20 / MAP@20), clean and
+under STPGD-20, and the wall minutes of a run; the trivial predictors (the same on every seed's
 test days) below; then MinGRE's victim diagnostics, the mean over its epochs and seeds of
 the minority share of its victims' targets and gradient mass, beside plain top-K's on the
 same batches. Markdown on stdout.
@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 COLUMNS = ("mae zero", "mae non-zero", "mae disparity")
+DETECTION = ("recall@20", "map@20")
 TRIVIAL = ("all-zero", "historical mean", "last value")
 DIAGNOSTICS = (("victim_minority_share", "minority share of the victims' targets"),
                ("victim_minority_mass", "minority share of the victims' gradient mass"))
@@ -44,25 +45,22 @@ def table(folder: Path) -> str:
     if not runs:
         return f"{folder}: no results\n"
     attack = next(iter(runs.values()))[0]["report"]["attack"]["name"]
-    head = ["method", "seeds"] + [f"{c} {view}" for c in COLUMNS for view in ("clean", attack)] + [
-        "recall@20 clean", "map@20 clean", "min / epoch"]
+    head = ["method", "seeds"] + [f"{c} {view}" for c in COLUMNS + DETECTION for view in ("clean", attack)] + [
+        "min / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, results in runs.items():
         predictors = [r["report"]["details"]["predictors"] for r in results]
         cells = [method, ",".join(str(r["seed"]) for r in results)]
-        for column in COLUMNS:
+        for column in COLUMNS + DETECTION:
             for view in ("model, clean", f"model, {attack}"):
                 cells.append(mean_std([p[view][column] for p in predictors]))
-        cells += [mean_std([p["model, clean"]["recall@20"] for p in predictors]),
-                  mean_std([p["model, clean"]["map@20"] for p in predictors]),
-                  f"{statistics.mean(s for r in results for s in r['epoch_seconds']) / 60:.2f}"]
+        cells.append(f"{statistics.mean(r['wall_seconds'] for r in results) / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(runs.values()))[0]["report"]["details"]["predictors"]
     for name in TRIVIAL:
         row = first[name]
-        cells = [f"*{name}*", "-"] + [f"{row[c]:.3f}" for c in COLUMNS for _ in (0, 1)] + [
-            "-" if row["recall@20"] is None else f"{row['recall@20']:.3f}",
-            "-" if row["map@20"] is None else f"{row['map@20']:.3f}", "-"]
+        cells = [f"*{name}*", "-"] + ["-" if row[c] is None else f"{row[c]:.3f}" for c in COLUMNS + DETECTION
+                                      for _ in (0, 1)] + ["-"]
         lines.append("| " + " | ".join(cells) + " |")
     out = [f"**{folder.name}** (STPGD-20 columns: the same inputs attacked; trivial predictors need no model)", "",
            *lines, ""]
