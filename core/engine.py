@@ -182,6 +182,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     trained_counts = host.trained_class_counts(state, dataset_counts)
     if trained_counts is not None:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
+    host.check_run(state)
     generator = torch.Generator().manual_seed(config.seed)
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir)
 

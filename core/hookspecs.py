@@ -254,6 +254,13 @@ def averaged_weights(state: TrainState) -> dict[str, torch.Tensor] | None:
 
 
 @hookspec
+def check_run(state: TrainState) -> None:
+    """Called once when the run is built, before anything is written to its directory:
+    raise a :class:`robx.core.errors.RobxError` saying why when the plugin cannot serve the
+    run's task, data or model (one line, exit 2, nothing lost)."""
+
+
+@hookspec
 def train_start(state: TrainState) -> None:
     """Called once before the first epoch (also when a run resumes)."""
 

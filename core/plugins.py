@@ -417,6 +417,9 @@ class PluginHost:
     def after_step(self, step: Step, state: TrainState) -> None:
         self.hook.after_step(step=step, state=state)
 
+    def check_run(self, state: TrainState) -> None:
+        self.hook.check_run(state=state)
+
     def train_start(self, state: TrainState) -> None:
         self.hook.train_start(state=state)
 

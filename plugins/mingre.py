@@ -158,16 +158,19 @@ class MinGRE:
     # --- set-up and checkpointing ------------------------------------------------------
 
     @hookimpl
-    def train_start(self, state: TrainState) -> None:
+    def check_run(self, state: TrainState) -> None:
         train = state.task.data.train
         if state.task.victim_unit != "node" or train.x.dim() != 4 or train.labels.shape != train.y.shape \
                 or train.labels.dim() != 3:
             raise RobxError(f"mingre needs graph signals (time, nodes, channels) labelled per node and channel, "
                             f"with node victims (the crime task); dataset '{state.config.dataset}' has examples "
                             f"{tuple(train.x.shape[1:])} labelled {tuple(train.labels.shape[1:])}")
+
+    @hookimpl
+    def train_start(self, state: TrainState) -> None:
         if not self.options.reweight:
             return
-        _, steps, _, channels = train.x.shape
+        _, steps, _, channels = state.task.data.train.x.shape
         with torch.random.fork_rng(devices=[]):  # its own draws: a resumed run's random stream stays the straight one's
             torch.manual_seed(state.config.seed)
             self.encoder = CrossSegmentEncoder(channels, steps, self.options.encoder_dim).to(state.device)

@@ -182,3 +182,16 @@ def test_a_resumed_mingre_run_continues_its_encoder(tmp_path, tiny_city_root, mo
     lines = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (straight, resumed)]
     for key in ("loss", "loss_terms", "diagnostics"):
         assert lines[0][1][key] == pytest.approx(lines[1][1][key], rel=1e-6), key
+
+
+def test_mingre_on_a_task_without_graph_signals_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "robx.cli.main", "train", "--plugins", "mingre", "--epochs", "1",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "robx: error: mingre needs graph signals (time, nodes, channels) labelled per node and channel, with node "
+        "victims (the crime task); dataset 'digits' has examples (1, 8, 8) labelled ()"]
+    assert not (tmp_path / "run").exists()  # checked before anything is written

@@ -126,6 +126,10 @@ class Recorder:
     name = "recorder"
 
     @hookimpl
+    def check_run(self, state):
+        CALLS.append("check_run")
+
+    @hookimpl
     def train_start(self, state):
         CALLS.append("train_start")
 
@@ -263,7 +267,7 @@ def test_hooks_run_in_order_and_combine(test_plugins, tmp_path):
 
 def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
     train(tiny_config(plugins=["recorder", "maskcheck"]), tmp_path / "run")
-    assert CALLS[:2] == ["trained_class_counts", "train_start"]
+    assert CALLS[:3] == ["trained_class_counts", "check_run", "train_start"]
     # the average's BatchNorm statistics come through the training data path, augment included
     after_average = CALLS[CALLS.index("averaged_weights"):]
     assert "select_victims" in after_average and "augment:recorder" in after_average
