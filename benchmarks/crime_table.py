@@ -15,8 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROTOCOLS = Path(__file__).resolve().parent / "protocols"
 COLUMNS = ("mae zero", "mae non-zero", "mae disparity")
 DETECTION = ("recall@20", "map@20")
 TRIVIAL = ("all-zero", "historical mean", "last value")
@@ -33,11 +40,16 @@ def mean_std(values: list[float]) -> str:
 
 
 def load(folder: Path) -> dict[str, list[dict]]:
+    """Results by method, in the order the protocol lists its methods."""
     runs: dict[str, list[dict]] = {}
     for path in sorted(folder.glob("*-seed*.json")):
         result = json.loads(path.read_text())
         runs.setdefault(result["method"], []).append(result)
-    return runs
+    if not runs:
+        return runs
+    protocol = next(iter(runs.values()))[0]["protocol"]
+    order = list(tomllib.loads((PROTOCOLS / f"{protocol}.toml").read_text())["methods"])
+    return dict(sorted(runs.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
 
 
 def table(folder: Path) -> str:
