@@ -154,6 +154,7 @@ class MinGRE:
         self.options = options
         self.encoder: CrossSegmentEncoder | None = None
         self.encoder_optimizer: torch.optim.Optimizer | None = None
+        self.minority: int | None = None  # the class with the fewest targets, set by check_run
 
     # --- set-up and checkpointing ------------------------------------------------------
 
@@ -165,6 +166,7 @@ class MinGRE:
             raise RobxError(f"mingre needs graph signals (time, nodes, channels) labelled per node and channel, "
                             f"with node victims (the crime task); dataset '{state.config.dataset}' has examples "
                             f"{tuple(train.x.shape[1:])} labelled {tuple(train.labels.shape[1:])}")
+        self.minority = int(state.class_counts.argmin())  # the class counts are fixed for the run
 
     @hookimpl
     def train_start(self, state: TrainState) -> None:
@@ -187,9 +189,6 @@ class MinGRE:
                                     "optimizer": self.encoder_optimizer.state_dict()}
 
     # --- stage 1: victims and adversarial inputs --------------------------------------------
-
-    def minority_class(self, state: TrainState) -> int:
-        return int(state.class_counts.argmin())
 
     def loss_weights(self, state: TrainState) -> torch.Tensor:
         counts = state.class_counts.double()
@@ -215,7 +214,8 @@ class MinGRE:
         if not o.reweight:
             return state.task.victim_mask(state.model, step.x, step.y, eps=eps, alpha=alpha, fraction=o.fraction,
                                           saliency_steps=o.saliency_steps)
-        minority = self.minority_class(state)
+        minority = self.minority
+        assert minority is not None, "check_run sets the minority class when the run is built"
         attention_weights = self.encoder_attention(step.x, step.labels == minority)
         point = saliency_point(state.model, step.x, step.y, eps=eps, alpha=alpha, steps=o.saliency_steps,
                                loss_fn=state.task.attack_loss, bounds=state.task.input_bounds)
@@ -255,13 +255,13 @@ class MinGRE:
         o = self.options
         if not o.ucl or o.lam == 0:
             return None
-        assert step.adv_features is not None and step.adv_outputs is not None
+        assert step.adv_features is not None and step.adv_outputs is not None and self.minority is not None
         if step.adv_outputs.shape[-1] != 2 or step.adv_features.shape[:2] != step.adv_outputs.shape[:2]:
             raise RobxError("mingre's UCL needs node embeddings (batch, nodes, hidden) and negative-binomial outputs "
                             f"(batch, nodes, channels, 2); the model gave {tuple(step.adv_features.shape)} and "
                             f"{tuple(step.adv_outputs.shape)}")
         return o.lam * uncertainty_contrastive_loss(
-            step.adv_features, step.adv_outputs, step.labels == self.minority_class(state), o.temperature, o.anchors)
+            step.adv_features, step.adv_outputs, step.labels == self.minority, o.temperature, o.anchors)
 
 
 def class_gradients(model: nn.Module, point: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,

@@ -156,6 +156,7 @@ def test_reweighted_victims_move_toward_the_minority_nodes_plain_topk_leaves_out
         log_diagnostic=lambda name, value: logged.setdefault(name, []).append(float(value)))
     torch.manual_seed(0)
     plugin = MinGRE(MinGRE.Options(fraction=0.25, saliency_steps=1, encoder_lr=1e-2))
+    plugin.check_run(state)
     plugin.train_start(state)
     step = Step(x=x, y=y, labels=labels)
     first = plugin.select_victims(step=step, state=state).flatten()
