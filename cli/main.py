@@ -249,6 +249,48 @@ def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
+@app.command("oversample")
+def oversample_(
+    method: Annotated[str, typer.Option(help="A registered oversampler: glgan, smote, borderline-smote, adasyn, random, none.")],
+    dataset: Annotated[str, typer.Option(help="A classification dataset, e.g. digits-binary, breast-cancer, cifar10-pair.")] = "digits-binary",
+    ratio: Annotated[Optional[float], typer.Option(help="Majority : minority training ratio (default: the dataset's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the imbalanced subset, the oversampler and the classifiers.")] = 0,
+    classifiers: Annotated[str, typer.Option(help="Comma-separated: mlpclassifier, linearsvc, adaboost (scikit-learn defaults).")] = "mlpclassifier,linearsvc,adaboost",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.KEY=VALUE or dataset.KEY=VALUE (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write report.json and augmented.npz (x, y, generated) here.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
+) -> None:
+    """Oversample an imbalanced training set and score scikit-learn classifiers trained on it
+    (GL-GAN's evaluation: macro-F1, micro-F1 and MCC on a balanced test split)."""
+    from robx.core.oversample import OversampleJob, run_oversample, write_outputs
+
+    overrides = parse_set_overrides(set_ or [])
+    dataset_options = overrides.pop("dataset", {})
+    unknown = [name for name in overrides if name != method]
+    if unknown:
+        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
+    if out is not None and out.exists() and any(out.iterdir()) and not force:
+        raise OptionError(f"output directory {out} already exists; pass --force to overwrite it")
+    names = tuple(c.strip() for c in classifiers.split(",") if c.strip())
+    job = OversampleJob(dataset, method, seed, ratio, overrides.get(method, {}), dataset_options, names)
+    with console.status(f"{method} on {dataset} (seed {seed})"):
+        report, arrays = run_oversample(job)
+    counts = ", ".join(f"{c} {n}" for c, n in zip(report["classes"], report["train_counts"]))
+    table = Table(title=f"{method} on {dataset}, seed {seed}: training {counts}, +{report['generated']} synthetic; "
+                        f"test {sum(report['test_counts'])} balanced", title_justify="left")
+    for column in ("classifier", "macro-F1", "micro-F1", "MCC"):
+        table.add_column(column, justify="right" if column != "classifier" else "left")
+    for name, scores in report["classifiers"].items():
+        table.add_row(name, f"{scores['macro_f1']:.4f}", f"{scores['micro_f1']:.4f}", f"{scores['mcc']:.4f}")
+    console.print(table)
+    if report["interleaving"] is not None:
+        console.print(f"synthetic examples whose nearest real training example has another class: "
+                      f"{100 * report['interleaving']:.1f} %; oversampling took {report['resample_seconds']:.1f} s")
+    if out is not None:
+        write_outputs(out, report, arrays)
+        console.print(f"written: {out / 'report.json'}, {out / 'augmented.npz'}")
+
+
 @app.command("plugins")
 def plugins_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -270,6 +312,8 @@ def plugins_(
             "detail": f"task {d.task}" + (", default" if d.name == found.default_dataset else "")}
            for d in found.datasets.values()]
         + [{"kind": "model", "name": m.name, "origin": m.origin, "detail": ""} for m in found.models.values()]
+        + [{"kind": "oversampler", "name": o.name, "origin": o.origin, "detail": "robx oversample"}
+           for o in found.oversamplers.values()]
     )
     if as_json:
         print(json.dumps({"plugins": rows, "registered": registered}, indent=2))
@@ -286,7 +330,8 @@ def plugins_(
         cells = [row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"])]
         table.add_row(*cells, *([row["summary"]] if wide else []))
     console.print(table)
-    listing = Table(title="registered tasks, datasets and models (--dataset, --model)", title_justify="left")
+    listing = Table(title="registered tasks, datasets, models and oversamplers (--dataset, --model, --method)",
+                    title_justify="left")
     for column in ("kind", "name", "origin", "detail"):
         listing.add_column(column)
     for row in registered:

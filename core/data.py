@@ -201,3 +201,28 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) ->
     """Shuffled (when a generator is given) index batches covering 0..n-1 once."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     yield from order.split(batch_size)
+
+
+def balanced_pair(x: torch.Tensor, labels: torch.Tensor, majority: int, minority: int, seed: int,
+                  per_class: int | None = None, test_fraction: float = 0.2) -> tuple[Split, Split]:
+    """The binary construction of the dissertation's chapters 2 and 3 (2.4.1.1): two classes
+    of a dataset, balanced (each cut to the smaller count, or to ``per_class``), split into
+    ``1 - test_fraction`` training candidates and a balanced test set; ``majority`` becomes
+    label 0 and ``minority`` label 1 (the protocol then removes minority candidates)."""
+    rng = np.random.default_rng(seed)
+    members = [rng.permutation(np.flatnonzero(labels.numpy() == c)) for c in (majority, minority)]
+    keep = min(len(m) for m in members) if per_class is None else per_class
+    if min(len(m) for m in members) < keep or keep < 2:
+        raise OptionError(f"classes {majority} and {minority} have {[len(m) for m in members]} examples; "
+                          f"{keep} of each asked for")
+    n_test = int(round(test_fraction * keep))
+    train_idx = np.concatenate([m[:keep - n_test] for m in members])
+    test_idx = np.concatenate([m[keep - n_test:keep] for m in members])
+    binary = torch.full_like(labels, -1)
+    binary[labels == majority], binary[labels == minority] = 0, 1
+
+    def split(idx: np.ndarray) -> Split:
+        idx_t = torch.from_numpy(np.sort(idx))
+        return Split(x[idx_t], binary[idx_t], binary[idx_t].clone())
+
+    return split(train_idx), split(test_idx)

@@ -165,9 +165,6 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     task = task_type(data)
     model = build_model(found, config.model, dataclasses.replace(task.model_input(), head=host.head)).to(device)
     optimizer = build_optimizer(config, model)
-    steps_per_epoch = -(-len(data.train) // config.batch_size)
-    scheduler, per_batch = build_scheduler(config, optimizer, steps_per_epoch)
-    dataset_counts = torch.tensor(data.class_counts())
     state = TrainState(
         config=config,
         task=task,
@@ -175,16 +172,37 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         optimizer=optimizer,
         device=device,
         num_classes=data.num_classes,
-        class_counts=dataset_counts.to(device),
+        class_counts=torch.tensor(data.class_counts(), device=device),
         class_eps=torch.full((data.num_classes,), float(config.eps), device=device),
         class_alpha=torch.full((data.num_classes,), float(config.alpha), device=device),
     )
+    replaced = host.training_set(state, data.train)
+    if replaced is not None:
+        data.train = _checked_training_set(replaced, data.train, data.num_classes, host.owners["training_set"])
+    dataset_counts = torch.tensor(data.class_counts())
+    state.class_counts = dataset_counts.to(device)
+    steps_per_epoch = -(-len(data.train) // config.batch_size)
+    scheduler, per_batch = build_scheduler(config, optimizer, steps_per_epoch)
     trained_counts = host.trained_class_counts(state, dataset_counts)
     if trained_counts is not None:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
     host.check_run(state)
     generator = torch.Generator().manual_seed(config.seed)
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir)
+
+
+def _checked_training_set(replaced: Split, original: Split, num_classes: int, owner: str) -> Split:
+    """A plugin's replacement training split, checked against the one it replaces."""
+    if not isinstance(replaced, Split):
+        raise RobxError(f"training_set of '{owner}' must return a robx.core.data.Split, got {type(replaced).__name__}")
+    if replaced.x.shape[1:] != original.x.shape[1:] or replaced.labels.dim() != original.labels.dim():
+        raise RobxError(f"training_set of '{owner}' changed the examples' shape: {tuple(original.x.shape[1:])} -> "
+                        f"{tuple(replaced.x.shape[1:])}")
+    if not (len(replaced.x) == len(replaced.y) == len(replaced.labels)) or len(replaced) == 0:
+        raise RobxError(f"training_set of '{owner}' returned inputs, targets and labels of different lengths")
+    if replaced.labels.min() < 0 or replaced.labels.max() >= num_classes:
+        raise RobxError(f"training_set of '{owner}' returned labels outside 0..{num_classes - 1}")
+    return replaced
 
 
 def _per_class(values: torch.Tensor, state: TrainState, hook: str, owner: str = "") -> torch.Tensor:

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     import torch
 
     from robx.core.models import RegisterModel
+    from robx.core.data import Split
+    from robx.core.oversample import RegisterOversampler
     from robx.core.registry import RegisterDataset
     from robx.core.state import Step, TrainState
     from robx.core.task import RegisterTask
@@ -98,6 +100,17 @@ def register_models(register: RegisterModel) -> None:
     input normalisation) and returns an ``nn.Module`` whose forward returns
     ``(features, outputs)``; a builder that cannot serve the task's inputs raises a
     :class:`robx.core.errors.OptionError` saying why.
+    """
+
+
+@hookspec
+def register_oversamplers(register: RegisterOversampler) -> None:
+    """Register data-level oversamplers: ``register(name, make, options=None)``.
+
+    ``make(options, seed)`` returns an object with imbalanced-learn's
+    ``fit_resample(X, y) -> (X_res, y_res)`` (the original rows first, then the synthetic
+    ones); ``options`` is a dataclass of its settings (``--set NAME.KEY=VALUE``).
+    ``robx oversample --method NAME`` evaluates it (:mod:`robx.core.oversample`).
     """
 
 
@@ -224,6 +237,19 @@ def regularizer_weights(state: TrainState) -> torch.Tensor | None:
 
 
 @hookspec
+def training_set(state: TrainState, train: Split) -> Split | None:
+    """The examples the run trains on instead of the protocol's training split, or ``None``.
+
+    Owned (a data-level oversampler such as GL-GAN). Called once when the run is built,
+    after the protocol and before the class counts are taken, with the training split;
+    the answer has inputs of the same shape and dtype the task's ``inputs`` accepts, one
+    label per example, and becomes ``task.data.train``: its class counts are the run's.
+    It must be a function of the split and ``state.config`` only (a resumed run calls it
+    again and must get the same examples).
+    """
+
+
+@hookspec
 def trained_class_counts(state: TrainState, dataset_counts: torch.Tensor) -> torch.Tensor | None:
     """The number of examples of each class the model trains on per epoch, or ``None``.
 
@@ -298,13 +324,14 @@ OWNED: dict[str, str] = {
     "attack_budget": "set the per-class attack budget",
     "class_weights": "set the per-class loss weights",
     "regularizer_weights": "set the per-class regulariser weights",
+    "training_set": "replace the training set",
     "trained_class_counts": "define the class counts the run trains on",
     "averaged_weights": "choose the evaluated model (weight averaging)",
 }
 
 
 #: Hooks run for every installed plugin to build the registry (not per run).
-REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models")
+REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_oversamplers")
 
 
 def _all_hook_names() -> list[str]:

@@ -42,6 +42,7 @@ import pluggy
 import torch
 
 from robx.core import hookspecs
+from robx.core.data import Split
 from robx.core.errors import OptionError, PluginConflictError, PluginError, RobxError, UnknownPluginError
 from robx.core.models import HEADS
 from robx.core.options import options_from
@@ -405,6 +406,9 @@ class PluginHost:
 
     def regularizer_weights(self, state: TrainState) -> torch.Tensor | None:
         return self._owned("regularizer_weights", state=state)
+
+    def training_set(self, state: TrainState, train: Split) -> Split | None:
+        return self._owned("training_set", state=state, train=train)
 
     def trained_class_counts(self, state: TrainState, dataset_counts: torch.Tensor) -> torch.Tensor | None:
         return self._owned("trained_class_counts", state=state, dataset_counts=dataset_counts)

@@ -1,4 +1,4 @@
-"""The tasks, datasets and models of every installed plugin (the registration hooks).
+"""The tasks, datasets, models and oversamplers of every installed plugin (the registration hooks).
 
 Built once per process, lazily: every available plugin (built-in or from an entry point)
 that implements ``register_tasks``, ``register_datasets`` or ``register_models`` is asked
@@ -22,6 +22,7 @@ from robx.core.data import TaskData
 from robx.core.errors import OptionError, PluginError, RobxError
 from robx.core.models import ModelBuilder
 from robx.core.options import options_from
+from robx.core.oversample import OversamplerSpec
 from robx.core.task import ModelInput, Task
 
 #: ``load(data_root, seed) -> TaskData``, or ``load(data_root, seed, options)`` for a dataset
@@ -68,6 +69,7 @@ class Registry:
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
+    oversamplers: dict[str, OversamplerSpec] = field(default_factory=dict)
     default_dataset: str | None = None
 
     def _claim(self, table: dict[str, Any], kind: str, name: str, origin: str) -> None:
@@ -99,6 +101,12 @@ class Registry:
         self._claim(self.models, "model", name, origin)
         self.models[name] = ModelSpec(name, build, origin)
 
+    def add_oversampler(self, origin: str, name: str, make: Callable[..., Any], *, options: type | None = None) -> None:
+        self._claim(self.oversamplers, "oversampler", name, origin)
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise PluginError(f"{origin} registered oversampler '{name}' with options={options!r}; give a dataclass")
+        self.oversamplers[name] = OversamplerSpec(name, make, origin, options)
+
     # --- lookups with one-line errors ------------------------------------------------------
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -112,6 +120,11 @@ class Registry:
 
     def task_for(self, dataset: str) -> type[Task]:
         return self.tasks[self.dataset(dataset).task].task
+
+    def oversampler(self, name: str) -> OversamplerSpec:
+        if name not in self.oversamplers:
+            raise OptionError(f"unknown oversampler '{name}'; available: {', '.join(sorted(self.oversamplers))}")
+        return self.oversamplers[name]
 
     def build_model(self, name: str, spec: ModelInput) -> nn.Module:
         if name not in self.models:
@@ -142,6 +155,7 @@ def registry() -> Registry:
         "register_tasks": lambda origin: lambda task: found.add_task(task, origin),
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
         "register_models": lambda origin: lambda *args, **kwargs: found.add_model(origin, *args, **kwargs),
+        "register_oversamplers": lambda origin: lambda *args, **kwargs: found.add_oversampler(origin, *args, **kwargs),
     }
     for hook in hookspecs.REGISTRATION:  # tasks first, so datasets can name them
         for impl in getattr(manager.hook, hook).get_hookimpls():

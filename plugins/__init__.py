@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.cfa:CFA",
     "robx.plugins.topk:TopK",
     "robx.plugins.mingre:MinGRE",
+    "robx.plugins.glgan:GLGANPlugin",
     # registrations: selected with --dataset / --model, not --plugins
     "robx.plugins.tasks.classification",
     "robx.plugins.tasks.regression",
@@ -37,8 +38,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.datasets.cifar",
     "robx.plugins.datasets.synthetic",
     "robx.plugins.datasets.city_crime",
+    "robx.plugins.datasets.breast_cancer",
     "robx.plugins.models.cnn",
     "robx.plugins.models.resnet",
     "robx.plugins.models.mlp",
     "robx.plugins.models.stgnn",
+    "robx.plugins.oversamplers",
 )

@@ -94,6 +94,23 @@ def register_models(register):
     register("tinynet", tiny)
 
 
+class Duplicate:
+    def __init__(self, times):
+        self.times = times
+
+    def fit_resample(self, x, y):
+        import numpy as np
+        return np.concatenate([x] * (1 + self.times)), np.concatenate([y] * (1 + self.times))
+
+
+DuplicateOptions = __import__("dataclasses").make_dataclass("DuplicateOptions", [("times", int, 1)])
+
+
+@hookimpl
+def register_oversamplers(register):
+    register("duplicate", lambda options, seed: Duplicate(options.times), options=DuplicateOptions)
+
+
 class Halve:
     """Halves the loss of the rows of class 0 (a method plugin from the same package)."""
 
@@ -134,6 +151,13 @@ def test_an_external_package_adds_a_task_datasets_a_model_and_a_plugin(external_
     report = json.loads((tmp_path / "ramp" / "report.json").read_text())
     assert report["task"] == "huber" and report["metric"] == {"name": "absolute error", "higher_is_better": False}
     assert "absolute error (lower is better)" in regressed.stdout
+
+    oversampled = subprocess.run(ROBX + ["oversample", "--method", "duplicate", "--dataset", "stripes", "--set",
+                                         "duplicate.times=2", "--classifiers", "linearsvc", "--out",
+                                         str(tmp_path / "dup")], capture_output=True, text=True, env=env)
+    assert oversampled.returncode == 0, oversampled.stderr
+    assert registered[("oversampler", "duplicate")] == origin
+    assert json.loads((tmp_path / "dup" / "report.json").read_text())["generated"] == 2 * 300
 
 
 def test_a_name_registered_twice_is_one_line_naming_both(tmp_path):

@@ -4,18 +4,21 @@ download into the user cache. Images stay uint8 in memory (CHW) and become float
 
 Defaults: ``cifar10`` is the cifar10-lt-cpu protocol (Step-10, n_max 1000, 200 test images
 per class, cnn4, 30 one-cycle epochs, PGD-5 training at eps 8/255); ``cifar100`` the
-paper setting (Exp-10, ResNet-18, PGD-10, step schedule).
+paper setting (Exp-10, ResNet-18, PGD-10, step schedule). ``cifar10-pair``: two classes (cat
+majority, dog minority by default) built as GL-GAN's chapter builds its binary sets, at
+its r = 0.01.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData, data_roots, user_cache_dir
-from robx.core.errors import DataNotFoundError
+from robx.core.data import Split, TaskData, balanced_pair, data_roots, user_cache_dir
+from robx.core.errors import DataNotFoundError, OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.registry import RegisterDataset
 
@@ -66,6 +69,28 @@ def load_cifar(name: str, data_root: str | None = None, download: bool = True) -
     return TaskData(name, list(train_set.classes), split(train_set), split(test_set), mean, std)
 
 
+@dataclass
+class PairOptions:
+    majority: str = "cat"
+    minority: str = "dog"
+    per_class: int = 1000  # images of each class drawn from train + test before the 80/20 split
+
+
+def load_cifar10_pair(data_root: str | None, seed: int, options: PairOptions) -> TaskData:
+    """Two CIFAR-10 classes as GL-GAN's and ICED's chapters build binary sets (balanced,
+    80 % training candidates, a balanced 20 % test split), from train and test pooled."""
+    full = load_cifar("cifar10", data_root)
+    for name in (options.majority, options.minority):
+        if name not in full.classes or options.majority == options.minority:
+            raise OptionError(f"cifar10-pair needs two different classes of {', '.join(full.classes)}; got "
+                              f"{options.majority!r} and {options.minority!r}")
+    x = torch.cat([full.train.x, full.test.x])
+    labels = torch.cat([full.train.labels, full.test.labels])
+    train, test = balanced_pair(x, labels, full.classes.index(options.majority), full.classes.index(options.minority),
+                                seed, per_class=options.per_class)
+    return TaskData("cifar10-pair", [options.majority, options.minority], train, test, full.mean, full.std)
+
+
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register("cifar10", lambda root, seed: load_cifar("cifar10", root), task="classification", defaults=dict(
@@ -77,4 +102,10 @@ def register_datasets(register: RegisterDataset) -> None:
         model="resnet18", epochs=100, batch_size=128, lr=0.1, schedule="step",
         eps=8 / 255, alpha=2 / 255, steps=10, eval_steps=20,
         imbalance="exp", ratio=10.0, augment=True,
+    ))
+    # GL-GAN's evaluation at r = 0.01: 800 majority candidates, 8 minority ones
+    register("cifar10-pair", load_cifar10_pair, task="classification", options=PairOptions, defaults=dict(
+        model="cnn4", epochs=30, batch_size=128, lr=0.1, schedule="onecycle",
+        eps=8 / 255, alpha=2 / 255, steps=5, eval_steps=20,
+        imbalance="step", ratio=100.0, augment=True,
     ))
