@@ -177,9 +177,12 @@ def register_datasets(register):
 
 
 def test_registration_plugins_are_not_training_plugins():
-    with pytest.raises(OptionError, match="plugin 'digits' only registers tasks, datasets or models"):
+    with pytest.raises(OptionError, match="plugin 'digits' only registers tasks, datasets, models or oversamplers"):
         PluginHost(["digits"], {})
-    with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: chicago-crime, cifar10, cifar100, digits, nyc-crime, synthetic"):
+    with pytest.raises(OptionError, match="plugin 'oversamplers' only registers"):
+        PluginHost(["oversamplers"], {})
+    with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: breast-cancer, chicago-crime, cifar10, cifar10-pair, cifar100, digits, "
+                                            "digits-binary, nyc-crime, synthetic"):
         tiny_config(dataset="mnist").resolved()
     with pytest.raises(OptionError, match="unknown model 'vgg'; available: .*smallcnn"):
         engine.build_run(tiny_config(model="vgg"), None)
