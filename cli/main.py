@@ -291,6 +291,44 @@ def oversample_(
         console.print(f"written: {out / 'report.json'}, {out / 'augmented.npz'}")
 
 
+@app.command("crowd")
+def crowd_(
+    method: Annotated[str, typer.Option(help="A registered crowd learner: iced, mv-lr, mv-dnn, ds-lr, ds-dnn.")],
+    dataset: Annotated[str, typer.Option(help="A crowd-labelled dataset: digits-crowd, breast-cancer-crowd, cifar10-pair-crowd.")] = "digits-crowd",
+    seed: Annotated[int, typer.Option(help="Seed of the data (workers, removal, split) and the learner.")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.KEY=VALUE or dataset.KEY=VALUE (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write report.json here.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
+) -> None:
+    """Learn a classifier from imbalanced crowd labels and score it on the true test labels
+    (ICED's evaluation: accuracy, F1, and how many training labels it inferred right)."""
+    from robx.core.crowd import CrowdJob, run_crowd, write_crowd_report
+
+    overrides = parse_set_overrides(set_ or [])
+    dataset_options = overrides.pop("dataset", {})
+    unknown = [name for name in overrides if name != method]
+    if unknown:
+        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
+    if out is not None and out.exists() and any(out.iterdir()) and not force:
+        raise OptionError(f"output directory {out} already exists; pass --force to overwrite it")
+    with console.status(f"{method} on {dataset} (seed {seed})"):
+        report = run_crowd(CrowdJob(dataset, method, seed, overrides.get(method, {}), dataset_options))
+    counts = ", ".join(f"{c} {n}" for c, n in zip(report["classes"], report["train_counts"]))
+    table = Table(title=f"{method} on {dataset}, seed {seed}: training {counts} (true classes), "
+                        f"{report['workers']} workers; test {sum(report['test_counts'])} balanced", title_justify="left")
+    for column in ("test accuracy", "test F1", "training labels inferred right", "majority vote's"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{report['accuracy']:.4f}", f"{report['f1']:.4f}", f"{report['inferred_label_accuracy']:.4f}",
+                  f"{report['majority_vote_accuracy']:.4f}")
+    console.print(table)
+    if report["history"]:
+        accuracy = [entry["inferred_accuracy"] for entry in report["history"] if "inferred_accuracy" in entry]
+        console.print(f"inferred-label accuracy per iteration: {' '.join(f'{a:.3f}' for a in accuracy)}")
+    if out is not None:
+        write_crowd_report(out, report)
+        console.print(f"written: {out / 'report.json'}")
+
+
 @app.command("plugins")
 def plugins_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -314,6 +352,8 @@ def plugins_(
         + [{"kind": "model", "name": m.name, "origin": m.origin, "detail": ""} for m in found.models.values()]
         + [{"kind": "oversampler", "name": o.name, "origin": o.origin, "detail": "robx oversample"}
            for o in found.oversamplers.values()]
+        + [{"kind": "crowd learner", "name": c.name, "origin": c.origin, "detail": "robx crowd"}
+           for c in found.crowd_learners.values()]
     )
     if as_json:
         print(json.dumps({"plugins": rows, "registered": registered}, indent=2))
@@ -330,7 +370,8 @@ def plugins_(
         cells = [row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"])]
         table.add_row(*cells, *([row["summary"]] if wide else []))
     console.print(table)
-    listing = Table(title="registered tasks, datasets, models and oversamplers (--dataset, --model, --method)",
+    listing = Table(title="registered tasks, datasets, models, oversamplers and crowd learners (--dataset, --model, "
+                          "--method)",
                     title_justify="left")
     for column in ("kind", "name", "origin", "detail"):
         listing.add_column(column)

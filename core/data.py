@@ -57,6 +57,9 @@ class TaskData:
     val: Split | None = None
     graph: torch.Tensor | None = None  # (nodes, nodes) adjacency of graph-structured examples
     target_names: list[str] | None = None  # names along the targets' last axis (crime categories)
+    #: the true classes of the training examples where the learner sees noisy ones (crowd labels);
+    #: for diagnostics (inferred-label accuracy) only, never for training
+    train_truth: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import torch
 
     from robx.core.models import RegisterModel
+    from robx.core.crowd import RegisterCrowdLearner
     from robx.core.data import Split
     from robx.core.oversample import RegisterOversampler
     from robx.core.registry import RegisterDataset
@@ -111,6 +112,18 @@ def register_oversamplers(register: RegisterOversampler) -> None:
     ``fit_resample(X, y) -> (X_res, y_res)`` (the original rows first, then the synthetic
     ones); ``options`` is a dataclass of its settings (``--set NAME.KEY=VALUE``).
     ``robx oversample --method NAME`` evaluates it (:mod:`robx.core.oversample`).
+    """
+
+
+@hookspec
+def register_crowd_learners(register: RegisterCrowdLearner) -> None:
+    """Register learners from crowd-labelled data: ``register(name, make, options=None)``.
+
+    ``make(options, seed)`` returns an object with ``fit(x, crowd_labels, num_classes)``
+    (``crowd_labels``: examples x workers, -1 where missing), ``predict(x)`` and
+    ``inferred_labels`` (its estimate of the training examples' classes), optionally
+    ``history`` and ``details`` for the report. ``robx crowd --method NAME`` evaluates it
+    (:mod:`robx.core.crowd`).
     """
 
 
@@ -331,7 +344,8 @@ OWNED: dict[str, str] = {
 
 
 #: Hooks run for every installed plugin to build the registry (not per run).
-REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_oversamplers")
+REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_oversamplers",
+                                  "register_crowd_learners")
 
 
 def _all_hook_names() -> list[str]:

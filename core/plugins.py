@@ -272,8 +272,8 @@ def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> Selecti
     for spec in specs:
         spec.check_hooks()
         if spec.hooks and set(spec.hooks) <= set(hookspecs.REGISTRATION):
-            raise OptionError(f"plugin '{spec.name}' only registers tasks, datasets, models or oversamplers; use "
-                              "them with --dataset, --model or robx oversample --method, not --plugins")
+            raise OptionError(f"plugin '{spec.name}' only registers tasks, datasets, models, oversamplers or crowd "
+                              "learners; use them with --dataset, --model, robx oversample or robx crowd, not --plugins")
     if not any("generate_adversary" in s.hooks for s in specs):
         names.append(fallback_adversary())
         specs.append(get_plugin_spec(names[-1]))

@@ -1,4 +1,4 @@
-"""The tasks, datasets, models and oversamplers of every installed plugin (the registration hooks).
+"""The tasks, datasets, models, oversamplers and crowd learners of every installed plugin (the registration hooks).
 
 Built once per process, lazily: every available plugin (built-in or from an entry point)
 that implements ``register_tasks``, ``register_datasets`` or ``register_models`` is asked
@@ -22,6 +22,7 @@ from robx.core.data import TaskData
 from robx.core.errors import OptionError, PluginError, RobxError
 from robx.core.models import ModelBuilder
 from robx.core.options import options_from
+from robx.core.crowd import CrowdLearnerSpec
 from robx.core.oversample import OversamplerSpec
 from robx.core.task import ModelInput, Task
 
@@ -70,6 +71,7 @@ class Registry:
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     oversamplers: dict[str, OversamplerSpec] = field(default_factory=dict)
+    crowd_learners: dict[str, CrowdLearnerSpec] = field(default_factory=dict)
     default_dataset: str | None = None
 
     def _claim(self, table: dict[str, Any], kind: str, name: str, origin: str) -> None:
@@ -107,6 +109,13 @@ class Registry:
             raise PluginError(f"{origin} registered oversampler '{name}' with options={options!r}; give a dataclass")
         self.oversamplers[name] = OversamplerSpec(name, make, origin, options)
 
+    def add_crowd_learner(self, origin: str, name: str, make: Callable[..., Any], *,
+                          options: type | None = None) -> None:
+        self._claim(self.crowd_learners, "crowd learner", name, origin)
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise PluginError(f"{origin} registered crowd learner '{name}' with options={options!r}; give a dataclass")
+        self.crowd_learners[name] = CrowdLearnerSpec(name, make, origin, options)
+
     # --- lookups with one-line errors ------------------------------------------------------
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -125,6 +134,11 @@ class Registry:
         if name not in self.oversamplers:
             raise OptionError(f"unknown oversampler '{name}'; available: {', '.join(sorted(self.oversamplers))}")
         return self.oversamplers[name]
+
+    def crowd_learner(self, name: str) -> CrowdLearnerSpec:
+        if name not in self.crowd_learners:
+            raise OptionError(f"unknown crowd learner '{name}'; available: {', '.join(sorted(self.crowd_learners))}")
+        return self.crowd_learners[name]
 
     def build_model(self, name: str, spec: ModelInput) -> nn.Module:
         if name not in self.models:
@@ -156,6 +170,8 @@ def registry() -> Registry:
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
         "register_models": lambda origin: lambda *args, **kwargs: found.add_model(origin, *args, **kwargs),
         "register_oversamplers": lambda origin: lambda *args, **kwargs: found.add_oversampler(origin, *args, **kwargs),
+        "register_crowd_learners": lambda origin: lambda *args, **kwargs: found.add_crowd_learner(origin, *args,
+                                                                                                  **kwargs),
     }
     for hook in hookspecs.REGISTRATION:  # tasks first, so datasets can name them
         for impl in getattr(manager.hook, hook).get_hookimpls():

@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.tasks.classification",
     "robx.plugins.tasks.regression",
     "robx.plugins.tasks.crime",
+    "robx.plugins.tasks.crowd",
     "robx.plugins.datasets.digits",
     "robx.plugins.datasets.cifar",
     "robx.plugins.datasets.synthetic",
@@ -44,4 +45,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.models.mlp",
     "robx.plugins.models.stgnn",
     "robx.plugins.oversamplers",
+    "robx.plugins.crowd_baselines",
+    "robx.plugins.iced",
 )

@@ -93,3 +93,33 @@ def remix_label_factor(
     factor = torch.where((ratio >= kappa) & (lam < tau), torch.zeros_like(ratio), factor)
     factor = torch.where((ratio <= 1.0 / kappa) & (1.0 - lam < tau), torch.ones_like(ratio), factor)
     return factor.float()
+
+
+# ---------------------------------------------------------------------------
+# the "DNN" of the crowd-label learners (dissertation 3.3.2: MV+DNN, D&S+DNN, ICED's F)
+# ---------------------------------------------------------------------------
+
+
+class FeatureClassifier(torch.nn.Module):
+    """F = FC(G(x)): a two-layer feature extractor G (ReLU) and a linear head."""
+
+    def __init__(self, inputs: int, classes: int, hidden: int = 128, embedding: int = 32) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(),
+                                            torch.nn.Linear(hidden, embedding), torch.nn.ReLU())
+        self.head = torch.nn.Linear(embedding, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
+               epochs: int, batch_size: int) -> None:
+    """Cross-entropy mini-batch training (shuffled with the global torch stream)."""
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x)).split(batch_size):
+            loss = F.cross_entropy(model(x[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()

@@ -444,7 +444,7 @@ def protocol_methods(task: str = "classification"):
 
     for path in sorted((TESTS_DIR.parent / "benchmarks" / "protocols").glob("*.toml")):
         protocol = tomllib.loads(path.read_text())
-        if protocol.get("kind") == "oversample":  # no training runs (glgan-cpu: tests/test_glgan.py)
+        if protocol.get("kind") in ("oversample", "crowd"):  # no training runs (tests/test_glgan.py, test_iced.py)
             continue
         if registry().dataset(protocol["train"]["dataset"]).task != task:
             continue

@@ -106,6 +106,25 @@ class Duplicate:
 DuplicateOptions = __import__("dataclasses").make_dataclass("DuplicateOptions", [("times", int, 1)])
 
 
+class FirstWorker:
+    """Believes worker 0 and predicts the majority class of its labels."""
+
+    def fit(self, x, crowd, num_classes):
+        import numpy as np
+        self.inferred_labels = np.where(crowd[:, 0] >= 0, crowd[:, 0], 0)
+        self.majority = int(np.bincount(self.inferred_labels).argmax())
+        return self
+
+    def predict(self, x):
+        import numpy as np
+        return np.full(len(x), self.majority)
+
+
+@hookimpl
+def register_crowd_learners(register):
+    register("first-worker", lambda options, seed: FirstWorker())
+
+
 @hookimpl
 def register_oversamplers(register):
     register("duplicate", lambda options, seed: Duplicate(options.times), options=DuplicateOptions)
@@ -159,6 +178,12 @@ def test_an_external_package_adds_a_task_datasets_a_model_and_a_plugin(external_
     assert registered[("oversampler", "duplicate")] == origin
     assert json.loads((tmp_path / "dup" / "report.json").read_text())["generated"] == 2 * 300
 
+    crowd = subprocess.run(ROBX + ["crowd", "--method", "first-worker", "--out", str(tmp_path / "crowd")],
+                           capture_output=True, text=True, env=env)
+    assert crowd.returncode == 0, crowd.stderr
+    assert registered[("crowd learner", "first-worker")] == origin
+    assert json.loads((tmp_path / "crowd" / "report.json").read_text())["accuracy"] == 0.5  # one class of a balanced test
+
 
 def test_a_name_registered_twice_is_one_line_naming_both(tmp_path):
     clash = install_distribution(tmp_path / "site", "robx_clash", '''
@@ -177,12 +202,13 @@ def register_datasets(register):
 
 
 def test_registration_plugins_are_not_training_plugins():
-    with pytest.raises(OptionError, match="plugin 'digits' only registers tasks, datasets, models or oversamplers"):
+    with pytest.raises(OptionError, match="plugin 'digits' only registers tasks, datasets, models, oversamplers or"):
         PluginHost(["digits"], {})
     with pytest.raises(OptionError, match="plugin 'oversamplers' only registers"):
         PluginHost(["oversamplers"], {})
-    with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: breast-cancer, chicago-crime, cifar10, cifar10-pair, cifar100, digits, "
-                                            "digits-binary, nyc-crime, synthetic"):
+    with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: breast-cancer, breast-cancer-crowd, chicago-crime, cifar10, "
+                                            "cifar10-pair, cifar10-pair-crowd, cifar100, digits, digits-binary, "
+                                            "digits-crowd, nyc-crime, synthetic"):
         tiny_config(dataset="mnist").resolved()
     with pytest.raises(OptionError, match="unknown model 'vgg'; available: .*smallcnn"):
         engine.build_run(tiny_config(model="vgg"), None)

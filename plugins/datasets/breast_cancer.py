@@ -3,6 +3,8 @@ features) as GL-GAN's chapter builds its binary sets (2.4.1.1): benign (majority
 malignant (minority) balanced at 212 each, 80 % training candidates and a balanced 20 % test
 split; features min-max scaled to [0, 1] with the training candidates' range (the test
 split clipped to it). The protocol keeps 1 minority candidate in 20 (8 of 170).
+``breast-cancer-crowd``: the candidates labelled by synthetic crowd workers, 90 % of the
+malignant ones removed (ICED's construction, dissertation 3.3.1.1).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from robx.core.crowd import CrowdDataOptions, crowd_dataset
 from robx.core.data import Split, TaskData, balanced_pair
 from robx.core.hookspecs import hookimpl
 from robx.core.registry import RegisterDataset
@@ -31,6 +34,11 @@ def load_breast_cancer_pair(data_root: str | None, seed: int) -> TaskData:
     return TaskData("breast-cancer", ["benign", "malignant"], scaled(train), scaled(test))
 
 
+def load_breast_cancer_crowd(data_root: str | None, seed: int, options: CrowdDataOptions) -> TaskData:
+    pair = load_breast_cancer_pair(data_root, seed)
+    return crowd_dataset("breast-cancer-crowd", pair.classes, pair.train, pair.test, seed, options)
+
+
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register("breast-cancer", load_breast_cancer_pair, task="classification", defaults=dict(
@@ -38,3 +46,7 @@ def register_datasets(register: RegisterDataset) -> None:
         eps=0.05, alpha=0.0125, steps=10, eval_steps=20,
         imbalance="step", ratio=20.0, augment=False,
     ))
+    # ICED's construction on the table: 170 benign and 17 malignant training examples, 5 workers
+    register("breast-cancer-crowd", load_breast_cancer_crowd, task="crowd-classification", options=CrowdDataOptions,
+             defaults=dict(model="mlp", epochs=30, batch_size=32, lr=0.05, schedule="onecycle", eps=0.05,
+                           alpha=0.0125, steps=10, eval_steps=20, imbalance="original", ratio=1.0, augment=False))

@@ -8,6 +8,8 @@ Linf eps 0.1, PGD-10 training, PGD-20 evaluation, 25 one-cycle epochs.
 ``digits-binary``: two of its digits (options ``majority``, ``minority``; 4 and 7 by
 default) as GL-GAN's chapter builds its binary sets: balanced, 80 % training candidates, a
 balanced 20 % test split; the protocol keeps 1 minority candidate in 20 (7 of 144).
+``digits-crowd``: that pair labelled by synthetic crowd workers, 90 % of the minority
+candidates removed (ICED's USPS-Syn, dissertation 3.3.1.1; ``robx.core.crowd``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from robx.core.crowd import CrowdDataOptions, crowd_dataset
 from robx.core.data import Split, TaskData, balanced_pair
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
@@ -57,6 +60,18 @@ def load_digits_pair(data_root: str | None, seed: int, options: DigitsPairOption
     return TaskData("digits-binary", [str(options.majority), str(options.minority)], train, test)
 
 
+@dataclass
+class DigitsCrowdOptions(CrowdDataOptions):
+    majority: int = 4
+    minority: int = 7
+
+
+def load_digits_crowd(data_root: str | None, seed: int, options: DigitsCrowdOptions) -> TaskData:
+    """ICED's USPS-Syn, made from the bundled digits (dissertation 3.3.1.1)."""
+    pair = load_digits_pair(data_root, seed, DigitsPairOptions(options.majority, options.minority))
+    return crowd_dataset("digits-crowd", pair.classes, pair.train, pair.test, seed, options)
+
+
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register("digits", load_digits_data, task="classification", default=True, defaults=dict(
@@ -71,3 +86,7 @@ def register_datasets(register: RegisterDataset) -> None:
         eps=0.1, alpha=0.025, steps=10, eval_steps=20,
         imbalance="step", ratio=20.0, augment=False,
     ))
+    # ICED's USPS-Syn: 143 majority and 14 minority training examples (90 % removed), 5 workers
+    register("digits-crowd", load_digits_crowd, task="crowd-classification", options=DigitsCrowdOptions,
+             defaults=dict(model="mlp", epochs=30, batch_size=32, lr=0.05, schedule="onecycle", eps=0.1,
+                           alpha=0.025, steps=10, eval_steps=20, imbalance="original", ratio=1.0, augment=False))

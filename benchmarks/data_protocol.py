@@ -1,9 +1,11 @@
-"""Run an oversampling protocol (``benchmarks/protocols/<name>.toml`` with
-``kind = "oversample"``): every dataset x method x seed through ``robx.core.oversample``,
-one JSON per run under ``benchmarks/results/<name>/<dataset>/<method>-seed<k>.json``, with
-command, commit and machine. Finished runs are skipped, so an interrupted sweep resumes.
+"""Run a data-level protocol (``benchmarks/protocols/<name>.toml`` with ``kind =
+"oversample"``, through ``robx.core.oversample``, or ``kind = "crowd"``, through
+``robx.core.crowd``): every dataset x method x seed, one JSON per run under
+``benchmarks/results/<name>/<dataset>/<method>-seed<k>.json``, with command, commit and
+machine. Finished runs are skipped, so an interrupted sweep resumes.
 
-    python benchmarks/oversample_protocol.py glgan-cpu --seeds 0 1 2 [--datasets digits-binary]
+    python benchmarks/data_protocol.py glgan-cpu --seeds 0 1 2 [--datasets digits-binary]
+    python benchmarks/data_protocol.py iced-cpu --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
 from robx.core.config import tomllib  # noqa: E402
 from robx.core.errors import RobxError  # noqa: E402
+from robx.core.crowd import CrowdJob, run_crowd  # noqa: E402
 from robx.core.oversample import OversampleJob, run_oversample  # noqa: E402
 
 PROTOCOLS = Path(__file__).resolve().parent / "protocols"
@@ -30,8 +33,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+")
     args = parser.parse_args()
     protocol = tomllib.loads((PROTOCOLS / f"{args.protocol}.toml").read_text())
-    if protocol.get("kind") != "oversample":
-        raise SystemExit(f"{args.protocol} is not an oversampling protocol (kind = \"oversample\")")
+    kind = protocol.get("kind")
+    if kind not in ("oversample", "crowd"):
+        raise SystemExit(f"{args.protocol} is not a data-level protocol (kind = \"oversample\" or \"crowd\")")
     for dataset in args.datasets or protocol["datasets"]:
         for name, method in protocol["methods"].items():
             if args.methods and name not in args.methods:
@@ -40,11 +44,14 @@ def main() -> None:
                 path = RESULTS / args.protocol / dataset / f"{name}-seed{seed}.json"
                 if path.exists():
                     continue
-                job = OversampleJob(dataset, method["method"], seed, method.get("ratio"), dict(method.get("options", {})),
-                                    classifiers=tuple(protocol["classifiers"]))
+                options = dict(method.get("options", {}))
                 started = time.perf_counter()
                 try:
-                    report, _ = run_oversample(job)
+                    if kind == "oversample":
+                        report, _ = run_oversample(OversampleJob(dataset, method["method"], seed, method.get("ratio"),
+                                                                 options, classifiers=tuple(protocol["classifiers"])))
+                    else:
+                        report = run_crowd(CrowdJob(dataset, method["method"], seed, options))
                     error = None
                 except RobxError as failure:  # e.g. ADASYN finding no majority neighbour: recorded, not hidden
                     report, error = None, str(failure)

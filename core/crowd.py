@@ -1,0 +1,268 @@
+"""Crowd-labelled data: label matrices, synthetic workers, and the evaluation of crowd
+learners (``robx crowd``; ICED's protocol, dissertation 3.3).
+
+A crowd label matrix has one row per example and one column per worker; entries are class
+indices, or :data:`MISSING` where the worker did not label the example. Majority vote and
+Dawid-Skene come from crowd-kit (extra ``robx[crowd]``), imported only where used.
+
+A crowd learner is registered through ``register_crowd_learners`` as
+``register(name, make, options=OptionsDataclass)``; ``make(options, seed)`` returns an
+object with ``fit(x, crowd_labels, num_classes) -> self``, ``predict(x) -> classes`` and
+``inferred_labels`` (its estimate of the training examples' true classes), and may fill
+``history`` (a list of dicts, one per iteration) and ``details`` (a dict) for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from robx.core.errors import OptionError, RobxError
+from robx.core.options import options_from
+
+MISSING = -1
+
+
+def _crowdkit() -> Any:
+    try:
+        import crowdkit.aggregation as aggregation
+    except ImportError as error:
+        raise RobxError("crowd-labelled data needs crowd-kit: pip install 'robx[crowd]'") from error
+    return aggregation
+
+
+def check_crowd_labels(matrix: np.ndarray, num_classes: int) -> None:
+    """One-line errors for a label matrix no crowd learner can use."""
+    if matrix.ndim != 2 or matrix.shape[1] < 1:
+        raise OptionError(f"crowd labels must be an (examples, workers) matrix, got shape {matrix.shape}")
+    bad = (matrix != MISSING) & ((matrix < 0) | (matrix >= num_classes))
+    if bad.any():
+        raise OptionError(f"crowd labels must be classes 0..{num_classes - 1} or {MISSING} (missing); found "
+                          f"{int(matrix[bad][0])}")
+    empty_workers = np.flatnonzero((matrix == MISSING).all(axis=0))
+    if len(empty_workers):
+        raise OptionError(f"worker {int(empty_workers[0])} labelled no example (a column of missing labels); drop it")
+    unlabelled = np.flatnonzero((matrix == MISSING).all(axis=1))
+    if len(unlabelled):
+        raise OptionError(f"example {int(unlabelled[0])} has no crowd label ({len(unlabelled)} such examples)")
+    if len(np.unique(matrix[matrix != MISSING])) < 2:
+        raise OptionError("the crowd labels hold one class only; nothing to learn")
+
+
+def crowd_frame(matrix: np.ndarray) -> Any:
+    """crowd-kit's long format: one (task, worker, label) row per given label."""
+    import pandas as pd
+
+    tasks, workers = np.nonzero(matrix != MISSING)
+    return pd.DataFrame({"task": tasks, "worker": workers, "label": matrix[tasks, workers]})
+
+
+def _as_array(series: Any, n: int) -> np.ndarray:
+    return np.array(series.reindex(range(n)).to_numpy(dtype=np.int64))
+
+
+def majority_vote(matrix: np.ndarray) -> np.ndarray:
+    """crowd-kit's majority vote (ties go to the lowest class)."""
+    return _as_array(_crowdkit().MajorityVote().fit_predict(crowd_frame(matrix)), len(matrix))
+
+
+def dawid_skene(matrix: np.ndarray, iterations: int = 100) -> np.ndarray:
+    """crowd-kit's Dawid-Skene (EM initialised from majority vote)."""
+    return _as_array(_crowdkit().DawidSkene(n_iter=iterations).fit_predict(crowd_frame(matrix)), len(matrix))
+
+
+def label_certainty(matrix: np.ndarray, num_classes: int, epsilon: float = 1e-3) -> np.ndarray:
+    """Eq. 3.4: S(x) = 1 / (E_u ||y_u - E_u y||^2 + eps) over the example's one-hot crowd
+    labels (missing ones left out). For one-hot labels the variance is 1 - sum_c p_c^2,
+    p_c the share of the example's labels that say c: 0 for unanimity (S maximal), largest
+    for a tie (S minimal)."""
+    given = matrix != MISSING
+    shares = np.stack([((matrix == c) & given).sum(axis=1) for c in range(num_classes)], axis=1)
+    shares = shares / np.maximum(given.sum(axis=1, keepdims=True), 1)
+    return 1.0 / (1.0 - (shares ** 2).sum(axis=1) + epsilon)
+
+
+def simulate_workers(x: np.ndarray, truth: np.ndarray, workers: int, seed: int, easiest_error: float = 0.05,
+                     hardest_error: float = 0.45, skill_spread: float = 0.4,
+                     missing: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(crowd labels, mislabelling probability per example): the synthetic workers of
+    dissertation 3.3.1.1, made concrete (the chapter gives no numbers; ours below).
+
+    A network (scikit-learn's MLPClassifier, one hidden layer of 64) is trained on the
+    examples until its training accuracy reaches 98 % (or 300 epochs); its softmax
+    probability of the true class orders each class's examples from easiest to hardest,
+    and the example's mislabelling probability rises linearly with that rank from
+    ``easiest_error`` to ``hardest_error``. Worker u has a skill factor s_u drawn from
+    U(1 - skill_spread, 1 + skill_spread) and mislabels example i with probability
+    min(0.95, s_u q_i), choosing a wrong class uniformly; each label is missing with
+    probability ``missing``."""
+    import warnings
+
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(seed)
+    network = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1, warm_start=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(300):
+            network.fit(x, truth)
+            if network.score(x, truth) >= 0.98:
+                break
+    confidence = network.predict_proba(x)[np.arange(len(truth)), np.searchsorted(network.classes_, truth)]
+    error = np.empty(len(truth))
+    for c in np.unique(truth):
+        members = np.flatnonzero(truth == c)
+        ranks = np.argsort(np.argsort(-confidence[members]))  # 0 = most confident
+        error[members] = easiest_error + (hardest_error - easiest_error) * ranks / max(len(members) - 1, 1)
+    classes = int(truth.max()) + 1
+    skills = rng.uniform(1 - skill_spread, 1 + skill_spread, workers)
+    wrong_probability = np.minimum(0.95, error[:, None] * skills[None, :])
+    wrong = rng.random((len(truth), workers)) < wrong_probability
+    shift = rng.integers(1, max(classes, 2), (len(truth), workers))  # a wrong class, uniformly
+    labels = np.where(wrong, (truth[:, None] + shift) % classes, truth[:, None])
+    labels[rng.random(labels.shape) < missing] = MISSING
+    for row in np.flatnonzero((labels == MISSING).all(axis=1)):  # every example keeps one label
+        worker = rng.integers(workers)
+        labels[row, worker] = truth[row] if not wrong[row, worker] else (truth[row] + shift[row, worker]) % classes
+    return labels.astype(np.int64), error
+
+
+# ---------------------------------------------------------------------------
+# learners and their evaluation
+# ---------------------------------------------------------------------------
+
+
+class CrowdLearner(Protocol):
+    inferred_labels: np.ndarray
+
+    def fit(self, x: np.ndarray, crowd_labels: np.ndarray, num_classes: int) -> CrowdLearner: ...
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class CrowdLearnerSpec:
+    name: str
+    make: Callable[[Any, int], CrowdLearner]
+    origin: str
+    options: type | None = None
+
+    def build(self, raw_options: Mapping[str, Any] | None, seed: int) -> CrowdLearner:
+        options = options_from(self.options, raw_options or {}, self.name, f"crowd learner '{self.name}'")
+        return self.make(options, seed)
+
+
+#: ``register(name, make, options=None)``, the argument of ``register_crowd_learners``
+RegisterCrowdLearner = Callable[..., None]
+
+
+@dataclass
+class CrowdJob:
+    """One evaluation: a crowd-labelled dataset, one learner, one seed."""
+
+    dataset: str
+    method: str
+    seed: int = 0
+    method_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+
+
+def run_crowd(job: CrowdJob) -> dict[str, Any]:
+    """Fit the learner on the training features and crowd labels; score its predictions on
+    the test split (true labels) and its inferred training labels against the truth."""
+    from sklearn.metrics import f1_score
+
+    from robx.core.registry import registry
+
+    found = registry()
+    spec = found.crowd_learner(job.method)
+    data = found.dataset(job.dataset).read(job.data_root, job.seed, job.dataset_options)
+    if data.train.y.dim() != 2 or data.train_truth is None:
+        raise OptionError(f"dataset '{job.dataset}' has no crowd labels (an examples x workers label matrix as its "
+                          "training targets, and the true training labels)")
+    x = data.train.x.reshape(len(data.train.x), -1).float().numpy()
+    x_test = data.test.x.reshape(len(data.test.x), -1).float().numpy()
+    crowd, truth, y_test = data.train.y.numpy(), data.train_truth.numpy(), data.test.y.numpy()
+    check_crowd_labels(crowd, data.num_classes)
+    started = time.perf_counter()
+    learner = spec.build(job.method_options, job.seed).fit(x, crowd, data.num_classes)
+    seconds = time.perf_counter() - started
+    predicted = learner.predict(x_test)
+    return {
+        "dataset": job.dataset, "method": job.method, "seed": job.seed, "classes": data.classes,
+        "method_options": job.method_options, "dataset_options": job.dataset_options,
+        "train_counts": np.bincount(truth, minlength=data.num_classes).tolist(),
+        "workers": int(crowd.shape[1]), "test_counts": np.bincount(y_test, minlength=data.num_classes).tolist(),
+        "accuracy": float(np.mean(predicted == y_test)),
+        "f1": float(f1_score(y_test, predicted, average="macro")),
+        "inferred_label_accuracy": float(np.mean(learner.inferred_labels == truth)),
+        "majority_vote_accuracy": float(np.mean(majority_vote(crowd) == truth)),
+        "fit_seconds": round(seconds, 2),
+        "history": [_scored(entry, truth) for entry in getattr(learner, "history", [])],
+        "details": _scored(getattr(learner, "details", {}), truth),
+    }
+
+
+def _scored(record: dict[str, Any], truth: np.ndarray) -> dict[str, Any]:
+    """A learner's record with every list of inferred training labels (keys ``inferred`` or
+    ``ds_*``) replaced by its accuracy against the truth (``<key>_accuracy``)."""
+    scored = {}
+    for key, value in record.items():
+        if (key == "inferred" or key.startswith("ds_")) and isinstance(value, list) and len(value) == len(truth):
+            scored[f"{key}_accuracy"] = float(np.mean(np.asarray(value) == truth))
+        else:
+            scored[key] = value
+    return scored
+
+
+def write_crowd_report(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+@dataclass
+class CrowdDataOptions:
+    """How a crowd-labelled binary set is made from a balanced pair (dissertation 3.3.1.1)."""
+
+    workers: int = 5
+    minority_removed: float = 0.9  # share of the minority's training candidates removed
+    missing: float = 0.0  # share of missing labels
+    easiest_error: float = 0.05
+    hardest_error: float = 0.45
+
+
+def crowd_dataset(name: str, classes: list[str], train: Any, test: Any, seed: int,
+                  options: CrowdDataOptions) -> Any:
+    """A :class:`robx.core.data.TaskData` of crowd-labelled training examples from a balanced
+    pair's training candidates (label 1 = the minority): synthetic workers label every
+    candidate (:func:`simulate_workers`, difficulty from a network trained on the balanced
+    candidates), then ``minority_removed`` of the minority candidates are dropped by their
+    true label. Inputs become float features in [0, 1]; the test split keeps true labels."""
+    import torch
+
+    from robx.core.data import Split, TaskData
+
+    if options.workers < 1 or not 0 <= options.minority_removed < 1 or not 0 <= options.missing < 1:
+        raise OptionError(f"{name}: workers >= 1, 0 <= minority_removed < 1 and 0 <= missing < 1 are needed")
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).reshape(len(x), -1)
+
+    x, truth = features(train.x), train.labels.numpy()
+    crowd, _ = simulate_workers(x.numpy(), truth, options.workers, seed, options.easiest_error,
+                                options.hardest_error, missing=options.missing)
+    rng = np.random.default_rng(seed)
+    minority = rng.permutation(np.flatnonzero(truth == 1))
+    dropped = minority[:int(round(options.minority_removed * len(minority)))]
+    kept = torch.from_numpy(np.setdiff1d(np.arange(len(truth)), dropped))
+    crowd_t = torch.from_numpy(crowd)[kept]
+    voted = torch.from_numpy(majority_vote(crowd_t.numpy()).copy())
+    x_test = features(test.x)
+    return TaskData(name, classes, Split(x[kept], crowd_t, voted), Split(x_test, test.labels, test.labels),
+                    train_truth=train.labels[kept])

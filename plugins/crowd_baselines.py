@@ -1,0 +1,60 @@
+"""The baselines of ICED's evaluation (dissertation 3.3.2.1): labels inferred by majority
+vote (MV) or Dawid-Skene (D&S), both crowd-kit's, then a classifier trained on them:
+scikit-learn's logistic regression (LR) or the DNN (``robx.plugins.common.FeatureClassifier``,
+Adam 1e-3, ``epochs`` passes, batch 32). ``mv-lr``, ``mv-dnn``, ``ds-lr``, ``ds-dnn``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from robx.core.crowd import RegisterCrowdLearner, dawid_skene, majority_vote
+from robx.core.hookspecs import hookimpl
+from robx.plugins.common import FeatureClassifier, fit_epochs
+
+
+@dataclass
+class DNNOptions:
+    epochs: int = 45  # ICED's 3 x 5 warm-up epochs + 30 iterations
+    lr: float = 1e-3
+    batch_size: int = 32
+
+
+class InferThenClassify:
+    """Infer hard labels from the crowd (``infer``), then fit ``classifier`` on them."""
+
+    def __init__(self, infer: str, classifier: str, options: DNNOptions | None, seed: int) -> None:
+        self.infer, self.classifier, self.options, self.seed = infer, classifier, options or DNNOptions(), seed
+
+    def fit(self, x: np.ndarray, crowd_labels: np.ndarray, num_classes: int) -> InferThenClassify:
+        self.inferred_labels = (majority_vote if self.infer == "mv" else dawid_skene)(crowd_labels)
+        if self.classifier == "lr":
+            from sklearn.linear_model import LogisticRegression
+
+            self.model = LogisticRegression(max_iter=1000, random_state=self.seed).fit(x, self.inferred_labels)
+            return self
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model = FeatureClassifier(x.shape[1], num_classes)
+            optimizer = torch.optim.Adam(self.model.parameters(), lr=self.options.lr)
+            fit_epochs(self.model, optimizer, torch.from_numpy(x), torch.from_numpy(self.inferred_labels),
+                       self.options.epochs, self.options.batch_size)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.classifier == "lr":
+            return self.model.predict(x)
+        self.model.eval()
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x)).argmax(dim=1).numpy()
+
+
+@hookimpl
+def register_crowd_learners(register: RegisterCrowdLearner) -> None:
+    for infer in ("mv", "ds"):
+        register(f"{infer}-lr", lambda options, seed, infer=infer: InferThenClassify(infer, "lr", None, seed))
+        register(f"{infer}-dnn", lambda options, seed, infer=infer: InferThenClassify(infer, "dnn", options, seed),
+                 options=DNNOptions)
