@@ -130,6 +130,9 @@ class Run:
     schedule_per_batch: bool
     generator: torch.Generator
     run_dir: Path
+    #: the protocol split's class counts: the run's majority / minority in every report, also
+    #: when a data-level plugin (``training_set``) balanced the examples it trains on
+    real_class_counts: list[int] = dataclasses.field(default_factory=list)
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -176,6 +179,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         class_eps=torch.full((data.num_classes,), float(config.eps), device=device),
         class_alpha=torch.full((data.num_classes,), float(config.alpha), device=device),
     )
+    real_class_counts = data.class_counts()
     replaced = host.training_set(state, data.train)
     if replaced is not None:
         data.train = _checked_training_set(replaced, data.train, data.num_classes, host.owners["training_set"])
@@ -188,7 +192,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
     host.check_run(state)
     generator = torch.Generator().manual_seed(config.seed)
-    return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir)
+    return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, real_class_counts)
 
 
 def _checked_training_set(replaced: Split, original: Split, num_classes: int, owner: str) -> Split:
@@ -629,8 +633,10 @@ def evaluate_run(
     progress.end_eval()
     assert result.clean_outputs is not None and result.robust_outputs is not None
     details = run.task.report_details(test, result.clean_outputs, result.robust_outputs, attack)
-    return build_report(result, data.classes, data.class_counts(), attack, run.task.metric, extra={
+    trained = data.class_counts()
+    return build_report(result, data.classes, run.real_class_counts or trained, attack, run.task.metric, extra={
         **({"details": details} if details else {}),
+        **({"trained_counts": trained} if trained != run.real_class_counts else {}),
         "task": run.task.name,
         "dataset": config.dataset,
         "plugins": run.host.names,

@@ -150,8 +150,10 @@ def test_glgan_plugin_balances_a_run_and_composes_with_pgd(tmp_path):
     assert len(set(counts)) == 1 and counts[0] == max(run.data.class_counts())  # every class at the majority's
     assert run.data.train.x.shape[1:] == (1, 8, 8) and run.data.train.x.dtype == torch.float32
     report = train(config, tmp_path / "run")
-    # digits under Step-10: 131 training examples in each majority class, 13 in each minority one
-    assert report["plugins"] == ["glgan", "pgd"] and report["class_counts"] == [131] * 10
+    # digits under Step-10: 131 training examples in each majority class, 13 in each minority one; the
+    # report's majority / minority stay those of the real examples
+    assert report["plugins"] == ["glgan", "pgd"] and report["trained_counts"] == [131] * 10
+    assert report["class_counts"] == [131] * 5 + [13] * 5 and report["majority_classes"] == [0, 1, 2, 3, 4]
 
 
 def test_glgan_run_resumes_bit_exactly(tmp_path, monkeypatch):
