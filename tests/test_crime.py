@@ -202,7 +202,8 @@ def test_the_task_is_implied_by_the_dataset_and_checked_against_it():
         TrainConfig(task="crime").resolved()
     with pytest.raises(OptionError, match="^dataset 'cifar10' is for task 'classification', not 'crime'$"):
         TrainConfig(task="crime", dataset="cifar10").resolved()
-    with pytest.raises(OptionError, match="^unknown task 'traffic'; available: classification, crime, regression$"):
+    with pytest.raises(OptionError, match="^unknown task 'traffic'; available: classification, crime, "
+                                          "crowd-classification, regression$"):
         TrainConfig(task="traffic", dataset="nyc-crime").resolved()
 
 
