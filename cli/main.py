@@ -249,6 +249,20 @@ def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _method_options(method: str, assignments: Optional[list[str]], out: Optional[Path],
+                    force: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """(method options, dataset options) of ``--set``, for the data-level commands; one-line
+    errors for another plugin's options and for an existing output directory."""
+    overrides = parse_set_overrides(assignments or [])
+    dataset_options = overrides.pop("dataset", {})
+    unknown = [name for name in overrides if name != method]
+    if unknown:
+        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
+    if out is not None and out.exists() and any(out.iterdir()) and not force:
+        raise OptionError(f"output directory {out} already exists; pass --force to overwrite it")
+    return overrides.get(method, {}), dataset_options
+
+
 @app.command("oversample")
 def oversample_(
     method: Annotated[str, typer.Option(help="A registered oversampler: glgan, smote, borderline-smote, adasyn, random, none.")],
@@ -264,15 +278,9 @@ def oversample_(
     (GL-GAN's evaluation: macro-F1, micro-F1 and MCC on a balanced test split)."""
     from robx.core.oversample import OversampleJob, run_oversample, write_outputs
 
-    overrides = parse_set_overrides(set_ or [])
-    dataset_options = overrides.pop("dataset", {})
-    unknown = [name for name in overrides if name != method]
-    if unknown:
-        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
-    if out is not None and out.exists() and any(out.iterdir()) and not force:
-        raise OptionError(f"output directory {out} already exists; pass --force to overwrite it")
+    method_options, dataset_options = _method_options(method, set_, out, force)
     names = tuple(c.strip() for c in classifiers.split(",") if c.strip())
-    job = OversampleJob(dataset, method, seed, ratio, overrides.get(method, {}), dataset_options, names)
+    job = OversampleJob(dataset, method, seed, ratio, method_options, dataset_options, names)
     with console.status(f"{method} on {dataset} (seed {seed})"):
         report, arrays = run_oversample(job)
     counts = ", ".join(f"{c} {n}" for c, n in zip(report["classes"], report["train_counts"]))
@@ -304,15 +312,9 @@ def crowd_(
     (ICED's evaluation: accuracy, F1, and how many training labels it inferred right)."""
     from robx.core.crowd import CrowdJob, run_crowd, write_crowd_report
 
-    overrides = parse_set_overrides(set_ or [])
-    dataset_options = overrides.pop("dataset", {})
-    unknown = [name for name in overrides if name != method]
-    if unknown:
-        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
-    if out is not None and out.exists() and any(out.iterdir()) and not force:
-        raise OptionError(f"output directory {out} already exists; pass --force to overwrite it")
+    method_options, dataset_options = _method_options(method, set_, out, force)
     with console.status(f"{method} on {dataset} (seed {seed})"):
-        report = run_crowd(CrowdJob(dataset, method, seed, overrides.get(method, {}), dataset_options))
+        report = run_crowd(CrowdJob(dataset, method, seed, method_options, dataset_options))
     counts = ", ".join(f"{c} {n}" for c, n in zip(report["classes"], report["train_counts"]))
     table = Table(title=f"{method} on {dataset}, seed {seed}: training {counts} (true classes), "
                         f"{report['workers']} workers; test {sum(report['test_counts'])} balanced", title_justify="left")
