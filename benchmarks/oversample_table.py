@@ -32,7 +32,7 @@ def cell(values: list[float]) -> str:
 
 def protocol_order(folder: Path) -> tuple[list[str], list[str]]:
     """(datasets, methods) in the protocol file's order (the folder is named after it)."""
-    import tomllib
+    from robx.core.config import tomllib
 
     path = Path(__file__).resolve().parent / "protocols" / f"{folder.name}.toml"
     protocol = tomllib.loads(path.read_text()) if path.exists() else {"datasets": [], "methods": {}}

@@ -9,14 +9,16 @@ A crowd learner is registered through ``register_crowd_learners`` as
 ``register(name, make, options=OptionsDataclass)``; ``make(options, seed)`` returns an
 object with ``fit(x, crowd_labels, num_classes) -> self``, ``predict(x) -> classes`` and
 ``inferred_labels`` (its estimate of the training examples' true classes), and may fill
-``history`` (a list of dicts, one per iteration) and ``details`` (a dict) for the report.
+``history`` (a list of dicts, one per iteration) and ``details`` (a dict) for the report;
+there every list of training labels under a key ``<name>_labels`` becomes
+``<name>_accuracy``, its accuracy against the truth.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +26,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from robx.core.errors import OptionError, RobxError
-from robx.core.options import options_from
 
 MISSING = -1
 
@@ -145,18 +146,6 @@ class CrowdLearner(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class CrowdLearnerSpec:
-    name: str
-    make: Callable[[Any, int], CrowdLearner]
-    origin: str
-    options: type | None = None
-
-    def build(self, raw_options: Mapping[str, Any] | None, seed: int) -> CrowdLearner:
-        options = options_from(self.options, raw_options or {}, self.name, f"crowd learner '{self.name}'")
-        return self.make(options, seed)
-
-
 #: ``register(name, make, options=None)``, the argument of ``register_crowd_learners``
 RegisterCrowdLearner = Callable[..., None]
 
@@ -210,12 +199,12 @@ def run_crowd(job: CrowdJob) -> dict[str, Any]:
 
 
 def _scored(record: dict[str, Any], truth: np.ndarray) -> dict[str, Any]:
-    """A learner's record with every list of inferred training labels (keys ``inferred`` or
-    ``ds_*``) replaced by its accuracy against the truth (``<key>_accuracy``)."""
+    """A learner's record with every list of inferred training labels (a key ending in
+    ``_labels``) replaced by its accuracy against the truth (``<name>_accuracy``)."""
     scored = {}
     for key, value in record.items():
-        if (key == "inferred" or key.startswith("ds_")) and isinstance(value, list) and len(value) == len(truth):
-            scored[f"{key}_accuracy"] = float(np.mean(np.asarray(value) == truth))
+        if key.endswith("_labels") and isinstance(value, list) and len(value) == len(truth):
+            scored[key.removesuffix("_labels") + "_accuracy"] = float(np.mean(np.asarray(value) == truth))
         else:
             scored[key] = value
     return scored

@@ -122,7 +122,8 @@ def register_crowd_learners(register: RegisterCrowdLearner) -> None:
     ``make(options, seed)`` returns an object with ``fit(x, crowd_labels, num_classes)``
     (``crowd_labels``: examples x workers, -1 where missing), ``predict(x)`` and
     ``inferred_labels`` (its estimate of the training examples' classes), optionally
-    ``history`` and ``details`` for the report. ``robx crowd --method NAME`` evaluates it
+    ``history`` and ``details`` for the report (lists under ``<name>_labels`` keys are
+    scored against the truth as ``<name>_accuracy``). ``robx crowd --method NAME`` evaluates it
     (:mod:`robx.core.crowd`).
     """
 

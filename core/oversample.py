@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,23 +28,10 @@ import numpy as np
 
 from robx.core.data import apply_protocol
 from robx.core.errors import OptionError
-from robx.core.options import options_from
 
 
 class Oversampler(Protocol):
     def fit_resample(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class OversamplerSpec:
-    name: str
-    make: Callable[[Any, int], Oversampler]
-    origin: str
-    options: type | None = None
-
-    def build(self, raw_options: Mapping[str, Any] | None, seed: int) -> Oversampler:
-        options = options_from(self.options, raw_options or {}, self.name, f"oversampler '{self.name}'")
-        return self.make(options, seed)
 
 
 #: ``register(name, make, options=None)``, the argument of ``register_oversamplers``

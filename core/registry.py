@@ -22,8 +22,6 @@ from robx.core.data import TaskData
 from robx.core.errors import OptionError, PluginError, RobxError
 from robx.core.models import ModelBuilder
 from robx.core.options import options_from
-from robx.core.crowd import CrowdLearnerSpec
-from robx.core.oversample import OversamplerSpec
 from robx.core.task import ModelInput, Task
 
 #: ``load(data_root, seed) -> TaskData``, or ``load(data_root, seed, options)`` for a dataset
@@ -60,6 +58,22 @@ class TaskSpec:
     origin: str
 
 
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered data-level method (an oversampler, a crowd learner): ``make(options,
+    seed)`` builds it from its options dataclass."""
+
+    kind: str
+    name: str
+    make: Callable[[Any, int], Any]
+    origin: str
+    options: type | None = None
+
+    def build(self, raw_options: Mapping[str, Any] | None, seed: int) -> Any:
+        options = options_from(self.options, raw_options or {}, self.name, f"{self.kind} '{self.name}'")
+        return self.make(options, seed)
+
+
 #: ``register(name, load, task=..., defaults=..., default=False, options=None)``, the argument of
 #: ``register_datasets``
 RegisterDataset = Callable[..., None]
@@ -70,8 +84,8 @@ class Registry:
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
-    oversamplers: dict[str, OversamplerSpec] = field(default_factory=dict)
-    crowd_learners: dict[str, CrowdLearnerSpec] = field(default_factory=dict)
+    oversamplers: dict[str, MethodSpec] = field(default_factory=dict)
+    crowd_learners: dict[str, MethodSpec] = field(default_factory=dict)
     default_dataset: str | None = None
 
     def _claim(self, table: dict[str, Any], kind: str, name: str, origin: str) -> None:
@@ -103,18 +117,12 @@ class Registry:
         self._claim(self.models, "model", name, origin)
         self.models[name] = ModelSpec(name, build, origin)
 
-    def add_oversampler(self, origin: str, name: str, make: Callable[..., Any], *, options: type | None = None) -> None:
-        self._claim(self.oversamplers, "oversampler", name, origin)
+    def add_method(self, table: dict[str, MethodSpec], kind: str, origin: str, name: str,
+                   make: Callable[..., Any], *, options: type | None = None) -> None:
+        self._claim(table, kind, name, origin)
         if options is not None and not dataclasses.is_dataclass(options):
-            raise PluginError(f"{origin} registered oversampler '{name}' with options={options!r}; give a dataclass")
-        self.oversamplers[name] = OversamplerSpec(name, make, origin, options)
-
-    def add_crowd_learner(self, origin: str, name: str, make: Callable[..., Any], *,
-                          options: type | None = None) -> None:
-        self._claim(self.crowd_learners, "crowd learner", name, origin)
-        if options is not None and not dataclasses.is_dataclass(options):
-            raise PluginError(f"{origin} registered crowd learner '{name}' with options={options!r}; give a dataclass")
-        self.crowd_learners[name] = CrowdLearnerSpec(name, make, origin, options)
+            raise PluginError(f"{origin} registered {kind} '{name}' with options={options!r}; give a dataclass")
+        table[name] = MethodSpec(kind, name, make, origin, options)
 
     # --- lookups with one-line errors ------------------------------------------------------
 
@@ -130,15 +138,16 @@ class Registry:
     def task_for(self, dataset: str) -> type[Task]:
         return self.tasks[self.dataset(dataset).task].task
 
-    def oversampler(self, name: str) -> OversamplerSpec:
-        if name not in self.oversamplers:
-            raise OptionError(f"unknown oversampler '{name}'; available: {', '.join(sorted(self.oversamplers))}")
-        return self.oversamplers[name]
+    def method(self, table: dict[str, MethodSpec], kind: str, name: str) -> MethodSpec:
+        if name not in table:
+            raise OptionError(f"unknown {kind} '{name}'; available: {', '.join(sorted(table))}")
+        return table[name]
 
-    def crowd_learner(self, name: str) -> CrowdLearnerSpec:
-        if name not in self.crowd_learners:
-            raise OptionError(f"unknown crowd learner '{name}'; available: {', '.join(sorted(self.crowd_learners))}")
-        return self.crowd_learners[name]
+    def oversampler(self, name: str) -> MethodSpec:
+        return self.method(self.oversamplers, "oversampler", name)
+
+    def crowd_learner(self, name: str) -> MethodSpec:
+        return self.method(self.crowd_learners, "crowd learner", name)
 
     def build_model(self, name: str, spec: ModelInput) -> nn.Module:
         if name not in self.models:
@@ -169,9 +178,10 @@ def registry() -> Registry:
         "register_tasks": lambda origin: lambda task: found.add_task(task, origin),
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
         "register_models": lambda origin: lambda *args, **kwargs: found.add_model(origin, *args, **kwargs),
-        "register_oversamplers": lambda origin: lambda *args, **kwargs: found.add_oversampler(origin, *args, **kwargs),
-        "register_crowd_learners": lambda origin: lambda *args, **kwargs: found.add_crowd_learner(origin, *args,
-                                                                                                  **kwargs),
+        "register_oversamplers": lambda origin: lambda *args, **kwargs: found.add_method(
+            found.oversamplers, "oversampler", origin, *args, **kwargs),
+        "register_crowd_learners": lambda origin: lambda *args, **kwargs: found.add_method(
+            found.crowd_learners, "crowd learner", origin, *args, **kwargs),
     }
     for hook in hookspecs.REGISTRATION:  # tasks first, so datasets can name them
         for impl in getattr(manager.hook, hook).get_hookimpls():

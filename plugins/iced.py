@@ -139,7 +139,7 @@ class ICED:
             fit_epochs(self.model, optimizer, x[chosen], torch.from_numpy(labels[chosen]), 3 * o.warmup_epochs,
                        o.batch_size)
         posterior, _ = dawid_skene_em(crowd, num_classes, o.ds_iterations)
-        self.details["ds_original"] = posterior.argmax(axis=1).tolist()
+        self.details["ds_original_labels"] = posterior.argmax(axis=1).tolist()
         decoder = torch.nn.Sequential(torch.nn.Linear(self.model.head.in_features, 128), torch.nn.ReLU(),
                                       torch.nn.Linear(128, x.shape[1]))
         decoder_optimizer = torch.optim.Adam(decoder.parameters(), lr=o.lr)
@@ -153,7 +153,7 @@ class ICED:
             candidates = np.flatnonzero(labels == minority)
             needed = int(counts[majority] - counts[minority])
             if needed <= 0 or len(candidates) < 2:
-                self.history.append({"inferred": labels.tolist(), "synthetic": 0})
+                self.history.append({"inferred_labels": labels.tolist(), "synthetic": 0})
                 fit_epochs(self.model, optimizer, x, torch.from_numpy(labels), 1, o.batch_size)
                 continue
             k = min(o.k_neighbors, len(candidates) - 1)
@@ -172,7 +172,7 @@ class ICED:
             posterior, _ = dawid_skene_em(augmented_crowd, num_classes, o.ds_iterations)
             augmented_labels = posterior.argmax(axis=1)
             labels = augmented_labels[:len(x)]
-            self.history.append({"inferred": labels.tolist(), "synthetic": needed})
+            self.history.append({"inferred_labels": labels.tolist(), "synthetic": needed})
             fit_epochs(self.model, optimizer, torch.cat([x, x_new]), torch.from_numpy(augmented_labels), 1,
                        o.batch_size)
             self._fit_decoder(decoder, decoder_optimizer, x, o.decoder_refresh)
