@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +54,7 @@ def _default_run_dir(config: TrainConfig) -> Path:
 
 @app.command()
 def train(
+    context: typer.Context,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML config file.")] = None,
     task: Annotated[Optional[str], typer.Option(help="A registered task (default: the dataset's); checked against the dataset.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="A registered dataset (robx plugins lists them; default digits).")] = None,
@@ -80,15 +82,21 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<dataset>-<plugins>-seed<k>-<time>).")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its checkpoint.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Train with N processes on this machine (runs torchrun; one per GPU on CUDA).")] = None,
+    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="Several processes, CUDA: BatchNorm statistics of the whole global batch (SyncBatchNorm).")] = None,
+    dist_bn: Annotated[Optional[str], typer.Option(help="Several processes: BN running statistics at epoch end, reduce (mean, default) or broadcast (process 0's).")] = None,
 ) -> None:
     """Train a model; with no options, the digits demo (PGD-AT on Step-10 imbalanced digits)."""
-    from robx.cli.display import RichProgress, print_report
-    from robx.core.engine import train as run_training
+    from robx.core import distributed
 
     if resume is not None:
-        with RichProgress(console) as progress:
-            report = run_training(TrainConfig(), resume, resume=True, progress=progress)
-        print_report(console, report, f"{resume}: test {metric_name(report)} ({report['attack']['description']})")
+        if nproc is not None:
+            return launch_processes(context, nproc, resume)
+        processes = distributed.start(saved_device(resume))
+        try:
+            _train_on(processes, TrainConfig(), resume, resume=True)
+        finally:
+            distributed.stop()
         return
 
     values: dict[str, Any] = load_toml(config_file) if config_file else {}
@@ -110,12 +118,109 @@ def train(
     for name, table in overrides.items():
         options.setdefault(name, {}).update(table)
     values["plugin_options"] = options
+    if sync_bn is not None:
+        values["sync_bn"] = sync_bn
+    if dist_bn is not None:
+        values["dist_bn"] = dist_bn
     config = TrainConfig.from_dict(values)
-    run_dir = out or _default_run_dir(config)
+    if nproc is not None:
+        return launch_processes(context, nproc, None, config, out, force)
+    processes = distributed.start(config.device)
+    try:
+        run_dir = distributed.from_main(out or _default_run_dir(config), processes)
+        _train_on(processes, config, run_dir, force=force)
+    finally:
+        distributed.stop()
+
+
+def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool = False, resume: bool = False) -> None:
+    """Train (every process of a torchrun job calls this); process 0 draws and prints."""
+    from robx.cli.display import RichProgress, print_report
+    from robx.core.engine import SilentProgress
+    from robx.core.engine import train as run_training
+
+    if not processes.main:
+        run_training(config, run_dir, force=force, resume=resume, progress=SilentProgress())
+        return
     with RichProgress(console) as progress:
-        report = run_training(config, run_dir, force=force, progress=progress)
+        report = run_training(config, run_dir, force=force, resume=resume, progress=progress)
     print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']})")
     console.print(f"run directory: {run_dir}")
+
+
+def saved_device(run_dir: Path) -> str:
+    """The device a run directory's config names (a resumed job joins the right backend)."""
+    try:
+        return str(json.loads((Path(run_dir) / "config.json").read_text())["config"].get("device", "auto"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "auto"  # the engine reports the unreadable run directory in one line
+
+
+def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path], config: Optional[TrainConfig] = None,
+                     out: Optional[Path] = None, force: bool = False) -> None:
+    """``robx train --nproc N ...``: the same command under ``torchrun --standalone
+    --nproc_per_node N -m robx train ...`` (one machine; torchrun's rendezvous on a free
+    port), with the run directory chosen here so every process writes the same one. A
+    failed process ends the job; this says which checkpoint is left to resume from."""
+    import subprocess
+
+    from robx.core import distributed
+    from robx.core.plugins import PluginHost
+    from robx.core.run import check_new_run_dir
+
+    if nproc < 1:
+        raise OptionError(f"--nproc must be >= 1, got {nproc}")
+    if distributed.launched_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
+        raise OptionError("--nproc starts torchrun itself; under torchrun give --nproc_per_node to torchrun instead")
+    args = forwarded_options(context, skip=("nproc", "out", "force"))
+    if config is not None:  # bad input is one line here, not N processes' tracebacks
+        resolved = config.resolved()
+        PluginHost(resolved.plugins, resolved.plugin_options, resolved.loss)
+        out = out or _default_run_dir(config)
+        check_new_run_dir(out, force)
+        args += ["--out", str(out)] + (["--force"] if force else [])
+    else:
+        assert resume is not None
+        out = resume
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "robx", "train", *args]
+    code = subprocess.run(command).returncode
+    if code != 0:
+        raise ProcessesFailed(code, nproc, out)
+
+
+class ProcessesFailed(RobxError):
+    """The torchrun job of ``robx train --nproc`` ended with a failed process."""
+
+    def __init__(self, code: int, nproc: int, run_dir: Path) -> None:
+        from robx.core.run import finished_epoch
+
+        epoch = finished_epoch(run_dir)
+        kept = (f"the checkpoint of epoch {epoch} in {run_dir} is intact: resume with "
+                f"robx train --nproc {nproc} --resume {run_dir}") if epoch is not None else \
+            f"no epoch finished, so there is no checkpoint in {run_dir}"
+        super().__init__(f"training with {nproc} processes stopped (torchrun exit status {code}; its log is "
+                         f"above); {kept}")
+        self.code = code
+        self.exit_code = 1
+
+
+def forwarded_options(context: typer.Context, skip: tuple[str, ...]) -> list[str]:
+    """The options given on this command line, as arguments again (for torchrun's processes)."""
+    args: list[str] = []
+    for param in context.command.params:
+        value = context.params.get(param.name)
+        if param.name in skip or value is None or context.get_parameter_source(param.name).name == "DEFAULT":
+            continue
+        flag = param.opts[0]
+        if getattr(param, "is_flag", False):
+            args.append(flag if value else param.secondary_opts[0])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def metric_name(report: dict[str, Any]) -> str:
@@ -143,13 +248,31 @@ def eval_(
     norm: Annotated[Optional[str], typer.Option(help="linf or l2 (default: the run's).")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="Stratified test subset size.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Evaluation batch (default: the run's, 256); under torchrun the unit each process takes.")] = None,
 ) -> None:
-    """Re-evaluate a run's checkpoint with chosen attack settings; writes eval-*.json in the run."""
+    """Re-evaluate a run's checkpoint with chosen attack settings; writes eval-*.json in the run.
+    Under ``torchrun`` the batches are shared by the processes (the same numbers)."""
+    from robx.core import distributed
+
+    processes = distributed.start(device or saved_device(run_dir))
+    try:
+        _evaluate_on(processes, run_dir, attack_name, victims, eps, alpha, steps, norm, n_eval, device, batch_size)
+    finally:
+        distributed.stop()
+
+
+def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], victims: Optional[float],
+                 eps: Optional[str], alpha: Optional[str], steps: Optional[int], norm: Optional[str],
+                 n_eval: Optional[int], device: Optional[str], batch_size: Optional[int]) -> None:
     from robx.cli.display import RichProgress, print_report
-    from robx.core.engine import default_eval_attack, evaluate_run, load_run
+    from robx.core.engine import SilentProgress, default_eval_attack, evaluate_run, load_run
     from robx.core.report import write_json
 
     run = load_run(run_dir, device)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise OptionError("--batch-size must be >= 1")
+        run.config.eval_batch_size = batch_size
     attack = default_eval_attack(run.config, run.task.default_attack)
     if attack_name is not None:
         attack.name = "pgd" if attack_name == "pgd20" else attack_name
@@ -174,6 +297,9 @@ def eval_(
         if not 0 < victims <= 1:
             raise OptionError(f"--victims must be in (0, 1], got {victims}")
         attack.victims = victims
+    if not processes.main:
+        evaluate_run(run, run.state.model, SilentProgress(), attack, n_eval)
+        return
     with RichProgress(console) as progress:
         report = evaluate_run(run, run.state.model, progress, attack, n_eval)
     name = f"eval-{attack.tag}-n{report['n_test']}.json"
@@ -388,8 +514,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         command.main(args=argv, prog_name="robx", standalone_mode=False)
     except RobxError as error:
-        print(f"robx: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        from robx.core.distributed import PeerLostError
+
+        # every process of a torchrun job meets the same bad input: process 0 says it once
+        if os.environ.get("RANK", "0") == "0" or isinstance(error, PeerLostError):
+            print(f"robx: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except Exception as error:
         # Typer's usage errors (click's, vendored as typer._click in new releases) carry
         # format_message(); Ctrl-C arrives as an "Abort".

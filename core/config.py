@@ -33,6 +33,7 @@ Norm = Literal["linf", "l2"]
 Schedule = Literal["step", "onecycle", "constant"]
 Optimizer = Literal["sgd", "adam"]
 Imbalance = Literal["step", "exp", "none", "original"]
+BatchNormSync = Literal["reduce", "broadcast"]
 
 @dataclass
 class TrainConfig:
@@ -74,6 +75,10 @@ class TrainConfig:
     device: str = "auto"
     data_root: str | None = None
     eval_batch_size: int = 256
+    # several processes (torchrun; robx.core.distributed): SyncBatchNorm in the training
+    # passes (CUDA), and how the processes' BN running statistics agree at epoch end
+    sync_bn: bool = False
+    dist_bn: BatchNormSync = "reduce"
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled from the dataset's registered defaults, validated."""
@@ -134,6 +139,7 @@ class TrainConfig:
              f"imbalance must be step, exp, none or original, got {self.imbalance!r}"),
             (self.eval_alpha is None or self.eval_alpha >= 0, "eval_alpha must be >= 0"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (self.dist_bn in ("reduce", "broadcast"), f"dist_bn must be reduce or broadcast, got {self.dist_bn!r}"),
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
             (all(0 < m < 1 for m in self.milestones), "milestones are fractions of the epochs, in (0, 1)"),
             (all(name.strip() for name in self.plugins), f"plugins holds an empty name: {self.plugins!r}"),

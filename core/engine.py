@@ -29,7 +29,9 @@ from robx.core import run as rundir
 from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig
+from robx.core import distributed
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
+from robx.core.distributed import BatchPasses, Processes
 from robx.core.errors import NonFiniteLossError, OptionError, RobxError, TrainingPaused
 from robx.core.evaluate import AttackSettings, evaluate
 from robx.core.plugins import PluginHost, options_as_dict
@@ -130,6 +132,10 @@ class Run:
     schedule_per_batch: bool
     generator: torch.Generator
     run_dir: Path
+    #: this process's place in the job (one process: rank 0 of 1)
+    processes: Processes
+    #: the training passes' module: BatchPasses of the model, under DDP across processes
+    trainer: torch.nn.Module
     #: the protocol split's class counts: the run's majority / minority in every report, also
     #: when a data-level plugin (``training_set``) balanced the examples it trains on
     real_class_counts: list[int] = dataclasses.field(default_factory=list)
@@ -192,7 +198,13 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
     host.check_run(state)
     generator = torch.Generator().manual_seed(config.seed)
-    return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, real_class_counts)
+    processes = distributed.current()
+    if processes.distributed and config.sync_bn:
+        distributed.check_sync_bn(device)
+        state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    trainer = distributed.data_parallel(state.model, device, processes)
+    return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, trainer,
+               real_class_counts)
 
 
 def _checked_training_set(replaced: Split, original: Split, num_classes: int, owner: str) -> Split:
@@ -259,7 +271,12 @@ def forward_passes(model: torch.nn.Module, step: Step, views: frozenset[str], tr
     beside Imb-Mix's mixed rows), keeps one BN batch for everything adversarial. A view that
     is the unchanged trained rows is the same tensor (no second pass); natural training
     (x' is x) has a single distribution.
+
+    ``model`` is the model, or a :class:`robx.core.distributed.BatchPasses` of it (under DDP
+    across processes): both passes are then one call, one DDP forward per step.
     """
+    passes = model if isinstance(model, BatchPasses) or isinstance(
+        getattr(model, "module", None), BatchPasses) else BatchPasses(model)
     natural = step.x_adv is step.x
     source = step.x if trains_on == "clean" or natural else step.x_adv
     rows_kind = "clean" if source is step.x else "adversarial"
@@ -280,13 +297,11 @@ def forward_passes(model: torch.nn.Module, step: Step, views: frozenset[str], tr
             parts.append(tensor)
             index = len(parts) - 1
         wanted[view] = (kind, index)
+    kinds = [kind for kind in ("clean", "adversarial") if batches[kind]]
+    inputs = [torch.cat(batches[kind]) if len(batches[kind]) > 1 else batches[kind][0] for kind in kinds]
     results: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for kind in ("clean", "adversarial"):
-        parts = batches[kind]
-        if not parts:
-            continue
-        features, outputs = model(torch.cat(parts) if len(parts) > 1 else parts[0])
-        sizes = [len(part) for part in parts]
+    for kind, (features, outputs) in zip(kinds, passes(*inputs)):
+        sizes = [len(part) for part in batches[kind]]
         results[kind] = list(zip(features.split(sizes), outputs.split(sizes)))
     step.features, step.outputs = results[rows_kind][0]
     for view, (kind, index) in wanted.items():
@@ -330,11 +345,13 @@ def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tens
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
-               tracker: ScoreAccumulator, loss_sums: dict[str, torch.Tensor]) -> None:
+               tracker: ScoreAccumulator, loss_sums: dict[str, torch.Tensor], share: float = 1.0) -> None:
+    """One step on a batch; across processes, on this process's slice of the global batch,
+    its loss weighted by ``share`` (:func:`robx.core.distributed.rank_shards`)."""
     state, host, model = run.state, run.host, run.state.model
     step = prepared_step(run, x, y, labels)
     model.train()
-    forward_passes(model, step, host.views, host.trains_on)
+    forward_passes(run.trainer, step, host.views, host.trains_on)
     per_sample = host.training_loss(step, state)
     if per_sample is None:
         per_sample = run.task.loss(step.outputs, step.targets)
@@ -357,7 +374,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
         clean_logits, robust_logits = statistics_views(model, step)
         tracker.update(labels, y, clean_logits, robust_logits)
     state.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    (total * share if share != 1.0 else total).backward()
     state.optimizer.step()
     if run.schedule_per_batch:
         run.scheduler.step()
@@ -373,17 +390,24 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
 
 def split_stats(run: Run, split: Split) -> SplitStats:
     """Clean and robust statistics of a held-out split under the training attack budget
-    (PGD on the task's attack loss, the model in eval mode)."""
-    config, state = run.config, run.state
+    (PGD on the task's attack loss, the model in eval mode). As in
+    :func:`robx.core.evaluate.evaluate`, batch k has a random stream seeded from (seed, k)
+    and runs on process k mod W; the processes' sums are added up."""
+    config, state, processes = run.config, run.state, run.processes
     tracker = run.task.statistics(state.device)
-    with eval_mode(state.model):
-        for start in range(0, len(split), config.eval_batch_size):
-            part = split.subset(torch.arange(start, min(start + config.eval_batch_size, len(split))))
+    count = -(-len(split) // config.eval_batch_size)
+    forked = [state.device] if state.device.type == "cuda" else []
+    with eval_mode(state.model), torch.random.fork_rng(devices=forked):
+        for k in distributed.owned_batches(count, processes):
+            torch.manual_seed(distributed.rank_seed(config.seed, k))
+            part = split.subset(torch.arange(k * config.eval_batch_size,
+                                             min((k + 1) * config.eval_batch_size, len(split))))
             x, y, labels = run.task.inputs(part.x).to(state.device), part.y.to(state.device), part.labels.to(state.device)
             x_adv = pgd(state.model, x, y, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm,
                         loss_fn=run.task.attack_loss, bounds=run.task.input_bounds)
             with torch.no_grad():
                 tracker.update(labels, y, logits_of(state.model, x), logits_of(state.model, x_adv))
+    distributed.sum_across(tracker.summed_tensors(), processes)
     return tracker.result()
 
 
@@ -415,18 +439,25 @@ def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
 
 
 def train_epoch(run: Run, progress: Progress) -> EpochStats:
-    config, state, data = run.config, run.state, run.data
+    """One pass over the training set; across processes, each trains on its slice of every
+    global batch, and the epoch's statistics, losses and BatchNorm statistics are then
+    combined, so every process ends the epoch with the same numbers and the same model."""
+    config, state, data, processes = run.config, run.state, run.data, run.processes
     started = time.perf_counter()
     tracker = run.task.statistics(state.device)
     loss_sums: dict[str, torch.Tensor] = {}
     assert config.batch_size is not None
-    progress.start_epoch(state.epoch, -(-len(data.train) // config.batch_size))
-    for idx in epoch_batches(run):
+    shards = distributed.rank_shards(list(epoch_batches(run)), processes)
+    progress.start_epoch(state.epoch, len(shards))
+    for idx, share in shards:
         x, y, labels = training_batch(run, idx)
-        train_step(run, x, y, labels, tracker, loss_sums)
+        train_step(run, x, y, labels, tracker, loss_sums, share)
         progress.advance_batch()
     if not run.schedule_per_batch:
         run.scheduler.step()
+    distributed.sum_across([*tracker.summed_tensors(), *(loss_sums[name] for name in sorted(loss_sums))], processes)
+    if not config.sync_bn:
+        distributed.sync_batchnorm_statistics(state.model, config.dist_bn, processes)
     seen = float(len(data.train))
     totals = {name: float(value) / seen for name, value in loss_sums.items()}  # one host sync
     if not all(np.isfinite(v) for v in totals.values()):
@@ -513,9 +544,15 @@ def train(
     ``deadline`` (a ``time.monotonic()`` value), an epoch that would end after it (judged
     by the last epoch's time) is not started: :class:`TrainingPaused` is raised with the
     checkpoint in place (for device sessions with a time limit per command).
+
+    Under torchrun (a process group set up, :func:`robx.core.distributed.start`) every
+    process calls this with the same arguments; process 0 writes the run directory. A
+    process that loses the others raises :class:`robx.core.distributed.PeerLostError`
+    naming the checkpoint to resume from.
     """
     progress = progress or SilentProgress()
     run_dir = Path(run_dir)
+    processes = distributed.current()
     if resume:
         config_path = run_dir / rundir.CONFIG_FILE
         if not config_path.exists():
@@ -524,27 +561,48 @@ def train(
         payload = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE)
         run = build_run(config, run_dir)
         restore(run, payload)
-        _truncate_metrics(run_dir / rundir.METRICS_FILE, run.state.epoch)
+        if processes.main:
+            _truncate_metrics(run_dir / rundir.METRICS_FILE, run.state.epoch)
+        distributed.barrier(processes)
     else:
         run = build_run(config, run_dir)  # validate everything before touching the disk
-        rundir.prepare_run_dir(run_dir, force)
-        write_json(run_dir / rundir.CONFIG_FILE, {
-            "config": run.config.to_dict(),
-            "plugins": {name: options_as_dict(opts) for name, opts in run.host.options.items()},
-            "kernels": {op: implementation_name(op, run.state.device) for op in KERNEL_OPS},
-            "device": str(run.state.device),
-            "robx_version": __version__,
-            "torch_version": torch.__version__,
-        })
-    config, state = run.config, run.state
+        distributed.on_main(lambda: _start_run_dir(run, force), processes, "the run directory")
+    try:
+        return _train_and_evaluate(run, progress, deadline)
+    except distributed.PeerLostError as error:
+        done = run.state.history[-1].epoch if run.state.history else None
+        kept = (f"the checkpoint of epoch {done} in {run_dir} is intact" if done is not None
+                else f"no epoch finished, so {run_dir} holds no checkpoint")
+        raise distributed.PeerLostError(f"{error}; {kept}: resume with --resume {run_dir}") from error
+
+
+def _start_run_dir(run: Run, force: bool) -> None:
+    rundir.prepare_run_dir(run.run_dir, force)
+    write_json(run.run_dir / rundir.CONFIG_FILE, {
+        "config": run.config.to_dict(),
+        "plugins": {name: options_as_dict(opts) for name, opts in run.host.options.items()},
+        "kernels": {op: implementation_name(op, run.state.device) for op in KERNEL_OPS},
+        "device": str(run.state.device),
+        "processes": run.processes.world_size,
+        "robx_version": __version__,
+        "torch_version": torch.__version__,
+    })
+
+
+def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None) -> dict[str, Any]:
+    config, state, processes, run_dir = run.config, run.state, run.processes, run.run_dir
     assert config.epochs is not None
     run.host.train_start(state)
     progress.start_training(config.epochs, state.epoch)
     metrics_path = run_dir / rundir.METRICS_FILE
     for epoch in range(state.epoch, config.epochs):
-        if deadline is not None and state.history and time.monotonic() + state.history[-1].seconds > deadline:
+        late = deadline is not None and bool(state.history) and \
+            time.monotonic() + state.history[-1].seconds > deadline
+        if distributed.from_main(late, processes):
             raise TrainingPaused(epoch)
         state.epoch = epoch
+        if processes.distributed:
+            distributed.seed_rank_streams(config.seed, epoch, processes)
         refresh_class_quantities(run)
         run.host.epoch_start(state)
         used_eps = [round(v, 6) for v in state.class_eps.tolist()]
@@ -552,13 +610,19 @@ def train(
         state.epoch_stats = stats
         state.history.append(stats)
         run.host.epoch_end(state)
+        distributed.check_agreement(agreed_state(run), processes, f"epoch {epoch}")
         record = {**stats.to_json(), "class_eps": used_eps}
-        diagnostics = state.take_diagnostics()
+        diagnostics = epoch_diagnostics(run)
         if diagnostics:
             record["diagnostics"] = diagnostics
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, checkpoint_payload(run))
+        payload = checkpoint_payload(run)
+
+        def write_epoch() -> None:
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
+
+        distributed.on_main(write_epoch, processes, "the checkpoint")
         progress.end_epoch(stats)
     run.host.train_end(state)
     model = state.model
@@ -567,11 +631,42 @@ def train(
         model = averaged_eval_model(run, parameters)
         payload = checkpoint_payload(run)
         payload["eval_model"] = model.state_dict()
-        rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
+        distributed.on_main(lambda: rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload),
+                            processes, "the checkpoint")
     report = evaluate_run(run, model, progress)
-    write_json(run_dir / rundir.REPORT_FILE, report)
-    plot_per_class(report, run_dir / rundir.PLOT_FILE, plot_title(run.config, report))
+
+    def write_report() -> None:
+        write_json(run_dir / rundir.REPORT_FILE, report)
+        plot_per_class(report, run_dir / rundir.PLOT_FILE, plot_title(run.config, report))
+
+    distributed.on_main(write_report, processes, "the report")
     return report
+
+
+def agreed_state(run: Run) -> dict[str, Any]:
+    """What every process must hold identically at epoch end."""
+    state = run.state
+    return {
+        "the model's weights and BatchNorm statistics": state.model.state_dict(),
+        "the epoch's statistics": {**state.epoch_stats.to_state(), "seconds": None} if state.epoch_stats else None,
+        "the per-class budget and weights": [state.class_eps, state.class_alpha, state.class_weights,
+                                             state.regularizer_weights],
+        **{f"stash '{key}'": value for key, value in state.stash.state_dict().items()},
+    }
+
+
+def epoch_diagnostics(run: Run) -> dict[str, float]:
+    """The plugins' diagnostics of the epoch, over every process's steps."""
+    state = run.state
+    if run.processes.distributed:
+        mine = {name: (total.cpu(), count) for name, (total, count) in state.diagnostics.items()}
+        combined: dict[str, tuple[torch.Tensor, int]] = {}
+        for part in distributed.gather_objects(mine, run.processes):
+            for name, (total, count) in part.items():
+                before, seen = combined.get(name, (torch.zeros_like(total), 0))
+                combined[name] = (before + total, seen + count)
+        state.diagnostics = combined
+    return state.take_diagnostics()
 
 
 def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -583,24 +678,30 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     data path: victims, the adversary attacking the averaged weights (with the last
     iterate's BN statistics for its eval-mode passes), ``augment``, then the step's
     train-mode :func:`forward_passes` without gradients, into cumulative BN averages.
+    Across processes each passes its slice of every batch, and the averages then agree by
+    the run's BN policy (``dist_bn``).
     """
     state, host, config = run.state, run.host, run.config
     attacked = with_parameters(state.model, parameters)
     if holds_buffers(state.model, parameters):  # the owner averaged BN statistics too (CFA)
+        distributed.sync_batchnorm_statistics(attacked, config.dist_bn, run.processes)
         return attacked.eval()
     averaged = copy.deepcopy(attacked)
     trained, state.model = state.model, attacked  # the adversary reads state.model
     generator = torch.Generator().manual_seed(config.seed)
     assert config.batch_size is not None
+    batches = list(batch_indices(len(run.data.train), config.batch_size, generator))
     try:
         with cumulative_batchnorm(averaged):
             averaged.train()
-            for idx in batch_indices(len(run.data.train), config.batch_size, generator):
+            for idx, _ in distributed.rank_shards(batches, run.processes):
                 step = prepared_step(run, *training_batch(run, idx))
                 with torch.no_grad():
                     forward_passes(averaged, step, host.views, host.trains_on)
     finally:
         state.model = trained
+    if not config.sync_bn:
+        distributed.sync_batchnorm_statistics(averaged, config.dist_bn, run.processes)
     return averaged.eval()
 
 
@@ -626,10 +727,9 @@ def evaluate_run(
     n_eval = n_eval or config.n_eval
     if n_eval:
         test = test.subset(stratified_subset(test.labels, n_eval, config.data_seed))
-    torch.manual_seed(config.seed)  # the evaluation's random starts do not depend on training
     progress.start_eval(len(test), f"eval {attack.describe()}")
     result = evaluate(model, run.task, test, attack, device=run.state.device,
-                      batch_size=config.eval_batch_size, on_batch=progress.advance_eval)
+                      batch_size=config.eval_batch_size, on_batch=progress.advance_eval, processes=run.processes)
     progress.end_eval()
     assert result.clean_outputs is not None and result.robust_outputs is not None
     details = run.task.report_details(test, result.clean_outputs, result.robust_outputs, attack)

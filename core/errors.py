@@ -4,6 +4,9 @@
 class RobxError(Exception):
     """A problem with the user's input or environment (not a bug in robx)."""
 
+    #: the command line's exit status: 2 for bad input; 1 for a job that failed on its way
+    exit_code = 2
+
 
 class UnknownPluginError(RobxError):
     pass

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from robx.core.attacks import Norm, eval_mode, logits_of
+from robx.core.distributed import SINGLE, Processes, gather_objects, owned_batches, rank_seed
 
 if TYPE_CHECKING:
     from robx.core.data import Split
@@ -80,24 +81,35 @@ def evaluate(
     device: torch.device,
     batch_size: int = 256,
     on_batch: Callable[[int], None] | None = None,
+    processes: Processes = SINGLE,
 ) -> EvalResult:
-    """Clean and attacked scores of every example of ``split``, the model in eval mode."""
+    """Clean and attacked scores of every example of ``split``, the model in eval mode.
+
+    Batch k (examples k*batch_size onwards) is attacked with a random stream seeded from
+    (``attack.seed``, k), so its result does not depend on the batches before it: across
+    processes, batch k runs on process k mod W and the scores are gathered in order, the
+    same numbers as one process. The caller's random stream is left as it was.
+    """
     task.check_attack(attack.name)
-    clean, robust, clean_outputs, robust_outputs = [], [], [], []
-    with eval_mode(model):
-        for start in range(0, len(split), batch_size):
-            part = split.subset(torch.arange(start, min(start + batch_size, len(split))))
+    count = -(-len(split) // batch_size)
+    results: dict[int, tuple[torch.Tensor, ...]] = {}
+    forked = [device] if device.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=forked):
+        for k in owned_batches(count, processes):
+            torch.manual_seed(rank_seed(attack.seed, k))
+            part = split.subset(torch.arange(k * batch_size, min((k + 1) * batch_size, len(split))))
             x, y = task.inputs(part.x).to(device), part.y.to(device)
             with torch.no_grad():
-                outputs = logits_of(model, x)
-                clean.append(task.scores(outputs, y).cpu())
-                clean_outputs.append(outputs.float().cpu())
+                clean_outputs = logits_of(model, x)
             x_adv = task.adversarial_examples(model, x, y, attack)
             with torch.no_grad():
-                outputs = logits_of(model, x_adv)
-                robust.append(task.scores(outputs, y).cpu())
-                robust_outputs.append(outputs.float().cpu())
-            if on_batch is not None:
-                on_batch(len(y))
-    return EvalResult(split.labels.cpu(), torch.cat(clean), torch.cat(robust), torch.cat(clean_outputs),
-                      torch.cat(robust_outputs))
+                robust_outputs = logits_of(model, x_adv)
+                results[k] = (task.scores(clean_outputs, y).cpu(), task.scores(robust_outputs, y).cpu(),
+                              clean_outputs.float().cpu(), robust_outputs.float().cpu())
+            if on_batch is not None:  # the examples of this round of batches, all processes'
+                on_batch(min(len(split), (k - processes.rank + processes.world_size) * batch_size)
+                         - (k - processes.rank) * batch_size)
+    for gathered in gather_objects(results, processes):
+        results.update(gathered)
+    clean, robust, clean_outputs, robust_outputs = (torch.cat([results[k][i] for k in range(count)]) for i in range(4))
+    return EvalResult(split.labels.cpu(), clean, robust, clean_outputs, robust_outputs)

@@ -20,9 +20,9 @@ PLOT_FILE = "per_class.png"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, REPORT_FILE, PLOT_FILE)
 
 
-def prepare_run_dir(path: Path, force: bool) -> None:
-    """Create a fresh run directory. An existing non-empty one is an error unless ``force``,
-    and even then only a directory that holds a robx run is cleared (never arbitrary files)."""
+def check_new_run_dir(path: Path, force: bool) -> None:
+    """Raise unless ``path`` can become a fresh run directory: it does not exist or is empty,
+    or, with ``force``, it holds a robx run (never arbitrary files)."""
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run directory {path} exists and is not a directory")
     if path.exists() and any(path.iterdir()):
@@ -30,6 +30,13 @@ def prepare_run_dir(path: Path, force: bool) -> None:
             raise RunDirError(f"run directory {path} already exists; pass --force to overwrite it")
         if not (path / CONFIG_FILE).exists():
             raise RunDirError(f"refusing to overwrite {path}: it is not a robx run directory")
+
+
+def prepare_run_dir(path: Path, force: bool) -> None:
+    """Create a fresh run directory (:func:`check_new_run_dir`); with ``force`` an old
+    run's files are removed first."""
+    check_new_run_dir(path, force)
+    if path.exists() and any(path.iterdir()):
         for child in path.iterdir():
             if child.is_file() and (child.name in RUN_FILES or child.suffix in (".png", ".json", ".jsonl", ".tmp")):
                 child.unlink()
@@ -72,3 +79,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "model" not in payload or "epoch" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a robx checkpoint")
     return payload
+
+
+def finished_epoch(run_dir: Path) -> int | None:
+    """The last epoch whose checkpoint ``run_dir`` holds (``None``: no readable checkpoint)."""
+    try:
+        return int(load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None

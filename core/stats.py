@@ -104,6 +104,11 @@ class ScoreAccumulator:
             self.has_robust = True
             self.robust_sum.index_add_(0, labels, self.task.scores(robust_outputs, targets).double().flatten())
 
+    def summed_tensors(self) -> list[torch.Tensor]:
+        """The running counts and sums, which the processes of a distributed run add up
+        (``robx.core.distributed.sum_across``) before :meth:`result`."""
+        return [self.counts, self.clean_sum, self.robust_sum]
+
     def result(self) -> SplitStats:
         counts = self.counts.cpu()
         denominator = counts.clamp(min=1).double()

@@ -75,6 +75,9 @@ class ClassStatsAccumulator(ScoreAccumulator):
             self.robust_confusion += self._confusion(labels, robust_outputs)
             self.robust_prob_sum.index_add_(0, labels, robust_outputs.float().softmax(dim=1).double())
 
+    def summed_tensors(self) -> list[torch.Tensor]:
+        return [*super().summed_tensors(), self.clean_confusion, self.robust_confusion, self.robust_prob_sum]
+
     def result(self) -> SplitStats:
         stats = super().result()
         rows = stats.counts.clamp(min=1).double()[:, None]

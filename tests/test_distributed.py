@@ -1,0 +1,216 @@
+"""Several processes: torchrun spawns 2 processes on the gloo backend, and the run must be the
+run of one process (robx.core.distributed).
+
+Comparisons are against a single-process run of the same command. One process averages a
+batch of B; two processes average B/2 each and DDP averages their gradients, which is the
+same gradient up to float rounding, for a model without BatchNorm and without random draws
+(the attack's random start off, no augmentation on digits). With BatchNorm each process
+normalises its own half (dist_bn), which is a different, equally valid, model: for it these
+tests check only what must still be exact (counts, agreement, schema).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from robx.core.config import TrainConfig
+from robx.core.distributed import SINGLE, Processes, rank_shards
+from robx.core.engine import train
+from robx.core.run import load_checkpoint
+from test_plugins import install_distribution
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+# a model without BatchNorm, registered by an external package (robx's own all have BN)
+NO_BATCHNORM_MODEL = '''
+import math
+import torch.nn as nn
+from robx import hookimpl
+from robx.core.models import classifier
+
+
+@hookimpl
+def register_models(register):
+    def relu_mlp(spec):
+        width = math.prod(spec.shape)
+        return classifier(spec, nn.Sequential(nn.Flatten(), nn.Linear(width, 32), nn.ReLU()), 32)
+
+    register("relu-mlp", relu_mlp)
+'''
+
+# short digits runs: 720 training examples (5 x 131 + 5 x 13)
+SHORT = ["--steps", "3", "--eval-steps", "3", "--n-eval", "60"]
+
+
+def environment(site: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    return env
+
+
+def robx(*args: object, nproc: int = 1, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``robx ARGS`` in one process, or under ``torchrun --nproc_per_node NPROC -m robx ARGS``."""
+    launcher = [*TORCHRUN, f"--nproc_per_node={nproc}", "-m", "robx"] if nproc > 1 else [sys.executable, "-m", "robx"]
+    done = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, env=env or environment(),
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def schema(value: object) -> object:
+    """The keys of a JSON value, recursively (lists by their first element)."""
+    if isinstance(value, dict):
+        return {key: schema(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [schema(value[0])] if value else []
+    return type(value).__name__
+
+
+def test_global_batches_are_cut_into_disjoint_slices_weighted_by_size():
+    batches = list(torch.arange(23).split(7))  # 7, 7, 7, 2
+    two = [rank_shards(batches, Processes(rank, 2)) for rank in (0, 1)]
+    three = [rank_shards(batches, Processes(rank, 3)) for rank in (0, 1, 2)]
+    for shards in (two, three):
+        world = len(shards)
+        everything = torch.cat([idx for rank in shards for idx, _ in rank])
+        assert sorted(everything.tolist()) == list(range(23))  # every example once
+        for step in range(len(shards[0])):
+            sizes = [len(rank[step][0]) for rank in shards]
+            assert max(sizes) - min(sizes) <= 1
+            # DDP averages the processes' gradients: weights W n_r / n make it the batch mean
+            assert sum(rank[step][1] for rank in shards) == pytest.approx(world)
+    assert [len(idx) for idx, _ in two[0]] == [4, 4, 4, 1] and [len(idx) for idx, _ in two[1]] == [3, 3, 3, 1]
+    # the last 2 examples cannot feed 3 processes: they join the batch before (9 = 3 + 3 + 3)
+    assert [len(idx) for idx, _ in three[0]] == [3, 3, 3] and [len(idx) for idx, _ in three[2]] == [2, 2, 3]
+    assert [share for _, share in two[1]] == [3 * 2 / 7] * 3 + [1.0]
+    assert rank_shards(batches, SINGLE) == [(b, 1.0) for b in batches]
+
+
+def test_two_processes_with_half_batches_train_the_weights_of_one_process(tmp_path):
+    """(a) and (b): 2 ranks x B/2 = 1 rank x B after one epoch; counts exactly equal."""
+    site = install_distribution(tmp_path / "site", "robx_relu_mlp", NO_BATCHNORM_MODEL, {"relu-mlp": ""})
+    env = environment(site)
+    # B = 49 is odd: the processes' slices are 25 and 24 and the last batch is 34 long
+    args = ["train", "--model", "relu-mlp", "--epochs", "1", "--batch-size", "49", "--set", "pgd.random_start=false",
+            *SHORT]
+    robx(*args, "--out", tmp_path / "one", env=env)
+    robx(*args, "--out", tmp_path / "two", nproc=2, env=env)
+    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("one", "two"))
+    for name, weights in one.items():
+        scale = float(weights.abs().max()) + 1e-12
+        assert float((two[name] - weights).abs().max()) / scale < 1e-4, name
+    changed = max(float((two[k] - v).abs().max()) for k, v in one.items())
+    assert changed < 1e-4
+    (m1,), (m2,) = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert m2["train"]["counts"] == m1["train"]["counts"] == [131] * 5 + [13] * 5
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+    assert m2["train"]["robust"] == pytest.approx(m1["train"]["robust"], abs=1.5 / 13)  # a flipped argmax at most
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["processes"] == 2
+
+
+def test_per_class_counts_of_a_batchnorm_model_and_its_sampler_are_exact(tmp_path):
+    """(b) with BatchNorm and (e) resample: the class-balanced sampler draws the same global
+    examples on every process, so the epoch's per-class counts are the single process's."""
+    args = ["train", "--plugins", "resample", "--epochs", "2", "--batch-size", "64", *SHORT]
+    robx(*args, "--out", tmp_path / "one")
+    robx(*args, "--out", tmp_path / "two", nproc=2)
+    for m1, m2 in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
+        assert m2["train"]["counts"] == m1["train"]["counts"]
+        assert sum(m2["train"]["counts"]) == 720
+        assert min(m2["train"]["counts"]) > 40  # resampled: the 13-example classes drawn often
+    report1 = json.loads((tmp_path / "one" / "report.json").read_text())
+    report2 = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert schema(report2) == schema(report1)
+
+
+@pytest.mark.parametrize("attack", [[], ["--attack", "autoattack", "--n-eval", "20"]], ids=["pgd", "autoattack"])
+def test_sharded_evaluation_is_the_single_process_evaluation(trained_run, attack):
+    """(c): each process attacks whole evaluation batches and the flags are gathered."""
+    if attack:
+        pytest.importorskip("pyautoattack")
+    args = ["eval", trained_run, "--steps", "5", "--n-eval", "100", "--batch-size", "10" if attack else "16", *attack]
+    reports = []
+    for nproc in (1, 2):
+        robx(*args, nproc=nproc)
+        written = max(Path(trained_run).glob("eval-*.json"), key=lambda path: path.stat().st_mtime_ns)
+        reports.append(json.loads(written.read_text()))
+    assert reports[1] == reports[0]
+    assert reports[0]["n_test"] == (20 if attack else 100)
+
+
+def _rank_process(marker: str, local_rank: int) -> int | None:
+    """The pid of the torchrun worker with LOCAL_RANK ``local_rank`` whose command names ``marker``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            variables = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in command and "-m robx train" in command and f"LOCAL_RANK={local_rank}".encode() in variables:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the worker process through /proc")
+def test_a_killed_process_ends_the_job_and_resume_finishes_it(tmp_path):
+    """(d): SIGKILL one process mid-epoch; the job stops with one clear line, the checkpoint
+    of the last finished epoch is intact, and ``--resume`` completes the run."""
+    run_dir = tmp_path / "killed"
+    job = subprocess.Popen([sys.executable, "-m", "robx", "train", "--nproc", "2", "--epochs", "4", *SHORT,
+                            "--out", run_dir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=environment())
+    deadline = time.monotonic() + 240
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text()):
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first epoch"
+        time.sleep(0.05)
+    finished = len(metrics(run_dir))
+    victim = _rank_process(str(run_dir), 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("robx: error: training with 2 processes stopped")
+    assert f"resume with robx train --nproc 2 --resume {run_dir}" in last
+    kept = load_checkpoint(run_dir / "checkpoint.pt")
+    assert kept["epoch"] + 1 >= finished and kept["epoch"] < 3
+    assert not (run_dir / "report.json").exists()
+    robx("train", "--nproc", "2", "--resume", run_dir)
+    assert [m["epoch"] for m in metrics(run_dir)] == [0, 1, 2, 3]
+    assert json.loads((run_dir / "report.json").read_text())["epochs"] == 4
+
+
+@pytest.mark.parametrize("plugins", [["dafa,trades", "--set", "dafa.warmup=0.5"],
+                                     ["srat,imbmix", "--set", "srat.start_epoch=1", "--set", "imbmix.swa_start=0.5"]],
+                         ids=["dafa-trades", "srat-imbmix"])
+def test_epoch_end_plugins_run_under_two_processes_with_the_report_schema_of_one(tmp_path, plugins):
+    """(e): DAFA's class weights, SRAT's start and Imb-Mix's copies and SWA under 2 processes.
+    The engine checks at every epoch end that the processes hold the same model, statistics,
+    per-class quantities and plugin stash, so a finished run is the check that they agree."""
+    args = ["train", "--plugins", *plugins, "--epochs", "2", "--batch-size", "64", *SHORT]
+    robx(*args, "--out", tmp_path / "two", nproc=2)
+    single = train(TrainConfig(dataset="digits", plugins=plugins[0].split(","), epochs=1, batch_size=64, steps=2,
+                               eval_steps=2, n_eval=60), tmp_path / "one")
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert schema(report) == schema(json.loads(json.dumps(single)))
+    last = metrics(tmp_path / "two")[-1]
+    assert last["train"]["counts"] == [131] * 5 + [13] * 5
+    if plugins[0].startswith("dafa"):
+        assert len(set(last["class_eps"])) > 1  # DAFA's per-class budget is on after warm-up
