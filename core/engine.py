@@ -199,9 +199,10 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     host.check_run(state)
     generator = torch.Generator().manual_seed(config.seed)
     processes = distributed.current()
-    if processes.distributed and config.sync_bn:
+    if config.sync_bn:
         distributed.check_sync_bn(device)
-        state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if processes.distributed:
+            state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     trainer = distributed.data_parallel(state.model, device, processes)
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, trainer,
                real_class_counts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Literal
@@ -47,11 +48,28 @@ _FUSED = {
 @lru_cache(maxsize=None)
 def _load(op: str, implementation: str) -> Callable | None:
     module_name, _, attribute = _FUSED[(op, implementation)].partition(":")
+    if implementation == "numba" and "numba" not in sys.modules:
+        # numba starts one pool of NUMBA_NUM_THREADS threads (default: every core) whose idle
+        # threads spin; size it to torch's pool, which follows OMP_NUM_THREADS (torchrun sets 1
+        # for several processes per machine)
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
     try:
         module = importlib.import_module(module_name)
     except ImportError:  # triton or numba not installed: the reference serves
         return None
     return getattr(module, attribute)
+
+
+def _numba_threads_like_torch() -> None:
+    """numba's parallel loops take as many threads as torch's intra-op pool. A process that
+    was given fewer cores (``OMP_NUM_THREADS=1``, as torchrun sets for several processes per
+    machine) must not run more: numba's threads spin while they wait, and two torchrun
+    processes that each ran two on two cores trained 10-20x slower (measured here)."""
+    import numba
+
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
 
 
 def _choose(op: str, device: torch.device, dtype: torch.dtype) -> Implementation:
@@ -63,7 +81,11 @@ def _choose(op: str, device: torch.device, dtype: torch.dtype) -> Implementation
         implementation = "numba"
     else:
         return "torch-reference"
-    return implementation if _load(op, implementation) is not None else "torch-reference"
+    if _load(op, implementation) is None:
+        return "torch-reference"
+    if implementation == "numba":
+        _numba_threads_like_torch()
+    return implementation
 
 
 def implementation_name(op: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:

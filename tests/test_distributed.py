@@ -28,7 +28,10 @@ from robx.core.engine import train
 from robx.core.run import load_checkpoint
 from test_plugins import install_distribution
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+# the README's `torchrun` (the console script torch installs beside this Python), else its module
+_SCRIPT = Path(sys.executable).parent / "torchrun"
+TORCHRUN = [str(_SCRIPT) if _SCRIPT.exists() else sys.executable, *([] if _SCRIPT.exists() else
+            ["-m", "torch.distributed.run"]), "--standalone"]
 
 # a model without BatchNorm, registered by an external package (robx's own all have BN)
 NO_BATCHNORM_MODEL = '''
@@ -112,9 +115,9 @@ def test_two_processes_with_half_batches_train_the_weights_of_one_process(tmp_pa
     one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("one", "two"))
     for name, weights in one.items():
         scale = float(weights.abs().max()) + 1e-12
-        assert float((two[name] - weights).abs().max()) / scale < 1e-4, name
+        assert float((two[name] - weights).abs().max()) / scale < 1e-5, name
     changed = max(float((two[k] - v).abs().max()) for k, v in one.items())
-    assert changed < 1e-4
+    assert changed < 1e-5
     (m1,), (m2,) = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert m2["train"]["counts"] == m1["train"]["counts"] == [131] * 5 + [13] * 5
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
@@ -126,7 +129,7 @@ def test_two_processes_with_half_batches_train_the_weights_of_one_process(tmp_pa
 def test_per_class_counts_of_a_batchnorm_model_and_its_sampler_are_exact(tmp_path):
     """(b) with BatchNorm and (e) resample: the class-balanced sampler draws the same global
     examples on every process, so the epoch's per-class counts are the single process's."""
-    args = ["train", "--plugins", "resample", "--epochs", "2", "--batch-size", "64", *SHORT]
+    args = ["train", "--plugins", "resample", "--epochs", "1", "--batch-size", "64", *SHORT]
     robx(*args, "--out", tmp_path / "one")
     robx(*args, "--out", tmp_path / "two", nproc=2)
     for m1, m2 in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True):
@@ -138,19 +141,19 @@ def test_per_class_counts_of_a_batchnorm_model_and_its_sampler_are_exact(tmp_pat
     assert schema(report2) == schema(report1)
 
 
-@pytest.mark.parametrize("attack", [[], ["--attack", "autoattack", "--n-eval", "20"]], ids=["pgd", "autoattack"])
+@pytest.mark.parametrize("attack", [[], ["--attack", "autoattack", "--n-eval", "10"]], ids=["pgd", "autoattack"])
 def test_sharded_evaluation_is_the_single_process_evaluation(trained_run, attack):
     """(c): each process attacks whole evaluation batches and the flags are gathered."""
     if attack:
         pytest.importorskip("pyautoattack")
-    args = ["eval", trained_run, "--steps", "5", "--n-eval", "100", "--batch-size", "10" if attack else "16", *attack]
+    args = ["eval", trained_run, "--steps", "5", "--n-eval", "100", "--batch-size", "5" if attack else "16", *attack]
     reports = []
     for nproc in (1, 2):
         robx(*args, nproc=nproc)
         written = max(Path(trained_run).glob("eval-*.json"), key=lambda path: path.stat().st_mtime_ns)
         reports.append(json.loads(written.read_text()))
     assert reports[1] == reports[0]
-    assert reports[0]["n_test"] == (20 if attack else 100)
+    assert reports[0]["n_test"] == (10 if attack else 100)
 
 
 def _rank_process(marker: str, local_rank: int) -> int | None:
@@ -195,6 +198,31 @@ def test_a_killed_process_ends_the_job_and_resume_finishes_it(tmp_path):
     robx("train", "--nproc", "2", "--resume", run_dir)
     assert [m["epoch"] for m in metrics(run_dir)] == [0, 1, 2, 3]
     assert json.loads((run_dir / "report.json").read_text())["epochs"] == 4
+    # with the same number of processes the resumed run is the uninterrupted one, bit for bit
+    robx("train", "--epochs", "4", *SHORT, "--out", tmp_path / "straight", nproc=2)
+    resumed, straight = (load_checkpoint(path / "checkpoint.pt")["model"] for path in (run_dir, tmp_path / "straight"))
+    assert all(torch.equal(resumed[name], straight[name]) for name in straight)
+
+
+def test_a_single_process_run_resumes_under_two_processes(tmp_path, monkeypatch):
+    """Resume with another number of processes: the epochs, batches and report go on."""
+    import robx.core.engine as engine
+
+    real_epoch = engine.train_epoch
+
+    def killed(run, progress):
+        if run.state.epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(run, progress)
+
+    monkeypatch.setattr(engine, "train_epoch", killed)
+    config = TrainConfig(dataset="digits", epochs=2, steps=2, eval_steps=2, n_eval=60, batch_size=64)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run")
+    robx("train", "--resume", tmp_path / "run", nproc=2)
+    assert [m["epoch"] for m in metrics(tmp_path / "run")] == [0, 1]
+    assert metrics(tmp_path / "run")[1]["train"]["counts"] == [131] * 5 + [13] * 5
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["n_test"] == 60
 
 
 @pytest.mark.parametrize("plugins", [["dafa,trades", "--set", "dafa.warmup=0.5"],
