@@ -8,6 +8,11 @@ gets cores / processes threads, as torchrun's OMP_NUM_THREADS default does for s
 
     python benchmarks/ddp.py                 # CPU here
     python benchmarks/ddp.py --device cuda   # a GPU machine (1 process; 2 where 2 GPUs)
+    python benchmarks/ddp.py --agreement     # per-process BN: 2 processes vs 1, beside 2 seeds
+
+`--agreement` trains the digits demo (5 epochs) with 1 process at seeds 0 and 1 and with 2
+processes at seed 0, and reports the relative weight distance ||w - w_ref|| / ||w_ref|| and
+the test scores: how far per-process BatchNorm moves a run, against how far a seed does.
 
 Resumable: a finished (workload, launcher) row in the result file is not run again.
 """
@@ -28,7 +33,7 @@ from benchmarks.meta import RESULTS, write_result  # noqa: E402
 
 WORKLOADS = {
     # the README's default job: PGD-10 AT of a 16-channel CNN on 8x8 digits, batch 64
-    "digits-pgd10": ["--epochs", "2", "--eval-steps", "1", "--n-eval", "20"],
+    "digits-pgd10": ["--epochs", "3", "--eval-steps", "1", "--n-eval", "20"],
     # CIFAR-10-sized inputs: PGD-10 AT of the 32-channel CNN on 2,000 images, batch 128
     "cifar10-smallcnn-pgd10": ["--dataset", "cifar10", "--imbalance", "none", "--n-max", "200", "--model", "smallcnn",
                                "--epochs", "2", "--batch-size", "128", "--steps", "10", "--eval-steps", "1",
@@ -66,13 +71,56 @@ def measure(workload: str, launcher: str, device: str) -> dict:
                                           / examples, 4)}
 
 
+def trained(args: list[str], nproc: int, out: Path) -> tuple[dict, dict]:
+    launcher = "plain" if nproc == 1 else f"torchrun-{nproc}"
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)), MPLBACKEND="Agg")
+    done = subprocess.run(launch(launcher, args, out), capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{args} with {nproc} processes failed:\n{done.stderr[-2000:]}")
+    import torch
+
+    model = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    return model, json.loads((out / "report.json").read_text())
+
+
+def agreement(device: str) -> dict:
+    import torch
+
+    args = ["--epochs", "5", "--device", device]
+    with tempfile.TemporaryDirectory() as scratch:
+        ref, ref_report = trained([*args, "--seed", "0"], 1, Path(scratch) / "one")
+        other_seed, seed_report = trained([*args, "--seed", "1"], 1, Path(scratch) / "seed1")
+        two, two_report = trained([*args, "--seed", "0"], 2, Path(scratch) / "two")
+    weights = [name for name, t in ref.items() if t.is_floating_point() and "running" not in name]
+
+    def distance(model: dict) -> float:
+        num = sum(float((model[n] - ref[n]).pow(2).sum()) for n in weights)
+        return round((num / sum(float(ref[n].pow(2).sum()) for n in weights)) ** 0.5, 4)
+
+    def scores(report: dict) -> dict:
+        return {kind: {k: round(report["summary"][kind][k], 4) for k in ("overall", "majority", "minority")}
+                for kind in ("standard", "robust")}
+
+    return {"workload": "digits demo, 5 epochs", "reference": "1 process, seed 0",
+            "relative_weight_distance": {"1 process, seed 1": distance(other_seed),
+                                         "2 processes, seed 0 (per-process BN, dist_bn reduce)": distance(two)},
+            "test": {"1 process, seed 0": scores(ref_report), "1 process, seed 1": scores(seed_report),
+                     "2 processes, seed 0": scores(two_report)}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--launchers", nargs="+", default=["plain", "torchrun-1", "torchrun-2"])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--agreement", action="store_true")
     args = parser.parse_args()
+    if args.agreement:
+        result = agreement(args.device)
+        print(json.dumps(result, indent=1))
+        write_result(RESULTS / "ddp" / f"agreement-{args.device}.json", result)
+        return
     path = RESULTS / "ddp" / f"ddp-{args.device}.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
     for workload in args.workloads:
