@@ -166,7 +166,7 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
 
     from robx.core import distributed
     from robx.core.plugins import PluginHost
-    from robx.core.run import check_new_run_dir
+    from robx.core.run import check_new_run_dir, load_checkpoint
 
     if nproc < 1:
         raise OptionError(f"--nproc must be >= 1, got {nproc}")
@@ -182,6 +182,9 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
     else:
         assert resume is not None
         out = resume
+        if not (out / "config.json").exists():
+            raise RobxError(f"cannot resume: {out / 'config.json'} does not exist")
+        load_checkpoint(out / "checkpoint.pt")  # unreadable or not plain data: one line here
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "robx", "train", *args]
     code = subprocess.run(command).returncode

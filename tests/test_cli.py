@@ -54,6 +54,11 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--config", "missing.toml"], "config file not found"),
         (["eval", "nowhere"], "not a robx run directory"),
         (["train", "--resume", "nowhere"], "cannot resume"),
+        (["train", "--nproc", "2", "--resume", "nowhere"], "cannot resume"),  # before torchrun starts
+        (["train", "--nproc", "2", "--plugins", "nope"], "unknown plugin 'nope'"),
+        (["train", "--nproc", "0"], "--nproc must be >= 1"),
+        (["train", "--dist-bn", "mean"], "config key 'dist_bn' must be one of reduce, broadcast"),
+        (["train", "--sync-bn", "--device", "cpu"], "sync_bn needs CUDA"),
         (["bogus"], "No such command"),
     ],
 )
