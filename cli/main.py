@@ -82,6 +82,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<dataset>-<plugins>-seed<k>-<time>).")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its checkpoint.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 (default) or bf16: autocast of the training step (attack, passes, loss); evaluation stays fp32.")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Image batches and conv weights in channels_last (default: the device's measured choice).")] = None,
     nproc: Annotated[Optional[int], typer.Option(help="Train with N processes on this machine (runs torchrun; one per GPU on CUDA).")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="Several processes, CUDA: BatchNorm statistics of the whole global batch (SyncBatchNorm).")] = None,
     dist_bn: Annotated[Optional[str], typer.Option(help="Several processes: BN running statistics at epoch end, reduce (mean, default) or broadcast (process 0's).")] = None,
@@ -105,7 +107,7 @@ def train(
         "val_fraction": val_fraction, "model": model, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "optimizer": optimizer, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
         "alpha": _number(alpha, "alpha"), "steps": steps, "eval_steps": eval_steps, "n_eval": n_eval,
-        "seed": seed, "device": device, "loss": loss,
+        "seed": seed, "device": device, "loss": loss, "precision": precision, "channels_last": channels_last,
     }
     values.update({k: v for k, v in cli_values.items() if v is not None})
     if plugins is not None:

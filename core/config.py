@@ -34,6 +34,7 @@ Schedule = Literal["step", "onecycle", "constant"]
 Optimizer = Literal["sgd", "adam"]
 Imbalance = Literal["step", "exp", "none", "original"]
 BatchNormSync = Literal["reduce", "broadcast"]
+Precision = Literal["fp32", "bf16"]
 
 @dataclass
 class TrainConfig:
@@ -75,6 +76,10 @@ class TrainConfig:
     device: str = "auto"
     data_root: str | None = None
     eval_batch_size: int = 256
+    # the training step's arithmetic: fp32, or bf16 autocast (attack, forward passes and loss;
+    # evaluation stays fp32); channels_last for image models (None: the device's measured choice)
+    precision: Precision = "fp32"
+    channels_last: bool | None = None
     # several processes (torchrun; robx.core.distributed): SyncBatchNorm in the training
     # passes (CUDA), and how the processes' BN running statistics agree at epoch end
     sync_bn: bool = False

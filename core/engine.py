@@ -136,6 +136,8 @@ class Run:
     processes: Processes
     #: the training passes' module: BatchPasses of the model, under DDP across processes
     trainer: torch.nn.Module
+    #: the layout of image batches (channels_last where the model and device want it)
+    layout: torch.memory_format = torch.contiguous_format
     #: the protocol split's class counts: the run's majority / minority in every report, also
     #: when a data-level plugin (``training_set``) balanced the examples it trains on
     real_class_counts: list[int] = dataclasses.field(default_factory=list)
@@ -159,6 +161,28 @@ def build_model(found: Registry, name: str, spec: ModelInput) -> torch.nn.Module
     return model
 
 
+#: channels_last for convolutional models unless the config says otherwise, per device type.
+#: CPU, measured (benchmarks/e2e.py, results/e2e/cpu.json, robx's fp32 PGD-10 AT step):
+#: PreAct ResNet-18 7.16 vs 6.78 images/s (+6 %), WRN-34-10 0.62 vs 0.67 (-7 %): no layout wins,
+#: so NCHW stays. CUDA: channels_last is the layout cuDNN's tensor-core convolutions use
+#: (not yet measured by robx on a GPU: benchmarks/e2e.py --device cuda decides it)
+CHANNELS_LAST_BY_DEVICE = {"cpu": False, "cuda": True}
+
+
+def memory_format(config: TrainConfig, device: torch.device, model: torch.nn.Module) -> torch.memory_format:
+    """The layout of the run's input batches and convolution weights: channels_last for a
+    model with 2-D convolutions when the config (or the device's default) asks for it."""
+    wanted = config.channels_last if config.channels_last is not None else \
+        CHANNELS_LAST_BY_DEVICE.get(device.type, False)
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return torch.channels_last if wanted and convolutional else torch.contiguous_format
+
+
+def step_precision(config: TrainConfig, device: torch.device) -> torch.autocast:
+    """The training step's autocast: bf16 for ``precision = "bf16"``, else off (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
 def build_run(config: TrainConfig, run_dir: Path) -> Run:
     config = config.resolved()
     seed_everything(config.seed)
@@ -172,7 +196,10 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed)
     task = task_type(data)
-    model = build_model(found, config.model, dataclasses.replace(task.model_input(), head=host.head)).to(device)
+    spec = dataclasses.replace(task.model_input(), head=host.head)
+    model = build_model(found, config.model, spec)
+    layout = memory_format(config, device, model)
+    model = model.to(device, memory_format=layout)
     optimizer = build_optimizer(config, model)
     state = TrainState(
         config=config,
@@ -205,7 +232,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
             state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     trainer = distributed.data_parallel(state.model, device, processes)
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, trainer,
-               real_class_counts)
+               layout, real_class_counts)
 
 
 def _checked_training_set(replaced: Split, original: Split, num_classes: int, owner: str) -> Split:
@@ -302,6 +329,7 @@ def forward_passes(model: torch.nn.Module, step: Step, views: frozenset[str], tr
     inputs = [torch.cat(batches[kind]) if len(batches[kind]) > 1 else batches[kind][0] for kind in kinds]
     results: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for kind, (features, outputs) in zip(kinds, passes(*inputs)):
+        features, outputs = features.float(), outputs.float()  # bf16 under autocast; losses want fp32
         sizes = [len(part) for part in batches[kind]]
         results[kind] = list(zip(features.split(sizes), outputs.split(sizes)))
     step.features, step.outputs = results[rows_kind][0]
@@ -348,32 +376,35 @@ def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tens
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
                tracker: ScoreAccumulator, loss_sums: dict[str, torch.Tensor], share: float = 1.0) -> None:
     """One step on a batch; across processes, on this process's slice of the global batch,
-    its loss weighted by ``share`` (:func:`robx.core.distributed.rank_shards`)."""
+    its loss weighted by ``share`` (:func:`robx.core.distributed.rank_shards`). With
+    ``precision = "bf16"`` the attack, the forward passes and the loss run under bf16
+    autocast; plugins see fp32 outputs and features."""
     state, host, model = run.state, run.host, run.state.model
-    step = prepared_step(run, x, y, labels)
-    model.train()
-    forward_passes(run.trainer, step, host.views, host.trains_on)
-    per_sample = host.training_loss(step, state)
-    if per_sample is None:
-        per_sample = run.task.loss(step.outputs, step.targets)
-    step.per_sample_loss = per_sample
-    weights = host.sample_weights(step, state)
-    if weights is not None and weights.shape != per_sample.shape:
-        raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
-                        f"{tuple(per_sample.shape)} per-sample losses")
-    if state.class_weights is None:
-        loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
-    else:
-        by_class = run.task.row_weights(state.class_weights, step.targets, step.row_labels)
-        weighted = per_sample * by_class * (weights if weights is not None else 1.0)
-        # the owner's declared average: over the rows' class weights, or over the batch
-        loss = weighted.sum() / by_class.sum() if host.class_weighted_mean else weighted.mean()
-    terms = host.extra_losses(step, state)
-    total = loss + sum(terms.values()) if terms else loss
+    with step_precision(run.config, state.device):  # the backward runs outside autocast, as torch advises
+        step = prepared_step(run, x, y, labels)
+        model.train()
+        forward_passes(run.trainer, step, host.views, host.trains_on)
+        per_sample = host.training_loss(step, state)
+        if per_sample is None:
+            per_sample = run.task.loss(step.outputs, step.targets)
+        step.per_sample_loss = per_sample
+        weights = host.sample_weights(step, state)
+        if weights is not None and weights.shape != per_sample.shape:
+            raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
+                            f"{tuple(per_sample.shape)} per-sample losses")
+        if state.class_weights is None:
+            loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+        else:
+            by_class = run.task.row_weights(state.class_weights, step.targets, step.row_labels)
+            weighted = per_sample * by_class * (weights if weights is not None else 1.0)
+            # the owner's declared average: over the rows' class weights, or over the batch
+            loss = weighted.sum() / by_class.sum() if host.class_weighted_mean else weighted.mean()
+        terms = host.extra_losses(step, state)
+        total = loss + sum(terms.values()) if terms else loss
 
-    with torch.no_grad():
-        clean_logits, robust_logits = statistics_views(model, step)
-        tracker.update(labels, y, clean_logits, robust_logits)
+        with torch.no_grad():
+            clean_logits, robust_logits = statistics_views(model, step)
+            tracker.update(labels, y, clean_logits, robust_logits)
     state.optimizer.zero_grad(set_to_none=True)
     (total * share if share != 1.0 else total).backward()
     state.optimizer.step()
@@ -419,6 +450,8 @@ def training_batch(run: Run, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     x = run.task.inputs(part.x).to(run.state.device)
     if run.config.augment:
         x = run.task.augment_batch(x)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=run.layout)
     return x, part.y.to(run.state.device), part.labels.to(run.state.device)
 
 

@@ -62,18 +62,26 @@ def pgd_step_numba(
 ) -> torch.Tensor:
     batch = x_adv.shape[0]
     shape = x_adv.shape
+    # a channels_last batch is read and written in its memory order (N, H, W, C): the result
+    # keeps its layout and no tensor is copied into NCHW order on the way
+    channels_last = x_adv.dim() == 4 and not x_adv.is_contiguous() and \
+        x_adv.is_contiguous(memory_format=torch.channels_last)
+
+    def in_memory_order(t: torch.Tensor) -> torch.Tensor:
+        return t.permute(0, 2, 3, 1) if channels_last else t
 
     def flat(t: torch.Tensor) -> np.ndarray:
-        return t.detach().reshape(batch, -1).contiguous().numpy()
+        return in_memory_order(t.detach()).reshape(batch, -1).contiguous().numpy()
 
     eps_np = per_sample(eps, batch, x_adv).reshape(batch).contiguous().numpy()
     alpha_np = per_sample(alpha, batch, x_adv).reshape(batch).contiguous().numpy()
     has_mask = mask is not None
     mask_np = flat(mask.expand(shape).to(torch.bool)) if has_mask else np.ones((1, 1), dtype=np.bool_)
-    out = torch.empty_like(x_adv).reshape(batch, -1)
+    result = torch.empty_like(x_adv, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    out = in_memory_order(result).reshape(batch, -1)  # a view: the kernel writes into result
     kernel = _linf if norm == "linf" else _l2
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     kernel(flat(x_adv), flat(grad), flat(x_orig), eps_np, alpha_np, mask_np, has_mask, float(bounds[0]), float(bounds[1]),
            out.numpy())
-    return out.reshape(shape)
+    return result

@@ -277,3 +277,22 @@ def test_topk_plugin_trains_end_to_end_and_rejects_pixels_of_flat_inputs(tmp_pat
     with pytest.raises(RobxError, match="granularity=element"):
         TopK(TopK.Options(granularity="pixel")).select_victims(step=Step(x=torch.rand(2, 5), y=torch.zeros(2, dtype=torch.long), labels=torch.zeros(2, dtype=torch.long)),
                                             state=None)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("grad_layout", ["channels_last", "nchw"])
+def test_numba_pgd_step_on_channels_last_batches_equals_the_reference_and_keeps_the_layout(norm, grad_layout):
+    """channels_last batches are stepped in their memory order; the values are the NCHW
+    reference's (the layout must not change which pixel belongs to which sample)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 3, 6, 7, generator=generator).contiguous(memory_format=torch.channels_last)
+    x_adv = (x + 0.02 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+    grad = torch.randn(x.shape, generator=generator)
+    grad = grad.contiguous(memory_format=torch.channels_last) if grad_layout == "channels_last" else grad
+    mask = torch.rand(5, 1, 6, 7, generator=generator) > 0.5
+    eps = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05])
+    for chosen in (None, mask):
+        stepped = numba_pgd.pgd_step_numba(x_adv, grad, x, eps, 0.01, norm, chosen)
+        expected = pgd_step_reference(x_adv.contiguous(), grad.contiguous(), x.contiguous(), eps, 0.01, norm, chosen)
+        torch.testing.assert_close(stepped, expected, atol=1e-6, rtol=0)
+        assert stepped.is_contiguous(memory_format=torch.channels_last)
