@@ -178,6 +178,9 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
     if config is not None:  # bad input is one line here, not N processes' tracebacks
         resolved = config.resolved()
         PluginHost(resolved.plugins, resolved.plugin_options, resolved.loss)
+        if resolved.batch_size is not None and resolved.batch_size < nproc:
+            raise OptionError(f"--batch-size {resolved.batch_size} is the global batch: it leaves some of the "
+                              f"{nproc} processes without an example")
         out = out or _default_run_dir(config)
         check_new_run_dir(out, force)
         args += ["--out", str(out)] + (["--force"] if force else [])

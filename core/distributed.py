@@ -152,6 +152,9 @@ def rank_shards(batches: Sequence[torch.Tensor], processes: Processes) -> list[t
     if not batches or len(batches[-1]) < world:
         total = sum(len(batch) for batch in batches)
         raise OptionError(f"{total} training examples cannot be shared by {world} processes; use fewer processes")
+    if min(len(batch) for batch in batches) < world:
+        raise OptionError(f"a batch of {min(len(batch) for batch in batches)} leaves some of the {world} processes "
+                          f"without an example; use a batch size of at least {world}")
     shards = []
     for batch in batches:
         part = batch.tensor_split(world)[processes.rank]

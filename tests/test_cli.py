@@ -57,6 +57,7 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--nproc", "2", "--resume", "nowhere"], "cannot resume"),  # before torchrun starts
         (["train", "--nproc", "2", "--plugins", "nope"], "unknown plugin 'nope'"),
         (["train", "--nproc", "0"], "--nproc must be >= 1"),
+        (["train", "--nproc", "4", "--batch-size", "3"], "--batch-size 3 is the global batch"),
         (["train", "--dist-bn", "mean"], "config key 'dist_bn' must be one of reduce, broadcast"),
         (["train", "--sync-bn", "--device", "cpu"], "sync_bn needs CUDA"),
         (["bogus"], "No such command"),

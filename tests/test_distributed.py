@@ -25,6 +25,7 @@ import torch
 from robx.core.config import TrainConfig
 from robx.core.distributed import SINGLE, Processes, rank_shards
 from robx.core.engine import train
+from robx.core.errors import OptionError
 from robx.core.run import load_checkpoint
 from test_plugins import install_distribution
 
@@ -101,6 +102,10 @@ def test_global_batches_are_cut_into_disjoint_slices_weighted_by_size():
     assert [len(idx) for idx, _ in three[0]] == [3, 3, 3] and [len(idx) for idx, _ in three[2]] == [2, 2, 3]
     assert [share for _, share in two[1]] == [3 * 2 / 7] * 3 + [1.0]
     assert rank_shards(batches, SINGLE) == [(b, 1.0) for b in batches]
+    with pytest.raises(OptionError, match="batch size of at least 3"):
+        rank_shards(list(torch.arange(10).split(2)), Processes(0, 3))
+    with pytest.raises(OptionError, match="cannot be shared by 3 processes"):
+        rank_shards([torch.arange(2)], Processes(0, 3))
 
 
 def test_two_processes_with_half_batches_train_the_weights_of_one_process(tmp_path):
