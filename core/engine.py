@@ -287,7 +287,7 @@ def refresh_class_quantities(run: Run) -> None:
 # ---------------------------------------------------------------------------
 
 
-def forward_passes(model: torch.nn.Module, step: Step, views: frozenset[str], trains_on: str) -> None:
+def forward_passes(passes: torch.nn.Module, step: Step, views: frozenset[str], trains_on: str) -> None:
     """The step's train-mode forward passes: the trained rows and the views plugins read.
 
     BatchNorm policy: **one BatchNorm batch per input distribution**. The clean inputs (x,
@@ -300,11 +300,9 @@ def forward_passes(model: torch.nn.Module, step: Step, views: frozenset[str], tr
     is the unchanged trained rows is the same tensor (no second pass); natural training
     (x' is x) has a single distribution.
 
-    ``model`` is the model, or a :class:`robx.core.distributed.BatchPasses` of it (under DDP
-    across processes): both passes are then one call, one DDP forward per step.
+    ``passes`` is a :class:`robx.core.distributed.BatchPasses` of the model (``run.trainer``,
+    under DDP across processes): both passes are one call, one DDP forward per step.
     """
-    passes = model if isinstance(model, BatchPasses) or isinstance(
-        getattr(model, "module", None), BatchPasses) else BatchPasses(model)
     natural = step.x_adv is step.x
     source = step.x if trains_on == "clean" or natural else step.x_adv
     rows_kind = "clean" if source is step.x else "adversarial"
@@ -731,7 +729,7 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
             for idx, _ in distributed.rank_shards(batches, run.processes):
                 step = prepared_step(run, *training_batch(run, idx))
                 with torch.no_grad():
-                    forward_passes(averaged, step, host.views, host.trains_on)
+                    forward_passes(BatchPasses(averaged), step, host.views, host.trains_on)
     finally:
         state.model = trained
     if not config.sync_bn:
