@@ -33,7 +33,7 @@ from robx.core import distributed
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
 from robx.core.distributed import BatchPasses, Processes
 from robx.core.errors import NonFiniteLossError, OptionError, RobxError, TrainingPaused
-from robx.core.evaluate import AttackSettings, evaluate
+from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
 from robx.core.models import NormedLinear
 from robx.core.registry import Registry, registry
@@ -425,13 +425,9 @@ def split_stats(run: Run, split: Split) -> SplitStats:
     and runs on process k mod W; the processes' sums are added up."""
     config, state, processes = run.config, run.state, run.processes
     tracker = run.task.statistics(state.device)
-    count = -(-len(split) // config.eval_batch_size)
-    forked = [state.device] if state.device.type == "cuda" else []
-    with eval_mode(state.model), torch.random.fork_rng(devices=forked):
-        for k in distributed.owned_batches(count, processes):
-            torch.manual_seed(distributed.rank_seed(config.seed, k))
-            part = split.subset(torch.arange(k * config.eval_batch_size,
-                                             min((k + 1) * config.eval_batch_size, len(split))))
+    with eval_mode(state.model):
+        for _, idx in seeded_batches(len(split), config.eval_batch_size, config.seed, processes, state.device):
+            part = split.subset(idx)
             x, y, labels = run.task.inputs(part.x).to(state.device), part.y.to(state.device), part.labels.to(state.device)
             x_adv = pgd(state.model, x, y, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm,
                         loss_fn=run.task.attack_loss, bounds=run.task.input_bounds)

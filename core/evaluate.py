@@ -8,7 +8,7 @@ task's attack loss, final iterate, PGD-20 by default; classification adds ``cw``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,6 +72,17 @@ class EvalResult:
         return mean(self.clean_scores), mean(self.robust_scores), counts.tolist()
 
 
+def seeded_batches(n: int, batch_size: int, seed: int, processes: Processes,
+                   device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+    """This process's evaluation batches (k, example indices) of ``n`` examples: batch k runs
+    on process k mod W with torch's random stream seeded from (seed, k), so its attack does
+    not depend on the batches before it or on W; the caller's stream is restored after."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for k in owned_batches(-(-n // batch_size), processes):
+            torch.manual_seed(rank_seed(seed, k))
+            yield k, torch.arange(k * batch_size, min((k + 1) * batch_size, n))
+
+
 def evaluate(
     model: nn.Module,
     task: Task,
@@ -93,11 +104,9 @@ def evaluate(
     task.check_attack(attack.name)
     count = -(-len(split) // batch_size)
     results: dict[int, tuple[torch.Tensor, ...]] = {}
-    forked = [device] if device.type == "cuda" else []
-    with eval_mode(model), torch.random.fork_rng(devices=forked):
-        for k in owned_batches(count, processes):
-            torch.manual_seed(rank_seed(attack.seed, k))
-            part = split.subset(torch.arange(k * batch_size, min((k + 1) * batch_size, len(split))))
+    with eval_mode(model):
+        for k, idx in seeded_batches(len(split), batch_size, attack.seed, processes, device):
+            part = split.subset(idx)
             x, y = task.inputs(part.x).to(device), part.y.to(device)
             with torch.no_grad():
                 clean_outputs = logits_of(model, x)
