@@ -11,14 +11,17 @@ Per model (PreAct ResNet-18, WRN-34-10; CIFAR-sized synthetic tensors, 10 classe
   fp32, NCHW, eager;
 * ``torchattacks_fp32``: the same loop with torchattacks' PGD as the attack;
 * ``robx_*``: robx's ``train_step`` (hooks, fused pgd_step kernel, class statistics) in fp32
-  with NCHW and with channels_last batches and weights, and with bf16 autocast in the device's
-  default layout (``robx_nchw``, ``robx_channels_last``, ``robx_bf16``; each row records its
-  layout).
+  with NCHW and with channels_last batches and weights, with bf16 autocast in the device's
+  default layout, and fp32 with the model compiled by ``torch.compile`` (``robx_nchw``,
+  ``robx_channels_last``, ``robx_bf16``, ``robx_compile``; each row records its layout and
+  its first step's seconds, compilation included).
 
 Images/s is the batch over the median step time after warm-up. FLOPs: F, one forward, counted
 by ``torch.utils.flop_counter``; PGD-10 AT needs about 23F per image (10 input-gradient steps of
 about 2F, one training step of 3F), so MFU = images/s x 23F / the device's dense bf16 peak
-(GPUs in PEAK_BF16 only; on CPU the achieved GFLOP/s is reported, not an MFU).
+(GPUs in PEAK_BF16 only). Every row also gives its GFLOP/s as a fraction of what a large
+matrix product reaches on the device in the row's precision (``gemm_gflop_per_s``, measured
+here): the ceiling for a step made of convolutions.
 """
 
 from __future__ import annotations
@@ -53,6 +56,20 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.eval()(torch.rand(1, 3, 32, 32, device=device))
     return float(counter.get_total_flops())
+
+
+def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matrix product in ``dtype`` (median of ``repeats`` after a warm-up)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(times)
 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +117,7 @@ def robx_step_maker(model_name: str, device: torch.device, **overrides: Any) -> 
     passes are then the CIFAR-sized model's, and the benchmark hands train_step its batches."""
     from robx.core import distributed
     from robx.core.config import TrainConfig
-    from robx.core.engine import build_model, build_optimizer, build_run, memory_format, train_step
+    from robx.core.engine import build_model, build_optimizer, build_run, placed_model, train_step
     from robx.core.registry import registry
     from robx.core.task import ModelInput
 
@@ -109,8 +126,7 @@ def robx_step_maker(model_name: str, device: torch.device, **overrides: Any) -> 
     run = build_run(config, Path("unused"))
     spec = ModelInput((3, 32, 32), 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     model = build_model(registry(), model_name, spec)
-    run.layout = memory_format(run.config, device, model)
-    run.state.model = model.to(device, memory_format=run.layout)
+    run.state.model, run.layout = placed_model(run.config, device, model)
     run.state.optimizer = build_optimizer(run.config, run.state.model)
     run.trainer = distributed.data_parallel(run.state.model, device, distributed.SINGLE)
     tracker = run.task.statistics(device)
@@ -128,7 +144,10 @@ def measure(step: Callable[..., None], model: torch.nn.Module, device: torch.dev
     x = torch.rand(batch, 3, 32, 32, device=device, generator=generator)
     y = torch.randint(0, 10, (batch,), device=device, generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    started = time.perf_counter()
     step(model, optimizer, x, y)  # warm-up: kernels compiled, caches filled
+    synchronize(device)
+    warmup = time.perf_counter() - started
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -138,7 +157,7 @@ def measure(step: Callable[..., None], model: torch.nn.Module, device: torch.dev
         step(model, optimizer, x, y)
         synchronize(device)
         times.append(time.perf_counter() - started)
-    row = {"step_s": statistics.median(times), "steps_s": [round(t, 4) for t in times]}
+    row = {"step_s": statistics.median(times), "steps_s": [round(t, 4) for t in times], "first_step_s": warmup}
     row["images_per_s"] = batch / row["step_s"]
     row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return row
@@ -150,6 +169,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["preactresnet18", "wrn34-10"])
     parser.add_argument("--batch", type=int, default=None, help="default: 32 on CPU (8 for WRN), 512 on CUDA")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=None, help="a subset of the variants (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
     from robx.core.registry import registry
@@ -158,7 +178,10 @@ def main() -> None:
     name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
     peak = next((value for key, value in PEAK_BF16.items() if key in name), None)
     spec = ModelInput((3, 32, 32), 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
-    results: dict[str, Any] = {"device": name, "attack": f"PGD-{STEPS} Linf 8/255, alpha 2/255", "models": {}}
+    gemm = {"fp32": gemm_rate(device, torch.float32) / 1e9, "bf16": gemm_rate(device, torch.bfloat16) / 1e9}
+    print("2048^3 matrix product: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
+    results: dict[str, Any] = {"device": name, "attack": f"PGD-{STEPS} Linf 8/255, alpha 2/255",
+                               "gemm_gflop_per_s": gemm, "models": {}}
     for model_name in args.models:
         batch = args.batch or (512 if device.type == "cuda" else (8 if model_name.startswith("wrn") else 32))
         flops = forward_flops(registry().build_model(model_name, spec).to(device), device)
@@ -168,7 +191,10 @@ def main() -> None:
             "robx_nchw": robx_step_maker(model_name, device, channels_last=False),
             "robx_channels_last": robx_step_maker(model_name, device, channels_last=True),
             "robx_bf16": robx_step_maker(model_name, device, precision="bf16"),  # the device's default layout
+            "robx_compile": robx_step_maker(model_name, device, channels_last=False, compile="default"),
         }
+        if args.variants:
+            variants = {key: value for key, value in variants.items() if key in args.variants or key == "plain_fp32"}
         rows: dict[str, Any] = {}
         for variant, step in variants.items():
             torch.manual_seed(0)
@@ -177,6 +203,7 @@ def main() -> None:
             row["layout"] = str(getattr(step, "layout", torch.contiguous_format)).removeprefix("torch.")
             row["gflop_per_s"] = row["images_per_s"] * 23 * flops / 1e9
             row["mfu"] = row["images_per_s"] * 23 * flops / peak if peak else None
+            row["fraction_of_gemm"] = row["gflop_per_s"] / gemm["bf16" if variant.endswith("bf16") else "fp32"]
             rows[variant] = row
             print(f"{model_name} {variant}: {row['images_per_s']:.2f} img/s, {row['gflop_per_s']:.1f} GFLOP/s"
                   + (f", MFU {row['mfu']:.1%}" if row["mfu"] else ""))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
-from robx.kernels import implementation_name, pgd_step, supcon, topk_victims  # noqa: E402
+from robx.kernels import dispatch_rule, implementation  # noqa: E402
 from robx.kernels.pgd_step import pgd_step_reference  # noqa: E402
 from robx.kernels.supcon import supcon_reference  # noqa: E402
 from robx.kernels.topk_victims import topk_victims_reference  # noqa: E402
@@ -81,7 +81,7 @@ def bench_pgd_step(device: torch.device, fused: str, with_compile: bool) -> list
         for norm in ("linf", "l2"):
             candidates: dict[str, Callable[[], Any]] = {
                 "eager": lambda: pgd_step_reference(x_adv, grad, x, eps, alpha, norm),
-                fused: lambda: pgd_step(x_adv, grad, x, eps, alpha, norm),
+                fused: lambda: implementation("pgd_step", fused)(x_adv, grad, x, eps, alpha, norm),
             }
             if compiled is not None:
                 candidates["compile"] = lambda: compiled(x_adv, grad, x, eps, alpha, norm)
@@ -114,7 +114,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
 def bench_supcon(device: torch.device, fused: str, with_compile: bool) -> list[dict[str, Any]]:
     rows = []
     compiled = torch.compile(supcon_reference) if with_compile else None
-    sizes = [256, 1024, 4096] + ([8192] if device.type == "cuda" else [])
+    sizes = [256, 1024, 2048, 3072, 4096] + ([8192] if device.type == "cuda" else [])
     for n in sizes:
         generator = torch.Generator(device=device).manual_seed(0)
         features = F.normalize(torch.randn(n, 128, device=device, generator=generator), dim=1).requires_grad_(True)
@@ -126,7 +126,7 @@ def bench_supcon(device: torch.device, fused: str, with_compile: bool) -> list[d
                 loss_fn(features, labels, 0.1).backward()
             return once
 
-        candidates = {"eager": run(supcon_reference), fused: run(supcon)}
+        candidates = {"eager": run(supcon_reference), fused: run(implementation("supcon", fused))}
         if compiled is not None:
             candidates["compile"] = run(compiled)
         row: dict[str, Any] = {"batch": n, "dim": 128}
@@ -156,7 +156,7 @@ def bench_topk(device: torch.device, fused: str, with_compile: bool) -> list[dic
         candidates = {
             "eager_topk": lambda: topk_eager(saliency * weights, k),
             "reference_stable_sort": lambda: topk_victims_reference(saliency, k, weights),
-            fused: lambda: topk_victims(saliency, k, weights),
+            fused: lambda: implementation("topk_victims", fused)(saliency, k, weights),
         }
         if compiled is not None:
             candidates["compile"] = lambda: compiled(saliency * weights, k)
@@ -262,15 +262,15 @@ def main() -> None:
         result["wall_seconds"] = time.perf_counter() - started
         print(write_result(RESULTS / "kernels" / f"{name}-end-to-end.json", result))
         return
-    fused = implementation_name("pgd_step", device)
+    fused = "triton" if device.type == "cuda" else "numba"  # each op's fused kernel, timed whatever DISPATCH runs
     with_compile = device.type == "cuda"
     started = time.perf_counter()
     payload: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "implementations": {op: implementation_name(op, device) for op in ("pgd_step", "supcon", "topk_victims")},
+        "dispatch": {op: dispatch_rule(op, device) for op in ("pgd_step", "supcon", "topk_victims")},
         "pgd_step": bench_pgd_step(device, fused, with_compile),
-        "supcon": bench_supcon(device, implementation_name("supcon", device), with_compile),
-        "topk_victims": bench_topk(device, implementation_name("topk_victims", device), with_compile),
+        "supcon": bench_supcon(device, fused, with_compile),
+        "topk_victims": bench_topk(device, fused, with_compile),
     }
     path = RESULTS / "kernels" / f"{name}.json"
     payload["wall_seconds"] = time.perf_counter() - started

@@ -84,6 +84,8 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its checkpoint.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 (default) or bf16: autocast of the training step (attack, passes, loss); evaluation stays fp32.")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Image batches and conv weights in channels_last (default: the device's measured choice).")] = None,
+    data_on_device: Annotated[Optional[bool], typer.Option("--data-on-device/--data-on-host", help="Keep the training split on the GPU (as uint8), batches cut and augmented there (default: when it fits in a quarter of the GPU's memory).")] = None,
+    compile_mode: Annotated[Optional[str], typer.Option("--compile", help="torch.compile the model: off (default), default, reduce-overhead (adds CUDA graphs) or max-autotune.")] = None,
     nproc: Annotated[Optional[int], typer.Option(help="Train with N processes on this machine (runs torchrun; one per GPU on CUDA).")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="Several processes, CUDA: BatchNorm statistics of the whole global batch (SyncBatchNorm).")] = None,
     dist_bn: Annotated[Optional[str], typer.Option(help="Several processes: BN running statistics at epoch end, reduce (mean, default) or broadcast (process 0's).")] = None,
@@ -108,6 +110,7 @@ def train(
         "lr": lr, "optimizer": optimizer, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
         "alpha": _number(alpha, "alpha"), "steps": steps, "eval_steps": eval_steps, "n_eval": n_eval,
         "seed": seed, "device": device, "loss": loss, "precision": precision, "channels_last": channels_last,
+        "data_on_device": data_on_device, "compile": compile_mode,
     }
     values.update({k: v for k, v in cli_values.items() if v is not None})
     if plugins is not None:

@@ -35,6 +35,7 @@ Optimizer = Literal["sgd", "adam"]
 Imbalance = Literal["step", "exp", "none", "original"]
 BatchNormSync = Literal["reduce", "broadcast"]
 Precision = Literal["fp32", "bf16"]
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
 @dataclass
 class TrainConfig:
@@ -80,6 +81,12 @@ class TrainConfig:
     # evaluation stays fp32); channels_last for image models (None: the device's measured choice)
     precision: Precision = "fp32"
     channels_last: bool | None = None
+    # the training split kept on the device (as stored: uint8 images), batches cut and
+    # augmented there (None: on a GPU when it fits, see robx.core.engine.keeps_data_on_device)
+    data_on_device: bool | None = None
+    # torch.compile of the model's forward ("reduce-overhead" adds CUDA graphs); off unless
+    # asked: see docs/performance.md for what it measured
+    compile: CompileMode = "off"
     # several processes (torchrun; robx.core.distributed): SyncBatchNorm in the training
     # passes (CUDA), and how the processes' BN running statistics agree at epoch end
     sync_bn: bool = False

@@ -42,6 +42,14 @@ class Split:
     def subset(self, idx: torch.Tensor) -> Split:
         return Split(self.x[idx], self.y[idx], self.labels[idx])
 
+    def to(self, device: torch.device) -> Split:
+        """The split on ``device``, stored as it is (uint8 images stay uint8)."""
+        return Split(self.x.to(device), self.y.to(device), self.labels.to(device))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.x, self.y, self.labels))
+
 
 @dataclass
 class TaskData:

@@ -42,7 +42,7 @@ from robx.core.state import Step, TrainState
 from robx.core.stats import EpochStats, ScoreAccumulator, SplitStats
 from robx.core.task import ModelInput, Task
 from robx.kernels import OPS as KERNEL_OPS
-from robx.kernels import implementation_name
+from robx.kernels import dispatch_rule
 
 
 class Progress(Protocol):
@@ -141,6 +141,13 @@ class Run:
     #: the protocol split's class counts: the run's majority / minority in every report, also
     #: when a data-level plugin (``training_set``) balanced the examples it trains on
     real_class_counts: list[int] = dataclasses.field(default_factory=list)
+    #: where training batches are cut: ``data.train`` itself, or its copy on the device
+    #: (:func:`keeps_data_on_device`); plugins read ``data.train``, which stays on the host
+    batch_source: Split | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_source is None:
+            self.batch_source = self.data.train
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -178,6 +185,36 @@ def memory_format(config: TrainConfig, device: torch.device, model: torch.nn.Mod
     return torch.channels_last if wanted and convolutional else torch.contiguous_format
 
 
+#: the largest share of a GPU's memory the training split may take to be kept there by default
+DEVICE_DATA_SHARE = 0.25
+
+
+def keeps_data_on_device(config: TrainConfig, device: torch.device, train: Split) -> bool:
+    """Whether training batches are cut from a copy of the split on the device: then a step
+    copies nothing from the host (a copy from pageable host memory waits for the device),
+    and the uint8 -> float conversion and crop/flip run on the device. Default (``None``):
+    on a GPU when the split takes at most :data:`DEVICE_DATA_SHARE` of its memory (CIFAR-10:
+    150 MB as uint8); on the CPU the split is on the device already."""
+    if device.type == "cpu":
+        return False
+    if config.data_on_device is not None:
+        return config.data_on_device
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
+    return train.nbytes <= DEVICE_DATA_SHARE * total
+
+
+def placed_model(config: TrainConfig, device: torch.device,
+                 model: torch.nn.Module) -> tuple[torch.nn.Module, torch.memory_format]:
+    """The model on ``device`` in the run's layout (:func:`memory_format`), its forward
+    compiled when the config asks (``torch.compile`` through ``Module.compile``: in place, so
+    parameter names, checkpoints and copies stay the model's)."""
+    layout = memory_format(config, device, model)
+    model = model.to(device, memory_format=layout)
+    if config.compile != "off":
+        model.compile(mode=None if config.compile == "default" else config.compile)
+    return model, layout
+
+
 def step_precision(config: TrainConfig, device: torch.device) -> torch.autocast:
     """The training step's autocast: bf16 for ``precision = "bf16"``, else off (fp32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -198,8 +235,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     task = task_type(data)
     spec = dataclasses.replace(task.model_input(), head=host.head)
     model = build_model(found, config.model, spec)
-    layout = memory_format(config, device, model)
-    model = model.to(device, memory_format=layout)
+    model, layout = placed_model(config, device, model)
     optimizer = build_optimizer(config, model)
     state = TrainState(
         config=config,
@@ -231,8 +267,9 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         if processes.distributed:
             state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     trainer = distributed.data_parallel(state.model, device, processes)
+    batch_source = data.train.to(device) if keeps_data_on_device(config, device, data.train) else data.train
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, trainer,
-               layout, real_class_counts)
+               layout, real_class_counts, batch_source)
 
 
 def _checked_training_set(replaced: Split, original: Split, num_classes: int, owner: str) -> Split:
@@ -428,7 +465,7 @@ def split_stats(run: Run, split: Split) -> SplitStats:
     with eval_mode(state.model):
         for _, idx in seeded_batches(len(split), config.eval_batch_size, config.seed, processes, state.device):
             part = split.subset(idx)
-            x, y, labels = run.task.inputs(part.x).to(state.device), part.y.to(state.device), part.labels.to(state.device)
+            x, y, labels = run.task.inputs(part.x.to(state.device)), part.y.to(state.device), part.labels.to(state.device)
             x_adv = pgd(state.model, x, y, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm,
                         loss_fn=run.task.attack_loss, bounds=run.task.input_bounds)
             with torch.no_grad():
@@ -439,14 +476,28 @@ def split_stats(run: Run, split: Split) -> SplitStats:
 
 def training_batch(run: Run, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Model inputs (augmented by the task when the config augments), targets and labels of
-    the training examples ``idx``."""
-    part = run.data.train.subset(idx)
-    x = run.task.inputs(part.x).to(run.state.device)
+    the training examples ``idx`` (on the batch source's device, see :func:`on_batch_source`).
+    Stored inputs reach the device as stored (uint8 images: a quarter of the bytes) and
+    become model inputs there."""
+    assert run.batch_source is not None
+    device = run.state.device
+    part = run.batch_source.subset(idx)
+    x = run.task.inputs(part.x.to(device))
     if run.config.augment:
         x = run.task.augment_batch(x)
     if x.dim() == 4:
         x = x.contiguous(memory_format=run.layout)
-    return x, part.y.to(run.state.device), part.labels.to(run.state.device)
+    return x, part.y.to(device), part.labels.to(device)
+
+
+def on_batch_source(run: Run, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The epoch's index batches on the device of the batch source: one copy per epoch
+    instead of one per step."""
+    assert run.batch_source is not None
+    device = run.batch_source.x.device
+    if device.type == "cpu" or not batches:
+        return batches
+    return list(torch.cat(batches).to(device).split([len(idx) for idx in batches]))
 
 
 def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
@@ -477,7 +528,8 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
     assert config.batch_size is not None
     shards = distributed.rank_shards(list(epoch_batches(run)), processes)
     progress.start_epoch(state.epoch, len(shards))
-    for idx, share in shards:
+    indices = on_batch_source(run, [idx for idx, _ in shards])
+    for idx, (_, share) in zip(indices, shards):
         x, y, labels = training_batch(run, idx)
         train_step(run, x, y, labels, tracker, loss_sums, share)
         progress.advance_batch()
@@ -609,7 +661,7 @@ def _start_run_dir(run: Run, force: bool) -> None:
     write_json(run.run_dir / rundir.CONFIG_FILE, {
         "config": run.config.to_dict(),
         "plugins": {name: options_as_dict(opts) for name, opts in run.host.options.items()},
-        "kernels": {op: implementation_name(op, run.state.device) for op in KERNEL_OPS},
+        "kernels": {op: dispatch_rule(op, run.state.device) for op in KERNEL_OPS},
         "device": str(run.state.device),
         "processes": run.processes.world_size,
         "robx_version": __version__,
@@ -722,7 +774,7 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     try:
         with cumulative_batchnorm(averaged):
             averaged.train()
-            for idx, _ in distributed.rank_shards(batches, run.processes):
+            for idx in on_batch_source(run, [idx for idx, _ in distributed.rank_shards(batches, run.processes)]):
                 step = prepared_step(run, *training_batch(run, idx))
                 with torch.no_grad():
                     forward_passes(BatchPasses(averaged), step, host.views, host.trains_on)

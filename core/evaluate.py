@@ -107,7 +107,7 @@ def evaluate(
     with eval_mode(model):
         for k, idx in seeded_batches(len(split), batch_size, attack.seed, processes, device):
             part = split.subset(idx)
-            x, y = task.inputs(part.x).to(device), part.y.to(device)
+            x, y = task.inputs(part.x.to(device)), part.y.to(device)
             with torch.no_grad():
                 clean_outputs = logits_of(model, x)
             x_adv = task.adversarial_examples(model, x, y, attack)

@@ -60,6 +60,8 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--nproc", "4", "--batch-size", "3"], "--batch-size 3 is the global batch"),
         (["train", "--dist-bn", "mean"], "config key 'dist_bn' must be one of reduce, broadcast"),
         (["train", "--sync-bn", "--device", "cpu"], "sync_bn needs CUDA"),
+        (["train", "--compile", "fast"], "config key 'compile' must be one of off, default, reduce-overhead, max-autotune"),
+        (["train", "--precision", "fp16"], "config key 'precision' must be one of fp32, bf16"),
         (["bogus"], "No such command"),
     ],
 )

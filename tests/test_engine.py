@@ -33,7 +33,8 @@ def test_run_directory_holds_config_metrics_checkpoint_report_and_plot(tmp_path)
     assert report["class_counts"][:5] == [131] * 5 and report["class_counts"][5:] == [13] * 5
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["plugins"] == {"pgd": {"random_start": True, "start_scale": 1.0}}
-    assert config["kernels"] == {"pgd_step": "numba", "supcon": "numba", "topk_victims": "numba"}
+    assert config["kernels"] == {"pgd_step": "numba", "supcon": "torch-reference, numba from 2048",
+                                 "topk_victims": "numba"}
 
 
 def test_existing_run_directory_is_never_overwritten_without_force(tmp_path):

@@ -9,7 +9,9 @@ bfloat16 one bf16 rounding step of the value; topk_victims exact.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robx.kernels import implementation_name, pgd_step, supcon, topk_victims
+from robx.kernels import DISPATCH, dispatch_rule, implementation_name, pgd_step, supcon, topk_victims
 from robx.kernels.pgd_step import pgd_step_reference
 from robx.kernels.supcon import FusedSupCon, supcon_reference
 from robx.kernels.topk_victims import topk_victims_reference
@@ -209,26 +211,67 @@ def test_topk_victims_reference_keeps_the_largest_scores_and_the_lower_index_on_
 # --------------------------------------------------------------------------- dispatch
 
 
-def test_dispatch_picks_by_device_and_dtype_and_honours_the_switch(monkeypatch):
-    for op in ("pgd_step", "supcon", "topk_victims"):
+def test_dispatch_follows_the_table_by_device_dtype_and_size_and_honours_the_switch(monkeypatch):
+    for op in ("pgd_step", "topk_victims"):
         assert implementation_name(op, "cpu") == "numba"
         assert implementation_name(op, "cuda") == "triton"
+    assert implementation_name("supcon", "cpu", size=1024) == "torch-reference"
+    assert implementation_name("supcon", "cpu", size=4096) == "numba"
+    assert implementation_name("supcon", "cuda", size=8192) == "torch-reference"
+    assert dispatch_rule("supcon", "cpu") == "torch-reference, numba from 2048"
     assert implementation_name("pgd_step", "cpu", torch.bfloat16) == "torch-reference"
-    assert implementation_name("supcon", "cpu", torch.bfloat16) == "numba"  # computes in float32
+    assert implementation_name("supcon", "cpu", torch.bfloat16, size=4096) == "numba"  # computes in float32
     monkeypatch.setenv("ROBX_KERNELS", "reference")
-    assert implementation_name("supcon", "cpu") == "torch-reference"
+    assert implementation_name("supcon", "cpu", size=4096) == "torch-reference"
     x = torch.rand(2, 3, dtype=torch.float64)
     assert torch.equal(pgd_step(x, x, x, 0.1, 0.01), pgd_step_reference(x, x, x, 0.1, 0.01))
     with pytest.raises(ValueError, match="unknown kernel op"):
         implementation_name("nosuch", "cpu")
 
 
-def test_dispatched_supcon_is_the_fused_op_on_cpu():
-    features = F.normalize(torch.randn(10, 4), dim=1).requires_grad_(True)
-    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])
+KERNEL_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "kernels"
+# column of a benchmark row -> the implementation it timed (torch.topk and torch.compile are
+# not implementations: topk breaks the tie rule, compile is not what a run calls)
+TIMED = {"eager_ms": "torch-reference", "reference_stable_sort_ms": "torch-reference",
+         "numba_ms": "numba", "triton_ms": "triton"}
+TOPK_UNITS = {"crime graph": 256, "224x224 pixels": 224 * 224}
+
+
+def measured_rows():
+    for path in sorted(KERNEL_RESULTS.glob("*.json")):
+        result = json.loads(path.read_text())
+        device_type = "cpu" if result["device"] == "cpu" else "cuda"
+        for op in ("pgd_step", "supcon", "topk_victims"):
+            for row in result.get(op, []):
+                if op == "pgd_step":
+                    size = math.prod(row["shape"][1:])
+                elif op == "supcon":
+                    size = row["batch"]
+                else:
+                    size = row.get("units", TOPK_UNITS.get(row["shape"]))
+                times = {TIMED[key]: value for key, value in row.items() if key in TIMED}
+                yield path.name, op, device_type, size, times
+
+
+def test_the_dispatch_table_names_the_fastest_measured_implementation_of_every_benchmark_row():
+    rows = list(measured_rows())
+    assert {(op, device) for _, op, device, _, _ in rows} == set(DISPATCH), "every table entry has evidence"
+    for source, op, device_type, size, times in rows:
+        chosen = [name for smallest, name in DISPATCH[(op, device_type)] if size >= smallest][-1]
+        assert chosen in times, f"{source}: {op} at {size} never timed {chosen}"
+        # 5 %: repeated runs of one benchmark differ by this much here
+        assert times[chosen] <= 1.05 * min(times.values()), f"{source}: {op} at {size}: {times}, table: {chosen}"
+
+
+def test_dispatched_supcon_is_the_fused_op_on_cpu_from_the_tables_size():
+    generator = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(2048, 8, generator=generator), dim=1).requires_grad_(True)
+    labels = torch.randint(0, 10, (2048,), generator=generator)
     loss = supcon(features, labels, 0.1)
     assert loss.grad_fn is not None and type(loss.grad_fn).__name__ == "FusedSupConBackward"
     torch.testing.assert_close(loss, supcon_reference(features, labels, 0.1))
+    small = supcon(features[:10], labels[:10], 0.1)
+    assert type(small.grad_fn).__name__ != "FusedSupConBackward"
 
 
 # --------------------------------------------------------------------------- wiring: the topk plugin
