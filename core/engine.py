@@ -379,8 +379,9 @@ def forward_passes(passes: torch.nn.Module, step: Step, views: frozenset[str], t
 def statistics_views(model: torch.nn.Module, step: Step) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Clean and adversarial predictions of the batch for the class statistics.
 
-    From the step's views where the engine computed them (no extra pass): the clean ones only
-    then, the adversarial ones otherwise from one no-grad eval-mode pass on x' (needed when
+    From the step's passes where the engine ran them (no extra pass): the clean ones only
+    then; the adversarial ones from the adversarial view, or from the trained rows when they
+    are x' unchanged (PGD-AT), otherwise from one no-grad eval-mode pass on x' (needed when
     ``augment`` changed the rows and no plugin reads the adversarial view). Natural training
     records no adversarial predictions.
     """
@@ -389,6 +390,8 @@ def statistics_views(model: torch.nn.Module, step: Step) -> tuple[torch.Tensor |
         return (step.outputs.detach() if clean is None and step.inputs is step.x else clean), None
     if step.adv_outputs is not None:
         return clean, step.adv_outputs.detach()
+    if step.inputs is step.x_adv and step.targets is step.y:
+        return clean, step.outputs.detach()
     with eval_mode(model):
         return clean, logits_of(model, step.x_adv)
 
@@ -448,8 +451,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
     state.global_step += 1
     host.after_step(step, state)
 
-    with torch.no_grad():
-        batch = torch.as_tensor(float(len(y)), device=x.device)
+    with torch.no_grad():  # a Python number, not a tensor made from one (a copy from the host on a GPU)
+        batch = float(len(y))
         loss_sums["loss"] = loss_sums.get("loss", 0) + total.detach() * batch
         for name, value in terms.items():
             loss_sums[name] = loss_sums.get(name, 0) + value.detach() * batch

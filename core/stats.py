@@ -96,7 +96,8 @@ class ScoreAccumulator:
     def update(self, labels: torch.Tensor, targets: torch.Tensor, clean_outputs: torch.Tensor | None = None,
                robust_outputs: torch.Tensor | None = None) -> None:
         labels = labels.flatten()  # one entry per labelled target (tasks with several per example)
-        self.counts += torch.bincount(labels, minlength=self.num_classes)
+        # index_add_, not bincount: bincount sizes its result from the labels' maximum, a host sync on a GPU
+        self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))
         if clean_outputs is not None:
             self.has_clean = True
             self.clean_sum.index_add_(0, labels, self.task.scores(clean_outputs, targets).double().flatten())

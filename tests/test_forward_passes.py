@@ -56,6 +56,26 @@ def test_pgd_at_is_one_pass_on_x_adv(tmp_path):
     assert len(passes) == 1 and same_rows(passes[0], step.x_adv) and updates == 1
 
 
+def eval_passes_of_one_step(tmp_path, plugins):
+    """Eval-mode forwards of one training step: the attack's, and any for the statistics."""
+    run = engine.build_run(tiny_config(plugins=plugins, steps=3), tmp_path / "eval-passes")
+    x, y, labels = engine.training_batch(run, torch.arange(B))
+    calls = []
+    run.state.model.register_forward_hook(lambda module, inputs, output: calls.append(module.training))
+    engine.train_step(run, x, y, labels, run.task.statistics(torch.device("cpu")), {})
+    return calls.count(False), calls.count(True)
+
+
+@pytest.mark.parametrize(("plugins", "eval_passes", "train_passes"), [
+    (["pgd"], 3, 1),  # the 3 attack steps; the robust statistics read the trained pass on x'
+    (["srat"], 3, 1),  # the same through the adversarial view
+    (["imbmix"], 3 + 1, 1),  # the rows are mixed: one no-grad eval pass on x' for the statistics
+])
+def test_the_class_statistics_add_an_eval_pass_only_when_no_pass_saw_x_adv(tmp_path, plugins, eval_passes,
+                                                                             train_passes):
+    assert eval_passes_of_one_step(tmp_path, plugins) == (eval_passes, train_passes)
+
+
 def test_natural_training_is_one_pass_on_x(tmp_path):
     passes, step, updates = one_recorded_step(tmp_path, ["natural"])
     assert len(passes) == 1 and same_rows(passes[0], step.x) and updates == 1

@@ -168,6 +168,24 @@ def test_supcon_anchors_without_positives_contribute_zero_and_get_zero_gradient(
         assert loss.item() == 0.0 and torch.count_nonzero(grad) == 0
 
 
+def test_triton_supcon_splits_the_columns_across_programs_and_still_equals_the_reference():
+    from robx.kernels.supcon_triton import _split
+
+    # B = 4096 in 64 x 64 blocks: 64 row blocks, so 5 column slices of 13 blocks make 320 >= 264 programs
+    assert _split(4096, 64, 64) == (5, 13 * 64)
+    assert _split(100, 64, 64) == (2, 64)  # 2 row blocks, 2 column blocks: each slice one block
+    generator = torch.Generator().manual_seed(5)
+    features = F.normalize(torch.randn(300, 16, generator=generator), dim=1)  # 5 slices of 64 columns
+    labels = torch.randint(0, 7, (300,), generator=generator)
+    weights = torch.rand(300, generator=generator) + 0.05
+    backend = TritonSupCon()
+    expected = loss_and_grads(reference, features, labels, weights, 0.07)
+    got = loss_and_grads(lambda f, y, w, t: FusedSupCon.apply(f, y, w, t, backend),
+                         *placed("triton", features, labels, weights, 0.07))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- topk_victims
 
 
@@ -196,6 +214,20 @@ def test_topk_victims_equals_the_reference(implementation, case):
     assert got.dtype == torch.bool and got.shape == saliency.shape
     assert torch.equal(got, expected)
     assert (got.reshape(saliency.shape[0], -1).sum(dim=1) == k).all()
+
+
+def test_triton_topk_decides_scores_that_differ_only_in_their_last_bits():
+    """Keys equal in their upper three bytes: the fourth radix sweep decides, by hand."""
+    ulp = torch.tensor(1.0).nextafter(torch.tensor(2.0)) - 1.0
+    order = torch.tensor([5, 0, 7, 2, 6, 1, 4, 3, 2])  # 1 + order * ulp; order 2 twice (a tie)
+    saliency = (1.0 + order * ulp).reshape(1, -1)
+    assert len(set(saliency.view(torch.int32)[0].tolist())) == 8  # distinct floats, one tie
+    got = topk_victims_triton(*placed("triton", saliency, 4, None)).cpu()
+    assert got[0].nonzero().flatten().tolist() == [0, 2, 4, 6]  # 5, 7, 6 and 4 times ulp
+    got = topk_victims_triton(*placed("triton", saliency, 7, None)).cpu()
+    assert got[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 6, 7, 8]  # 2 ulp twice: both, with 3
+    got = topk_victims_triton(*placed("triton", saliency, 6, None)).cpu()
+    assert got[0].nonzero().flatten().tolist() == [0, 2, 3, 4, 6, 7]  # one of the tied pair: the lower index
 
 
 def test_topk_victims_reference_keeps_the_largest_scores_and_the_lower_index_on_ties():
@@ -339,3 +371,23 @@ def test_numba_pgd_step_on_channels_last_batches_equals_the_reference_and_keeps_
         expected = pgd_step_reference(x_adv.contiguous(), grad.contiguous(), x.contiguous(), eps, 0.01, norm, chosen)
         torch.testing.assert_close(stepped, expected, atol=1e-6, rtol=0)
         assert stepped.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_triton_l2_step_split_across_programs_equals_the_reference(monkeypatch, with_mask):
+    """Samples larger than one program's chunk take the two-kernel path (partial sums, then
+    the update); a small chunk makes a 3 x 40 x 40 sample span four chunks, the last partial."""
+    monkeypatch.setattr(triton_pgd, "_L2_CHUNK", 1280)
+    monkeypatch.setattr(triton_pgd, "_L2_BLOCK", 256)
+    generator = torch.Generator().manual_seed(3)
+    shape = (3, 3, 40, 40)
+    x = torch.rand(shape, generator=generator)
+    x_adv = (x + 0.05 * torch.randn(shape, generator=generator)).clamp(0, 1)
+    grad = torch.randn(shape, generator=generator)
+    mask = torch.rand(shape, generator=generator) < 0.5 if with_mask else None
+    eps = torch.tensor([0.5, 2.0, 50.0])  # the ball binds, binds less, does not bind
+    alpha = torch.tensor([0.3, 1.0, 0.5])
+    for bounds in ((0.0, 1.0), (-math.inf, math.inf)):
+        expected = pgd_step_reference(x_adv, grad, x, eps, alpha, "l2", mask, bounds)
+        got = triton_pgd.pgd_step_triton(*placed("triton", x_adv, grad, x, eps, alpha, "l2", mask), bounds).cpu()
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
