@@ -16,7 +16,8 @@ Per model (PreAct ResNet-18, WRN-34-10; CIFAR-sized synthetic tensors, 10 classe
   ``robx_channels_last``, ``robx_bf16``, ``robx_compile``; each row records its layout and
   its first step's seconds, compilation included).
 
-Images/s is the batch over the median step time after warm-up. FLOPs: F, one forward, counted
+Images/s is the batch over the median step time after warm-up, the variants interleaved step by
+step; on a GPU also the step's memory above what stays allocated (activations, temporaries). FLOPs: F, one forward, counted
 by ``torch.utils.flop_counter``; PGD-10 AT needs about 23F per image (10 input-gradient steps of
 about 2F, one training step of 3F), so MFU = images/s x 23F / the device's dense bf16 peak
 (GPUs in PEAK_BF16 only). Every row also gives its GFLOP/s as a fraction of what a large
@@ -138,29 +139,39 @@ def robx_step_maker(model_name: str, device: torch.device, **overrides: Any) -> 
     return step
 
 
-def measure(step: Callable[..., None], model: torch.nn.Module, device: torch.device, batch: int,
-            repeats: int) -> dict[str, Any]:
+def measure(steps: dict[str, Callable[..., None]], models: dict[str, torch.nn.Module], device: torch.device,
+            batch: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """Median step time of every variant, the variants interleaved round by round so that a
+    drift of the machine's speed hits them alike (it moved timings by 10 % within a run here)."""
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, device=device, generator=generator)
     y = torch.randint(0, 10, (batch,), device=device, generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    started = time.perf_counter()
-    step(model, optimizer, x, y)  # warm-up: kernels compiled, caches filled
-    synchronize(device)
-    warmup = time.perf_counter() - started
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
+    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) for name, model in models.items()}
+    rows: dict[str, dict[str, Any]] = {}
+    for name, step in steps.items():
         synchronize(device)
         started = time.perf_counter()
-        step(model, optimizer, x, y)
+        step(models[name], optimizers[name], x, y)  # warm-up: kernels compiled, caches filled
         synchronize(device)
-        times.append(time.perf_counter() - started)
-    row = {"step_s": statistics.median(times), "steps_s": [round(t, 4) for t in times], "first_step_s": warmup}
-    row["images_per_s"] = batch / row["step_s"]
-    row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return row
+        rows[name] = {"first_step_s": time.perf_counter() - started, "steps_s": [], "step_memory_gib": None}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                synchronize(device)
+                before = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            started = time.perf_counter()
+            step(models[name], optimizers[name], x, y)
+            synchronize(device)
+            rows[name]["steps_s"].append(round(time.perf_counter() - started, 4))
+            if device.type == "cuda":  # the step's own memory: activations and temporaries above what stays
+                used = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+                rows[name]["step_memory_gib"] = max(rows[name]["step_memory_gib"] or 0.0, used)
+    for row in rows.values():
+        row["step_s"] = statistics.median(row["steps_s"])
+        row["images_per_s"] = batch / row["step_s"]
+    return rows
 
 
 def main() -> None:
@@ -168,7 +179,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--models", nargs="+", default=["preactresnet18", "wrn34-10"])
     parser.add_argument("--batch", type=int, default=None, help="default: 32 on CPU (8 for WRN), 512 on CUDA")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=None, help="a subset of the variants (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -195,16 +206,16 @@ def main() -> None:
         }
         if args.variants:
             variants = {key: value for key, value in variants.items() if key in args.variants or key == "plain_fp32"}
-        rows: dict[str, Any] = {}
-        for variant, step in variants.items():
-            torch.manual_seed(0)
-            model = registry().build_model(model_name, spec).to(device)  # robx's own step trains its run's copy
-            row = measure(step, model, device, batch, args.repeats)
-            row["layout"] = str(getattr(step, "layout", torch.contiguous_format)).removeprefix("torch.")
+        models = {}
+        for variant in variants:
+            torch.manual_seed(0)  # robx's own steps train their run's copy; the loops train this one
+            models[variant] = registry().build_model(model_name, spec).to(device)
+        rows = measure(variants, models, device, batch, args.repeats)
+        for variant, row in rows.items():
+            row["layout"] = str(getattr(variants[variant], "layout", torch.contiguous_format)).removeprefix("torch.")
             row["gflop_per_s"] = row["images_per_s"] * 23 * flops / 1e9
             row["mfu"] = row["images_per_s"] * 23 * flops / peak if peak else None
             row["fraction_of_gemm"] = row["gflop_per_s"] / gemm["bf16" if variant.endswith("bf16") else "fp32"]
-            rows[variant] = row
             print(f"{model_name} {variant}: {row['images_per_s']:.2f} img/s, {row['gflop_per_s']:.1f} GFLOP/s"
                   + (f", MFU {row['mfu']:.1%}" if row["mfu"] else ""))
         plain = rows["plain_fp32"]["images_per_s"]

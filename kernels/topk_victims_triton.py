@@ -47,7 +47,7 @@ def _topk_kernel(scores_ptr, mask_ptr, n, k, BLOCK: tl.constexpr):
             sharing = inside & ((key & known) == threshold)
             byte = tl.where(sharing, ((key >> shift) & 255).to(tl.int32), 0)
             # the keys that do not share T's bits went to bin 0: take them out again
-            # (tl.histogram's own mask argument is newer than the Triton robx supports)
+            # (tl.histogram's mask argument came with Triton 3.4; torch >= 2.1 may bring an older one)
             counts += tl.histogram(byte, 256)
             counts -= tl.where(bins == 0, tl.sum((~sharing).to(tl.int32), axis=0), 0)
         at_or_above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # keys with byte >= b
