@@ -12,9 +12,10 @@ Per model (PreAct ResNet-18, WRN-34-10; CIFAR-sized synthetic tensors, 10 classe
 * ``torchattacks_fp32``: the same loop with torchattacks' PGD as the attack;
 * ``robx_*``: robx's ``train_step`` (hooks, fused pgd_step kernel, class statistics) in fp32
   with NCHW and with channels_last batches and weights, with bf16 autocast in the device's
-  default layout, and fp32 with the model compiled by ``torch.compile`` (``robx_nchw``,
-  ``robx_channels_last``, ``robx_bf16``, ``robx_compile``; each row records its layout and
-  its first step's seconds, compilation included).
+  default layout, and with the model compiled by ``torch.compile`` in fp32 NCHW, fp32
+  channels_last and bf16 (``robx_nchw``, ``robx_channels_last``, ``robx_bf16``,
+  ``robx_compile``, ``robx_compile_channels_last``, ``robx_compile_bf16``; each row records
+  its layout and its first step's seconds, compilation included).
 
 Images/s is the batch over the median step time after warm-up, the variants interleaved step by
 step; on a GPU also the step's memory above what stays allocated (activations, temporaries). FLOPs: F, one forward, counted
@@ -181,6 +182,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 32 on CPU (8 for WRN), 512 on CUDA")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=None, help="a subset of the variants (default: all)")
+    parser.add_argument("--tag", default="", help="written to <device>-<tag>.json (a partial run keeps the full file)")
     args = parser.parse_args()
     device = torch.device(args.device)
     from robx.core.registry import registry
@@ -203,6 +205,8 @@ def main() -> None:
             "robx_channels_last": robx_step_maker(model_name, device, channels_last=True),
             "robx_bf16": robx_step_maker(model_name, device, precision="bf16"),  # the device's default layout
             "robx_compile": robx_step_maker(model_name, device, channels_last=False, compile="default"),
+            "robx_compile_channels_last": robx_step_maker(model_name, device, channels_last=True, compile="default"),
+            "robx_compile_bf16": robx_step_maker(model_name, device, precision="bf16", compile="default"),
         }
         if args.variants:
             variants = {key: value for key, value in variants.items() if key in args.variants or key == "plain_fp32"}
@@ -215,7 +219,7 @@ def main() -> None:
             row["layout"] = str(getattr(variants[variant], "layout", torch.contiguous_format)).removeprefix("torch.")
             row["gflop_per_s"] = row["images_per_s"] * 23 * flops / 1e9
             row["mfu"] = row["images_per_s"] * 23 * flops / peak if peak else None
-            row["fraction_of_gemm"] = row["gflop_per_s"] / gemm["bf16" if variant.endswith("bf16") else "fp32"]
+            row["fraction_of_gemm"] = row["gflop_per_s"] / gemm["bf16" if "bf16" in variant else "fp32"]
             print(f"{model_name} {variant}: {row['images_per_s']:.2f} img/s, {row['gflop_per_s']:.1f} GFLOP/s"
                   + (f", MFU {row['mfu']:.1%}" if row["mfu"] else ""))
         plain = rows["plain_fp32"]["images_per_s"]
@@ -224,7 +228,7 @@ def main() -> None:
             "variants": rows,
             "ratio_to_plain_fp32": {variant: row["images_per_s"] / plain for variant, row in rows.items()},
         }
-        write_result(RESULTS / "e2e" / f"{name.replace(' ', '-')}.json", results)
+        write_result(RESULTS / "e2e" / f"{name.replace(' ', '-')}{'-' + args.tag if args.tag else ''}.json", results)
 
 
 if __name__ == "__main__":

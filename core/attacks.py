@@ -3,7 +3,8 @@
 Every attack runs the model in eval mode (BatchNorm uses running statistics, so an
 example's perturbation does not depend on its batch; TRADES issue #3) and restores the
 model's mode afterwards. Gradients are taken with ``torch.autograd.grad`` with respect to
-the input only, so parameter ``.grad`` buffers are never touched.
+the input only, so parameter ``.grad`` buffers are never touched, and the parameters stop
+requiring gradients while the attack runs (:func:`attack_mode`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode, and the parameters not requiring gradients: an attack differentiates with
+    respect to its input only. Eager autograd skips the weight gradients anyway; a model
+    compiled by ``torch.compile`` does not (its compiled backward returns every gradient its
+    graph was traced with: measured 0.69x eager for PreAct ResNet-18 PGD-10 AT on CPU), so it
+    needs them off to trace an input-only backward. The flags are restored afterwards."""
+    wanted = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    for parameter, _ in wanted:
+        parameter.requires_grad_(False)
+    try:
+        with eval_mode(model):
+            yield model
+    finally:
+        for parameter, requires_grad in wanted:
+            parameter.requires_grad_(requires_grad)
 
 
 def random_start(
@@ -105,7 +124,7 @@ def pgd(
     else:
         x_adv = random_start(x, eps_t * start_scale, norm, mask, bounds) if random_init else x.clone()
     sign = -1.0 if targeted else 1.0
-    with eval_mode(model):
+    with attack_mode(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(logits_of(model, x_adv), y).sum() * sign
@@ -140,7 +159,7 @@ def saliency_point(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     x = x.detach()
     eps_t = per_sample(eps, x.shape[0], x)
     point = x
-    with eval_mode(model):
+    with attack_mode(model):
         for step in range(steps):
             if steps > 1:
                 point = point + (torch.rand_like(x) * 2 - 1) * eps_t / 10
@@ -159,7 +178,7 @@ def saliency_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     """The input gradient victim selection ranks units by: dL/dx at :func:`saliency_point`."""
     point = saliency_point(model, x, y, eps=eps, alpha=alpha, steps=steps, loss_fn=loss_fn,
                            bounds=bounds).requires_grad_(True)
-    with eval_mode(model):
+    with attack_mode(model):
         loss = loss_fn(logits_of(model, point), y).sum()
         (grad,) = torch.autograd.grad(loss, point)
     return grad

@@ -71,7 +71,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robx.core.attacks import eval_mode, logits_of, pgd, saliency_point
+from robx.core.attacks import attack_mode, logits_of, pgd, saliency_point
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
@@ -269,7 +269,7 @@ def class_gradients(model: nn.Module, point: torch.Tensor, y: torch.Tensor, labe
     """dL_c/dX at ``point`` for every class c, L_c the attack loss summed over the targets
     labelled c: shape (classes, *point.shape); their sum is the plain gradient."""
     point = point.detach().requires_grad_(True)
-    with eval_mode(model):
+    with attack_mode(model):
         per_target = loss_fn(logits_of(model, point), y)
         grads = [torch.autograd.grad(per_target[labels == c].sum(), point, retain_graph=c < num_classes - 1)[0]
                  for c in range(num_classes)]

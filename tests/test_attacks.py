@@ -134,6 +134,26 @@ def test_attack_uses_eval_mode_restores_mode_and_leaves_param_grads_alone():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_parameters_require_no_gradient_during_an_attack_and_get_their_flags_back():
+    model = TinyNet(8, 3)
+    model.bn.weight.requires_grad_(False)  # a frozen parameter stays frozen afterwards
+    flags_before = [p.requires_grad for p in model.parameters()]
+    during = []
+    model.bn.register_forward_hook(lambda module, *_: during.append([p.requires_grad for p in model.parameters()]))
+    x, y = torch.rand(4, 8), torch.zeros(4, dtype=torch.long)
+    x_adv = pgd(model, x, y, eps=0.1, alpha=0.05, steps=2, random_init=False)
+    assert during and all(not any(flags) for flags in during)
+    assert [p.requires_grad for p in model.parameters()] == flags_before
+    # the input gradient is what it is with the parameters requiring gradients: by hand, one step
+    point = x.clone().requires_grad_(True)
+    model.eval()
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(point)[1], y, reduction="sum"), point)
+    model.train()
+    expected = (x + 0.05 * grad.sign()).clamp(x - 0.1, x + 0.1).clamp(0, 1)
+    first = pgd(model, x, y, eps=0.1, alpha=0.05, steps=1, random_init=False)
+    assert torch.equal(first, expected) and x_adv.shape == x.shape
+
+
 def test_per_sample_budget_and_zero_budget():
     torch.manual_seed(0)
     model = TinyNet(8, 3)
