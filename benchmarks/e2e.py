@@ -185,6 +185,10 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="written to <device>-<tag>.json (a partial run keeps the full file)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    # one process here compiles several copies of one model class (three compiled variants,
+    # each in train and eval mode): past dynamo's default of 8 graphs per code object it
+    # silently runs the rest eagerly; a real run compiles one copy
+    torch._dynamo.config.recompile_limit = 64
     from robx.core.registry import registry
     from robx.core.task import ModelInput
 
