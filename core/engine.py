@@ -169,10 +169,11 @@ def build_model(found: Registry, name: str, spec: ModelInput) -> torch.nn.Module
 
 
 #: channels_last for convolutional models unless the config says otherwise, per device type.
-#: CPU, measured (benchmarks/e2e.py, results/e2e/cpu.json, robx's fp32 PGD-10 AT step):
-#: PreAct ResNet-18 7.16 vs 6.78 images/s (+6 %), WRN-34-10 0.62 vs 0.67 (-7 %): no layout wins,
-#: so NCHW stays. CUDA: channels_last is the layout cuDNN's tensor-core convolutions use
-#: (not yet measured by robx on a GPU: benchmarks/e2e.py --device cuda decides it)
+#: CPU, measured (benchmarks/e2e.py, results/e2e/cpu.json, robx's fp32 PGD-10 AT step, variants
+#: interleaved): PreAct ResNet-18 7.75 vs 7.49 images/s (+3 %), WRN-34-10 0.691 vs 0.696 (-1 %);
+#: an earlier run: +6 % / -7 %: no layout wins, so NCHW stays. CUDA: channels_last is the layout
+#: cuDNN's tensor-core convolutions use (not yet measured by robx on a GPU: benchmarks/e2e.py
+#: --device cuda decides it)
 CHANNELS_LAST_BY_DEVICE = {"cpu": False, "cuda": True}
 
 
