@@ -136,18 +136,14 @@ class Run:
     processes: Processes
     #: the training passes' module: BatchPasses of the model, under DDP across processes
     trainer: torch.nn.Module
+    #: where training batches are cut: ``data.train`` itself, or its copy on the device
+    #: (:func:`keeps_data_on_device`); plugins read ``data.train``, which stays on the host
+    batch_source: Split
     #: the layout of image batches (channels_last where the model and device want it)
     layout: torch.memory_format = torch.contiguous_format
     #: the protocol split's class counts: the run's majority / minority in every report, also
     #: when a data-level plugin (``training_set``) balanced the examples it trains on
     real_class_counts: list[int] = dataclasses.field(default_factory=list)
-    #: where training batches are cut: ``data.train`` itself, or its copy on the device
-    #: (:func:`keeps_data_on_device`); plugins read ``data.train``, which stays on the host
-    batch_source: Split | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_source is None:
-            self.batch_source = self.data.train
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -270,7 +266,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     trainer = distributed.data_parallel(state.model, device, processes)
     batch_source = data.train.to(device) if keeps_data_on_device(config, device, data.train) else data.train
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, trainer,
-               layout, real_class_counts, batch_source)
+               batch_source, layout, real_class_counts)
 
 
 def _checked_training_set(replaced: Split, original: Split, num_classes: int, owner: str) -> Split:
@@ -483,7 +479,6 @@ def training_batch(run: Run, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     the training examples ``idx`` (on the batch source's device, see :func:`on_batch_source`).
     Stored inputs reach the device as stored (uint8 images: a quarter of the bytes) and
     become model inputs there."""
-    assert run.batch_source is not None
     device = run.state.device
     part = run.batch_source.subset(idx)
     x = run.task.inputs(part.x.to(device))
@@ -497,7 +492,6 @@ def training_batch(run: Run, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def on_batch_source(run: Run, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """The epoch's index batches on the device of the batch source: one copy per epoch
     instead of one per step."""
-    assert run.batch_source is not None
     device = run.batch_source.x.device
     if device.type == "cpu" or not batches:
         return batches
