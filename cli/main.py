@@ -265,9 +265,16 @@ def eval_(
     Under ``torchrun`` the batches are shared by the processes (the same numbers)."""
     from robx.core import distributed
 
+    from robx.core.engine import run_dir_held
+    from robx.core.run import CONFIG_FILE, check_no_links
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RobxError(f"{run_dir} is not a robx run directory (no {CONFIG_FILE})")
+    check_no_links(run_dir)
     processes = distributed.start(device or saved_device(run_dir))
     try:
-        _evaluate_on(processes, run_dir, attack_name, victims, eps, alpha, steps, norm, n_eval, device, batch_size)
+        with run_dir_held(run_dir, "eval", processes):
+            _evaluate_on(processes, run_dir, attack_name, victims, eps, alpha, steps, norm, n_eval, device, batch_size)
     finally:
         distributed.stop()
 
@@ -277,7 +284,7 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
                  n_eval: Optional[int], device: Optional[str], batch_size: Optional[int]) -> None:
     from robx.cli.display import RichProgress, print_report
     from robx.core.engine import SilentProgress, default_eval_attack, evaluate_run, load_run
-    from robx.core.report import write_json
+    from robx.core.files import write_json
 
     run = load_run(run_dir, device)
     if batch_size is not None:

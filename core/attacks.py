@@ -9,6 +9,7 @@ requiring gradients while the attack runs (:func:`attack_mode`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robx.core.errors import OptionError
 from robx.kernels import pgd_step
 from robx.kernels.pgd_step import Norm, per_sample
 
@@ -66,6 +68,22 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for parameter, requires_grad in wanted:
             parameter.requires_grad_(requires_grad)
+
+
+def check_budget(eps: float | None, norm: str, bounds: tuple[float, float], example_shape: tuple[int, ...],
+                 what: str) -> None:
+    """One :class:`OptionError` line for a budget that reaches past the input box: Linf eps
+    above its width, or L2 eps above its diagonal, allows every input in the box, so the
+    "robust" accuracy measures nothing about robustness."""
+    low, high = bounds
+    if eps is None or not math.isfinite(high - low):
+        return
+    width = high - low
+    largest = width if norm == "linf" else width * math.sqrt(math.prod(example_shape))
+    if eps > largest:
+        reach = "the inputs' range" if norm == "linf" else "the diagonal of the input box"
+        raise OptionError(f"{what} {eps:g} ({norm}) exceeds {reach} ({largest:g}; inputs lie in [{low:g}, {high:g}]): "
+                          "the attack could reach any input; use a budget inside the box")
 
 
 def random_start(

@@ -138,23 +138,26 @@ def peers_checked(processes: Processes, what: str) -> Iterator[None]:
 # ---------------------------------------------------------------------------
 
 
-def rank_shards(batches: Sequence[torch.Tensor], processes: Processes) -> list[tuple[torch.Tensor, float]]:
+def rank_shards(batches: Sequence[torch.Tensor], processes: Processes,
+                smallest: int = 1) -> list[tuple[torch.Tensor, float]]:
     """This process's slice of every global batch, and the slice's weight W * len(slice) /
     len(batch) (1.0 for equal slices), so that DDP's mean of the processes' gradients is the
-    gradient of the global batch's mean loss. A last batch with fewer examples than
-    processes joins the batch before it."""
+    gradient of the global batch's mean loss. ``smallest`` is the fewest examples a slice may
+    hold (2 for a model with BatchNorm, whose training statistics need two): a last batch
+    too short to give every process that many joins the batch before it."""
     world = processes.world_size
+    batches = list(batches)
+    if len(batches) > 1 and len(batches[-1]) < world * smallest:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    if not batches or len(batches[-1]) < world * smallest:
+        total = sum(len(batch) for batch in batches)
+        raise OptionError(f"{total} training example(s) cannot be shared by {world} process(es), {smallest} each"
+                          + (" (BatchNorm needs two)" if smallest > 1 else ""))
+    if min(len(batch) for batch in batches) < world * smallest:
+        raise OptionError(f"a batch of {min(len(batch) for batch in batches)} leaves some of the {world} processes "
+                          f"fewer than {smallest} example(s); use a batch size of at least {world * smallest}")
     if world == 1:
         return [(batch, 1.0) for batch in batches]
-    batches = list(batches)
-    if len(batches) > 1 and len(batches[-1]) < world:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    if not batches or len(batches[-1]) < world:
-        total = sum(len(batch) for batch in batches)
-        raise OptionError(f"{total} training examples cannot be shared by {world} processes; use fewer processes")
-    if min(len(batch) for batch in batches) < world:
-        raise OptionError(f"a batch of {min(len(batch) for batch in batches)} leaves some of the {world} processes "
-                          f"without an example; use a batch size of at least {world}")
     shards = []
     for batch in batches:
         part = batch.tensor_split(world)[processes.rank]

@@ -11,6 +11,7 @@ model come from the registry. Nothing here depends on which task it is.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -26,18 +27,20 @@ import torch
 
 from robx import __version__
 from robx.core import run as rundir
-from robx.core.attacks import eval_mode, logits_of, pgd
+from robx.core.attacks import check_budget, eval_mode, logits_of, pgd
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig
 from robx.core import distributed
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
 from robx.core.distributed import BatchPasses, Processes
-from robx.core.errors import NonFiniteLossError, OptionError, RobxError, TrainingPaused
+from robx.core.errors import (CheckpointError, NonFiniteLossError, OptionError, PluginError, RobxError, RunDirError,
+                              TrainingPaused)
 from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
 from robx.core.models import NormedLinear
 from robx.core.registry import Registry, registry
-from robx.core.report import build_report, plot_per_class, write_json
+from robx.core.files import write_json, write_text
+from robx.core.report import build_report, plot_per_class
 from robx.core.state import Step, TrainState
 from robx.core.stats import EpochStats, ScoreAccumulator, SplitStats
 from robx.core.task import ModelInput, Task
@@ -144,6 +147,9 @@ class Run:
     #: the protocol split's class counts: the run's majority / minority in every report, also
     #: when a data-level plugin (``training_set``) balanced the examples it trains on
     real_class_counts: list[int] = dataclasses.field(default_factory=list)
+    #: the fewest examples a training batch (each process's slice) may hold: 2 for a model
+    #: with BatchNorm, whose training statistics need two (:func:`smallest_slice`)
+    smallest_batch: int = 1
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -230,8 +236,16 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed)
     task = task_type(data)
+    check_budget(config.eps, config.norm, task.input_bounds, tuple(data.train.x.shape[1:]), "eps")
     spec = dataclasses.replace(task.model_input(), head=host.head)
     model = build_model(found, config.model, spec)
+    check_model_contract(model, config.model, task.inputs(data.train.x[:2]))
+    processes = distributed.current()
+    smallest = smallest_slice(model)
+    if config.batch_size < smallest * processes.world_size:
+        raise OptionError(f"--batch-size {config.batch_size}: model '{config.model}' has BatchNorm layers, whose "
+                          f"training statistics need at least {smallest} examples per batch"
+                          + (f" on each of {processes.world_size} processes" if processes.distributed else ""))
     model, layout = placed_model(config, device, model)
     optimizer = build_optimizer(config, model)
     state = TrainState(
@@ -258,7 +272,6 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
     host.check_run(state)
     generator = torch.Generator().manual_seed(config.seed)
-    processes = distributed.current()
     if config.sync_bn:
         distributed.check_sync_bn(device)
         if processes.distributed:
@@ -266,7 +279,38 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     trainer = distributed.data_parallel(state.model, device, processes)
     batch_source = data.train.to(device) if keeps_data_on_device(config, device, data.train) else data.train
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, trainer,
-               batch_source, layout, real_class_counts)
+               batch_source, layout, real_class_counts, smallest)
+
+
+def smallest_slice(model: torch.nn.Module) -> int:
+    """2 for a model with BatchNorm layers (a batch of one example has no variance to
+    normalise by: torch refuses it in training), else 1."""
+    return 2 if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()) else 1
+
+
+def check_model_contract(model: torch.nn.Module, name: str, x: torch.Tensor) -> None:
+    """One line, before anything is written, when the model does not keep robx's contract:
+    ``model(x)`` returns ``(features, outputs)``, two tensors with one row per example
+    (``x``: two training examples as model inputs; eval mode, no gradients)."""
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+    except Exception as error:
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise PluginError(f"model '{name}' fails on two training examples of shape {tuple(x.shape[1:])}: "
+                          f"{type(error).__name__}: {detail}") from error
+    if isinstance(out, torch.Tensor):
+        got = f"one tensor of shape {tuple(out.shape)}"
+    elif isinstance(out, (tuple, list)):
+        got = f"a {type(out).__name__} of {len(out)}: " + ", ".join(
+            str(tuple(part.shape)) if isinstance(part, torch.Tensor) else type(part).__name__ for part in out)
+    else:
+        got = type(out).__name__
+    fits = (isinstance(out, (tuple, list)) and len(out) == 2
+            and all(isinstance(part, torch.Tensor) and part.dim() >= 1 and part.shape[0] == len(x) for part in out))
+    if not fits:
+        raise PluginError(f"model '{name}' returned {got} for a batch of {len(x)}; robx models return (features, "
+                          "outputs), each with one row per example (build it with robx.core.models.classifier)")
 
 
 def _checked_training_set(replaced: Split, original: Split, num_classes: int, owner: str) -> Split:
@@ -524,7 +568,7 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
     tracker = run.task.statistics(state.device)
     loss_sums: dict[str, torch.Tensor] = {}
     assert config.batch_size is not None
-    shards = distributed.rank_shards(list(epoch_batches(run)), processes)
+    shards = distributed.rank_shards(list(epoch_batches(run)), processes, run.smallest_batch)
     progress.start_epoch(state.epoch, len(shards))
     indices = on_batch_source(run, [idx for idx, _ in shards])
     for idx, (_, share) in zip(indices, shards):
@@ -578,32 +622,64 @@ def checkpoint_payload(run: Run) -> dict[str, Any]:
     }
 
 
-def restore(run: Run, payload: dict[str, Any]) -> None:
+def restore(run: Run, payload: dict[str, Any], source: Path) -> None:
+    """The run's state from a checkpoint; one :class:`CheckpointError` line when the
+    checkpoint was written for another model or configuration."""
     state = run.state
-    state.model.load_state_dict(payload["model"])
-    state.optimizer.load_state_dict(payload["optimizer"])
-    run.scheduler.load_state_dict(payload["scheduler"])
-    state.stash.load_state_dict(payload["stash"])
-    state.history = [EpochStats.from_state(stats) for stats in payload["history"]]
+    rundir.check_state_fits(state.model.state_dict(), payload["model"], source, f"model '{run.config.model}'")
+    try:
+        state.model.load_state_dict(payload["model"])
+        state.optimizer.load_state_dict(payload["optimizer"])
+        run.scheduler.load_state_dict(payload["scheduler"])
+        state.stash.load_state_dict(payload["stash"])
+        state.history = [EpochStats.from_state(stats) for stats in payload["history"]]
+        state.global_step = int(payload["global_step"])
+        state.epoch = int(payload["epoch"]) + 1
+        run.generator.set_state(payload["generator"])
+        _set_rng_state(payload["rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {source} does not fit the run configured in {source.parent / rundir.CONFIG_FILE}"
+                              f" ({type(error).__name__}: {detail[:200]})") from error
     state.epoch_stats = state.history[-1] if state.history else None
-    state.global_step = payload["global_step"]
-    state.epoch = payload["epoch"] + 1
-    run.generator.set_state(payload["generator"])
-    _set_rng_state(payload["rng"])
 
 
-def _truncate_metrics(path: Path, before_epoch: int) -> None:
-    """Drop metric lines of epochs that will be trained again after a resume."""
+def kept_metrics(path: Path, before_epoch: int) -> list[str]:
+    """The metric lines of epochs before ``before_epoch`` (those after it are trained again
+    on resume); one line naming the first line that is not a robx metrics record."""
     if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] < before_epoch]
-    path.write_text("".join(line + "\n" for line in kept))
+        return []
+    kept = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            epoch = int(json.loads(line)["epoch"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise RunDirError(f"{path} line {number} is not a robx metrics record ({type(error).__name__}); "
+                              "repair or remove that line to resume") from error
+        if epoch < before_epoch:
+            kept.append(line)
+    return kept
+
+
+def write_metrics(path: Path, lines: list[str]) -> None:
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 # ---------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_dir_held(run_dir: Path, command: str, processes: Processes) -> Iterator[None]:
+    """The run directory's lock (:class:`robx.core.run.RunDirLock`), held by process 0 for the
+    block; when another process holds it, every process fails with that one line."""
+    with contextlib.ExitStack() as held:
+        distributed.on_main(lambda: held.enter_context(rundir.RunDirLock(run_dir, command)), processes,
+                            "the run directory")
+        yield
 
 
 def train(
@@ -623,10 +699,15 @@ def train(
     by the last epoch's time) is not started: :class:`TrainingPaused` is raised with the
     checkpoint in place (for device sessions with a time limit per command).
 
+    The run directory has one writer: this process holds its lock from before the first
+    file is written to the end (a second robx process gets one line naming this one). A new
+    run that fails before its first checkpoint leaves nothing behind (no run directory
+    holding a config only). Every file is written atomically.
+
     Under torchrun (a process group set up, :func:`robx.core.distributed.start`) every
-    process calls this with the same arguments; process 0 writes the run directory. A
-    process that loses the others raises :class:`robx.core.distributed.PeerLostError`
-    naming the checkpoint to resume from.
+    process calls this with the same arguments; process 0 holds the lock and writes the run
+    directory. A process that loses the others raises
+    :class:`robx.core.distributed.PeerLostError` naming the checkpoint to resume from.
     """
     progress = progress or SilentProgress()
     run_dir = Path(run_dir)
@@ -635,23 +716,41 @@ def train(
         config_path = run_dir / rundir.CONFIG_FILE
         if not config_path.exists():
             raise RobxError(f"cannot resume: {config_path} does not exist")
-        config = TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
-        payload = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE)
-        run = build_run(config, run_dir)
-        restore(run, payload)
-        if processes.main:
-            _truncate_metrics(run_dir / rundir.METRICS_FILE, run.state.epoch)
-        distributed.barrier(processes)
+        rundir.check_no_links(run_dir)
     else:
         run = build_run(config, run_dir)  # validate everything before touching the disk
-        distributed.on_main(lambda: _start_run_dir(run, force), processes, "the run directory")
+        distributed.on_main(lambda: rundir.check_new_run_dir(run_dir, force), processes, "the run directory")
+    created = not run_dir.exists()
+    with run_dir_held(run_dir, "train --resume" if resume else "train", processes):
+        if resume:
+            run = build_run(saved_config(run_dir), run_dir)
+            restore(run, rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE), run_dir / rundir.CHECKPOINT_FILE)
+            metrics = distributed.on_main(lambda: kept_metrics(run_dir / rundir.METRICS_FILE, run.state.epoch),
+                                          processes, "the metrics") or []
+            distributed.on_main(lambda: write_metrics(run_dir / rundir.METRICS_FILE, metrics), processes,
+                                "the metrics")
+        else:
+            metrics = []
+            distributed.on_main(lambda: _start_run_dir(run, force), processes, "the run directory")
+        try:
+            return _train_and_evaluate(run, progress, deadline, metrics)
+        except distributed.PeerLostError as error:
+            done = run.state.history[-1].epoch if run.state.history else None
+            kept = (f"the checkpoint of epoch {done} in {run_dir} is intact" if done is not None
+                    else f"no epoch finished, so {run_dir} holds no checkpoint")
+            raise distributed.PeerLostError(f"{error}; {kept}: resume with --resume {run_dir}") from error
+        finally:
+            if not resume and processes.main and not (run_dir / rundir.CHECKPOINT_FILE).exists():
+                rundir.discard_new_run(run_dir, created)
+
+
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The config a run directory was started with; one line when it is not one."""
+    path = run_dir / rundir.CONFIG_FILE
     try:
-        return _train_and_evaluate(run, progress, deadline)
-    except distributed.PeerLostError as error:
-        done = run.state.history[-1].epoch if run.state.history else None
-        kept = (f"the checkpoint of epoch {done} in {run_dir} is intact" if done is not None
-                else f"no epoch finished, so {run_dir} holds no checkpoint")
-        raise distributed.PeerLostError(f"{error}; {kept}: resume with --resume {run_dir}") from error
+        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunDirError(f"{path} is not a robx run config ({type(error).__name__}: {error})") from error
 
 
 def _start_run_dir(run: Run, force: bool) -> None:
@@ -667,7 +766,7 @@ def _start_run_dir(run: Run, force: bool) -> None:
     })
 
 
-def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None) -> dict[str, Any]:
+def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, metrics: list[str]) -> dict[str, Any]:
     config, state, processes, run_dir = run.config, run.state, run.processes, run.run_dir
     assert config.epochs is not None
     run.host.train_start(state)
@@ -696,9 +795,9 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None) ->
         payload = checkpoint_payload(run)
 
         def write_epoch() -> None:
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            write_metrics(metrics_path, metrics + [json.dumps(record)])
             rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
+            metrics.append(json.dumps(record))
 
         distributed.on_main(write_epoch, processes, "the checkpoint")
         progress.end_epoch(stats)
@@ -772,7 +871,8 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     try:
         with cumulative_batchnorm(averaged):
             averaged.train()
-            for idx in on_batch_source(run, [idx for idx, _ in distributed.rank_shards(batches, run.processes)]):
+            shards = distributed.rank_shards(batches, run.processes, run.smallest_batch)
+            for idx in on_batch_source(run, [idx for idx, _ in shards]):
                 step = prepared_step(run, *training_batch(run, idx))
                 with torch.no_grad():
                     forward_passes(BatchPasses(averaged), step, host.views, host.trains_on)
@@ -836,11 +936,14 @@ def load_run(run_dir: Path, device: str | None = None) -> Run:
     config_path = run_dir / rundir.CONFIG_FILE
     if not config_path.exists():
         raise RobxError(f"{run_dir} is not a robx run directory (no {rundir.CONFIG_FILE})")
-    config = TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
+    config = saved_config(run_dir)
     if device is not None:
         config.device = device
     payload = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE)
     run = build_run(config, run_dir)
-    run.state.model.load_state_dict(payload.get("eval_model", payload["model"]))
+    weights = payload.get("eval_model", payload["model"])
+    rundir.check_state_fits(run.state.model.state_dict(), weights, run_dir / rundir.CHECKPOINT_FILE,
+                            f"model '{config.model}'")
+    run.state.model.load_state_dict(weights)
     return run
 

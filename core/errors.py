@@ -40,6 +40,15 @@ class RunDirError(RobxError):
     pass
 
 
+class RunDirBusyError(RunDirError):
+    """Another process holds the run directory (its lock): one writer at a time."""
+
+
+class WriteError(RobxError):
+    """A file could not be written (a read-only or full filesystem, a size limit); the file
+    that was there is unchanged."""
+
+
 class NonFiniteLossError(RobxError):
     pass
 

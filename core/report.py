@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from robx.core.errors import RobxError
+from robx.core.files import atomic_write
 from robx.core.evaluate import AttackSettings, EvalResult
 from robx.core.metrics import is_balanced, majority_classes, summarize
 from robx.core.task import Metric
@@ -45,10 +46,14 @@ def build_report(
     return report
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure as a PNG, written atomically; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
@@ -85,8 +90,7 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
               handles=ax.get_legend_handles_labels()[0] + minority_key,
               labels=["standard", "robust", "minority class"][: 2 + len(minority_key)])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -211,5 +215,4 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust"
                  + ("" if balanced else "; * = minority class"), fontsize=10)
     ax.legend(fontsize=7, ncol=4, loc="upper center", frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
