@@ -111,3 +111,5 @@ def print_report(console: Console, report: dict[str, Any], title: str) -> None:
     """The per-class table, then the task's own tables."""
     for table in (report_table(report, title), *details_tables(report)):
         console.print(table)
+    if report.get("note"):
+        console.print(f"note: {report['note']}")

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robx.core.config import TrainConfig, load_toml
+from robx.core.config import MAX_SEED, TrainConfig, load_toml
 from robx.core.errors import OptionError, RobxError
 from robx.core.options import parse_number
 from robx.core.plugins import available_plugins, parse_set_overrides, resolve_plugin_names
@@ -94,6 +94,7 @@ def train(
     from robx.core import distributed
 
     if resume is not None:
+        refuse_options_on_resume(context)
         if nproc is not None:
             return launch_processes(context, nproc, resume)
         processes = distributed.start(saved_device(resume))
@@ -136,6 +137,20 @@ def train(
         _train_on(processes, config, run_dir, force=force)
     finally:
         distributed.stop()
+
+
+def refuse_options_on_resume(context: typer.Context) -> None:
+    """``--resume`` continues a run exactly as its config.json says: the learning-rate
+    schedule, DRW's and SWA's starts are fractions of the saved epochs and the checkpoint holds
+    that model and optimiser, so no option may change; ``--nproc`` only says how many
+    processes carry on."""
+    given = [param.opts[0] for param in context.command.params
+             if param.name not in ("resume", "nproc")
+             and getattr(context.get_parameter_source(param.name), "name", "DEFAULT") != "DEFAULT"]
+    if given:
+        raise OptionError(f"--resume continues the run as its config.json says, so {', '.join(given)} cannot be "
+                          "given with it (the schedule, DRW and SWA depend on the saved epochs); start a new run "
+                          "with --out to change them")
 
 
 def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool = False, resume: bool = False) -> None:
@@ -283,6 +298,7 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
                  eps: Optional[str], alpha: Optional[str], steps: Optional[int], norm: Optional[str],
                  n_eval: Optional[int], device: Optional[str], batch_size: Optional[int]) -> None:
     from robx.cli.display import RichProgress, print_report
+    from robx.core.attacks import check_budget
     from robx.core.engine import SilentProgress, default_eval_attack, evaluate_run, load_run
     from robx.core.files import write_json
 
@@ -309,6 +325,9 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
         if norm not in ("linf", "l2"):
             raise OptionError(f"--norm must be linf or l2, got {norm!r}")
         attack.norm = norm  # type: ignore[assignment]
+    if attack.eps < 0 or attack.alpha < 0:
+        raise OptionError(f"--eps and --alpha must be >= 0, got {attack.eps:g} and {attack.alpha:g}")
+    check_budget(attack.eps, attack.norm, run.task.input_bounds, tuple(run.data.test.x.shape[1:]), "--eps")
     if n_eval is not None and n_eval < 1:
         raise OptionError("--n-eval must be >= 1")
     if victims is not None:
@@ -339,8 +358,14 @@ def report_(
     from robx.core.metrics import summary_keys
     from robx.core.report import add_fairness_scores, aggregate, load_reports, plot_comparison
 
+    from robx.core.files import check_writable
+
     if kind not in ("robust", "standard"):
         raise OptionError(f"--kind must be robust or standard, got {kind!r}")
+    if plot.is_dir() or not plot.parent.is_dir():
+        raise OptionError(f"--plot {plot}: " + ("a directory; give a PNG file name" if plot.is_dir()
+                                                 else f"the directory {plot.parent} does not exist"))
+    check_writable(plot.parent, plot.name)
     rows = aggregate(load_reports(paths))
     if baseline is not None:
         add_fairness_scores(rows, baseline)
@@ -393,17 +418,14 @@ def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _method_options(method: str, assignments: Optional[list[str]], out: Optional[Path],
-                    force: bool) -> tuple[dict[str, str], dict[str, str]]:
-    """(method options, dataset options) of ``--set``, for the data-level commands; one-line
-    errors for another plugin's options and for an existing output directory."""
+def _method_options(method: str, assignments: Optional[list[str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """(method options, dataset options) of ``--set``, for the data-level commands; a one-line
+    error for another plugin's options."""
     overrides = parse_set_overrides(assignments or [])
     dataset_options = overrides.pop("dataset", {})
     unknown = [name for name in overrides if name != method]
     if unknown:
         raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
-    if out is not None and out.exists() and any(out.iterdir()) and not force:
-        raise OptionError(f"output directory {out} already exists; pass --force to overwrite it")
     return overrides.get(method, {}), dataset_options
 
 
@@ -412,7 +434,7 @@ def oversample_(
     method: Annotated[str, typer.Option(help="A registered oversampler: glgan, smote, borderline-smote, adasyn, random, none.")],
     dataset: Annotated[str, typer.Option(help="A classification dataset, e.g. digits-binary, breast-cancer, cifar10-pair.")] = "digits-binary",
     ratio: Annotated[Optional[float], typer.Option(help="Majority : minority training ratio (default: the dataset's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the imbalanced subset, the oversampler and the classifiers.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the imbalanced subset, the oversampler and the classifiers.")] = 0,
     classifiers: Annotated[str, typer.Option(help="Comma-separated: mlpclassifier, linearsvc, adaboost (scikit-learn defaults).")] = "mlpclassifier,linearsvc,adaboost",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.KEY=VALUE or dataset.KEY=VALUE (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write report.json and augmented.npz (x, y, generated) here.")] = None,
@@ -420,9 +442,12 @@ def oversample_(
 ) -> None:
     """Oversample an imbalanced training set and score scikit-learn classifiers trained on it
     (GL-GAN's evaluation: macro-F1, micro-F1 and MCC on a balanced test split)."""
-    from robx.core.oversample import OversampleJob, run_oversample, write_outputs
+    from robx.core.files import prepare_output_dir
+    from robx.core.oversample import OUTPUTS, WRITER, OversampleJob, run_oversample, write_outputs
 
-    method_options, dataset_options = _method_options(method, set_, out, force)
+    method_options, dataset_options = _method_options(method, set_)
+    if out is not None:
+        prepare_output_dir(out, OUTPUTS, WRITER, force)
     names = tuple(c.strip() for c in classifiers.split(",") if c.strip())
     job = OversampleJob(dataset, method, seed, ratio, method_options, dataset_options, names)
     with console.status(f"{method} on {dataset} (seed {seed})"):
@@ -447,16 +472,19 @@ def oversample_(
 def crowd_(
     method: Annotated[str, typer.Option(help="A registered crowd learner: iced, mv-lr, mv-dnn, ds-lr, ds-dnn.")],
     dataset: Annotated[str, typer.Option(help="A crowd-labelled dataset: digits-crowd, breast-cancer-crowd, cifar10-pair-crowd.")] = "digits-crowd",
-    seed: Annotated[int, typer.Option(help="Seed of the data (workers, removal, split) and the learner.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the data (workers, removal, split) and the learner.")] = 0,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.KEY=VALUE or dataset.KEY=VALUE (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write report.json here.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
 ) -> None:
     """Learn a classifier from imbalanced crowd labels and score it on the true test labels
     (ICED's evaluation: accuracy, F1, and how many training labels it inferred right)."""
-    from robx.core.crowd import CrowdJob, run_crowd, write_crowd_report
+    from robx.core.crowd import OUTPUTS, WRITER, CrowdJob, run_crowd, write_crowd_report
+    from robx.core.files import prepare_output_dir
 
-    method_options, dataset_options = _method_options(method, set_, out, force)
+    method_options, dataset_options = _method_options(method, set_)
+    if out is not None:
+        prepare_output_dir(out, OUTPUTS, WRITER, force)
     with console.status(f"{method} on {dataset} (seed {seed})"):
         report = run_crowd(CrowdJob(dataset, method, seed, method_options, dataset_options))
     counts = ", ".join(f"{c} {n}" for c, n in zip(report["classes"], report["train_counts"]))

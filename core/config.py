@@ -16,6 +16,7 @@ line's ``--set dataset.KEY=VALUE``), for example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ from typing import Any, Literal
 
 from robx.core.errors import OptionError
 from robx.core.options import coerce_fields
+
+#: The largest seed every consumer takes (scikit-learn's ``random_state`` stops at 2**32 - 1).
+MAX_SEED = 2**32 - 1
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -139,7 +143,10 @@ class TrainConfig:
             (self.alpha is None or self.alpha >= 0, "alpha must be >= 0"),
             (self.steps is None or self.steps >= 1, "steps must be >= 1"),
             (self.eval_steps is None or self.eval_steps >= 1, "eval_steps must be >= 1"),
-            (self.ratio is None or self.ratio >= 1, "ratio must be >= 1"),
+            (self.ratio is None or (math.isfinite(self.ratio) and self.ratio >= 1),
+             f"ratio must be a finite number >= 1, got {self.ratio}"),
+            (0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}"),
+            (0 <= self.data_seed <= MAX_SEED, f"data_seed must be in [0, {MAX_SEED}], got {self.data_seed}"),
             (self.n_max is None or self.n_max >= 1, "n_max must be >= 1"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
             (self.n_eval is None or self.n_eval >= 1, "n_eval must be >= 1"),
@@ -187,6 +194,11 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise OptionError(f"config file not found: {path}") from error
     except tomllib.TOMLDecodeError as error:
         raise OptionError(f"config file {path} is not valid TOML: {error}") from error
+    except UnicodeDecodeError as error:
+        raise OptionError(f"config file {path} is not UTF-8 text (TOML is UTF-8): byte {error.start} "
+                          f"cannot be decoded") from error
+    except OSError as error:
+        raise OptionError(f"cannot read config file {path}: {error.strerror or error}") from error
     plugin_tables = {key: data.pop(key) for key in list(data)
                      if isinstance(data[key], dict) and key != "dataset_options"}
     if plugin_tables:

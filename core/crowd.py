@@ -16,7 +16,6 @@ there every list of training labels under a key ``<name>_labels`` becomes
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from robx.core.errors import OptionError, RobxError
+from robx.core.files import WRITTEN_BY, make_directory, write_json
+from robx.core.options import check_ranges
 
 MISSING = -1
 
@@ -210,9 +211,14 @@ def _scored(record: dict[str, Any], truth: np.ndarray) -> dict[str, Any]:
     return scored
 
 
+#: What ``robx crowd --out`` writes, naming its writer (``--force`` checks it)
+OUTPUTS = ("report.json",)
+WRITER = "robx crowd"
+
+
 def write_crowd_report(out: Path, report: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    make_directory(out)
+    write_json(out / "report.json", {**report, WRITTEN_BY: WRITER})
 
 
 @dataclass
@@ -225,6 +231,14 @@ class CrowdDataOptions:
     easiest_error: float = 0.05
     hardest_error: float = 0.45
 
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("workers",), fractions=("easiest_error", "hardest_error"))
+        if not 0 <= self.minority_removed < 1 or not 0 <= self.missing < 1:
+            raise ValueError(f"minority_removed and missing must be in [0, 1), got {self.minority_removed} and "
+                             f"{self.missing}")
+        if self.easiest_error > self.hardest_error:
+            raise ValueError(f"easiest_error {self.easiest_error} is above hardest_error {self.hardest_error}")
+
 
 def crowd_dataset(name: str, classes: list[str], train: Any, test: Any, seed: int,
                   options: CrowdDataOptions) -> Any:
@@ -236,9 +250,6 @@ def crowd_dataset(name: str, classes: list[str], train: Any, test: Any, seed: in
     import torch
 
     from robx.core.data import Split, TaskData
-
-    if options.workers < 1 or not 0 <= options.minority_removed < 1 or not 0 <= options.missing < 1:
-        raise OptionError(f"{name}: workers >= 1, 0 <= minority_removed < 1 and 0 <= missing < 1 are needed")
 
     def features(x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).reshape(len(x), -1)

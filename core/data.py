@@ -10,6 +10,8 @@ for two CPU cores.
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,15 +115,27 @@ def user_cache_dir() -> Path:
 
 def imbalanced_class_sizes(num_classes: int, kind: str, ratio: float, n_max: int) -> list[int]:
     """Step-K: the first half of the classes keep n_max, the rest n_max / K.
-    Exp-K: class c keeps n_max * K^(-c / (C - 1)). ``none``: n_max for every class (balanced)."""
+    Exp-K: class c keeps n_max * K^(-c / (C - 1)). ``none``: n_max for every class (balanced).
+    A ratio that is not a finite number >= 1, or that leaves the smallest class less than one
+    example (K > n_max), is an :class:`OptionError`: rounding it up to one example would train
+    on another ratio than the one asked for."""
+    if not math.isfinite(ratio) or ratio < 1:
+        raise OptionError(f"the imbalance ratio must be a finite number >= 1, got {ratio:g}")
     if kind == "none" or ratio == 1:
         return [n_max] * num_classes
+    check_smallest_class(ratio, n_max)
     if kind == "step":
         half = num_classes // 2
         return [n_max if c < half else max(1, int(n_max / ratio)) for c in range(num_classes)]
     if kind == "exp":
         return [max(1, int(n_max * ratio ** (-c / (num_classes - 1)))) for c in range(num_classes)]
     raise OptionError(f"imbalance must be step, exp or none, got {kind!r}")
+
+
+def check_smallest_class(ratio: float, n_max: int) -> None:
+    if n_max / ratio < 1 - 1e-9:
+        raise OptionError(f"ratio {ratio:g} leaves the smallest class {n_max} / {ratio:g} < 1 training example; "
+                          f"with {n_max} examples in the largest class the ratio can be at most {n_max}")
 
 
 def per_class_subset(labels: torch.Tensor, sizes: list[int], seed: int) -> torch.Tensor:
@@ -189,6 +203,11 @@ def apply_protocol(
         kept, held = stratified_split(data.train.labels, val_fraction, data_seed)
         data.val = data.train.subset(held)
         data.train = data.train.subset(kept)
+    counts = torch.bincount(data.train.labels, minlength=data.num_classes).tolist()
+    if 0 in counts:
+        empty = counts.index(0)
+        raise OptionError(f"class {data.classes[empty]!r} is left with 0 training examples (training counts "
+                          f"{counts}); raise n_max, lower the ratio or the val_fraction")
     return data
 
 

@@ -236,7 +236,6 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed)
     task = task_type(data)
-    check_budget(config.eps, config.norm, task.input_bounds, tuple(data.train.x.shape[1:]), "eps")
     spec = dataclasses.replace(task.model_input(), head=host.head)
     model = build_model(found, config.model, spec)
     check_model_contract(model, config.model, task.inputs(data.train.x[:2]))
@@ -719,6 +718,7 @@ def train(
         rundir.check_no_links(run_dir)
     else:
         run = build_run(config, run_dir)  # validate everything before touching the disk
+        check_budget(config.eps, config.norm, run.task.input_bounds, tuple(run.data.train.x.shape[1:]), "eps")
         distributed.on_main(lambda: rundir.check_new_run_dir(run_dir, force), processes, "the run directory")
     created = not run_dir.exists()
     with run_dir_held(run_dir, "train --resume" if resume else "train", processes):
@@ -922,6 +922,11 @@ def evaluate_run(
         "epochs": config.epochs,
         "model": config.model,
         "n_test": len(test),
+        **({"n_eval": n_eval} if n_eval else {}),
+        **({"note": f"evaluated on {len(test)} test examples, not the {n_eval} asked for: "
+                    + ("that is the whole test split" if n_eval > len(test) else
+                       "the stratified subset keeps at least one example of each class")}
+           if n_eval and n_eval != len(test) else {}),
     })
 
 

@@ -95,3 +95,40 @@ def check_writable(directory: Path, what: str) -> None:
         raise WriteError(f"cannot write {what} in {directory}: {error.strerror or error}") from error
     os.close(fd)
     os.unlink(name)
+
+
+#: The key a data-level command's report.json carries, naming the command that wrote it:
+#: ``--force`` replaces a directory's outputs only when they are robx's own.
+WRITTEN_BY = "written_by"
+
+
+def _written_by(report: Path, command: str) -> bool:
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get(WRITTEN_BY) == command
+
+
+def prepare_output_dir(out: Path, outputs: tuple[str, ...], command: str, force: bool) -> None:
+    """Check ``--out`` of a data-level command before its work: a directory (or a path to make
+    one), empty unless ``force``, and with ``force`` only robx's own outputs are replaced --
+    ``outputs[0]`` is the report whose :data:`WRITTEN_BY` names ``command``, written last, so it
+    vouches for the others. Files robx did not write stay; so does everything else there."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WriteError(f"--out {out} is a file, not a directory; give a directory for {', '.join(outputs)}")
+    present = [name for name in outputs if (out / name).exists() or (out / name).is_symlink()]
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise WriteError(f"output directory {out} already exists; pass --force to replace robx's outputs there")
+    if present and not _written_by(out / outputs[0], command):
+        raise WriteError(f"{out / present[0]} was not written by {command}; --force replaces only robx's own "
+                         "outputs: move it away or choose another --out")
+    check_writable(out, ", ".join(outputs))
+
+
+def make_directory(out: Path) -> None:
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(f"cannot make directory {out}: {error.strerror or error}") from error

@@ -119,3 +119,20 @@ def options_from(options_type: type | None, raw: Mapping[str, Any], prefix: str,
         return options_type(**values)
     except (TypeError, ValueError) as error:
         raise OptionError(f"invalid options for {owner}: {error}") from error
+
+
+def check_ranges(options: Any, *, at_least_one: tuple[str, ...] = (), positive: tuple[str, ...] = (),
+                 non_negative: tuple[str, ...] = (), fractions: tuple[str, ...] = ()) -> None:
+    """``ValueError`` naming the first field of ``options`` out of its range (counts >= 1,
+    positive or non-negative finite numbers, fractions in [0, 1]); an options dataclass calls it
+    from ``__post_init__``, and :func:`options_from` makes the error one line naming the owner."""
+    import math
+
+    rules = [(at_least_one, lambda v: v >= 1, ">= 1"), (positive, lambda v: math.isfinite(v) and v > 0, "> 0"),
+             (non_negative, lambda v: math.isfinite(v) and v >= 0, ">= 0"),
+             (fractions, lambda v: 0 <= v <= 1, "in [0, 1]")]
+    for names, ok, wanted in rules:
+        for name in names:
+            value = getattr(options, name)
+            if not ok(value):
+                raise ValueError(f"{name} must be {wanted}, got {value}")

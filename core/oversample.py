@@ -16,7 +16,6 @@ share of synthetic examples whose nearest real training example belongs to anoth
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import numpy as np
 
 from robx.core.data import apply_protocol
 from robx.core.errors import OptionError
+from robx.core.files import WRITTEN_BY, atomic_write, make_directory, write_json
 
 
 class Oversampler(Protocol):
@@ -157,8 +157,14 @@ def run_oversample(job: OversampleJob) -> tuple[dict[str, Any], dict[str, np.nda
     return report, arrays
 
 
+#: What ``robx oversample --out`` writes; the report last, naming its writer (``--force`` checks it)
+OUTPUTS = ("report.json", "augmented.npz")
+WRITER = "robx oversample"
+
+
 def write_outputs(out: Path, report: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """report.json and augmented.npz (plain arrays: ``np.load(allow_pickle=False)`` reads them)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    np.savez_compressed(out / "augmented.npz", **arrays)
+    """augmented.npz (plain arrays: ``np.load(allow_pickle=False)`` reads them), then
+    report.json; each atomically."""
+    make_directory(out)
+    atomic_write(out / "augmented.npz", lambda handle: np.savez_compressed(handle, **arrays))
+    write_json(out / "report.json", {**report, WRITTEN_BY: WRITER})

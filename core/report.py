@@ -113,15 +113,20 @@ def load_reports(paths: list[Path]) -> list[dict[str, Any]]:
             files.append(path)
         else:
             raise RobxError(f"no run directory or result file at {path}")
+    explicit = {path for path in paths if path.is_file()}
     reports = []
     for file in files:
         try:
-            data = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RobxError(f"cannot read {file}: {error}") from error
-        report = data.get("report", data)
-        if "per_class" not in report or "summary" not in report:
-            continue  # not a report (e.g. a benchmark of something else)
+        report = data.get("report", data) if isinstance(data, dict) else data
+        looks_like_one = isinstance(report, dict) and "per_class" in report and "summary" in report
+        if not looks_like_one and file not in explicit:
+            continue  # found by walking a folder, and not a report (e.g. a benchmark of something else)
+        problem = report_problem(report)
+        if problem is not None:
+            raise RobxError(f"{file} is not a robx report: {problem}")
         report = dict(report)
         report["method"] = data.get("method") or report.get("method") or "+".join(report.get("plugins", ["?"]))
         report["source"] = str(file)
@@ -129,6 +134,39 @@ def load_reports(paths: list[Path]) -> list[dict[str, Any]]:
     if not reports:
         raise RobxError(f"no robx reports found in {', '.join(map(str, paths))}")
     return reports
+
+
+def report_problem(report: Any) -> str | None:
+    """What keeps ``report`` from being a run's report.json as :func:`aggregate` reads it
+    (the first missing or mistyped key), or None."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(report, dict):
+        return f"a JSON {type(report).__name__}, not an object"
+    names = report.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "no 'class_names' list of class names"
+    for key in ("class_counts", "majority_classes"):
+        if not isinstance(report.get(key), list):
+            return f"no '{key}' list"
+    if not isinstance(report.get("per_class"), dict) or not isinstance(report.get("summary"), dict):
+        return "'per_class' and 'summary' must be objects"
+    for kind in ("standard", "robust"):
+        scores = report["per_class"].get(kind)
+        if not isinstance(scores, list) or len(scores) != len(names) or not all(map(number, scores)):
+            return f"'per_class.{kind}' must be {len(names)} numbers, one per class"
+        summary = report["summary"].get(kind)
+        if not isinstance(summary, dict):
+            return f"no 'summary.{kind}' object"
+        for key in SUMMARY_KEYS + ("disparity",):
+            if not number(summary.get(key)):
+                return f"no number at 'summary.{kind}.{key}'"
+    metric = report.get("metric", ACCURACY)
+    if not isinstance(metric, dict) or not isinstance(metric.get("name"), str) \
+            or not isinstance(metric.get("higher_is_better"), bool):
+        return "'metric' must be an object with a 'name' and 'higher_is_better'"
+    return None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import torch
 
 from robx.core.crowd import RegisterCrowdLearner, dawid_skene, majority_vote
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.plugins.common import FeatureClassifier, fit_epochs
 
 
@@ -21,6 +22,9 @@ class DNNOptions:
     epochs: int = 45  # ICED's 3 x 5 warm-up epochs + 30 iterations
     lr: float = 1e-3
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("epochs", "batch_size"), positive=("lr",))
 
 
 class InferThenClassify:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import TrainState
 from robx.plugins.common import class_balanced_weights, deferred_start_epoch
 
@@ -33,6 +34,11 @@ class DeferredReweighting:
         beta: float = 0.9999
         start: float = 0.8
         start_epoch: int | None = None
+
+        def __post_init__(self) -> None:
+            check_ranges(self, fractions=("beta", "start"))
+            if self.beta >= 1 or (self.start_epoch is not None and self.start_epoch < 0):
+                raise ValueError(f"beta must be < 1 and start_epoch >= 0, got {self.beta} and {self.start_epoch}")
 
     def __init__(self, options: Options) -> None:
         self.options = options

@@ -21,6 +21,7 @@ import torch
 
 from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import StashKey, Step, TrainState
 
 AVERAGE = StashKey[dict]("ema.average")
@@ -37,6 +38,9 @@ class EMA:
         start: float = 0.0
         warmup: bool = True
         batchnorm: BatchNormSource = "last"
+
+        def __post_init__(self) -> None:
+            check_ranges(self, fractions=("decay", "start"))
 
     def __init__(self, options: Options) -> None:
         self.options = options

@@ -29,6 +29,7 @@ import torch
 from robx.core.attacks import pgd
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import StashKey, Step, TrainState
 from robx.core.stats import SplitStats
 
@@ -69,6 +70,9 @@ class FairTAT:
     class Options:
         eps_mode: Literal["g-rob", "g-cfps", "none"] = "g-rob"
         temperature: float = 2.0
+
+        def __post_init__(self) -> None:
+            check_ranges(self, positive=("temperature",))
 
     def __init__(self, options: Options) -> None:
         self.options = options

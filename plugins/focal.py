@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
 from robx.plugins.common import soft_targets
 
@@ -34,6 +35,9 @@ class Focal:
     @dataclass
     class Options:
         gamma: float = 1.0
+
+        def __post_init__(self) -> None:
+            check_ranges(self, non_negative=("gamma",))
 
     def __init__(self, options: Options) -> None:
         self.options = options

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from robx.core.data import Split
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.oversample import RegisterOversampler, check_minority_neighbours
 from robx.core.state import TrainState
 
@@ -75,6 +76,13 @@ class GLGANOptions:
     fake_weight: float = 1.0  # lambda, eqs. 2.4 and 2.5
     adversarial_weight: float = 1.0  # lambda_1, eq. 2.6
     classifier_weight: float = 1.0  # lambda_2, eq. 2.6
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("latent_dim", "hidden", "ae_epochs", "gan_epochs", "batch_size",
+                                         "k_neighbors"),
+                     positive=("lr",),
+                     non_negative=("clustering_weight", "minority_scatter_weight", "separation_weight",
+                                   "weight_decay", "fake_weight", "adversarial_weight", "classifier_weight"))
 
 
 def clustering_loss(z: torch.Tensor, labels: torch.Tensor, majority: int, minority_weight: float,

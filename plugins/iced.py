@@ -48,6 +48,7 @@ import torch
 from robx.core.crowd import MISSING, RegisterCrowdLearner, label_certainty, majority_vote
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.plugins.common import FeatureClassifier, fit_epochs
 
 
@@ -63,6 +64,11 @@ class ICEDOptions:
     ds_iterations: int = 50
     lr: float = 1e-3
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("warmup_epochs", "iterations", "k_neighbors", "decoder_epochs",
+                                         "decoder_refresh", "ds_iterations", "batch_size"),
+                     positive=("lr",), non_negative=("delta_noise",))
 
 
 def dawid_skene_em(crowd: np.ndarray, num_classes: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:

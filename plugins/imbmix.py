@@ -38,6 +38,7 @@ import torch
 
 from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.metrics import majority_classes
 from robx.core.state import StashKey, Step, TrainState
 from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets, remix_label_factor
@@ -88,6 +89,12 @@ class ImbMix:
         swa_start: float = 0.75
         remix_counts: Literal["augmented", "dataset"] = "augmented"
         batchnorm: BatchNormSource = "recompute"
+
+        def __post_init__(self) -> None:
+            check_ranges(self, at_least_one=("max_copies",), positive=("kappa", "concentration"),
+                         non_negative=("a",), fractions=("tau", "swa_start"))
+            if self.copies is not None and self.copies < 1:
+                raise ValueError(f"copies must be >= 1 (or unset), got {self.copies}")
 
     def __init__(self, options: Options) -> None:
         self.options = options

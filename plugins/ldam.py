@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
 from robx.plugins.common import soft_targets
 
@@ -49,6 +50,9 @@ class LDAM:
     class Options:
         max_margin: float = 0.5
         scale: float = 30.0
+
+        def __post_init__(self) -> None:
+            check_ranges(self, positive=("max_margin", "scale"))
 
     def __init__(self, options: Options) -> None:
         self.options = options

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from robx.core.attacks import pgd
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
 from robx.plugins.common import gaussian_start, kl_per_sample
 
@@ -42,6 +43,9 @@ class MART:
     class Options:
         beta: float = 6.0
         init_std: float = 0.001
+
+        def __post_init__(self) -> None:
+            check_ranges(self, non_negative=("beta", "init_std"))
 
     def __init__(self, options: Options) -> None:
         self.options = options

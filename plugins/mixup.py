@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
 from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets
 
@@ -21,6 +22,9 @@ class Mixup:
     @dataclass
     class Options:
         concentration: float = 1.0
+
+        def __post_init__(self) -> None:
+            check_ranges(self, positive=("concentration",))
 
     def __init__(self, options: Options) -> None:
         self.options = options

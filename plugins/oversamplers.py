@@ -12,6 +12,7 @@ import numpy as np
 
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.oversample import Oversampler, RegisterOversampler, check_minority_neighbours
 
 
@@ -23,6 +24,9 @@ class NoResampling:
 @dataclass
 class NeighbourOptions:
     k_neighbors: int = 5
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("k_neighbors",))
 
 
 class Checked:

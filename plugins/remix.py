@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
 from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets, remix_label_factor
 
@@ -29,6 +30,9 @@ class Remix:
         kappa: float = 3.0
         tau: float = 0.5
         concentration: float = 1.0
+
+        def __post_init__(self) -> None:
+            check_ranges(self, positive=("kappa", "concentration"), fractions=("tau",))
 
     def __init__(self, options: Options) -> None:
         self.options = options

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import TrainState
 from robx.plugins.common import class_balanced_weights
 
@@ -22,6 +23,11 @@ class Resample:
     @dataclass
     class Options:
         beta: float = 0.9999
+
+        def __post_init__(self) -> None:
+            check_ranges(self, fractions=("beta",))
+            if self.beta >= 1:
+                raise ValueError(f"beta must be < 1, got {self.beta}")
 
     def __init__(self, options: Options) -> None:
         self.options = options

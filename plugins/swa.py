@@ -20,6 +20,7 @@ import torch
 
 from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import StashKey, TrainState
 
 AVERAGE = StashKey[dict]("swa.average")
@@ -34,6 +35,9 @@ class SWA:
     class Options:
         start: float = 0.75
         batchnorm: BatchNormSource = "recompute"
+
+        def __post_init__(self) -> None:
+            check_ranges(self, fractions=("start",))
 
     def __init__(self, options: Options) -> None:
         self.options = options

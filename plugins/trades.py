@@ -26,6 +26,7 @@ import torch
 
 from robx.core.attacks import eval_mode, logits_of, pgd
 from robx.core.hookspecs import hookimpl
+from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
 from robx.plugins.common import gaussian_start, kl_per_sample, soft_targets
 
@@ -42,6 +43,9 @@ class TRADES:
     class Options:
         beta: float = 6.0
         init_std: float = 0.001
+
+        def __post_init__(self) -> None:
+            check_ranges(self, non_negative=("beta", "init_std"))
 
     def __init__(self, options: Options) -> None:
         self.options = options

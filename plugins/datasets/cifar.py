@@ -12,6 +12,7 @@ of the minority removed (ICED's construction).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from robx.core.crowd import CrowdDataOptions, crowd_dataset
 from robx.core.data import Split, TaskData, balanced_pair, data_roots, user_cache_dir
-from robx.core.errors import DataNotFoundError, OptionError
+from robx.core.errors import DataError, DataNotFoundError, OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.registry import RegisterDataset
 
@@ -29,11 +30,23 @@ STATISTICS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 
 
-def _load_npz_split(path: Path) -> Split:
-    with np.load(path) as data:
-        x = torch.from_numpy(np.ascontiguousarray(data["x"].transpose(0, 3, 1, 2)))
-        y = torch.from_numpy(data["y"].astype(np.int64))
-    return Split(x, y, y)
+def _load_npz_split(path: Path) -> tuple[Split, list[str] | None]:
+    """(split, class names if stored) of one npz of the shared layout: ``x`` uint8 images
+    (N, 32, 32, 3), ``y`` integer labels (N,), optional ``classes``; never unpickled, and
+    anything else is one :class:`DataError` naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x_np, y_np = np.asarray(data["x"]), np.asarray(data["y"])
+            classes = [str(c) for c in np.asarray(data["classes"])] if "classes" in data.files else None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path} is not a CIFAR npz with x and y arrays: {error}") from error
+    if x_np.dtype != np.uint8 or x_np.ndim != 4 or x_np.shape[1:] != (32, 32, 3):
+        raise DataError(f"{path}: x must be uint8 images of shape (N, 32, 32, 3), got {x_np.dtype} {x_np.shape}")
+    if not np.issubdtype(y_np.dtype, np.integer) or y_np.shape != (len(x_np),) or (y_np < 0).any():
+        raise DataError(f"{path}: y must be {len(x_np)} non-negative integer labels, got {y_np.dtype} {y_np.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(y_np.astype(np.int64))
+    return Split(x, y, y), classes
 
 
 def load_cifar(name: str, data_root: str | None = None, download: bool = True) -> TaskData:
@@ -45,11 +58,11 @@ def load_cifar(name: str, data_root: str | None = None, download: bool = True) -
         folder = root / name
         looked.append(str(folder / "train.npz"))
         if (folder / "train.npz").exists() and (folder / "test.npz").exists():
-            train, test = _load_npz_split(folder / "train.npz"), _load_npz_split(folder / "test.npz")
-            with np.load(folder / "train.npz") as data:
-                if "classes" in data:
-                    classes = [str(c) for c in data["classes"]]
-            num_classes = int(train.labels.max()) + 1
+            (train, stored), (test, _) = _load_npz_split(folder / "train.npz"), _load_npz_split(folder / "test.npz")
+            classes = stored or classes
+            num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+            if classes is not None and len(classes) < num_classes:
+                raise DataError(f"{folder}: labels go up to {num_classes - 1} but {len(classes)} classes are named")
             return TaskData(name, classes or [str(c) for c in range(num_classes)], train, test, mean, std)
     from torchvision import datasets
 
