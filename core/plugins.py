@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
+import sys
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -154,11 +156,9 @@ def _plugin_name(target: Any, reference: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def available_plugins() -> dict[str, PluginSpec]:
-    """Built-in plugins, then those of installed distributions (entry-point group ``robx``).
-
-    A broken third-party plugin raises a :class:`RobxError` naming its distribution.
-    """
+def _discovered() -> tuple[dict[str, PluginSpec], dict[str, str]]:
+    """(usable plugins, skipped entry points by name with why): built-in plugins, then those
+    of installed distributions (entry-point group ``robx``)."""
     from robx.plugins import DEFAULT_PLUGINS
 
     found: dict[str, PluginSpec] = {}
@@ -166,26 +166,64 @@ def available_plugins() -> dict[str, PluginSpec]:
         target = _load_object(reference)
         name = _plugin_name(target, reference)
         found[name] = PluginSpec(name, BUILTIN_ORIGIN, target)
+    skipped: dict[str, str] = {}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         dist = entry_point.dist
         origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
-        try:
-            target = entry_point.load()
-        except Exception as error:  # a third-party import failure must not look like ours
-            raise RobxError(
-                f"plugin '{entry_point.name}' from {origin} failed to load: {error}"
-            ) from error
-        if entry_point.name in found:
-            raise RobxError(
-                f"plugin name '{entry_point.name}' from {origin} is already taken by "
-                f"{found[entry_point.name].origin}"
-            )
-        found[entry_point.name] = PluginSpec(entry_point.name, origin, target)
-    return found
+        problem = _entry_point_problem(entry_point, origin, found)
+        if isinstance(problem, str):
+            skipped[entry_point.name] = problem
+            warn_skipped(problem)
+            continue
+        found[entry_point.name] = PluginSpec(entry_point.name, origin, problem)
+    return found, skipped
+
+
+def _entry_point_problem(entry_point: Any, origin: str, found: dict[str, PluginSpec]) -> Any:
+    """The entry point's loaded target, or a one-line message why it cannot be a plugin: it
+    fails to import (a third-party failure must not look like ours), its name is taken, it
+    declares another ``name`` than the entry point's (one plugin has one name: options are
+    keyed by it, and two names would run one class twice), or it is already a plugin under
+    another name."""
+    label = f"plugin '{entry_point.name}' from {origin}"
+    try:
+        target = entry_point.load()
+    except Exception as error:
+        return f"{label} failed to load: {type(error).__name__}: {error}"
+    if entry_point.name in found:
+        return f"plugin name '{entry_point.name}' from {origin} is already taken by {found[entry_point.name].origin}"
+    declared = getattr(target, "name", None)
+    if declared is not None and declared != entry_point.name:
+        return (f"{label} names {entry_point.value} whose name is '{declared}': the entry-point name must be the "
+                "plugin's name")
+    twin = next((spec for spec in found.values() if spec.target is target), None)
+    if twin is not None:
+        return f"{label} is {entry_point.value}, already the plugin '{twin.name}' ({twin.origin}): one plugin, one name"
+    return target
+
+
+def warn_skipped(message: str) -> None:
+    """One stderr line for an installed plugin robx leaves out (once per process: discovery is
+    cached; process 0 only under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"robx: warning: {message}; skipped", file=sys.stderr)
+
+
+def available_plugins() -> dict[str, PluginSpec]:
+    """Every usable plugin by name. An installed plugin that cannot be one (see
+    :func:`_entry_point_problem`) is reported once on stderr and left out, so the others stay
+    usable; selecting it is the error (:func:`get_plugin_spec`)."""
+    return _discovered()[0]
+
+
+def skipped_plugins() -> dict[str, str]:
+    return _discovered()[1]
 
 
 def get_plugin_spec(name: str) -> PluginSpec:
-    plugins = available_plugins()
+    plugins, skipped = available_plugins(), skipped_plugins()
+    if name in skipped and name not in plugins:
+        raise PluginError(skipped[name])
     if name not in plugins:
         raise UnknownPluginError(
             f"unknown plugin '{name}'; available: {', '.join(sorted(plugins))}"

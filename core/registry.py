@@ -87,6 +87,21 @@ class Registry:
     oversamplers: dict[str, MethodSpec] = field(default_factory=dict)
     crowd_learners: dict[str, MethodSpec] = field(default_factory=dict)
     default_dataset: str | None = None
+    #: third-party plugins left out, by "name (origin)": why
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, origin: str, message: str) -> None:
+        """Leave out the plugin ``origin`` names, with what it had registered so far."""
+        self.skipped[origin] = message
+        for table in (self.tasks, self.datasets, self.models, self.oversamplers, self.crowd_learners):
+            for name in [name for name, spec in table.items() if spec.origin == origin]:
+                del table[name]
+        if self.default_dataset is not None and self.default_dataset not in self.datasets:
+            self.default_dataset = None
+
+    def _unknown(self, kind: str, name: str, names: Any) -> OptionError:
+        left_out = f" (left out: {'; '.join(self.skipped.values())})" if self.skipped else ""
+        return OptionError(f"unknown {kind} '{name}'; available: {', '.join(sorted(names))}{left_out}")
 
     def _claim(self, table: dict[str, Any], kind: str, name: str, origin: str) -> None:
         if not isinstance(name, str) or not name:
@@ -128,7 +143,7 @@ class Registry:
 
     def dataset(self, name: str) -> DatasetSpec:
         if name not in self.datasets:
-            raise OptionError(f"unknown dataset '{name}'; available: {', '.join(sorted(self.datasets))}")
+            raise self._unknown("dataset", name, self.datasets)
         spec = self.datasets[name]
         if spec.task not in self.tasks:
             raise RobxError(f"dataset '{name}' ({spec.origin}) is for task '{spec.task}', which no installed "
@@ -140,7 +155,7 @@ class Registry:
 
     def method(self, table: dict[str, MethodSpec], kind: str, name: str) -> MethodSpec:
         if name not in table:
-            raise OptionError(f"unknown {kind} '{name}'; available: {', '.join(sorted(table))}")
+            raise self._unknown(kind, name, table)
         return table[name]
 
     def oversampler(self, name: str) -> MethodSpec:
@@ -151,29 +166,44 @@ class Registry:
 
     def build_model(self, name: str, spec: ModelInput) -> nn.Module:
         if name not in self.models:
-            raise OptionError(f"unknown model '{name}'; available: {', '.join(sorted(self.models))}")
+            raise self._unknown("model", name, self.models)
         return self.models[name].build(spec)
 
 
 @lru_cache(maxsize=1)
 def registry() -> Registry:
-    """Every installed plugin's tasks, datasets and models."""
-    from robx.core.plugins import available_plugins
+    """Every installed plugin's tasks, datasets and models.
+
+    A third-party plugin whose registration fails (hooks that do not fit, a hook that raises,
+    a name taken twice) is reported once on stderr and left out with everything it had
+    registered, so the rest stays usable; a name it would have given is then unknown, and
+    the error says which plugin was left out. A built-in plugin's failure is robx's bug and
+    raises."""
+    from robx.core.plugins import BUILTIN_ORIGIN, available_plugins, warn_skipped
 
     found = Registry()
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
-    origins = {}
+    origins, builtin = {}, set()
     for spec in available_plugins().values():
         if not set(spec.hooks) & set(hookspecs.REGISTRATION):
             continue
-        spec.check_hooks()
         try:
-            manager.register(spec.target, name=spec.name)
-        except pluggy.PluginValidationError as error:
-            detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
-            raise PluginError(f"plugin '{spec.name}' ({spec.origin}) does not fit robx's hooks: {detail}") from error
+            spec.check_hooks()
+            try:
+                manager.register(spec.target, name=spec.name)
+            except pluggy.PluginValidationError as error:
+                detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+                raise PluginError(f"plugin '{spec.name}' ({spec.origin}) does not fit robx's hooks: {detail}") \
+                    from error
+        except RobxError as error:
+            if spec.origin == BUILTIN_ORIGIN:
+                raise
+            found.skip(f"{spec.name} ({spec.origin})", str(error))
+            continue
         origins[spec.name] = f"{spec.name} ({spec.origin})"
+        if spec.origin == BUILTIN_ORIGIN:
+            builtin.add(spec.name)
     adders: dict[str, Callable[[str], Callable[..., None]]] = {
         "register_tasks": lambda origin: lambda task: found.add_task(task, origin),
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
@@ -184,12 +214,22 @@ def registry() -> Registry:
             found.crowd_learners, "crowd learner", origin, *args, **kwargs),
     }
     for hook in hookspecs.REGISTRATION:  # tasks first, so datasets can name them
-        for impl in getattr(manager.hook, hook).get_hookimpls():
+        implementations = getattr(manager.hook, hook).get_hookimpls()
+        for impl in sorted(implementations, key=lambda impl: impl.plugin_name not in builtin):  # ours first
             origin = origins[impl.plugin_name]
+            if origin in found.skipped:
+                continue
             try:
-                impl.function(register=adders[hook](origin))
-            except RobxError:
-                raise
-            except TypeError as error:  # e.g. an instance method, or register() called wrongly
-                raise PluginError(f"{origin}: {hook} failed: {error}") from error
+                try:
+                    impl.function(register=adders[hook](origin))
+                except RobxError:
+                    raise
+                except Exception as error:  # e.g. an instance method, or register() called wrongly
+                    raise PluginError(f"{origin}: {hook} failed: {type(error).__name__}: {error}") from error
+            except RobxError as error:
+                if impl.plugin_name in builtin:
+                    raise
+                found.skip(origin, str(error))
+    for message in found.skipped.values():
+        warn_skipped(message)
     return found

@@ -185,7 +185,7 @@ def test_an_external_package_adds_a_task_datasets_a_model_and_a_plugin(external_
     assert json.loads((tmp_path / "crowd" / "report.json").read_text())["accuracy"] == 0.5  # one class of a balanced test
 
 
-def test_a_name_registered_twice_is_one_line_naming_both(tmp_path):
+def test_a_name_registered_twice_is_one_warning_naming_both_and_the_rest_stays_usable(tmp_path):
     clash = install_distribution(tmp_path / "site", "robx_clash", '''
 from robx import hookimpl
 
@@ -194,11 +194,13 @@ from robx import hookimpl
 def register_datasets(register):
     register("digits", lambda root, seed: None, task="classification")
 ''', {"clash": ""})
-    result = subprocess.run(ROBX + ["train"], capture_output=True, text=True, env=_cli_env(clash, tmp_path / "u"),
-                            cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("robx: error: dataset name 'digits' from clash (robx-clash 0.3) is already "
-                                     "taken by digits (built-in)")
+    result = subprocess.run(ROBX + ["plugins", "--json"], capture_output=True, text=True,
+                            env=_cli_env(clash, tmp_path / "u"), cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stderr.strip() == ("robx: warning: dataset name 'digits' from clash (robx-clash 0.3) is already "
+                                     "taken by digits (built-in); skipped")
+    registered = {(row["kind"], row["name"]): row["origin"] for row in json.loads(result.stdout)["registered"]}
+    assert registered[("dataset", "digits")] == "digits (built-in)"
 
 
 def test_registration_plugins_are_not_training_plugins():
