@@ -120,6 +120,7 @@ class RunDirLock:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an empty lock file: nobody holds it (a killed holder's name stays, unlocked)
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
 
