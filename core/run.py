@@ -8,6 +8,7 @@ import io
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -178,7 +179,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before it refuses a legacy pickle: the error says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         refused = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)

@@ -1,0 +1,345 @@
+"""The bad-input and fault matrix of docs/reliability.md: every case runs ``robx`` as a user
+would (a subprocess, in a directory of its own) and is *clean* when it ends as the docs
+promise -- bad input: exit 2, one ``robx: error:`` line on stderr, no traceback, and every
+file in its directory byte-identical afterwards; a case that should work: exit 0, no
+traceback. Writes ``benchmarks/results/reliability/cpu.json`` with each case's outcome.
+
+    python benchmarks/reliability.py [--jobs 2] [--only SUBSTRING]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.meta import RESULTS, write_result  # noqa: E402
+
+ROBX = [sys.executable, "-m", "robx.cli.main"]
+QUICK = ["--epochs", "1", "--steps", "1", "--eval-steps", "1", "--n-eval", "50"]
+NOT_A_REPORT = '{"per_class": [1], "summary": 3}'
+
+# (setup, arguments, expected): setups are named below; "refuse" = exit 2, one line, nothing
+# changed; "ok" = exit 0 without a traceback
+TRAIN_BAD = [
+    ["--epochs", "0"], ["--epochs", "-1"], ["--epochs", "many"], ["--batch-size", "0"], ["--batch-size", "-3"],
+    ["--lr", "0"], ["--lr", "-1"], ["--lr", "nan"], ["--eps", "-1"], ["--eps", "2"], ["--eps", "nan"],
+    ["--eps", "eight"], ["--alpha", "-1"], ["--steps", "0"], ["--eval-steps", "0"], ["--n-eval", "0"],
+    ["--ratio", "0.5"], ["--ratio", "nan"], ["--ratio", "inf"], ["--ratio", "-5"], ["--ratio", "1e12"],
+    ["--n-max", "0"], ["--n-max", "5", "--ratio", "10"], ["--n-max", "5", "--ratio", "5", "--val-fraction", "0.9"],
+    ["--val-fraction", "1"], ["--val-fraction", "-0.1"], ["--seed", "-1"], ["--seed", str(2**32)],
+    ["--norm", "l3"], ["--optimizer", "lbfgs"], ["--schedule", "cosine"], ["--imbalance", "zipf"],
+    ["--device", "tpu"], ["--precision", "fp16"], ["--compile", "fast"], ["--nproc", "0"],
+    ["--dataset", "mnist"], ["--model", "vgg"], ["--plugins", "nosuch"], ["--plugins", ","],
+    ["--plugins", "natural,pgd"], ["--loss", "hinge"], ["--set", "pgd.nosuch=1"], ["--set", "garbage"],
+    ["--set", "srat.lam=strong"], ["--set", "dataset.nosuch=1"], ["--model", "mlp", "--batch-size", "1"],
+    ["--plugins", "cfa,ema"], ["--plugins", "dafa,fairtat"], ["--sync-bn", "--device", "cpu"],
+    ["--dist-bn", "mean"], ["--task", "regression"], ["--config", "missing.toml"],
+    ["--set", "imbmix.tau=2"], ["--set", "drw.beta=1"], ["--set", "focal.gamma=-1"], ["--set", "ldam.scale=0"],
+    ["--set", "ema.decay=1.5"], ["--set", "swa.start=-0.5"], ["--set", "trades.beta=-1"],
+    ["--dataset", "digits", "--set", "dataset.history=3"],
+]
+CASES: list[tuple[str, list[str], str]] = (
+    [("none", ["train", *args], "refuse") for args in TRAIN_BAD]
+    + [
+        ("notutf8", ["train", "--config", "bad.toml"], "refuse"),
+        ("adir", ["train", "--config", "adir"], "refuse"),
+        ("badtoml", ["train", "--config", "bad.toml"], "refuse"),
+        ("unknownkey", ["train", "--config", "bad.toml"], "refuse"),
+        ("afile", ["train", "--out", "afile"], "refuse"),
+        ("run", ["train", "--out", "run"], "refuse"),
+        ("run", ["train", "--resume", "run", "--epochs", "3", "--lr", "0.2", "--model", "mlp"], "refuse"),
+        ("run", ["train", "--resume", "run", "--force"], "refuse"),
+        ("none", ["train", "--resume", "nowhere"], "refuse"),
+        ("run-mlp", ["train", "--resume", "run"], "refuse"),
+        ("run-shape", ["train", "--resume", "run"], "refuse"),
+        ("run-badconfig", ["train", "--resume", "run"], "refuse"),
+        ("run-pickle", ["train", "--resume", "run"], "refuse"),
+        ("link:per_class.png", ["train", "--resume", "run"], "refuse"),
+        ("link:metrics.jsonl", ["train", "--resume", "run"], "refuse"),
+        ("link:checkpoint.pt", ["train", "--resume", "run"], "refuse"),
+        ("held", ["train", "--resume", "run"], "refuse"),
+        ("held", ["train", "--out", "run", "--force", *QUICK], "refuse"),
+        ("cifar:object", ["train", "--dataset", "cifar10", "--out", "r"], "refuse"),
+        ("cifar:missing", ["train", "--dataset", "cifar10", "--out", "r"], "refuse"),
+        ("cifar:truncated", ["train", "--dataset", "cifar10", "--out", "r"], "refuse"),
+        ("cifar:shape", ["train", "--dataset", "cifar10", "--out", "r"], "refuse"),
+        ("logits-model", ["train", "--model", "logits", "--out", "r"], "refuse"),
+        ("none", ["train", "--n-eval", "3", "--out", "r", "--epochs", "1", "--steps", "1", "--eval-steps", "1"],
+         "ok"),
+        # eval
+        ("none", ["eval", "nowhere"], "refuse"),
+        ("run", ["eval", "run", "--steps", "0"], "refuse"),
+        ("run", ["eval", "run", "--norm", "l3", "--eps", "0.1"], "refuse"),
+        ("run", ["eval", "run", "--norm", "l2"], "refuse"),
+        ("run", ["eval", "run", "--n-eval", "0"], "refuse"),
+        ("run", ["eval", "run", "--victims", "2"], "refuse"),
+        ("run", ["eval", "run", "--eps", "2"], "refuse"),
+        ("run", ["eval", "run", "--eps", "-1"], "refuse"),
+        ("run", ["eval", "run", "--eps", "x"], "refuse"),
+        ("run", ["eval", "run", "--batch-size", "0"], "refuse"),
+        ("run", ["eval", "run", "--attack", "bogus"], "refuse"),
+        ("run", ["eval", "run", "--attack", "stpgd"], "refuse"),
+        ("run-mlp", ["eval", "run"], "refuse"),
+        ("run-shape", ["eval", "run"], "refuse"),
+        ("run-nockpt", ["eval", "run"], "refuse"),
+        ("run-pickle", ["eval", "run"], "refuse"),
+        ("run-badconfig", ["eval", "run"], "refuse"),
+        ("link:per_class.png", ["eval", "run"], "refuse"),
+        ("link:metrics.jsonl", ["eval", "run"], "refuse"),
+        ("held", ["eval", "run"], "refuse"),
+        ("run", ["eval", "run", "--steps", "1", "--n-eval", "20"], "ok"),
+        # report
+        ("none", ["report", "nowhere"], "refuse"),
+        ("notrep", ["report", "notrep.json"], "refuse"),
+        ("notrep2", ["report", "notrep.json"], "refuse"),
+        ("notjson", ["report", "notrep.json"], "refuse"),
+        ("listjson", ["report", "notrep.json"], "refuse"),
+        ("adir", ["report", "adir"], "refuse"),
+        ("run", ["report", "run", "--kind", "both"], "refuse"),
+        ("run", ["report", "run", "--plot", "nowhere/p.png"], "refuse"),
+        ("run", ["report", "run", "--plot", "run"], "refuse"),
+        ("run", ["report", "run", "--plot", "/proc/robx.png"], "refuse"),
+        ("run", ["report", "run", "--baseline", "nosuch"], "refuse"),
+        ("run", ["report", "run", "--plot", "p.png"], "ok"),
+        # oversample
+        ("none", ["oversample", "--method", "nosuch"], "refuse"),
+        ("none", ["oversample", "--method", "random", "--dataset", "nosuch"], "refuse"),
+        ("none", ["oversample", "--method", "random", "--dataset", "digits"], "ok"),  # ten classes oversample too
+        *[("none", ["oversample", "--method", "random", "--ratio", ratio], "refuse")
+          for ratio in ("0", "nan", "-5", "1e12", "inf", "0.5", "many")],
+        ("none", ["oversample", "--method", "random", "--seed", "-1"], "refuse"),
+        ("none", ["oversample", "--method", "random", "--classifiers", "xgboost"], "refuse"),
+        ("none", ["oversample", "--method", "random", "--set", "smote.k_neighbors=1"], "refuse"),
+        ("none", ["oversample", "--method", "smote", "--set", "smote.k_neighbors=0"], "refuse"),
+        ("none", ["oversample", "--method", "smote", "--set", "smote.k_neighbors=500"], "refuse"),
+        ("none", ["oversample", "--method", "glgan", "--set", "glgan.latent_dim=0"], "refuse"),
+        ("none", ["oversample", "--method", "glgan", "--set", "glgan.lr=-1"], "refuse"),
+        ("none", ["oversample", "--method", "random", "--set", "dataset.majority=11"], "refuse"),
+        ("afile", ["oversample", "--method", "random", "--out", "afile"], "refuse"),
+        ("foreign", ["oversample", "--method", "random", "--out", "out", "--force"], "refuse"),
+        ("foreign", ["oversample", "--method", "random", "--out", "out"], "refuse"),
+        ("none", ["oversample", "--method", "random", "--out", "/proc/robx-out"], "refuse"),
+        ("own-out", ["oversample", "--method", "random", "--classifiers", "linearsvc", "--out", "out", "--force"],
+         "ok"),
+        # crowd
+        ("none", ["crowd", "--method", "nosuch"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--dataset", "digits"], "refuse"),
+        ("none", ["crowd", "--method", "mv-dnn", "--set", "mv-dnn.batch_size=0"], "refuse"),
+        ("none", ["crowd", "--method", "mv-dnn", "--set", "mv-dnn.epochs=-1"], "refuse"),
+        ("none", ["crowd", "--method", "mv-dnn", "--set", "mv-dnn.lr=0"], "refuse"),
+        ("none", ["crowd", "--method", "iced", "--set", "iced.k_neighbors=0"], "refuse"),
+        ("none", ["crowd", "--method", "iced", "--set", "iced.warmup=never"], "refuse"),
+        ("none", ["crowd", "--method", "iced", "--set", "iced.iterations=0"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--set", "dataset.hardest_error=1.5"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--set", "dataset.easiest_error=-0.1"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--set", "dataset.easiest_error=0.6"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--set", "dataset.workers=0"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--set", "dataset.minority_removed=1"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--seed", "-1"], "refuse"),
+        ("afile", ["crowd", "--method", "mv-lr", "--out", "afile"], "refuse"),
+        ("foreign", ["crowd", "--method", "mv-lr", "--out", "out", "--force"], "refuse"),
+        ("none", ["crowd", "--method", "mv-lr", "--out", "/proc/robx-out"], "refuse"),
+        # plugins from installed packages
+        ("twin-plugins", ["train", "--plugins", "alp,logit-pairing", "--out", "r"], "refuse"),
+        ("twin-plugins", ["plugins"], "ok"),
+        ("twin-plugins", ["train", "--dataset", "brokenset", "--out", "r"], "refuse"),
+        ("none", ["bogus"], "refuse"),
+    ]
+)
+
+LOGITS_MODEL = '''
+import torch.nn as nn
+from robx import hookimpl
+
+class Logits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+@hookimpl
+def register_models(register):
+    register("logits", lambda spec: Logits())
+'''
+
+TWIN_PLUGINS = '''
+import torch.nn.functional as F
+from robx import hookimpl
+
+class AdversarialLogitPairing:
+    """Pairs clean and adversarial logits."""
+    name = "alp"
+    reads = ("clean", "adversarial")
+    @hookimpl
+    def extra_loss(self, step):
+        return F.mse_loss(step.adv_outputs, step.clean_outputs)
+
+@hookimpl
+def register_datasets(register):
+    register("brokenset", None, task="classification")
+    raise RuntimeError("the dataset server is down")
+'''
+
+
+def install(site: Path, module: str, source: str, entries: dict[str, str]) -> None:
+    site.mkdir()
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[robx]\n" + "".join(f"{k} = {module}{':' + v if v else ''}\n" for k, v in entries.items()))
+
+
+def prepare(setup: str, case: Path, finished: Path, env: dict[str, str]) -> subprocess.Popen | None:
+    """Make the case's directory; returns a process holding the run's lock for "held"."""
+    from robx.core.run import load_checkpoint, save_checkpoint
+
+    def run_copy() -> Path:
+        return Path(shutil.copytree(finished, case / "run"))
+
+    kind, _, detail = setup.partition(":")
+    if kind in ("run", "held", "run-mlp", "run-shape", "run-nockpt", "run-badconfig", "run-pickle", "link"):
+        run = run_copy()
+        if kind == "run-mlp":
+            config = json.loads((run / "config.json").read_text())
+            config["config"]["model"] = "mlp"
+            (run / "config.json").write_text(json.dumps(config))
+        elif kind == "run-shape":
+            payload = load_checkpoint(run / "checkpoint.pt")
+            key = next(k for k, v in payload["model"].items() if v.dim() == 4)
+            payload["model"][key] = torch.zeros(3, *payload["model"][key].shape[1:])
+            save_checkpoint(run / "checkpoint.pt", payload)
+        elif kind == "run-nockpt":
+            (run / "checkpoint.pt").unlink()
+        elif kind == "run-badconfig":
+            (run / "config.json").write_text('{"config": {"epochs": "many"}}')
+        elif kind == "run-pickle":
+            import pickle
+
+            class Payload:
+                def __reduce__(self):
+                    return (os.system, (f"touch {case / 'pwned'}",))
+            (run / "checkpoint.pt").write_bytes(pickle.dumps(Payload()))
+        elif kind == "link":
+            (case / "outside.txt").write_text("not robx's\n")
+            (run / detail).unlink(missing_ok=True)
+            (run / detail).symlink_to(case / "outside.txt")
+        elif kind == "held":
+            holder = subprocess.Popen([sys.executable, "-c", "import time; from robx.core.run import RunDirLock\n"
+                                       f"with RunDirLock({str(run)!r}, 'train'):\n"
+                                       "    print('held', flush=True); time.sleep(300)"],
+                                      stdout=subprocess.PIPE, text=True, env=env)
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            return holder
+    files = {"notutf8": ("bad.toml", b"epochs = 1\n# \xff\xfe\n"), "badtoml": ("bad.toml", b"epochs = = 1\n"),
+             "unknownkey": ("bad.toml", b"epoch = 1\n"), "afile": ("afile", b"x"),
+             "notrep": ("notrep.json", b'{"a": 1}'), "notrep2": ("notrep.json", NOT_A_REPORT.encode()),
+             "notjson": ("notrep.json", b"{not json"), "listjson": ("notrep.json", b"[1, 2]"),
+             "adir": ("adir/x", b""), "foreign": ("out/report.json", b'{"mine": 1}\n')}
+    if kind in files:
+        name, content = files[kind]
+        (case / name).parent.mkdir(parents=True, exist_ok=True)
+        (case / name).write_bytes(content)
+    if kind == "own-out":
+        subprocess.run(ROBX + ["oversample", "--method", "random", "--classifiers", "linearsvc", "--out", "out"],
+                       cwd=case, env=env, capture_output=True, check=True)
+    if kind == "cifar":
+        folder = case / "data" / "cifar10"
+        folder.mkdir(parents=True)
+        x, y = np.zeros((20, 32, 32, 3), np.uint8), np.arange(20) % 10
+        np.savez(folder / "test.npz", x=x, y=y)
+        train = {"object": dict(x=np.array([object()] * 20, dtype=object), y=y), "missing": dict(x=x),
+                 "truncated": dict(x=x, y=y), "shape": dict(x=np.zeros((20, 3, 32, 32), np.uint8), y=y)}[detail]
+        np.savez(folder / "train.npz", **train)
+        if detail == "truncated":
+            data = (folder / "train.npz").read_bytes()
+            (folder / "train.npz").write_bytes(data[:len(data) // 2])
+        env["ROBX_DATA"] = str(case / "data")
+    if kind in ("logits-model", "twin-plugins"):
+        site = case.parent / f"site-{case.name}"
+        if kind == "logits-model":
+            install(site, "robx_logits", LOGITS_MODEL, {"logits": ""})
+        else:
+            install(site, "robx_pairs", TWIN_PLUGINS, {"alp": "AdversarialLogitPairing",
+                                                        "logit-pairing": "AdversarialLogitPairing", "broken": ""})
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    return None
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (os.readlink(p) if p.is_symlink() else
+                                       p.read_bytes().hex() if p.is_file() else "<dir>")
+            for p in sorted(root.rglob("*"))}
+
+
+def run_case(index: int, setup: str, args: list[str], expected: str, finished: Path, work: Path) -> dict:
+    case = work / f"case{index:03d}"
+    case.mkdir()
+    env = dict(os.environ, MPLBACKEND="Agg")
+    holder = prepare(setup, case, finished, env)
+    try:
+        before = snapshot(case)
+        started = time.perf_counter()
+        result = subprocess.run(ROBX + args, cwd=case, env=env, capture_output=True, text=True, timeout=600)
+        seconds = time.perf_counter() - started
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("robx: error:")]
+    traceback = "Traceback" in result.stderr
+    unchanged = snapshot(case) == before
+    if expected == "refuse":
+        clean = result.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0] and not traceback \
+            and all(line.startswith("robx: ") for line in lines) and unchanged
+    else:
+        clean = result.returncode == 0 and not traceback
+    return {"setup": setup, "args": args, "expected": expected, "exit": result.returncode,
+            "stderr": result.stderr.strip()[-600:], "traceback": traceback, "unchanged": unchanged,
+            "seconds": round(seconds, 1), "clean": clean}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", help="run the cases whose command line holds this")
+    options = parser.parse_args()
+    from robx.core.config import TrainConfig
+    from robx.core.engine import train
+
+    chosen = [(i, *case) for i, case in enumerate(CASES) if not options.only or options.only in " ".join(case[1])]
+    with tempfile.TemporaryDirectory(prefix="robx-reliability-") as scratch:
+        work = Path(scratch)
+        finished = work / "finished-run"
+        train(TrainConfig(dataset="digits", epochs=1, steps=1, eval_steps=1, n_eval=50), finished)
+        with ThreadPoolExecutor(options.jobs) as pool:
+            outcomes = list(pool.map(lambda case: run_case(*case, finished, work), chosen))
+    for outcome in outcomes:
+        if not outcome["clean"]:
+            print(f"NOT CLEAN: robx {' '.join(outcome['args'])} ({outcome['setup']}): exit {outcome['exit']}, "
+                  f"unchanged {outcome['unchanged']}\n  {outcome['stderr'][-300:]}")
+    clean = sum(o["clean"] for o in outcomes)
+    print(f"{clean} of {len(outcomes)} cases clean")
+    if not options.only:
+        path = write_result(RESULTS / "reliability" / "cpu.json",
+                            {"cases": len(outcomes), "clean": clean, "outcomes": outcomes})
+        print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
