@@ -1,4 +1,4 @@
-"""Task data, where data lives, and the benchmark protocol applied to it (PROTOCOLS.md).
+"""Task data, where data lives, and the benchmark protocol applied to it (docs/protocols.md).
 
 A registered dataset's loader returns a :class:`TaskData` of full train/test splits; the
 engine then applies the protocol to the examples' labels, whatever the task: an imbalanced

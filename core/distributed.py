@@ -1,7 +1,7 @@
 """Data-parallel training and evaluation across processes (torch.distributed under torchrun).
 
 A run under ``torchrun --nproc_per_node W -m robx train ...`` is the same run as one process,
-cut across W processes (DESIGN.md, "Scale beyond one machine"):
+cut across W processes (docs/distributed.md):
 
 * **Batches.** ``--batch-size`` is the global batch B. Every process draws the same global
   batches (the run's seeded generator, shuffled or drawn by a plugin's sampling weights), and

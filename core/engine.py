@@ -1,4 +1,4 @@
-"""The training loop: one way through the data for every method (DESIGN.md).
+"""The training loop: one way through the data for every method (docs/engine.md).
 
     batch -> select_victims -> generate_adversary -> augment -> forward
           -> loss = mean(w * per_sample_loss) + sum(extra_loss) -> backward -> step
@@ -39,7 +39,7 @@ from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
 from robx.core.models import NormedLinear
 from robx.core.registry import Registry, registry
-from robx.core.files import write_json, write_text
+from robx.core.files import write_json, write_text_atomically
 from robx.core.report import build_report, plot_per_class
 from robx.core.state import Step, TrainState
 from robx.core.stats import EpochStats, ScoreAccumulator, SplitStats
@@ -663,7 +663,7 @@ def kept_metrics(path: Path, before_epoch: int) -> list[str]:
 
 
 def write_metrics(path: Path, lines: list[str]) -> None:
-    write_text(path, "".join(line + "\n" for line in lines))
+    write_text_atomically(path, "".join(line + "\n" for line in lines))
 
 
 # ---------------------------------------------------------------------------
@@ -848,7 +848,7 @@ def epoch_diagnostics(run: Run) -> dict[str, float]:
 
 def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The evaluated weight average, its BatchNorm statistics from the distribution the
-    model trained on (DESIGN.md: never silently from clean images), unless the average
+    model trained on (docs/engine.md: never silently from clean images), unless the average
     holds them already (CFA's FAWA, as its authors average the whole state).
 
     One pass over the training set, shuffled with the run's seed, through the step's own

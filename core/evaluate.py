@@ -1,4 +1,4 @@
-"""Per-class clean and robust scores of a model on a labelled split (PROTOCOLS.md, Metrics).
+"""Per-class clean and robust scores of a model on a labelled split (docs/protocols.md, Metrics).
 
 Every example gets the task's metric on its clean input and on its adversarial input; the
 task says which evaluation attacks exist (``pgd`` everywhere: PGD with random start on the

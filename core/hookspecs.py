@@ -1,6 +1,6 @@
 """Hook specifications of robx (pluggy project name ``"robx"``).
 
-Every training step flows one way (see DESIGN.md and docs/engine.md)::
+Every training step flows one way (see docs/engine.md)::
 
     select_victims -> generate_adversary -> augment -> the engine's forward passes
         -> loss = mean(w * per_row_loss) + sum(extra_loss) -> backward -> step

@@ -1,4 +1,4 @@
-"""Summary metrics of per-class accuracies (PROTOCOLS.md, "Metrics")."""
+"""Summary metrics of per-class accuracies (docs/protocols.md, "Metrics")."""
 
 from __future__ import annotations
 

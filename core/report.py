@@ -24,7 +24,7 @@ def build_report(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-class standard (clean) and robust (attacked) score of the task's metric and their
-    summaries (PROTOCOLS.md, Metrics).
+    summaries (docs/protocols.md, Metrics).
 
     Majority/minority halves come from the *training* class counts.
     """

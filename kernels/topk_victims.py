@@ -1,7 +1,7 @@
 """Top-k victim selection: per-sample (re)weighted saliency -> boolean top-k mask; the torch reference.
 
 STPGD and MinGRE perturb only the K most salient nodes (or coordinates) of each sample
-(METHODS.md section 7): score = saliency * weights, keep the k largest scores per sample.
+(Liu et al. 2022; MinGRE, arXiv 2504.00721): score = saliency * weights, keep the k largest scores per sample.
 Ties go to the lower index, so every implementation selects the same set. Scores must be
 finite.
 """

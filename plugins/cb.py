@@ -1,7 +1,7 @@
 """Class-balanced re-weighting (Cui et al., CVPR 2019), from the first epoch.
 
 w_c = (1 - beta) / (1 - beta^{n_c}) (the inverse effective number of samples),
-normalised so that sum_c w_c = C; beta = 0.9999 (METHODS.md section 1). An example's
+normalised so that sum_c w_c = C; beta = 0.9999 (Cui et al. 2019). An example's
 weight is w of its class; with soft targets, the target-weighted mean sum_c t_c w_c.
 
 n_c is ``state.class_counts``, the examples of class c the model trains on per epoch (the

@@ -85,7 +85,7 @@ def mix_labels(labels: torch.Tensor, label_lam: torch.Tensor | float, partner: t
 def remix_label_factor(
     count_i: torch.Tensor, count_j: torch.Tensor, lam: float, kappa: float, tau: float
 ) -> torch.Tensor:
-    """Remix's per-pair label factor (Chou et al. 2020; METHODS.md section 1):
+    """Remix's per-pair label factor (Chou et al. 2020):
     0 if n_i / n_j >= kappa and lam < tau; 1 if n_i / n_j <= 1 / kappa and 1 - lam < tau;
     else lam."""
     ratio = count_i.double() / count_j.double()

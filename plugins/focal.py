@@ -1,7 +1,7 @@
 """Focal loss (Lin et al., ICCV 2017): FL = (1 - p_t)^gamma * CE.
 
 With soft targets, p_t is the probability mass the model puts on the target
-distribution, sum_c t_c p_c. gamma = 1 by default (METHODS.md section 1; SRAT-Focal).
+distribution, sum_c t_c p_c. gamma = 1 by default (SRAT-Focal, Wang's dissertation).
 Use it with ``--loss focal``.
 """
 

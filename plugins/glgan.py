@@ -1,5 +1,5 @@
 """GL-GAN: minority oversampling from local and global information (Wang's dissertation,
-chapter 2; METHODS.md section 8). **A reconstruction**: no code is public; the formulas are
+chapter 2). **A reconstruction**: no code is public; the formulas are
 the chapter's, the choices it leaves open are ours and are named below.
 
 Given an imbalanced training set X_org (classes as in the chapter: one majority, the rest

@@ -1,6 +1,5 @@
-"""ICED: learning from imbalanced crowd-labelled data (Wang's dissertation, chapter 3;
-METHODS.md section 9). **A reconstruction**: no code is public; the formulas are the
-chapter's, the choices it leaves open are ours and are named below.
+"""ICED: learning from imbalanced crowd-labelled data (Wang's dissertation,
+chapter 3). **A reconstruction**: no code is public; the formulas are the chapter's, the choices it leaves open are ours and are named below.
 
 A classifier F = FC(G(x)) learns from W workers' labels whose true classes are imbalanced.
 Two modules augment each other, after a warm-up:

@@ -1,7 +1,7 @@
 """LDAM loss (Cao et al., NeurIPS 2019): label-distribution-aware margins.
 
 L = CE(s * (z - m_y e_y), y) with m_c = C / n_c^(1/4), C chosen so that the largest
-margin is ``max_margin`` (0.5) (METHODS.md section 1). The margin is subtracted from the
+margin is ``max_margin`` (0.5) (Cao et al. 2019). The margin is subtracted from the
 target logit only; with soft targets each class's logit loses its target share of the
 margin. Use it with ``--loss ldam``; DRCB-LDAM is ``--loss ldam --plugins drw``.
 

@@ -1,6 +1,6 @@
 """MinGRE: minority-aware adversarial training of spatiotemporal graph models under
-zero inflation (arXiv 2504.00721; METHODS.md section 7). **A reconstruction**: no code is
-public and only a summary of the paper was available (../shared/papers/000_*.txt); every
+zero inflation (arXiv 2504.00721). **A reconstruction**: no code is
+public and only a summary of the paper was available to us; every
 formula below is robx's reading of it, and where the summary is silent the choice is ours
 and says so.
 

@@ -1,7 +1,7 @@
 """Mixup (Zhang et al., ICLR 2018) of the adversarial batch.
 
 x~ = lam x_i + (1 - lam) x_j, t~ = lam e_{y_i} + (1 - lam) e_{y_j}, lam ~ Beta(a, a)
-(a = 1), j a random permutation of the batch (METHODS.md section 1).
+(a = 1), j a random permutation of the batch (Zhang et al. 2018).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Remix (Chou et al., ECCV-W 2020): mixup whose label favours the minority class.
 
 Inputs mix as in mixup with lam ~ Beta(1, 1). The label factor of the pair (i, j), with
-n_i, n_j the training counts of their classes (METHODS.md section 1):
+n_i, n_j the training counts of their classes (Chou et al. 2020):
     lam_y = 0    if n_i / n_j >= kappa and lam < tau
     lam_y = 1    if n_i / n_j <= 1 / kappa and 1 - lam < tau
     lam_y = lam  otherwise

@@ -1,6 +1,6 @@
 """Class-balanced resampling: batches drawn with replacement, each training example with
-probability proportional to 1 / effective number of its class (Cui et al. 2019;
-METHODS.md section 1). With beta -> 1 this is 1 / n_c, i.e. class-uniform sampling.
+probability proportional to 1 / effective number of its class (Cui et al. 2019).
+With beta -> 1 this is 1 / n_c, i.e. class-uniform sampling.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Top-k saliency victims (STPGD, Liu et al., NeurIPS 2022): perturb only the most salient units.
 
 Instead of the whole input, the adversary may move only the K units with the largest
-input-gradient saliency, K = ``fraction`` of the units (10 %, METHODS.md section 7):
+input-gradient saliency, K = ``fraction`` of the units (10 %, Liu et al. 2022):
 
     s_u = || ReLU(dL(f(x), y) / dx_u) ||_2,     victims = top-K_u s_u
 

@@ -22,7 +22,7 @@ from robx.cli.main import main
 from robx.core.distributed import Processes, rank_shards
 from robx.core.engine import train
 from robx.core.errors import WriteError
-from robx.core.files import atomic_write, write_text
+from robx.core.files import atomic_write, write_text_atomically
 from robx.core.run import load_checkpoint, save_checkpoint
 
 from conftest import tiny_config
@@ -258,11 +258,11 @@ def test_a_file_size_limit_leaves_the_old_file(tmp_path):
     script = textwrap.dedent(f"""
         import resource, signal
         from robx.core.errors import WriteError
-        from robx.core.files import write_text
+        from robx.core.files import write_text_atomically
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:
-            write_text({str(target)!r}, "x" * 100_000)
+            write_text_atomically({str(target)!r}, "x" * 100_000)
         except WriteError as error:
             print(error)
     """)
@@ -301,7 +301,7 @@ def test_a_planted_link_is_replaced_not_followed(tmp_path):
     outside.write_text("keep me\n")
     link = tmp_path / "metrics.jsonl"
     link.symlink_to(outside)
-    write_text(link, "new\n")
+    write_text_atomically(link, "new\n")
     assert outside.read_text() == "keep me\n"
     assert not link.is_symlink() and link.read_text() == "new\n"
 

@@ -2,7 +2,7 @@
 
 Pixels scaled to [0, 1] (mean and std of about 0.3; normalising is left out on purpose, so
 the model sees exactly what the attack perturbs); a stratified 75/25 train/test split with
-the data seed. Its defaults are the digits-demo protocol (PROTOCOLS.md): Step-10, smallcnn16,
+the data seed. Its defaults are the digits-demo protocol (docs/protocols.md): Step-10, smallcnn16,
 Linf eps 0.1, PGD-10 training, PGD-20 evaluation, 25 one-cycle epochs.
 
 ``digits-binary``: two of its digits (options ``majority``, ``minority``; 4 and 7 by

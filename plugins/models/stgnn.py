@@ -13,7 +13,7 @@ the STGCN block shape of Yu et al. 2018 without its gating; the strides quarter 
 the graph products run on, which is what makes a CPU epoch minutes), then the last step is the
 node embedding (the features, (batch, nodes, hidden)). A decoder gives, per node and
 category, the negative-binomial mean mu > 0 and dispersion alpha > 0 through softplus
-(METHODS.md section 7; Var = mu + mu^2 / alpha): outputs (batch, nodes, categories, 2) =
+(the NB2 form, Var = mu + mu^2 / alpha): outputs (batch, nodes, categories, 2) =
 (mu, alpha). Plain torch, not torch_geometric: the graph is fixed and small (a few hundred
 grid cells, at most 9 neighbours each), so each block needs one sparse (nodes x nodes)
 product, which ``torch.sparse.mm`` does (fwd + bwd of a batch of 16 NYC examples: 0.12 s

@@ -1,4 +1,4 @@
-"""Next-day crime counts on a grid graph (MinGRE's problem, arXiv 2504.00721; METHODS.md section 7).
+"""Next-day crime counts on a grid graph (MinGRE's problem, arXiv 2504.00721).
 
 * Examples: the T-day history of every node and category -> the next day's counts
   (``robx.plugins.datasets.crime``); every target is labelled zero (the majority group) or
@@ -26,7 +26,7 @@
   the historical mean of each cell and category over the training days, and the last
   value (yesterday's count).
 
-With r = alpha the NB "size" (Var = mu + mu^2 / alpha, as METHODS.md writes it),
+With r = alpha the NB "size" (Var = mu + mu^2 / alpha, the NB2 form),
 
     -log P(y | mu, alpha) = -[ lgamma(y + alpha) - lgamma(alpha) - lgamma(y + 1)
                                + alpha log(alpha / (alpha + mu)) + y log(mu / (alpha + mu)) ],
