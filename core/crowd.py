@@ -79,6 +79,41 @@ def dawid_skene(matrix: np.ndarray, iterations: int = 100) -> np.ndarray:
     return _as_array(_crowdkit().DawidSkene(n_iter=iterations).fit_predict(crowd_frame(matrix)), len(matrix))
 
 
+def dawid_skene_em(crowd: np.ndarray, num_classes: int, iterations: int = 50,
+                   prior: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+    """(posteriors (examples, classes), class prior): Dawid-Skene as soft EM (dissertation
+    eq. 3.1-3.2).
+
+    Start: each example's majority-vote shares as its posterior and a uniform prior Phi.
+    M-step: Psi_u(a, b) = sum_i T(i, a) [y_iu = b] / sum_i T(i, a) [u labelled i] (a small
+    floor keeps logs finite); E-step: T(i, a) ~ Phi_a prod_u Psi_u(a, y_iu) over the given
+    labels. ``prior = "uniform"`` holds Phi uniform throughout, the "conventional uniform
+    prior" the chapter says makes D&S fail on imbalanced true labels (what ICED's balanced
+    synthetic set repairs); ``"estimated"`` re-estimates Phi_a = mean_i T(i, a) every step,
+    as crowd-kit's ``DawidSkene`` does."""
+    if prior not in ("uniform", "estimated"):
+        raise OptionError(f"the D&S prior must be uniform or estimated, got {prior!r}")
+    given = crowd != MISSING
+    one_hot = np.stack([(crowd == c) & given for c in range(num_classes)], axis=2).astype(np.float64)  # (n, W, C)
+    posterior = one_hot.sum(axis=1)
+    posterior /= posterior.sum(axis=1, keepdims=True)
+    class_prior = np.full(num_classes, 1.0 / num_classes)
+    for _ in range(iterations):
+        counts = np.einsum("ia,iub->uab", posterior, one_hot) + 1e-6  # (W, true a, given b)
+        confusion = counts / counts.sum(axis=2, keepdims=True)
+        log_post = np.log(class_prior)[None, :] + np.einsum("iub,uab->ia", one_hot, np.log(confusion))
+        log_post -= log_post.max(axis=1, keepdims=True)
+        new = np.exp(log_post)
+        new /= new.sum(axis=1, keepdims=True)
+        converged = np.abs(new - posterior).max() < 1e-7
+        posterior = new
+        if prior == "estimated":
+            class_prior = np.clip(new.mean(axis=0), 1e-6, None)
+        if converged:
+            break
+    return posterior, class_prior
+
+
 def label_certainty(matrix: np.ndarray, num_classes: int, epsilon: float = 1e-3) -> np.ndarray:
     """Eq. 3.4: S(x) = 1 / (E_u ||y_u - E_u y||^2 + eps) over the example's one-hot crowd
     labels (missing ones left out). For one-hot labels the variance is 1 - sum_c p_c^2,

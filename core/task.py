@@ -51,6 +51,9 @@ class ModelInput:
     std: tuple[float, ...]
     head: str = "linear"  # "linear", or "cosine" (normalised features x normalised weights)
     graph: torch.Tensor | None = None  # (nodes, nodes) adjacency when examples are graph signals
+    #: the mean training target of every output (count tasks: each cell's base rate), for
+    #: models that start from it; None where the task has none
+    target_mean: torch.Tensor | None = None
 
 
 class Task(ABC):

@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from robx.core.crowd import MISSING, RegisterCrowdLearner, label_certainty, majority_vote
+from robx.core.crowd import MISSING, RegisterCrowdLearner, dawid_skene_em, label_certainty, majority_vote
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
@@ -55,6 +55,9 @@ from robx.plugins.common import FeatureClassifier, fit_epochs
 class ICEDOptions:
     warmup: Literal["certainty", "together", "all"] = "certainty"
     warmup_epochs: int = 5  # per certainty group (Table 3.3: "5 x 3")
+    warmup_length: Literal["epochs", "steps"] = "epochs"
+    prior: Literal["uniform", "estimated"] = "uniform"
+    synthesis: Literal["autoencoder", "classifier"] = "autoencoder"
     iterations: int = 30
     k_neighbors: int = 5
     delta_noise: float = 0.1
@@ -68,32 +71,25 @@ class ICEDOptions:
         check_ranges(self, at_least_one=("warmup_epochs", "iterations", "k_neighbors", "decoder_epochs",
                                          "decoder_refresh", "ds_iterations", "batch_size"),
                      positive=("lr",), non_negative=("delta_noise",))
+        for name, allowed in (("warmup", ("certainty", "together", "all")), ("warmup_length", ("epochs", "steps")),
+                              ("prior", ("uniform", "estimated")), ("synthesis", ("autoencoder", "classifier"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
-def dawid_skene_em(crowd: np.ndarray, num_classes: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(posteriors (examples, classes), class prior): eq. 3.1-3.2 as soft EM.
+class Autoencoder(torch.nn.Module):
+    """E: x -> z and Q: z -> x, two layers each (ReLU), trained on reconstruction (MSE)."""
 
-    Start: each example's majority-vote shares as its posterior and a uniform prior Phi.
-    M-step: Psi_u(a, b) = sum_i T(i, a) [y_iu = b] / sum_i T(i, a) [u labelled i] (a small
-    floor keeps logs finite); E-step: T(i, a) ~ Phi_a prod_u Psi_u(a, y_iu) over the given
-    labels; then Phi_a = mean_i T(i, a)."""
-    given = crowd != MISSING
-    one_hot = np.stack([(crowd == c) & given for c in range(num_classes)], axis=2).astype(np.float64)  # (n, W, C)
-    posterior = one_hot.sum(axis=1)
-    posterior /= posterior.sum(axis=1, keepdims=True)
-    prior = np.full(num_classes, 1.0 / num_classes)
-    for _ in range(iterations):
-        counts = np.einsum("ia,iub->uab", posterior, one_hot) + 1e-6  # (W, true a, given b)
-        confusion = counts / counts.sum(axis=2, keepdims=True)
-        log_post = np.log(prior)[None, :] + np.einsum("iub,uab->ia", one_hot, np.log(confusion))
-        log_post -= log_post.max(axis=1, keepdims=True)
-        new = np.exp(log_post)
-        new /= new.sum(axis=1, keepdims=True)
-        converged = np.abs(new - posterior).max() < 1e-7
-        posterior, prior = new, np.clip(new.mean(axis=0), 1e-6, None)
-        if converged:
-            break
-    return posterior, prior
+    def __init__(self, inputs: int, hidden: int = 128, embedding: int = 32) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden, embedding))
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(embedding, hidden), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden, inputs))
+
+
+def batches_per_epoch(examples: int, batch_size: int) -> int:
+    return -(-examples // batch_size)
 
 
 def certainty_groups(certainty: np.ndarray) -> list[np.ndarray]:
@@ -135,24 +131,44 @@ class ICED:
         optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr)
         groups = certainty_groups(certainty)
         self.details["warmup_group_sizes"] = [len(g) for g in groups]  # third-highest, second, highest
+        # Trad-I's length in optimiser steps: 3 x warmup_epochs passes over every example
+        trad_i_steps = 3 * o.warmup_epochs * batches_per_epoch(len(x), o.batch_size)
+
+        def epochs_for(examples: int, share: float) -> int:
+            if o.warmup_length == "epochs":
+                return o.warmup_epochs * round(3 * share)
+            return max(1, round(share * trad_i_steps / batches_per_epoch(examples, o.batch_size)))
+
+        warmup_steps = 0
         if o.warmup == "certainty":
             for group in groups:
-                fit_epochs(self.model, optimizer, x[group], torch.from_numpy(labels[group]), o.warmup_epochs,
-                           o.batch_size)
+                epochs = epochs_for(len(group), 1 / 3)
+                fit_epochs(self.model, optimizer, x[group], torch.from_numpy(labels[group]), epochs, o.batch_size)
+                warmup_steps += epochs * batches_per_epoch(len(group), o.batch_size)
         else:
             chosen = np.concatenate(groups) if o.warmup == "together" else np.arange(len(x))
-            fit_epochs(self.model, optimizer, x[chosen], torch.from_numpy(labels[chosen]), 3 * o.warmup_epochs,
-                       o.batch_size)
-        posterior, _ = dawid_skene_em(crowd, num_classes, o.ds_iterations)
+            epochs = epochs_for(len(chosen), 1.0)
+            fit_epochs(self.model, optimizer, x[chosen], torch.from_numpy(labels[chosen]), epochs, o.batch_size)
+            warmup_steps = epochs * batches_per_epoch(len(chosen), o.batch_size)
+        self.details["warmup_steps"] = warmup_steps
+        posterior, _ = dawid_skene_em(crowd, num_classes, o.ds_iterations, o.prior)
         self.details["ds_original_labels"] = posterior.argmax(axis=1).tolist()
-        decoder = torch.nn.Sequential(torch.nn.Linear(self.model.head.in_features, 128), torch.nn.ReLU(),
-                                      torch.nn.Linear(128, x.shape[1]))
-        decoder_optimizer = torch.optim.Adam(decoder.parameters(), lr=o.lr)
-        self._fit_decoder(decoder, decoder_optimizer, x, o.decoder_epochs)
+        if o.synthesis == "autoencoder":
+            autoencoder = Autoencoder(x.shape[1], embedding=self.model.head.in_features)
+            encode, decoder = autoencoder.encoder, autoencoder.decoder
+            coder_optimizer = torch.optim.Adam(autoencoder.parameters(), lr=o.lr)
+        else:
+            encode = self.model.features
+            decoder = torch.nn.Sequential(torch.nn.Linear(self.model.head.in_features, 128), torch.nn.ReLU(),
+                                          torch.nn.Linear(128, x.shape[1]))
+            coder_optimizer = torch.optim.Adam(decoder.parameters(), lr=o.lr)
+        self._fit_decoder(encode, decoder, coder_optimizer, x, o.decoder_epochs)
+        self.details["reconstruction_mse"] = self._reconstruction_error(encode, decoder, x)
         self.inferred_labels = labels
+        minority_shares = []
         for _ in range(o.iterations):
             with torch.no_grad():
-                z = self.model.features(x).numpy()
+                z = encode(x).numpy()
             counts = np.bincount(labels, minlength=num_classes)
             minority, majority = int(counts.argmin()), int(counts.argmax())
             candidates = np.flatnonzero(labels == minority)
@@ -174,25 +190,39 @@ class ICED:
             with torch.no_grad():
                 x_new = decoder(torch.from_numpy(z_new.astype(np.float32)))
             augmented_crowd = np.concatenate([crowd, synthetic_crowd])
-            posterior, _ = dawid_skene_em(augmented_crowd, num_classes, o.ds_iterations)
+            posterior, _ = dawid_skene_em(augmented_crowd, num_classes, o.ds_iterations, o.prior)
             augmented_labels = posterior.argmax(axis=1)
             labels = augmented_labels[:len(x)]
-            self.history.append({"inferred_labels": labels.tolist(), "synthetic": needed})
+            synthetic_minority = float(np.mean(augmented_labels[len(x):] == minority))
+            minority_shares.append(synthetic_minority)
+            self.history.append({"inferred_labels": labels.tolist(), "synthetic": needed,
+                                 "synthetic_minority_share": synthetic_minority})
             fit_epochs(self.model, optimizer, torch.cat([x, x_new]), torch.from_numpy(augmented_labels), 1,
                        o.batch_size)
-            self._fit_decoder(decoder, decoder_optimizer, x, o.decoder_refresh)
+            if o.synthesis == "classifier":  # G moved: the decoder follows it
+                self._fit_decoder(encode, decoder, coder_optimizer, x, o.decoder_refresh)
         self.inferred_labels = labels
+        self.details["synthetic_minority_share"] = float(np.mean(minority_shares)) if minority_shares else None
 
-    def _fit_decoder(self, decoder: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                     epochs: int) -> None:
-        with torch.no_grad():
-            z = self.model.features(x)
+    def _fit_decoder(self, encode: torch.nn.Module, decoder: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     x: torch.Tensor, epochs: int) -> None:
+        """Reconstruction (summed squared error per example): the autoencoder's encoder and
+        decoder together, or only the decoder of the classifier's frozen embedding."""
+        trains_encoder = encode is not self.model.features
         for _ in range(epochs):
             for batch in torch.randperm(len(x)).split(self.options.batch_size):
-                loss = (decoder(z[batch]) - x[batch]).pow(2).sum(dim=1).mean()
+                with torch.set_grad_enabled(trains_encoder):
+                    z = encode(x[batch])
+                loss = (decoder(z) - x[batch]).pow(2).sum(dim=1).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+
+    @staticmethod
+    def _reconstruction_error(encode: torch.nn.Module, decoder: torch.nn.Module, x: torch.Tensor) -> float:
+        """Mean squared error per input feature of x -> z -> x."""
+        with torch.no_grad():
+            return float((decoder(encode(x)) - x).pow(2).mean())
 
     def _synthetic_labels(self, z: np.ndarray, crowd: np.ndarray, z_new: np.ndarray,
                           rng: np.random.Generator) -> np.ndarray:

@@ -182,12 +182,11 @@ def test_the_crime_task_trains_attacks_and_reports_zero_and_non_zero_errors(tmp_
     errors = (mu - test_y).abs()
     assert report["per_class"]["standard"] == pytest.approx([errors[test_y == 0].mean().item(),
                                                             errors[test_y > 0].mean().item()], rel=1e-5)
-    standard, robust = report["summary"]["standard"], report["summary"]["robust"]
-    assert robust["overall"] > standard["overall"]  # STPGD-sized budget raises the error
+    details = report["details"]["predictors"]
+    assert details["model, stpgd"]["nll"] > details["model, clean"]["nll"]  # STPGD ascends the NB NLL
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 3 and '"counts": [' in metrics[0]
     # the details: the trivial all-zero predictor's non-zero MAE is the mean non-zero count
-    details = report["details"]["predictors"]
     assert details["all-zero"]["mae non-zero"] == pytest.approx(test_y[test_y > 0].mean().item())
     assert details["model, clean"]["mae zero"] == pytest.approx(report["per_class"]["standard"][0], rel=1e-5)
     assert [table["title"][:6] for table in report["details"]["tables"]] == ["errors", "MAE on"]
@@ -319,3 +318,74 @@ def test_stpgd_moves_only_victim_nodes_and_stays_in_the_ball(seed, eps, victims,
     moved_nodes = (delta != 0).any(dim=0).any(dim=0).any(dim=1)  # any day, step or category of the node
     assert 0 < moved_nodes.sum() <= max(1, round(victims * 16))
     assert torch.equal(x_adv[:, :, ~moved_nodes], x[:, :, ~moved_nodes])
+
+
+# --------------------------------------------------------------------------- issue 30: model and report
+
+
+def test_stgnn_reads_the_whole_history_and_the_last_week_model_only_seven_days():
+    """Two kernel-3 stride-2 convolutions: the last output's receptive field is 1 + 2 + 4 = 7
+    steps. ``stgnn`` pools over every step (and the input's means), so day 0 moves it."""
+    from robx.plugins.models.stgnn import STGNN
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 30, 9, 2)
+    early = x.clone()
+    early[:, :23] += 5.0  # every day but the last 7
+    for whole_history, moves in ((False, False), (True, True)):
+        model = STGNN(grid_adjacency(3, 3), 2, 2, hidden=8, whole_history=whole_history).eval()
+        changed = not torch.allclose(model(x)[1], model(early)[1])
+        assert changed == moves
+    model = STGNN(grid_adjacency(3, 3), 2, 2, hidden=8).eval()
+    only_first = x.clone()
+    only_first[:, 0] += 5.0
+    assert not torch.allclose(model(x)[1], model(only_first)[1])
+
+
+def test_stgnn_starts_at_each_cells_base_rate():
+    from robx.plugins.models.stgnn import STGNN
+
+    base_rate = torch.tensor([[0.0, 0.5], [2.0, 7.25], [0.01, 1.0], [3.0, 0.2]])
+    model = STGNN(grid_adjacency(2, 2), 2, 2, hidden=8, base_rate=base_rate)
+    mu = model(torch.randn(3, 10, 4, 2))[1][..., 0]
+    # softplus(softplus^-1(m)) = m; a mean of 0 starts at the 1e-3 floor (+ the 1e-6 of every mu)
+    assert torch.allclose(mu, base_rate.clamp(min=1e-3).expand(3, 4, 2) + 1e-6, atol=1e-5)
+    with pytest.raises(OptionError, match=r"the base rate is \(3, 2\), not \(nodes, outputs\) = \(4, 2\)"):
+        STGNN(grid_adjacency(2, 2), 2, 2, base_rate=base_rate[:3])
+
+
+def test_moment_dispersion_and_region_disparity_by_hand():
+    from robx.plugins.tasks.crime import moment_dispersion, region_disparity
+
+    counts = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]])  # 3 days, 2 positions
+    # position 0: mean 2, sample variance 4 -> alpha = 2^2 / (4 - 2) = 2; position 1: variance 0 <= mean -> 1e3
+    assert moment_dispersion(counts).tolist() == pytest.approx([2.0, 1e3])
+
+    # one day, one category, 4 cells; cells 0, 1 are event regions. Events at 0 (region) and 2, 3 (elsewhere);
+    # ranking 0, 2, 1, 3; K = 2 -> inside: recall 1, AP 1; outside: hit 2 at rank 2 -> recall 1/2, AP (1/2) / 2
+    counts = torch.tensor([1.0, 0.0, 1.0, 1.0]).view(1, 4, 1)
+    predicted = torch.tensor([0.9, 0.5, 0.7, 0.1]).view(1, 4, 1)
+    regions = torch.tensor([True, True, False, False]).view(4, 1)
+    assert region_disparity(predicted, counts, regions, 2) == pytest.approx((1 - 0.5, 1 - 0.25))
+
+
+def test_long_window_and_weekday_predictors_read_the_days_before_each_target(tmp_path, monkeypatch):
+    from robx.plugins.tasks.crime import Crime
+
+    root = tmp_path / "data"
+    monkeypatch.setattr(crime, "data_roots", lambda explicit=None: [Path(explicit)])
+    rng = np.random.default_rng(0)
+    grid = rng.poisson(1.0, size=(2, 2, 140, 4)).astype(np.uint16)
+    write_grid(root / "crime", train=grid[:, :, :100], val=grid[:, :, 100:110], test=grid[:, :, 110:])
+    data = load_crime("nyc", str(root), CrimeOptions(history=30))
+    task = Crime(data)
+    days = grid.reshape(4, 140, 4).transpose(1, 0, 2).astype(np.float64)  # (days, nodes, categories)
+    trivial = task.trivial_predictions(data.test)
+    for i, day in enumerate(range(110, 140)):
+        assert trivial["90-day mean"][i].numpy() == pytest.approx(days[day - 90:day].mean(axis=0))
+        assert trivial["same weekday"][i].numpy() == pytest.approx(days[[day - 7, day - 14, day - 21, day - 28]].mean(axis=0))
+    val = task.trivial_predictions(data.val)  # the first validation day: 90 days back reach day 10
+    assert val["90-day mean"][0].numpy() == pytest.approx(days[10:100].mean(axis=0))
+    early = task.trivial_predictions(data.train)["90-day mean"][0]  # day 30: only 30 days before it
+    assert early.numpy() == pytest.approx(days[:30].mean(axis=0))
+    assert task.model_input().target_mean.numpy() == pytest.approx(days[30:100].mean(axis=0))

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from robx.core.crowd import (MISSING, CrowdJob, check_crowd_labels, crowd_frame, label_certainty, run_crowd,
-                             simulate_workers)
+from robx.core.crowd import (MISSING, CrowdJob, check_crowd_labels, crowd_frame, dawid_skene_em, label_certainty,
+                             run_crowd, simulate_workers)
 from robx.core.engine import train
 from robx.core.errors import OptionError
-from robx.plugins.iced import certainty_groups, dawid_skene_em
+from robx.plugins.iced import certainty_groups
 from robx.plugins.tasks.crowd import row_majority_vote
 
 from conftest import tiny_config
@@ -42,7 +42,7 @@ def test_row_majority_vote_by_hand():
     assert row_majority_vote(crowd, 2).tolist() == [1, 0, 1, 0]  # the tie (row 2) goes to class 0
 
 
-def test_dawid_skene_agrees_with_crowd_kit_on_balanced_labels():
+def test_estimated_prior_dawid_skene_agrees_with_crowd_kit_on_balanced_labels():
     from crowdkit.aggregation import DawidSkene
 
     rng = np.random.default_rng(0)
@@ -52,7 +52,7 @@ def test_dawid_skene_agrees_with_crowd_kit_on_balanced_labels():
     crowd = np.where(correct, truth[:, None], 1 - truth[:, None])
     crowd[rng.random(crowd.shape) < 0.2] = MISSING
     crowd[np.arange(400), rng.integers(0, 5, 400)] = np.where(correct[np.arange(400), 0], truth, 1 - truth)
-    ours, prior = dawid_skene_em(crowd, 2, iterations=100)
+    ours, prior = dawid_skene_em(crowd, 2, iterations=100, prior="estimated")
     reference = DawidSkene(n_iter=100).fit(crowd_frame(crowd)).probas_.sort_index()
     theirs = reference.reindex(columns=[0, 1]).to_numpy()
     assert np.mean(ours.argmax(axis=1) == theirs.argmax(axis=1)) >= 0.99
@@ -62,6 +62,32 @@ def test_dawid_skene_agrees_with_crowd_kit_on_balanced_labels():
 
     # workers of unequal skill: weighting them (D&S) recovers more true labels than counting them
     assert np.mean(ours.argmax(axis=1) == truth) > np.mean(majority_vote(crowd) == truth)
+
+
+def test_dawid_skene_holds_a_uniform_prior_unless_asked_to_estimate_it():
+    """Eq. 3.1-3.2 by hand for one EM step from the majority-vote posteriors, and the
+    imbalanced case: the uniform prior leaves Phi at 1/2 while the estimate follows the data."""
+    crowd = np.array([[0, 0], [0, 1], [1, 1]])
+    # start T = MV shares: [1, 0], [.5, .5], [0, 1]. M-step counts (+1e-6 floor), rows true a, columns given b:
+    # worker 0 (labels 0, 0, 1): a=0: [1.5, 0], a=1: [.5, 1]; worker 1 (labels 0, 1, 1): a=0: [1, .5], a=1: [0, 1.5]
+    floor = 1e-6
+    psi0 = np.array([[1.5 + floor, floor], [0.5 + floor, 1 + floor]])
+    psi1 = np.array([[1 + floor, 0.5 + floor], [floor, 1.5 + floor]])
+    psi0, psi1 = psi0 / psi0.sum(1, keepdims=True), psi1 / psi1.sum(1, keepdims=True)
+    expected = np.array([[0.5 * psi0[a, crowd[i, 0]] * psi1[a, crowd[i, 1]] for a in (0, 1)] for i in range(3)])
+    expected /= expected.sum(axis=1, keepdims=True)
+    posterior, prior = dawid_skene_em(crowd, 2, iterations=1)
+    assert posterior == pytest.approx(expected, rel=1e-6) and prior.tolist() == [0.5, 0.5]
+    assert posterior[1] == pytest.approx([0.5, 0.5])  # (1 x 1/3) vs (1/3 x 1): the disagreement stays a tie
+
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.zeros(900, int), np.ones(100, int)]
+    crowd = np.where(rng.random((1000, 7)) < 0.7, truth[:, None], 1 - truth[:, None])
+    _, held = dawid_skene_em(crowd, 2, 100)
+    _, estimated = dawid_skene_em(crowd, 2, 100, prior="estimated")
+    assert held.tolist() == [0.5, 0.5] and estimated == pytest.approx([0.9, 0.1], abs=0.03)
+    with pytest.raises(OptionError, match="the D&S prior must be uniform or estimated, got 'flat'"):
+        dawid_skene_em(crowd, 2, 1, prior="flat")
 
 
 def test_synthetic_workers_err_as_their_formula_says():
@@ -136,3 +162,55 @@ def test_cli_crowd_bad_input_is_one_line_exit_2(monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "robx: error: worker 2 labelled no example (a column of missing labels); drop it"]
+
+
+def test_warmup_lengths_in_epochs_and_in_trad_i_steps():
+    """Table 3.3 as written: 5 epochs per certainty group vs 15 for Trad-I; ``warmup_length
+    = "steps"``: every warm-up takes Trad-I's optimiser steps, 3 x 5 x ceil(n / 32)."""
+    from robx.core.registry import registry
+    from robx.plugins.iced import ICED, ICEDOptions, certainty_groups
+
+    data = registry().dataset("digits-crowd").read(None, 0)
+    x, crowd = data.train.x.numpy(), data.train.y.numpy()
+    groups = certainty_groups(label_certainty(crowd, 2))
+    batches = [-(-len(g) // 32) for g in groups]
+    trad_i = 3 * 5 * -(-len(x) // 32)
+    quick = {"iterations": 1, "decoder_epochs": 1}
+    steps = {}
+    for warmup in ("certainty", "together", "all"):
+        for length in ("epochs", "steps"):
+            learner = ICED(ICEDOptions(warmup=warmup, warmup_length=length, **quick)).fit(x, crowd, 2)
+            steps[warmup, length] = learner.details["warmup_steps"]
+    assert steps["certainty", "epochs"] == 5 * sum(batches)
+    assert steps["together", "epochs"] == 15 * -(-sum(len(g) for g in groups) // 32)
+    assert steps["all", "epochs"] == steps["all", "steps"] == trad_i
+    # rounded to whole epochs of each group: within half an epoch of each group of Trad-I's count
+    assert abs(steps["certainty", "steps"] - trad_i) <= sum(batches) / 2 + 1
+    assert abs(steps["together", "steps"] - trad_i) <= -(-sum(len(g) for g in groups) // 32) / 2 + 1
+
+
+def test_iced_decodes_with_a_trained_autoencoder_and_records_its_synthetic_labels():
+    from robx.core.registry import registry
+    from robx.plugins.iced import ICED, ICEDOptions
+
+    data = registry().dataset("digits-crowd").read(None, 0)
+    x, crowd = data.train.x.numpy(), data.train.y.numpy()
+    learner = ICED(ICEDOptions(iterations=2, warmup_epochs=2, decoder_epochs=30)).fit(x, crowd, 2)
+    # reconstructs far better than the per-feature mean (the best constant decoder)
+    assert learner.details["reconstruction_mse"] < 0.5 * x.var(axis=0).mean()
+    shares = [entry["synthetic_minority_share"] for entry in learner.history]
+    assert all(0 <= share <= 1 for share in shares)
+    assert learner.details["synthetic_minority_share"] == pytest.approx(np.mean(shares))
+
+
+def test_ds_baselines_hold_the_uniform_prior_and_dsck_is_crowd_kits():
+    from robx.core.crowd import dawid_skene
+    from robx.core.registry import registry
+
+    data = registry().dataset("digits-crowd").read(None, 0)
+    x, crowd = data.train.x.numpy(), data.train.y.numpy()
+    learners = registry()
+    held = learners.crowd_learner("ds-lr").build({}, 0).fit(x, crowd, 2).inferred_labels
+    crowd_kit = learners.crowd_learner("dsck-lr").build({}, 0).fit(x, crowd, 2).inferred_labels
+    assert held.tolist() == dawid_skene_em(crowd, 2, 100)[0].argmax(axis=1).tolist()
+    assert crowd_kit.tolist() == dawid_skene(crowd).tolist()
