@@ -49,28 +49,34 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(cells) + " |")
 
     print("\nTraining labels inferred right (Figure 3.2: MV; D&S before ICED, after its first and last iteration):\n")
-    print("| dataset | training (true classes) | MV | D&S (crowd-kit) | ICED's D&S-orig | D&S-first | D&S-final |")
-    print("|---|---|---|---|---|---|---|")
-    for d in datasets:
-        iced = found[d].get("iced", [])
-        ds = found[d].get("ds-lr", [])
-        counts = iced[0]["train_counts"] if iced else "?"
-        print(f"| {d} | {counts} | {cell([r['majority_vote_accuracy'] for r in iced])} | "
-              f"{cell([r['inferred_label_accuracy'] for r in ds])} | "
-              f"{cell([r['details']['ds_original_accuracy'] for r in iced])} | "
-              f"{cell([r['history'][0]['inferred_accuracy'] for r in iced if r['history']])} | "
-              f"{cell([r['history'][-1]['inferred_accuracy'] for r in iced if r['history']])} |")
+    print("| dataset | training (true classes) | workers | MV | D&S, uniform prior | D&S, prior estimated (crowd-kit) "
+          "| ICED's D&S-orig | D&S-first | D&S-final | synthetic examples inferred minority |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in [m for m in main_methods if m.startswith("iced")]:
+        for d in datasets:
+            iced = found[d].get(name, [])
+            counts = iced[0]["train_counts"] if iced else "?"
+            workers = iced[0]["workers"] if iced else "?"
+            print(f"| {d} ({name}) | {counts} | {workers} | {cell([r['majority_vote_accuracy'] for r in iced])} | "
+                  f"{cell([r['inferred_label_accuracy'] for r in found[d].get('ds-lr', [])])} | "
+                  f"{cell([r['inferred_label_accuracy'] for r in found[d].get('dsck-lr', [])])} | "
+                  f"{cell([r['details']['ds_original_accuracy'] for r in iced])} | "
+                  f"{cell([r['history'][0]['inferred_accuracy'] for r in iced if r['history']])} | "
+                  f"{cell([r['history'][-1]['inferred_accuracy'] for r in iced if r['history']])} | "
+                  f"{cell([r['details']['synthetic_minority_share'] for r in iced if r['details'].get('synthetic_minority_share') is not None])} |")
 
     print("\nThe classifier after the warm-up only (Table 3.3):\n")
-    print("| dataset | " + " | ".join(f"{m} accuracy | {m} F1" for m in warmups) + " | examples used (groups) |")
-    print("|---|" + "---|---|" * len(warmups) + "---|")
+    print("| dataset | warm-up | accuracy | F1 | optimiser steps | examples used |")
+    print("|---|---|---|---|---|---|")
     for d in datasets:
-        cells = []
         for m in warmups:
             runs = found[d].get(m, [])
-            cells += [cell([r["accuracy"] for r in runs]), cell([r["f1"] for r in runs])]
-        sizes = [r["details"]["warmup_group_sizes"] for r in found[d].get("warmup-iced-w", [])]
-        print(f"| {d} | " + " | ".join(cells) + f" | {sizes[0] if sizes else '?'} (seed 0) |")
+            steps = [r["details"].get("warmup_steps") for r in runs if r["details"].get("warmup_steps") is not None]
+            used = [sum(r["details"]["warmup_group_sizes"]) for r in runs]
+            if m.startswith("warmup-trad-i") and not m.startswith("warmup-trad-ii"):
+                used = [sum(r["train_counts"]) for r in runs]
+            print(f"| {d} | {m.removeprefix('warmup-')} | {cell([r['accuracy'] for r in runs])} | "
+                  f"{cell([r['f1'] for r in runs])} | {cell(steps) if steps else '?'} | {cell(used) if used else '?'} |")
 
     if "--plot" in sys.argv:
         import matplotlib

@@ -11,6 +11,11 @@ Two modules augment each other, after a warm-up:
   ``warmup_epochs`` on the third-highest group, then on the second, then on the highest
   (``warmup = "certainty"``); ``"together"`` trains the same examples at once for 3 x
   ``warmup_epochs`` (the chapter's Trad-II), ``"all"`` every example at once (Trad-I).
+  Those are Table 3.3's lengths in epochs (``warmup_length = "epochs"``), under which
+  ICED-w and Trad-II take far fewer optimiser steps than Trad-I (the groups are small);
+  ``"steps"`` gives every warm-up Trad-I's number of steps (3 x ``warmup_epochs`` passes
+  over every example; ICED-w a third per group, in whole epochs of the group), so that the
+  comparison is of what is fed, not of how long.
 * **Iteration** (Algorithm 3.2), ``iterations`` times:
   1. *Synthetic minority embeddings* (eq. 3.3, 3.5): z = G(x); the candidates are the
      examples whose current label is the minority class; for candidate z_i and one of its
@@ -22,18 +27,29 @@ Two modules augment each other, after a warm-up:
      worker u's synthetic label is drawn from worker u's labels of those neighbours
      (missing if u labelled none of them), "simulating the annotation behaviour of each
      worker".
-  3. *Decoding*: x' = Q(z') with the decoder Q, trained to map G(x) back to x (MSE): first
-     after the warm-up for ``decoder_epochs``, then ``decoder_refresh`` epochs per iteration
-     because G moves (the chapter says "pre-trained decoder"; when and on what is ours).
+  3. *Decoding*: x' = Q(z') with a "pre-trained decoder" Q (the chapter's words; what it
+     is trained on is ours). ``synthesis = "autoencoder"`` (the default): the embeddings of
+     steps 1-2 are those of an autoencoder (E, Q) pre-trained after the warm-up on the real
+     inputs for ``decoder_epochs`` (reconstruction MSE), as chapter 2's autoencoder, so Q
+     inverts the space the interpolation happens in. ``"classifier"`` (robx before issue 30):
+     z = G(x), the classifier's own features, and Q trained to map G(x) back to x, then
+     ``decoder_refresh`` epochs per iteration because G moves; G keeps what separates the
+     classes and drops the rest, so Q's images of interpolated features are poor (measured:
+     55-65 % of them inferred minority; docs/results.md).
   4. *True-label inference* (eq. 3.1-3.2): Dawid-Skene EM on the real and synthetic crowd
-     labels together, started from the majority-vote posteriors and a uniform class prior
-     Phi (the "conventional uniform prior" the chapter describes), Phi then re-estimated
-     each M-step; ``ds_iterations`` steps.
+     labels together (``robx.core.crowd.dawid_skene_em``), started from the majority-vote
+     posteriors, with the class prior Phi held uniform (``prior = "uniform"``: the
+     "conventional uniform prior" the chapter says makes D&S fail on imbalanced labels, and
+     which the balanced synthetic set makes right); ``"estimated"`` re-estimates Phi each
+     M-step, as crowd-kit's D&S does (an ablation: it removes the premise); ``ds_iterations``
+     steps.
   5. *Training*: one epoch of F on the real and synthetic examples with the inferred labels.
 
 The real examples' inferred labels after each iteration are kept (``history``) so the
 report can score them against the truth (the chapter's Figure 3.2: D&S-orig, D&S-first,
-D&S-final). DNN, optimiser and batch as the D&S+DNN baseline (Adam 1e-3, batch 32).
+D&S-final), with the share of the synthetic examples D&S labels minority
+(``synthetic_minority_share``), the warm-up's optimiser steps and the decoder's
+reconstruction error. DNN, optimiser and batch as the D&S+DNN baseline (Adam 1e-3, batch 32).
 """
 
 from __future__ import annotations
@@ -68,9 +84,10 @@ class ICEDOptions:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("warmup_epochs", "iterations", "k_neighbors", "decoder_epochs",
-                                         "decoder_refresh", "ds_iterations", "batch_size"),
-                     positive=("lr",), non_negative=("delta_noise",))
+        # iterations = 0: the warm-up alone (Table 3.3's comparison)
+        check_ranges(self, at_least_one=("warmup_epochs", "k_neighbors", "decoder_epochs", "decoder_refresh",
+                                         "ds_iterations", "batch_size"),
+                     positive=("lr",), non_negative=("delta_noise", "iterations"))
         for name, allowed in (("warmup", ("certainty", "together", "all")), ("warmup_length", ("epochs", "steps")),
                               ("prior", ("uniform", "estimated")), ("synthesis", ("autoencoder", "classifier"))):
             if getattr(self, name) not in allowed:
@@ -153,6 +170,9 @@ class ICED:
         self.details["warmup_steps"] = warmup_steps
         posterior, _ = dawid_skene_em(crowd, num_classes, o.ds_iterations, o.prior)
         self.details["ds_original_labels"] = posterior.argmax(axis=1).tolist()
+        self.inferred_labels = labels
+        if o.iterations == 0:
+            return
         if o.synthesis == "autoencoder":
             autoencoder = Autoencoder(x.shape[1], embedding=self.model.head.in_features)
             encode, decoder = autoencoder.encoder, autoencoder.decoder
