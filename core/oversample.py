@@ -85,6 +85,25 @@ def interleaving_share(real_x: np.ndarray, real_y: np.ndarray, synthetic_x: np.n
     return float(np.mean(real_y[nearest] != synthetic_y))
 
 
+def centroid_spread(points: np.ndarray) -> float:
+    """Mean Euclidean distance of the points to their centroid (0 for one point or none)."""
+    if len(points) < 2:
+        return 0.0
+    return float(np.linalg.norm(points - points.mean(axis=0), axis=1).mean())
+
+
+def spreads(real_x: np.ndarray, real_y: np.ndarray, synthetic_x: np.ndarray,
+            synthetic_y: np.ndarray) -> dict[str, float | None]:
+    """How far the synthetic examples of each minority class spread, beside its real ones:
+    the mean Euclidean distance to the class centroid, averaged over the classes that got
+    synthetic examples (a collapsed generator's spread is near 0); ``None`` without any."""
+    classes = np.unique(synthetic_y)
+    if len(classes) == 0:
+        return {"synthetic_spread": None, "real_minority_spread": None}
+    return {"synthetic_spread": float(np.mean([centroid_spread(synthetic_x[synthetic_y == c]) for c in classes])),
+            "real_minority_spread": float(np.mean([centroid_spread(real_x[real_y == c]) for c in classes]))}
+
+
 @dataclass
 class OversampleJob:
     """One evaluation: a dataset under its protocol, one oversampler, one seed."""
@@ -131,7 +150,8 @@ def run_oversample(job: OversampleJob) -> tuple[dict[str, Any], dict[str, np.nda
         make_classifier(name, 0)  # unknown names fail before any work
     data, x_train, y_train, x_test, y_test = prepared_arrays(job)
     started = time.perf_counter()
-    x_res, y_res = spec.build(job.method_options, job.seed).fit_resample(x_train, y_train)
+    sampler = spec.build(job.method_options, job.seed)
+    x_res, y_res = sampler.fit_resample(x_train, y_train)
     resample_seconds = time.perf_counter() - started
     n_real = len(x_train)
     if not np.array_equal(y_res[:n_real], y_train):
@@ -151,6 +171,8 @@ def run_oversample(job: OversampleJob) -> tuple[dict[str, Any], dict[str, np.nda
         "test_counts": np.bincount(y_test, minlength=data.num_classes).tolist(),
         "resample_seconds": round(resample_seconds, 2),
         "interleaving": interleaving_share(x_train, y_train, synthetic_x, synthetic_y),
+        **spreads(x_train, y_train, synthetic_x, synthetic_y),
+        **({"details": sampler.details} if getattr(sampler, "details", None) else {}),
         "classifiers": results,
     }
     arrays = {"x": x_res, "y": y_res, "generated": np.arange(len(x_res)) >= n_real}

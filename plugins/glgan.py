@@ -19,7 +19,8 @@ structure and the data's global distribution:
    balanced latent set Z = Z_maj u Z_min u Z_syn.
 3. **GAN** (Algorithm 2.1), G initialised from the decoder Q; the discriminator D and the
    classifier C are E plus one layer, initialised from E. Each round, on a mini-batch:
-   * D (eq. 2.4, least squares): 1/|X| sum (D(x) - 1)^2 + lambda/|Z| sum (D(G(z)) - 0)^2;
+   * D (eq. 2.4, least squares): 1/|X| sum (D(x) - 1)^2 + lambda/|Z| sum (D(G(z)) - 0)^2
+     (the real examples drawn class-balanced, below);
    * C (eq. 2.5): 1/|X| sum ||C(x) - Gamma_x||^2 + lambda/|Z| sum ||C(G(z)) - Gamma_z||^2,
      C's outputs as softmax probabilities, Gamma the one-hot label;
    * G (eq. 2.6): 1/|X| sum_{Z_org} ||G(z_i) - x_i||^2 + lambda_1/|Z| sum (D(G(z)) - 1)^2
@@ -28,11 +29,21 @@ structure and the data's global distribution:
 
 Choices the chapter leaves open (ours): two-layer MLPs (``hidden`` units, LeakyReLU); the
 latent passes through tanh, because eq. 2.2's separation term is otherwise unbounded below
-(scaling every latent up lowers L_clu without end); features are min-max scaled to [0, 1]
+(scaling every latent up lowers L_clu without end). Bounded by tanh alone it still
+collapses the latent (issue 30, measured: with Lambda_1 = 1, 89-99 % of the coordinates
+saturate at +-1 and the minority's latents, hence every synthetic example, fall onto one
+point), so robx rewards the distance between class means only up to ``separation_margin``
+(min(||zbar_a - zbar_b||, m)^2; 0 restores eq. 2.2's unbounded term) and weights L_clu by
+Lambda_1 = ``clustering_weight`` = 0.01 (the chapter gives no value; the measured choice,
+docs/results.md, beside 0.1 and 1). The discriminator's real examples are drawn
+class-balanced (``discriminator_real = "balanced"``): eq. 2.4 over the imbalanced X pulls
+the generated minority toward the majority (measured: 95 % of the synthetic examples then
+lie nearest a majority example); ``"all"`` draws them as the mini-batch does. Features are min-max scaled to [0, 1]
 on the training set and Q, G end in a sigmoid; the autoencoder trains full-batch (a
 mini-batch of an imbalanced set often holds no minority example, and the class means need
 one); one D, one C and one G step per mini-batch ("discriminator-, classifier-,
-generator-epochs" = 1), ``gan_epochs`` passes over Z; all weights 1 (the chapter gives none);
+generator-epochs" = 1), ``gan_epochs`` passes over Z (0: the chapter's Auto-only
+ablation); the other weights 1 (the chapter gives none);
 Adam, lr 1e-3. Everything runs under its own seeded random stream, so a run and its resume
 make the same examples.
 
@@ -56,7 +67,7 @@ from robx.core.data import Split
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.oversample import RegisterOversampler, check_minority_neighbours
+from robx.core.oversample import RegisterOversampler, centroid_spread, check_minority_neighbours
 from robx.core.state import TrainState
 
 
@@ -69,26 +80,31 @@ class GLGANOptions:
     batch_size: int = 64
     lr: float = 1e-3
     k_neighbors: int = 5  # SMOTE's k
-    clustering_weight: float = 1.0  # Lambda_1, eq. 2.3
+    clustering_weight: float = 0.01  # Lambda_1, eq. 2.3 (a measured choice: docs/results.md)
     minority_scatter_weight: float = 1.0  # lambda_1, eq. 2.2
     separation_weight: float = 1.0  # lambda_2, eq. 2.2
+    separation_margin: float = 1.0  # class means rewarded for distance up to this; 0: eq. 2.2 unbounded
+    discriminator_real: str = "balanced"  # "balanced": class-balanced real batches for D; "all": as drawn
     weight_decay: float = 1e-5  # Lambda_2 R(theta), eq. 2.3
     fake_weight: float = 1.0  # lambda, eqs. 2.4 and 2.5
     adversarial_weight: float = 1.0  # lambda_1, eq. 2.6
     classifier_weight: float = 1.0  # lambda_2, eq. 2.6
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("latent_dim", "hidden", "ae_epochs", "gan_epochs", "batch_size",
-                                         "k_neighbors"),
+        # gan_epochs = 0: the chapter's Auto-only ablation (the decoder maps the SMOTE latents back)
+        check_ranges(self, at_least_one=("latent_dim", "hidden", "ae_epochs", "batch_size", "k_neighbors"),
                      positive=("lr",),
-                     non_negative=("clustering_weight", "minority_scatter_weight", "separation_weight",
+                     non_negative=("gan_epochs", "separation_margin", "clustering_weight", "minority_scatter_weight", "separation_weight",
                                    "weight_decay", "fake_weight", "adversarial_weight", "classifier_weight"))
+        if self.discriminator_real not in ("balanced", "all"):
+            raise ValueError(f"discriminator_real must be balanced or all, got {self.discriminator_real!r}")
 
 
 def clustering_loss(z: torch.Tensor, labels: torch.Tensor, majority: int, minority_weight: float,
-                    separation_weight: float) -> torch.Tensor:
+                    separation_weight: float, margin: float = float("inf")) -> torch.Tensor:
     """Eq. 2.2: within-class scatter (weight 1 for ``majority``, ``minority_weight`` for the
-    others) minus ``separation_weight`` x the mean squared distance between class means."""
+    others) minus ``separation_weight`` x the mean over class pairs of min(||zbar_a - zbar_b||,
+    ``margin``)^2 (``margin`` = inf: the squared distance, unbounded, as eq. 2.2 writes it)."""
     classes = labels.unique()
     means = torch.stack([z[labels == c].mean(dim=0) for c in classes])
     scatter = z.new_zeros(())
@@ -96,7 +112,11 @@ def clustering_loss(z: torch.Tensor, labels: torch.Tensor, majority: int, minori
         weight = 1.0 if c == majority else minority_weight
         scatter = scatter + weight * (z[labels == c] - mean).pow(2).sum(dim=1).mean()
     pairs = torch.triu_indices(len(classes), len(classes), offset=1)
-    separation = (means[pairs[0]] - means[pairs[1]]).pow(2).sum(dim=1).mean() if len(classes) > 1 else z.new_zeros(())
+    if len(classes) > 1:
+        distance = (means[pairs[0]] - means[pairs[1]]).pow(2).sum(dim=1).sqrt()
+        separation = distance.clamp(max=margin).pow(2).mean()
+    else:
+        separation = z.new_zeros(())
     return scatter - separation_weight * separation
 
 
@@ -132,6 +152,7 @@ class GLGAN:
     def __init__(self, options: GLGANOptions | None = None, seed: int = 0) -> None:
         self.options = options or GLGANOptions()
         self.seed = seed
+        self.details: dict[str, float] = {}
 
     def fit_resample(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         check_minority_neighbours(y, self.options.k_neighbors, "glgan")
@@ -157,7 +178,8 @@ class GLGAN:
         for _ in range(o.ae_epochs):
             z = encoder(real)
             loss = (decoder(z) - real).pow(2).sum(dim=1).mean() + o.clustering_weight * clustering_loss(
-                z, labels, majority, o.minority_scatter_weight, o.separation_weight)
+                z, labels, majority, o.minority_scatter_weight, o.separation_weight,
+                o.separation_margin or float("inf"))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -168,6 +190,12 @@ class GLGAN:
         z_syn, z_syn_labels = latent_smote(z_org.numpy(), labels_np, o.k_neighbors, self.seed)
         z_all = torch.cat([z_org, torch.from_numpy(z_syn)])
         z_labels = torch.cat([labels, torch.from_numpy(z_syn_labels)])
+        minority_latents = z_org[labels != majority].numpy()
+        self.details = {"latent_saturated_share": float((z_org.abs() > 0.99).float().mean()),
+                        "minority_latent_spread": centroid_spread(minority_latents),
+                        "synthetic_latent_spread": centroid_spread(z_syn)}
+        # class-balanced draws of real examples for D: each class equally likely
+        real_weights = (1.0 / torch.bincount(labels).double())[labels]
 
         # 3. GAN, Algorithm 2.1; G from Q, D and C from E plus one layer
         generator = copy.deepcopy(decoder)
@@ -182,9 +210,12 @@ class GLGAN:
                 z, z_y = z_all[batch], z_labels[batch]
                 pick = torch.randint(n_real, (len(batch),))
                 x_real, y_real = real[pick], labels[pick]
+                x_for_d = x_real
+                if o.discriminator_real == "balanced":
+                    x_for_d = real[torch.multinomial(real_weights, len(batch), replacement=True)]
 
                 fake = generator(z).detach()
-                d_loss = least_squares_discriminator_loss(discriminator(x_real), discriminator(fake), o.fake_weight)
+                d_loss = least_squares_discriminator_loss(discriminator(x_for_d), discriminator(fake), o.fake_weight)
                 opt_d.zero_grad()
                 d_loss.backward()
                 opt_d.step()

@@ -197,3 +197,70 @@ def test_training_set_hook_replaces_the_split_and_is_checked(tmp_path, monkeypat
     assert torch.equal(halved.state.class_counts.cpu(), expected)
     with pytest.raises(RobxError, match=r"training_set of 'reshapes' changed the examples' shape: \(1, 8, 8\) -> \(64,\)"):
         build_run(tiny_config(plugins=["reshapes"]), tmp_path / "c")
+
+
+def test_the_separation_term_stops_rewarding_distance_at_the_margin():
+    # class means (0, 0) and (3, 4): distance 5; no scatter (each class one point)
+    z = torch.tensor([[0.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    labels = torch.tensor([0, 1])
+    assert clustering_loss(z, labels, 0, 1.0, 1.0).item() == pytest.approx(-25.0)  # eq. 2.2 as written
+    assert clustering_loss(z, labels, 0, 1.0, 1.0, margin=2.0).item() == pytest.approx(-4.0)  # min(5, 2)^2
+    clustering_loss(z, labels, 0, 1.0, 1.0, margin=2.0).backward()
+    assert z.grad.abs().sum() == 0  # past the margin nothing pushes the means further apart
+    near = torch.tensor([[0.0, 0.0], [0.6, 0.8]])  # distance 1 < margin: the unbounded term's value
+    assert clustering_loss(near, labels, 0, 1.0, 1.0, margin=2.0).item() == pytest.approx(-1.0)
+
+
+def test_oversampling_spreads_by_hand():
+    from robx.core.oversample import centroid_spread, spreads
+
+    square = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])  # every corner sqrt(2) from (1, 1)
+    assert centroid_spread(square) == pytest.approx(math.sqrt(2)) and centroid_spread(square[:1]) == 0.0
+    real_y = np.array([0, 0, 1, 1])
+    result = spreads(square, real_y, np.array([[5.0, 5.0], [5.0, 5.0]]), np.array([1, 1]))
+    assert result == {"synthetic_spread": 0.0, "real_minority_spread": pytest.approx(1.0)}  # (0,2), (2,2): 1 each
+
+
+def test_glgan_v2_keeps_the_minority_latents_apart_where_v1_collapses_them():
+    """The issue-30 measurement in small: eq. 2.2 unbounded with weight 1 saturates the tanh
+    latents and piles the minority onto one point; the margin and Lambda_1 = 0.01 do not."""
+    from robx.plugins.glgan import GLGAN, GLGANOptions
+
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0.3, 0.1, (200, 6)), rng.normal(0.6, 0.1, (12, 6))].astype(np.float32)
+    y = np.r_[np.zeros(200, int), np.ones(12, int)]
+    quick = {"ae_epochs": 1000, "gan_epochs": 0, "hidden": 32, "latent_dim": 8}
+    v1 = GLGAN(GLGANOptions(**quick, clustering_weight=1.0, separation_margin=0.0), seed=0)
+    v1.fit_resample(x, y)
+    v2 = GLGAN(GLGANOptions(**quick), seed=0)
+    v2.fit_resample(x, y)
+    assert v1.details["latent_saturated_share"] > 0.5 and v2.details["latent_saturated_share"] < 0.05  # |z| > 0.99
+    assert v2.details["minority_latent_spread"] > 10 * v1.details["minority_latent_spread"]
+    assert v2.details["synthetic_latent_spread"] > 10 * v1.details["synthetic_latent_spread"]
+
+
+def test_the_discriminator_sees_class_balanced_real_batches(monkeypatch):
+    """With ``discriminator_real = "balanced"`` D's real examples are drawn with weight
+    1 / n_class, so a 200 : 12 set gives each class half of them; with ``"all"`` there is
+    no weighted draw (D sees the batch's real examples, drawn uniformly)."""
+    from robx.plugins.glgan import GLGAN, GLGANOptions
+
+    rng = np.random.default_rng(0)
+    x = (np.r_[np.zeros((200, 4)), np.ones((12, 4))] + rng.normal(0, 0.01, (212, 4))).astype(np.float32)
+    y = np.r_[np.zeros(200, int), np.ones(12, int)]
+    draws: list[torch.Tensor] = []
+    multinomial = torch.multinomial
+
+    def recording(weights, n, replacement=False):  # type: ignore[no-untyped-def]
+        draws.append(multinomial(weights, n, replacement=replacement))
+        return draws[-1]
+
+    monkeypatch.setattr(torch, "multinomial", recording)
+    shares = {}
+    for mode in ("balanced", "all"):
+        draws.clear()
+        GLGAN(GLGANOptions(ae_epochs=5, gan_epochs=3, hidden=8, latent_dim=4, discriminator_real=mode),
+              seed=0).fit_resample(x, y)
+        shares[mode] = (torch.cat(draws) >= 200).float().mean().item() if draws else None
+    assert shares["all"] is None
+    assert shares["balanced"] == pytest.approx(0.5, abs=0.05)
