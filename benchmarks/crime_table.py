@@ -3,8 +3,9 @@
     python benchmarks/crime_table.py benchmarks/results/crime-cpu benchmarks/results/crime-cpu-chicago
 
 For each results folder: per method, mean +- std over its seeds of the MAE on zero and on
-non-zero targets and their disparity and event detection (Recall@20 / MAP@20), clean and
-under STPGD-20, and the wall minutes of a run; the trivial predictors (the same on every seed's
+non-zero targets and their disparity, the NB NLL (all and non-zero targets), event
+detection (Recall@20 / MAP@20) and its disparity between event and non-event regions
+(Rec-D / MAP-D), clean and under STPGD-20, and the wall minutes of a run; the trivial predictors (the same on every seed's
 test days) below; then MinGRE's victim diagnostics, the mean over its epochs and seeds of
 the minority share of its victims' targets and gradient mass, beside plain top-K's on the
 same batches. Markdown on stdout.
@@ -24,9 +25,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROTOCOLS = Path(__file__).resolve().parent / "protocols"
-COLUMNS = ("mae zero", "mae non-zero", "mae disparity")
-DETECTION = ("recall@20", "map@20")
-TRIVIAL = ("all-zero", "historical mean", "last value")
+COLUMNS = ("mae zero", "mae non-zero", "mae disparity", "nll", "nll non-zero")
+DETECTION = ("recall@20", "map@20", "rec-d", "map-d")
+TRIVIAL = ("all-zero", "historical mean", "90-day mean", "same weekday", "last value")
 DIAGNOSTICS = (("victim_minority_share", "minority share of the victims' targets"),
                ("victim_minority_mass", "minority share of the victims' gradient mass"))
 
@@ -69,7 +70,7 @@ def table(folder: Path) -> str:
         cells.append(f"{statistics.mean(r['wall_seconds'] for r in results) / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     first = next(iter(runs.values()))[0]["report"]["details"]["predictors"]
-    for name in TRIVIAL:
+    for name in (n for n in TRIVIAL if n in first):
         row = first[name]
         cells = [f"*{name}*", "-"] + ["-" if row[c] is None else f"{row[c]:.3f}" for c in COLUMNS + DETECTION
                                       for _ in (0, 1)] + ["-"]
