@@ -67,6 +67,16 @@ def main() -> None:
         interleaving = [cell([100 * r["interleaving"] for r in methods[m] if r and r["interleaving"] is not None])
                         for m in names]
         print("| synthetic examples nearest to another class (%) | | " + " | ".join(interleaving) + " |")
+        for key, label in (("synthetic_spread", "synthetic minority spread (mean distance to centroid)"),
+                           ("real_minority_spread", "real minority spread")):
+            row = [cell([r[key] for r in methods[m] if r and r.get(key) is not None]) for m in names]
+            print(f"| {label} | | " + " | ".join(row) + " |")
+        for key, label in (("latent_saturated_share", "GL-GAN latent coordinates saturated (|z| > 0.99)"),
+                           ("minority_latent_spread", "GL-GAN minority latent spread"),
+                           ("synthetic_latent_spread", "GL-GAN synthetic latent spread")):
+            row = [cell([r["details"][key] for r in methods[m] if r and key in r.get("details", {})]) for m in names]
+            print(f"| {label} | | " + " | ".join(row) + " |")
+        print("| seeds | | " + " | ".join(str(len([r for r in methods[m] if r])) for m in names) + " |")
         seconds = [f"{np.mean([r['resample_seconds'] for r in methods[m] if r]):.1f}" for m in names]
         print("| oversampling time (s) | | " + " | ".join(seconds) + " |")
     if pairs:
