@@ -40,7 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.datasets.synthetic",
     "robx.plugins.datasets.city_crime",
     "robx.plugins.datasets.breast_cancer",
-    "robx.plugins.datasets.generated",
+    "robx.plugins.datasets.madelon",
     "robx.plugins.models.cnn",
     "robx.plugins.models.resnet",
     "robx.plugins.models.mlp",

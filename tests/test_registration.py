@@ -210,7 +210,7 @@ def test_registration_plugins_are_not_training_plugins():
         PluginHost(["oversamplers"], {})
     with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: breast-cancer, breast-cancer-crowd, chicago-crime, cifar10, "
                                             "cifar10-pair, cifar10-pair-crowd, cifar100, digits, digits-binary, "
-                                            "digits-crowd, nyc-crime, synthetic"):
+                                            "digits-crowd, madelon, nyc-crime, synthetic, tabular-binary"):
         tiny_config(dataset="mnist").resolved()
     with pytest.raises(OptionError, match="unknown model 'vgg'; available: .*smallcnn"):
         engine.build_run(tiny_config(model="vgg"), None)
