@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,11 @@ def write_result(path: Path, payload: dict[str, Any]) -> Path:
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **payload,
     }
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    # a unique temporary file beside it, then a rename: a killed sweep never leaves half a result
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as out:
+        out.write(json.dumps(record, indent=2) + "\n")
+    os.replace(temporary, path)
     return path
 
 
