@@ -1,4 +1,4 @@
-"""Kernel microbenchmarks and end-to-end adversarial-training throughput (PROTOCOLS.md, kernels).
+"""Kernel microbenchmarks and end-to-end adversarial-training throughput (docs/protocols.md, kernels).
 
     python benchmarks/kernels.py                  # CPU: numba vs eager torch
     python benchmarks/kernels.py --device cuda    # GPU: Triton vs eager torch vs torch.compile

@@ -506,12 +506,20 @@ def crowd_(
 @app.command("plugins")
 def plugins_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="Print the method reference (docs/methods.md's generated part): each method "
+                           "plugin's docstring, hooks and options with their defaults.")] = False,
 ) -> None:
     """List every available plugin, where it comes from and the hooks it implements, and the
     tasks, datasets and models they register."""
     from robx.core.registry import registry
 
     specs = available_plugins()
+    if markdown:
+        from robx.cli.reference import methods_reference
+
+        print(methods_reference(specs.values()), end="")
+        return
     rows = [
         {"name": s.name, "origin": s.origin, "hooks": list(s.hooks), "summary": s.summary,
          "options": sorted(getattr(s.options_type, "__dataclass_fields__", {}))}

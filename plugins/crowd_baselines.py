@@ -1,4 +1,6 @@
-"""The baselines of ICED's evaluation (dissertation 3.3.2.1): labels inferred by majority
+"""ICED's baselines for ``robx crowd``: majority vote or Dawid-Skene, then LR or a DNN.
+
+The baselines of ICED's evaluation (dissertation 3.3.2.1): labels inferred by majority
 vote (MV, crowd-kit's) or Dawid-Skene (D&S), then a classifier trained on them:
 scikit-learn's logistic regression (LR) or the DNN (``robx.plugins.common.FeatureClassifier``,
 Adam 1e-3, ``epochs`` passes, batch 32).

@@ -1,5 +1,6 @@
-"""ICED: learning from imbalanced crowd-labelled data (Wang's dissertation,
-chapter 3). **A reconstruction**: no code is public; the formulas are the chapter's, the choices it leaves open are ours and are named below.
+"""ICED: learning from imbalanced crowd-labelled data (Wang's dissertation, ch. 3), reconstructed.
+
+**A reconstruction**: no code is public; the formulas are the chapter's, the choices it leaves open are ours and are named below.
 
 A classifier F = FC(G(x)) learns from W workers' labels whose true classes are imbalanced.
 Two modules augment each other, after a warm-up:

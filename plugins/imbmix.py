@@ -27,6 +27,10 @@ Per batch (Algorithm 5.1), after the adversary produced x' = PGD(x):
 The copies grow every epoch by t_c n_c examples of each minority class, so this plugin owns
 the class counts the run trains on: ``state.class_counts`` = n_c (1 + t_c), which class
 weights (``srat``, ``cb``, ``drw``) then use; the copies have already rebalanced the batch.
+
+Paper's numbers (Table 5.1; CIFAR-10 Exp-10, 250 epochs): minority robust accuracy 22.57
+(vanilla PGD-AT), 27.45 (Remix + AT), 30.52 (Imb-Mix). robx's measurements are in
+docs/results.md.
 """
 
 from __future__ import annotations

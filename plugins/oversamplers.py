@@ -1,5 +1,6 @@
-"""imbalanced-learn's oversamplers, registered for ``robx oversample`` (the baselines of
-GL-GAN's evaluation, dissertation 2.4.2): ``none`` (the imbalanced set as is), ``random``
+"""imbalanced-learn's oversamplers for ``robx oversample``: GL-GAN's baselines.
+
+The baselines of GL-GAN's evaluation (dissertation 2.4.2): ``none`` (the imbalanced set as is), ``random``
 (RandomOverSampler: minority duplicates), ``smote``, ``borderline-smote`` and ``adasyn``,
 each with imbalanced-learn's defaults, balancing every class to the majority's count.
 """

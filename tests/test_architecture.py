@@ -1,4 +1,4 @@
-"""The design rules of DESIGN.md that code review alone would let slip, checked on the source."""
+"""The design rules of docs/engine.md that code review alone would let slip, checked on the source."""
 
 from __future__ import annotations
 

@@ -133,6 +133,9 @@ def test_plugins_command_lists_builtins():
     result = robx("plugins")
     assert result.returncode == 0
     assert "natural" in result.stdout and "pgd" in result.stdout and "generate_adversary" in result.stdout
+    reference = robx("plugins", "--markdown")
+    assert reference.returncode == 0
+    assert "## `srat`: SRAT" in reference.stdout and "| `trades.beta` | `float` | `6.0` |" in reference.stdout
 
 
 def test_loss_option_and_baseline_combination(tmp_path):

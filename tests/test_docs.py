@@ -1,4 +1,6 @@
-"""The hook reference (docs/hooks.md) stays in sync with core/hookspecs.py (datasette's rule)."""
+"""The references in docs/ stay in sync with the code (datasette's rule): the hooks
+(docs/hooks.md against core/hookspecs.py) and the methods (docs/methods.md against the plugins'
+docstrings and options); and the docs and code cite only what ships in the repository."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from pathlib import Path
 
 from robx.core import hookspecs
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "hooks.md"
 
 
 def documented_sections() -> dict[str, tuple[list[str], str]]:
@@ -46,3 +49,32 @@ def test_every_declaration_the_plugin_host_reads_is_documented():
     text = DOCS.read_text()
     for attribute in sorted(read):
         assert f"| `{attribute}` |" in text, f"docs/hooks.md does not document the declaration {attribute!r}"
+
+
+def test_the_method_reference_is_generated_from_the_built_in_plugins():
+    from robx.cli.reference import methods_reference
+    from robx.core.plugins import BUILTIN_ORIGIN, available_plugins
+
+    text = (ROOT / "docs" / "methods.md").read_text()
+    marker = "<!-- method reference -->\n"
+    assert marker in text
+    built_in = [spec for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN]
+    assert text.split(marker, 1)[1] == methods_reference(built_in), (
+        "docs/methods.md is stale: regenerate its part below the marker with `robx plugins --markdown`")
+    # each method's defaults are stated where the reader looks for them
+    assert "| `srat.temperature` | `float` | `0.1` |" in text
+    assert "| `dafa.lam` | `float` | `1.0` |" in text
+
+
+def test_nothing_in_the_repository_cites_files_that_do_not_ship_with_it():
+    """The team's design notes (DESIGN.md, METHODS.md, PROTOCOLS.md) are not in the repository:
+    users must find every reference in docs/."""
+    cited = re.compile(r"\b(DESIGN|METHODS|PROTOCOLS)\.md\b")
+    folders = ("core", "cli", "plugins", "kernels", "benchmarks", "tests", "docs", "robx")
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in folders for path in (ROOT / folder).rglob("*")
+        if path.suffix in (".py", ".md", ".toml") and path != Path(__file__).resolve()
+        and cited.search(path.read_text(errors="replace"))
+    ] + (["README.md"] if cited.search((ROOT / "README.md").read_text()) else [])
+    assert offenders == []

@@ -255,7 +255,7 @@ def test_fairness_score_rho_by_hand_and_against_a_named_baseline():
     from robx.core.errors import RobxError
     from robx.core.report import add_fairness_scores, fairness_score
 
-    # DAFA vs TRADES (METHODS.md 4): avg 49.05 vs 49.80, worst 30.53 vs 21.31 -> rho 0.42
+    # DAFA vs TRADES (docs/methods.md, dafa): avg 49.05 vs 49.80, worst 30.53 vs 21.31 -> rho 0.42
     assert fairness_score(0.4905, 0.3053, 0.4980, 0.2131) == pytest.approx(0.4176, abs=1e-4)
     assert fairness_score(0.5, 0.3, 0.5, 0.0) != fairness_score(0.5, 0.3, 0.5, 0.0)  # nan: undefined
     rows = [{"method": m, f"{k}.overall": (avg, 0.0), f"{k}.worst": (worst, 0.0)}

@@ -53,7 +53,7 @@ def test_ucl_is_the_variance_weighted_supervised_contrastive_loss_of_a_loop():
     is_minority = torch.rand(batch, nodes, channels) < 0.25
     loss = uncertainty_contrastive_loss(features, torch.stack([mu, dispersion], dim=-1), is_minority, temperature,
                                         anchors=100)
-    # METHODS.md section 7 by a loop: anchors (segment, node), class = any non-zero target,
+    # docs/methods.md (mingre) by a loop: anchors (segment, node), class = any non-zero target,
     # weight = sum_c (mu + mu^2 / alpha) over the mean of those, SupCon per anchor (Khosla et al. eq. 2)
     anchors = [(b, n) for b in range(batch) for n in range(nodes)]
     unit = {a: features[a] / features[a].norm() for a in anchors}
