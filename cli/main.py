@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import dataclasses
+import inspect
 import json
 import os
 import sys
+import typing
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -21,7 +24,7 @@ from rich.table import Table
 
 from robx.core.config import MAX_SEED, TrainConfig, load_toml
 from robx.core.errors import OptionError, RobxError
-from robx.core.options import parse_number
+from robx.core.options import coerce, parse_number
 from robx.core.plugins import available_plugins, parse_set_overrides, resolve_plugin_names
 
 app = typer.Typer(
@@ -52,43 +55,94 @@ def _default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{dataset}-{names}-seed{config.seed}-{stamp}"
 
 
-@app.command()
+#: TrainConfig fields given on the command line another way (``--set``).
+_NOT_OPTIONS = ("dataset_options", "plugin_options")
+
+
+def _metavar(annotation: Any, choices: list[str]) -> str:
+    if choices:
+        return "[" + "|".join(choices) + "]"
+    kinds = [a for a in (annotation, *typing.get_args(annotation)) if a is not type(None)]
+    if typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in kinds):
+        return "A,B,..."
+    for kind, name in ((int, "INT"), (float, "NUMBER")):
+        if kind in kinds:
+            return name
+    return "TEXT"
+
+
+def config_parameters() -> list[inspect.Parameter]:
+    """One ``robx train`` option per :class:`TrainConfig` field, named, typed and explained by
+    the field (its ``setting`` metadata): the config is the one list of what a run can set.
+    Values arrive as given (a bool as a flag pair, anything else as text) and are parsed by
+    :func:`config_values` with the config's own coercion, so ``--eps 8/255`` and a TOML
+    ``eps = 0.031`` go through one path."""
+    hints = typing.get_type_hints(TrainConfig)
+    parameters = []
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in _NOT_OPTIONS:
+            continue
+        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+        is_bool = bool in (hints[field.name], *typing.get_args(hints[field.name]))
+        if is_bool and "/" not in flag:
+            flag = f"{flag}/--no-{flag[2:]}"
+        text = field.metadata.get("help", "")
+        choices = [str(c) for a in (hints[field.name], *typing.get_args(hints[field.name]))
+                   if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
+        if choices and not all(c in text for c in choices):
+            text += f" One of: {', '.join(choices)}."
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+        if default not in (None, [], {}) and not is_bool:
+            text += f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
+        option = typer.Option(flag, help=text, show_default=False,
+                              metavar=None if is_bool else _metavar(hints[field.name], choices),
+                              rich_help_panel="Run settings (also TOML keys)")
+        annotation = Annotated[Optional[bool] if is_bool else Optional[str], option]
+        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=annotation))
+    return parameters
+
+
+def config_values(given: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line as TrainConfig values; a bad value is one line
+    naming the option as typed."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        flag = (fields[name].metadata.get("flag") or "--" + name.replace("_", "-")).split("/")[0]
+        if typing.get_origin(hints[name]) is list:
+            items = [item.strip() for item in value.split(",")]
+            if not all(items):
+                raise OptionError(f"{flag} expects comma-separated {fields[name].metadata['items']}, got {value!r}")
+            value = items
+        values[name] = coerce(value, hints[name], flag)
+    return values
+
+
+def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` (taking ``**settings``) with one keyword parameter per config option, for
+    Typer to turn into options."""
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    added = config_parameters()
+    command.__signature__ = signature.replace(parameters=fixed + added)  # type: ignore[attr-defined]
+    command.__annotations__ = {**typing.get_type_hints(command, include_extras=True),
+                               **{p.name: p.annotation for p in added}}
+    return command
+
+
 def train(
     context: typer.Context,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML config file.")] = None,
-    task: Annotated[Optional[str], typer.Option(help="A registered task (default: the dataset's); checked against the dataset.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="A registered dataset (robx plugins lists them; default digits).")] = None,
-    imbalance: Annotated[Optional[str], typer.Option(help="step, exp, none (balanced) or original (the dataset as it is).")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Imbalance ratio K (n_max / n_min).")] = None,
-    n_max: Annotated[Optional[int], typer.Option(help="Training examples of the largest class.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Stratified validation split of the training subset.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="A registered model, e.g. smallcnn, resnet18, mlp (default: the dataset's).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="(Peak) learning rate.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="sgd (momentum 0.9) or adam (default: the dataset's).")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="onecycle, step or constant.")] = None,
-    norm: Annotated[Optional[str], typer.Option(help="linf or l2.")] = None,
-    eps: Annotated[Optional[str], typer.Option(help="Perturbation budget, e.g. 8/255.")] = None,
-    alpha: Annotated[Optional[str], typer.Option(help="Attack step size in training.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Attack steps in training.")] = None,
-    eval_steps: Annotated[Optional[int], typer.Option(help="PGD steps in evaluation (PGD-20).")] = None,
-    n_eval: Annotated[Optional[int], typer.Option(help="Evaluate on a stratified test subset of this size.")] = None,
-    plugins: Annotated[Optional[str], typer.Option(help="Comma-separated plugins, e.g. srat,imbmix (default: pgd).")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="ce (default), focal, ldam, balanced_softmax (a loss plugin).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Plugin option PLUGIN.KEY=VALUE, or dataset.KEY=VALUE (repeatable).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batches and attacks.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<dataset>-<plugins>-seed<k>-<time>).")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its checkpoint.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 (default) or bf16: autocast of the training step (attack, passes, loss); evaluation stays fp32.")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Image batches and conv weights in channels_last (default: the device's measured choice).")] = None,
-    data_on_device: Annotated[Optional[bool], typer.Option("--data-on-device/--data-on-host", help="Keep the training split on the GPU (as uint8), batches cut and augmented there (default: when it fits in a quarter of the GPU's memory).")] = None,
-    compile_mode: Annotated[Optional[str], typer.Option("--compile", help="torch.compile the model: off (default), default, reduce-overhead (adds CUDA graphs) or max-autotune.")] = None,
     nproc: Annotated[Optional[int], typer.Option(help="Train with N processes on this machine (runs torchrun; one per GPU on CUDA).")] = None,
-    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="Several processes, CUDA: BatchNorm statistics of the whole global batch (SyncBatchNorm).")] = None,
-    dist_bn: Annotated[Optional[str], typer.Option(help="Several processes: BN running statistics at epoch end, reduce (mean, default) or broadcast (process 0's).")] = None,
+    **settings: Any,
 ) -> None:
     """Train a model; with no options, the digits demo (PGD-AT on Step-10 imbalanced digits)."""
     from robx.core import distributed
@@ -105,29 +159,13 @@ def train(
         return
 
     values: dict[str, Any] = load_toml(config_file) if config_file else {}
-    cli_values = {
-        "task": task, "dataset": dataset, "imbalance": imbalance, "ratio": ratio, "n_max": n_max,
-        "val_fraction": val_fraction, "model": model, "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "optimizer": optimizer, "schedule": schedule, "norm": norm, "eps": _number(eps, "eps"),
-        "alpha": _number(alpha, "alpha"), "steps": steps, "eval_steps": eval_steps, "n_eval": n_eval,
-        "seed": seed, "device": device, "loss": loss, "precision": precision, "channels_last": channels_last,
-        "data_on_device": data_on_device, "compile": compile_mode,
-    }
-    values.update({k: v for k, v in cli_values.items() if v is not None})
-    if plugins is not None:
-        values["plugins"] = [p.strip() for p in plugins.split(",")]
-        if not any(values["plugins"]) or not all(values["plugins"]):
-            raise OptionError(f"--plugins expects comma-separated plugin names, got {plugins!r}")
+    values.update(config_values(settings))
     options = {name: dict(table) for name, table in values.get("plugin_options", {}).items()}
     overrides = parse_set_overrides(set_ or [])
     values["dataset_options"] = {**values.get("dataset_options", {}), **overrides.pop("dataset", {})}
     for name, table in overrides.items():
         options.setdefault(name, {}).update(table)
     values["plugin_options"] = options
-    if sync_bn is not None:
-        values["sync_bn"] = sync_bn
-    if dist_bn is not None:
-        values["dist_bn"] = dist_bn
     config = TrainConfig.from_dict(values)
     if nproc is not None:
         return launch_processes(context, nproc, None, config, out, force)
@@ -137,6 +175,9 @@ def train(
         _train_on(processes, config, run_dir, force=force)
     finally:
         distributed.stop()
+
+
+app.command("train")(with_config_options(train))
 
 
 def refuse_options_on_resume(context: typer.Context) -> None:

@@ -41,60 +41,91 @@ BatchNormSync = Literal["reduce", "broadcast"]
 Precision = Literal["fp32", "bf16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
+#: Keys a run cannot start without: the dataset's registered defaults, the file or the command
+#: line must give each (a dataset that registers none of them is told all at once).
+REQUIRED_AFTER_DEFAULTS = ("imbalance", "ratio", "model", "epochs", "batch_size", "lr", "schedule", "eps", "alpha",
+                           "steps", "eval_steps", "augment")
+
+
+def setting(default: Any = None, help: str = "", *, factory: Any = None, flag: str | None = None,
+            items: str = "values") -> Any:
+    """A :class:`TrainConfig` field with its command-line help: ``robx train`` has one option
+    per field, generated from these (``flag`` overrides the option's name, e.g. a bool's
+    ``--on/--off`` pair; ``items`` names a list's comma-separated entries in errors)."""
+    metadata = {"help": help, "flag": flag, "items": items}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """All settings of a training run. ``None`` means "take the dataset's default"."""
+    """All settings of a training run. ``None`` means "take the dataset's default".
 
-    task: str | None = None  # None: the dataset's task; given, it must be the dataset's
-    dataset: str | None = None  # None: the registered default dataset (given a task: required)
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # the dataset's own settings
-    imbalance: Imbalance | None = None
-    ratio: float | None = None
-    n_max: int | None = None
-    n_test_per_class: int | None = None
-    val_fraction: float = 0.0
-    augment: bool | None = None
-    model: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: Optimizer | None = None  # None: the dataset's, else SGD with momentum
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: Schedule | None = None
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    norm: Norm = "linf"
-    eps: float | None = None
-    alpha: float | None = None
-    steps: int | None = None
-    random_start: bool = True
-    eval_steps: int | None = None
-    eval_alpha: float | None = None
-    n_eval: int | None = None
-    plugins: list[str] = field(default_factory=list)  # none: the fallback adversary alone
-    loss: str = "ce"
-    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seed: int = 0
-    data_seed: int = 0
-    device: str = "auto"
-    data_root: str | None = None
-    eval_batch_size: int = 256
-    # the training step's arithmetic: fp32, or bf16 autocast (attack, forward passes and loss;
-    # evaluation stays fp32); channels_last for image models (None: the device's measured choice)
-    precision: Precision = "fp32"
-    channels_last: bool | None = None
-    # the training split kept on the device (as stored: uint8 images), batches cut and
-    # augmented there (None: on a GPU when it fits, see robx.core.engine.keeps_data_on_device)
-    data_on_device: bool | None = None
-    # torch.compile of the model's forward ("reduce-overhead" adds CUDA graphs); off unless
-    # asked: see docs/performance.md for what it measured
-    compile: CompileMode = "off"
-    # several processes (torchrun; robx.core.distributed): SyncBatchNorm in the training
-    # passes (CUDA), and how the processes' BN running statistics agree at epoch end
-    sync_bn: bool = False
-    dist_bn: BatchNormSync = "reduce"
+    Every field is a ``robx train`` option (``--batch-size`` for ``batch_size``), a key of the
+    TOML file, and a key of a dataset's registered defaults; ``dataset_options`` and
+    ``plugin_options`` are given as ``--set dataset.KEY=VALUE`` / ``--set PLUGIN.KEY=VALUE``.
+    """
+
+    # data
+    task: str | None = setting(None, "A registered task (default: the dataset's); checked against the dataset.")
+    dataset: str | None = setting(None, "A registered dataset (robx plugins lists them; default: digits).")
+    dataset_options: dict[str, Any] = setting(help="The dataset's own settings (--set dataset.KEY=VALUE).",
+                                              factory=dict)
+    imbalance: Imbalance | None = setting(None, "step, exp, none (balanced) or original (the dataset as it is).")
+    ratio: float | None = setting(None, "Imbalance ratio K = n_max / n_min.")
+    n_max: int | None = setting(None, "Training examples of the largest class.")
+    n_test_per_class: int | None = setting(None, "Cut the test set to this many examples per class (seeded).")
+    val_fraction: float = setting(0.0, "Stratified validation split of the training subset (0: none).")
+    augment: bool | None = setting(None, "Random crop and flip of image batches (default: the dataset's).")
+    data_seed: int = setting(0, "Seed of the imbalanced subset, the validation split and the test cut.")
+    data_root: str | None = setting(None, "Where datasets are read (default: $ROBX_DATA, ../shared/data or the "
+                                          "user cache).")
+    # model and schedule
+    model: str | None = setting(None, "A registered model, e.g. smallcnn, resnet18, mlp (default: the dataset's).")
+    epochs: int | None = setting(None, "Training epochs.")
+    batch_size: int | None = setting(None, "Batch size (the global batch under several processes).")
+    lr: float | None = setting(None, "(Peak) learning rate.")
+    optimizer: Optimizer | None = setting(None, "sgd (with --momentum) or adam (default: the dataset's, else sgd).")
+    momentum: float = setting(0.9, "SGD momentum.")
+    weight_decay: float = setting(5e-4, "Weight decay.")
+    nesterov: bool = setting(False, "Nesterov momentum (SGD).")
+    schedule: Schedule | None = setting(None, "onecycle, step or constant.")
+    milestones: list[float] = setting(help="Step schedule: fractions of the epochs where the rate drops, e.g. "
+                                           "0.5,0.75.", factory=lambda: [0.5, 0.75])
+    gamma: float = setting(0.1, "Step schedule: the factor at each milestone.")
+    # attack, in training and evaluation
+    norm: Norm = setting("linf", "Threat model: linf or l2.")
+    eps: float | None = setting(None, "Perturbation budget, e.g. 8/255.")
+    alpha: float | None = setting(None, "Attack step size in training.")
+    steps: int | None = setting(None, "Attack steps in training.")
+    random_start: bool = setting(True, "The pgd adversary starts from a random point of the ball (and pgd.random_start).")
+    eval_steps: int | None = setting(None, "PGD steps in evaluation (PGD-20).")
+    eval_alpha: float | None = setting(None, "Attack step size in evaluation (default: --alpha).")
+    n_eval: int | None = setting(None, "Evaluate on a stratified test subset of this size.")
+    eval_batch_size: int = setting(256, "Batch size of evaluation.")
+    # method
+    plugins: list[str] = setting(help="Comma-separated plugins, e.g. srat,imbmix (default: pgd).", factory=list,
+                                 items="plugin names")
+    loss: str = setting("ce", "ce, focal, ldam or balanced_softmax (a loss plugin).")
+    plugin_options: dict[str, dict[str, Any]] = setting(help="Plugin options (--set PLUGIN.KEY=VALUE).", factory=dict)
+    seed: int = setting(0, "Seed of initialisation, batches and attacks.")
+    # where and how the step runs
+    device: str = setting("auto", "auto, cpu or cuda.")
+    precision: Precision = setting("fp32", "fp32 or bf16: autocast of the training step (attack, passes, loss); "
+                                           "evaluation stays fp32.")
+    channels_last: bool | None = setting(None, "Image batches and conv weights in channels_last (default: the "
+                                               "device's measured choice).")
+    data_on_device: bool | None = setting(None, "Keep the training split on the GPU (as uint8), batches cut and "
+                                                "augmented there (default: when it fits in a quarter of the GPU's "
+                                                "memory).", flag="--data-on-device/--data-on-host")
+    compile: CompileMode = setting("off", "torch.compile the model: off, default, reduce-overhead (adds CUDA "
+                                          "graphs) or max-autotune (docs/performance.md).")
+    # several processes (torchrun; robx.core.distributed)
+    sync_bn: bool = setting(False, "Several processes, CUDA: BatchNorm statistics of the whole global batch "
+                                   "(SyncBatchNorm).")
+    dist_bn: BatchNormSync = setting("reduce", "Several processes: BN running statistics at epoch end, reduce "
+                                               "(mean) or broadcast (process 0's).")
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled from the dataset's registered defaults, validated."""
@@ -127,11 +158,11 @@ class TrainConfig:
         if values["optimizer"] is None:
             values["optimizer"] = "sgd"
         config = TrainConfig.from_dict(values)
-        for key in ("imbalance", "ratio", "model", "epochs", "batch_size", "lr", "schedule", "eps", "alpha",
-                    "steps", "eval_steps", "augment"):
-            if getattr(config, key) is None:
-                raise OptionError(f"dataset '{config.dataset}' sets no {key}; give it in the config or on the "
-                                  "command line")
+        missing = [key for key in REQUIRED_AFTER_DEFAULTS if getattr(config, key) is None]
+        if missing:
+            flags = " ".join(f"--{key.replace('_', '-')}" for key in missing)
+            raise OptionError(f"dataset '{config.dataset}' sets no {', '.join(missing)}; give them in the config "
+                              f"or on the command line ({flags})")
         return config
 
     def validate(self) -> None:

@@ -44,10 +44,10 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--plugins", "dafa,fairtat"], "plugins 'dafa' and 'fairtat' both set the per-class attack budget"),
         (["train", "--epochs", "0"], "epochs must be >= 1"),
         (["train", "--epochs", "many"], "--epochs"),
-        (["train", "--eps", "eight"], "--eps expects a number"),
+        (["train", "--eps", "eight"], "--eps expects float, got 'eight'"),
         (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
         (["train", "--model", "vgg"], "unknown model 'vgg'"),
-        (["train", "--norm", "l3"], "config key 'norm' must be one of linf, l2, got 'l3'"),
+        (["train", "--norm", "l3"], "--norm must be one of linf, l2, got 'l3'"),
         (["train", "--plugins", ","], "--plugins expects comma-separated plugin names, got ','"),
         (["train", "--plugins", "pgd,,trades"], "--plugins expects comma-separated plugin names"),
         (["train", "--plugins", "srat", "--set", "srat.lam=strong"], "option 'srat.lam' expects float, got 'strong'"),
@@ -58,10 +58,12 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--nproc", "2", "--plugins", "nope"], "unknown plugin 'nope'"),
         (["train", "--nproc", "0"], "--nproc must be >= 1"),
         (["train", "--nproc", "4", "--batch-size", "3"], "--batch-size 3 is the global batch"),
-        (["train", "--dist-bn", "mean"], "config key 'dist_bn' must be one of reduce, broadcast"),
+        (["train", "--dist-bn", "mean"], "--dist-bn must be one of reduce, broadcast"),
         (["train", "--sync-bn", "--device", "cpu"], "sync_bn needs CUDA"),
-        (["train", "--compile", "fast"], "config key 'compile' must be one of off, default, reduce-overhead, max-autotune"),
-        (["train", "--precision", "fp16"], "config key 'precision' must be one of fp32, bf16"),
+        (["train", "--compile", "fast"], "--compile must be one of off, default, reduce-overhead, max-autotune"),
+        (["train", "--precision", "fp16"], "--precision must be one of fp32, bf16"),
+        (["train", "--milestones", "0.5,x"], "--milestones[1] expects float, got 'x'"),
+        (["train", "--momentum", "fast"], "--momentum expects float, got 'fast'"),
         (["bogus"], "No such command"),
     ],
 )
@@ -169,3 +171,44 @@ def test_eval_attacks_and_report(trained_run, tmp_path):
     assert row.split(" | ")[6].startswith(f"{100 * summary['robust']['overall']:.1f} ± 0.0")
     missing = robx("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no run directory or result file" in missing.stderr
+
+
+def test_every_config_field_is_a_train_option_parsed_by_the_configs_own_coercion():
+    """The CLI is generated from TrainConfig: each field (but the two --set tables) is an option,
+    including the ones the hand-written CLI had left out (augment, momentum, eval_alpha, ...)."""
+    import dataclasses
+
+    import typer
+
+    from robx.cli.main import app, config_values
+    from robx.core.config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {param.name for param in command.params}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset_options", "plugin_options"}
+    assert fields <= options
+    args = ["--no-augment", "--momentum", "0.5", "--nesterov", "--eval-alpha", "1/255", "--milestones", "0.3,0.6",
+            "--data-seed", "7", "--n-test-per-class", "20", "--data-on-host", "--plugins", "srat,imbmix"]
+    context = command.make_context("train", args)
+    values = config_values({name: context.params[name] for name in fields})
+    assert values == {"augment": False, "momentum": 0.5, "nesterov": True, "eval_alpha": 1 / 255,
+                      "milestones": [0.3, 0.6], "data_seed": 7, "n_test_per_class": 20, "data_on_device": False,
+                      "plugins": ["srat", "imbmix"]}
+
+
+def test_a_dataset_without_defaults_is_told_every_missing_key_at_once(monkeypatch):
+    import dataclasses
+
+    from robx.core.config import TrainConfig
+    from robx.core.errors import OptionError
+    from robx.core.registry import registry
+
+    found = registry()
+    bare = dataclasses.replace(found.datasets["digits"], name="bare", defaults={})
+    monkeypatch.setitem(found.datasets, "bare", bare)
+    with pytest.raises(OptionError) as raised:
+        TrainConfig(dataset="bare", epochs=1).resolved()
+    message = str(raised.value)
+    assert message.startswith("dataset 'bare' sets no imbalance, ratio, model, batch_size, lr, schedule, eps, alpha, "
+                              "steps, eval_steps, augment;")
+    assert "(--imbalance --ratio --model --batch-size" in message and "epochs" not in message.split(";")[0]

@@ -214,7 +214,7 @@ def test_the_task_is_implied_by_the_dataset_and_checked_against_it():
     (["--dataset", "nyc-crime", "--set", "dataset.days=3"], "unknown option 'dataset.days'; valid: dataset.history"),
     (["--dataset", "digits", "--set", "dataset.history=3"], "dataset 'digits' takes no options (got history)"),
     (["--task", "crime", "--dataset", "cifar10"], "dataset 'cifar10' is for task 'classification', not 'crime'"),
-    (["--dataset", "nyc-crime", "--optimizer", "rmsprop"], "config key 'optimizer' must be one of sgd, adam, got 'rmsprop'"),
+    (["--dataset", "nyc-crime", "--optimizer", "rmsprop"], "--optimizer must be one of sgd, adam, got 'rmsprop'"),
 ])
 def test_bad_crime_runs_are_one_line_and_exit_2(tmp_path, args, message):
     import subprocess
