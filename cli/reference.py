@@ -58,8 +58,10 @@ def _declarations(spec: PluginSpec) -> str:
     parts = []
     if spec.reads:
         parts.append(f"reads {' + '.join(spec.reads)}")
-    if spec.trains_on != "adversarial":
+    if spec.trains_on is not None:
         parts.append(f"trains on {spec.trains_on}")
+    if spec.identity_adversary:
+        parts.append("identity adversary")
     yielded = [hook for hook in hookspecs.HOOK_NAMES if spec.yields(hook)]
     if yielded:
         parts.append(f"yields {', '.join(yielded)}")

@@ -364,7 +364,7 @@ def refresh_class_quantities(run: Run) -> None:
 # ---------------------------------------------------------------------------
 
 
-def forward_passes(passes: torch.nn.Module, step: Step, views: frozenset[str], trains_on: str) -> None:
+def forward_passes(passes: torch.nn.Module, step: Step, views: frozenset[str]) -> None:
     """The step's train-mode forward passes: the trained rows and the views plugins read.
 
     BatchNorm policy: **one BatchNorm batch per input distribution**. The clean inputs (x,
@@ -373,33 +373,31 @@ def forward_passes(passes: torch.nn.Module, step: Step, views: frozenset[str], t
     normalises with its own batch statistics and updates the running statistics once, the
     clean pass first. This is what the authors of TRADES and MART do (separate train-mode
     passes on x and x', natural first), and, where no paper decides (SRAT's L_sep on x'
-    beside Imb-Mix's mixed rows), keeps one BN batch for everything adversarial. A view that
-    is the unchanged trained rows is the same tensor (no second pass); natural training
-    (x' is x) has a single distribution.
+    beside Imb-Mix's mixed rows), keeps one BN batch for everything adversarial. A view of
+    the rows' own distribution while the rows are unchanged is the rows' pass (no second
+    pass); under an identity adversary (natural training) there is one distribution.
+    Which is which comes from the step's declared provenance (``identity_adversary``,
+    ``rows_source``, ``rows_changed``), not from comparing tensors.
 
     ``passes`` is a :class:`robx.core.distributed.BatchPasses` of the model (``run.trainer``,
     under DDP across processes): both passes are one call, one DDP forward per step.
     """
-    natural = step.x_adv is step.x
-    source = step.x if trains_on == "clean" or natural else step.x_adv
-    rows_kind = "clean" if source is step.x else "adversarial"
-    rows_unchanged = step.inputs is source and step.targets is step.y
-    tensors = {"clean": step.x, "adversarial": step.x_adv}
+    natural = step.identity_adversary
+    rows_kind = step.rows_source
+    base = {"clean": step.x, "adversarial": step.x if natural else step.x_adv}
     batches: dict[str, list[torch.Tensor]] = {"clean": [], "adversarial": []}
     batches[rows_kind].append(step.inputs)
+    appended: dict[str, int] = {}  # kind -> index of its base tensor in that kind's batch
     wanted = {}  # view -> (kind, index of its tensor in that batch)
     for view in sorted(views):
         kind = "clean" if natural else view
-        if kind == rows_kind and rows_unchanged:
+        if kind == rows_kind and not step.rows_changed:
             wanted[view] = (kind, 0)
             continue
-        tensor = tensors[view]
-        parts = batches[kind]
-        index = next((i for i, part in enumerate(parts) if part is tensor), None)
-        if index is None:
-            parts.append(tensor)
-            index = len(parts) - 1
-        wanted[view] = (kind, index)
+        if kind not in appended:
+            batches[kind].append(base[view])
+            appended[kind] = len(batches[kind]) - 1
+        wanted[view] = (kind, appended[kind])
     kinds = [kind for kind in ("clean", "adversarial") if batches[kind]]
     inputs = [torch.cat(batches[kind]) if len(batches[kind]) > 1 else batches[kind][0] for kind in kinds]
     results: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -426,11 +424,11 @@ def statistics_views(model: torch.nn.Module, step: Step) -> tuple[torch.Tensor |
     records no adversarial predictions.
     """
     clean = None if step.clean_outputs is None else step.clean_outputs.detach()
-    if step.x_adv is step.x:
-        return (step.outputs.detach() if clean is None and step.inputs is step.x else clean), None
+    if step.identity_adversary:
+        return (step.outputs.detach() if clean is None and not step.rows_changed else clean), None
     if step.adv_outputs is not None:
         return clean, step.adv_outputs.detach()
-    if step.inputs is step.x_adv and step.targets is step.y:
+    if step.rows_source == "adversarial" and not step.rows_changed:
         return clean, step.outputs.detach()
     with eval_mode(model):
         return clean, logits_of(model, step.x_adv)
@@ -442,7 +440,9 @@ def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tens
     step = Step(x=x, y=y, labels=labels)
     step.victim_mask = host.select_victims(step, state)
     step.x_adv = host.generate_adversary(step, state)
-    source = step.x if host.trains_on == "clean" else step.x_adv
+    step.identity_adversary = host.identity_adversary
+    step.rows_source = "clean" if host.trains_on == "clean" or step.identity_adversary else "adversarial"
+    source = step.x if step.rows_source == "clean" else step.x_adv
     step.inputs, step.targets, step.row_labels = source, step.y, step.labels
     host.augment(step, state)
     if not len(step.inputs) == len(step.targets) == len(step.row_labels):
@@ -461,7 +461,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
     with step_precision(run.config, state.device):  # the backward runs outside autocast, as torch advises
         step = prepared_step(run, x, y, labels)
         model.train()
-        forward_passes(run.trainer, step, host.views, host.trains_on)
+        forward_passes(run.trainer, step, host.views)
         per_sample = host.training_loss(step, state)
         if per_sample is None:
             per_sample = run.task.loss(step.outputs, step.targets)
@@ -875,7 +875,7 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
             for idx in on_batch_source(run, [idx for idx, _ in shards]):
                 step = prepared_step(run, *training_batch(run, idx))
                 with torch.no_grad():
-                    forward_passes(BatchPasses(averaged), step, host.views, host.trains_on)
+                    forward_passes(BatchPasses(averaged), step, host.views)
     finally:
         state.model = trained
     if not config.sync_bn:

@@ -149,7 +149,9 @@ def generate_adversary(step: Step, state: TrainState) -> torch.Tensor | None:
     """Return the adversarial inputs ``x'`` for ``step.x`` (same shape).
 
     Owned, with the ``yields``/``fallback`` rule of the module docstring. Called after
-    :func:`select_victims`. ``natural`` returns ``step.x`` unchanged. The budget of each
+    :func:`select_victims`. ``natural`` returns ``step.x`` unchanged and declares
+    ``identity_adversary = True`` (the engine reads that declaration, never the tensor's
+    identity). The budget of each
     example is ``state.class_eps[step.labels]`` and ``state.class_alpha[step.labels]``. The
     attack runs the model in eval mode and must leave its train/eval mode as it found it.
     """
@@ -160,8 +162,8 @@ def augment(step: Step, state: TrainState) -> None:
     """Change the trained rows after the adversary, with ``step.set_rows(inputs, targets, row_labels)``.
 
     Shared: called after :func:`generate_adversary`, in the order the user listed the
-    plugins. The rows start as ``(x', y, labels)`` (``(x, y, labels)`` when a selected plugin
-    declares ``trains_on = "clean"``, as TRADES does). A plugin may add rows, mix them, or
+    plugins. The rows start as ``(x', y, labels)`` (``(x, y, labels)`` when the owner of
+    ``trains_on`` declares ``"clean"``, as TRADES does); ``step.rows_source`` says which. A plugin may add rows, mix them, or
     replace ``targets`` by soft labels of shape (rows, classes); every row keeps a class in
     ``row_labels`` (a mixed row: the class it counts for), so other plugins can weight it.
     Replace the tensors, never modify them in place. When the rows are no longer ``x'`` and

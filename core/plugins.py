@@ -12,8 +12,13 @@ A plugin class may declare, beside its hooks and ``Options``:
 * ``reads = ("clean", "adversarial")``: the forward-pass views it reads from the step
   (``step.clean_outputs``/``clean_features``, ``step.adv_outputs``/``adv_features``); the
   engine computes them (see :func:`robx.core.engine.forward_passes`);
-* ``trains_on = "clean"``: the trained rows start from the clean batch instead of x'
-  (TRADES' natural term);
+* ``trains_on = "clean"`` or ``"adversarial"``: what the trained rows start from, the
+  clean batch (TRADES' natural term) or x' (the default when no plugin declares it). It
+  is an owned quantity: two selected plugins that declare it are rejected, as two owners
+  of a hook are (``trades,imbmix``: Imb-Mix builds its rows from x');
+* ``identity_adversary = True`` (an adversary): its x' is the clean batch itself (natural
+  training), so the step has one input distribution and one BatchNorm batch, whatever
+  tensor the hook returns;
 * ``yields = ("generate_adversary",)``: its adversary is only a default that gives way to
   any other selected adversary (TRADES);
 * ``fallback = True``: the adversary added when no selected plugin generates one (``pgd``);
@@ -89,8 +94,14 @@ class PluginSpec:
         return tuple(getattr(self.target, "reads", ()))
 
     @property
-    def trains_on(self) -> str:
-        return str(getattr(self.target, "trains_on", "adversarial"))
+    def trains_on(self) -> str | None:
+        """What the trained rows start from, where this plugin decides it (``None``: no say)."""
+        value = getattr(self.target, "trains_on", None)
+        return None if value is None else str(value)
+
+    @property
+    def identity_adversary(self) -> bool:
+        return bool(getattr(self.target, "identity_adversary", False))
 
     def check_hooks(self) -> None:
         """One-line error for a hook name robx does not define (pluggy would ignore it) or
@@ -104,7 +115,7 @@ class PluginSpec:
         if unknown_views:
             raise PluginError(f"plugin '{self.name}' ({self.origin}) reads unknown view '{unknown_views[0]}'; "
                               f"views: {', '.join(VIEWS)}")
-        if self.trains_on not in ("adversarial", "clean"):
+        if self.trains_on not in (None, "adversarial", "clean"):
             raise PluginError(f"plugin '{self.name}' ({self.origin}) trains_on must be 'adversarial' or "
                               f"'clean', got {self.trains_on!r}")
         if self.head is not None and self.head not in HEADS:
@@ -276,8 +287,21 @@ class Selection:
     owners: dict[str, str]
 
 
+#: Declarations that are owned quantities, like the owned hooks: at most one selected plugin
+#: may make each (the key is where :class:`Selection` records the owner).
+OWNED_DECLARATIONS = {"trains_on": "decide which rows the step trains on (trains_on)"}
+
+
 def _owners(specs: Sequence[PluginSpec]) -> dict[str, str]:
     owners = {}
+    for declaration, what in OWNED_DECLARATIONS.items():
+        declaring = [s for s in specs if getattr(s, declaration) is not None]
+        if len(declaring) > 1:
+            raise PluginConflictError(
+                "plugins " + " and ".join(f"'{s.name}'" for s in declaring) + f" both {what}; select one of them"
+            )
+        if declaring:
+            owners[declaration] = declaring[0].name
     for hook, what in hookspecs.OWNED.items():
         implementers = [s for s in specs if hook in s.hooks]
         firm = [s for s in implementers if not s.yields(hook)]
@@ -358,7 +382,10 @@ class PluginHost:
         self.specs = {name: get_plugin_spec(name) for name in self.names}
         #: the forward-pass views some selected plugin reads, and what the rows start from
         self.views = frozenset(view for spec in self.specs.values() for view in spec.reads)
-        self.trains_on = "clean" if any(spec.trains_on == "clean" for spec in self.specs.values()) else "adversarial"
+        rows_owner = self.owners.get("trains_on")
+        self.trains_on = self.specs[rows_owner].trains_on if rows_owner is not None else "adversarial"
+        #: whether the adversary declares that its x' is the clean batch (natural training)
+        self.identity_adversary = self.specs[self.owners["generate_adversary"]].identity_adversary
         #: whether the class-weighted loss is averaged over the rows' class weights
         weights_owner = self.owners.get("class_weights")
         self.class_weighted_mean = weights_owner is not None and self.specs[weights_owner].weighted_mean

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import torch
 
@@ -106,11 +106,17 @@ class Step:
     classification the targets themselves). ``victim_mask`` and
     ``x_adv`` come from the owners of victims and adversary.
 
+    Provenance is declared, never inferred from tensor identity: ``identity_adversary``
+    says that x' is the clean batch (the adversary declares it: natural training), and
+    ``rows_source`` what the trained rows started from (``"clean"`` or ``"adversarial"``)
+    with ``rows_changed`` set once an ``augment`` plugin replaced them.
+
     The trained rows: ``inputs``, ``targets`` and ``row_labels`` start as ``(x_adv, y,
-    labels)`` (or ``(x, y, labels)`` when a plugin declares ``trains_on = "clean"``);
-    ``augment`` plugins replace them with :meth:`set_rows`, so every row keeps the class it
-    counts for (the dominant class of a mixed row) and ``weight_samples`` of any plugin
-    composes with plugins that grow or mix the batch.
+    labels)`` (or ``(x, y, labels)`` when the owner of ``trains_on`` declares ``"clean"``,
+    or the adversary is the identity); ``augment`` plugins replace them with
+    :meth:`set_rows`, so every row keeps the class it counts for (the dominant class of a
+    mixed row) and ``weight_samples`` of any plugin composes with plugins that grow or mix
+    the batch.
 
     The engine computes every forward pass (train mode, with gradients): ``outputs`` and
     ``features`` of the trained rows; ``clean_outputs``/``clean_features`` (f(x)) and
@@ -135,6 +141,9 @@ class Step:
     adv_outputs: torch.Tensor | None = None
     adv_features: torch.Tensor | None = None
     per_sample_loss: torch.Tensor | None = None
+    identity_adversary: bool = False
+    rows_source: Literal["clean", "adversarial"] = "adversarial"
+    rows_changed: bool = False
 
     def set_rows(self, inputs: torch.Tensor, targets: torch.Tensor, row_labels: torch.Tensor) -> None:
         """Replace the trained rows (from ``augment``): one input, target and class per row.
@@ -147,6 +156,7 @@ class Step:
             raise RobxError(f"set_rows: {len(inputs)} inputs, {len(targets)} targets and "
                             f"{len(row_labels)} row labels; every row needs all three")
         self.inputs, self.targets, self.row_labels = inputs, targets, row_labels
+        self.rows_changed = True
 
 
 @dataclass

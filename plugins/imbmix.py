@@ -80,6 +80,7 @@ class ImbMix:
     """Imb-Mix: minority adversarial copies (eq. 5.2), Remix mixing, SWA (Wang, ch. 5)."""
 
     name = "imbmix"
+    trains_on = "adversarial"  # the copies are built from x' and mixed with the rows: they must be x'
 
     @dataclass
     class Options:

@@ -12,6 +12,7 @@ class Natural:
     """Natural training: the model trains on clean inputs (the adversary is the identity)."""
 
     name = "natural"
+    identity_adversary = True
 
     @hookimpl
     def generate_adversary(self, step: Step) -> torch.Tensor:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from robx.core import engine
+from robx.core.state import Step
 
 from conftest import tiny_config
 
@@ -127,3 +128,45 @@ def test_a_mixed_row_counts_for_its_dominant_class():
     assert mix_labels(labels, 0.7, partner).tolist() == [0, 1, 2]
     assert mix_labels(labels, 0.3, partner).tolist() == [2, 0, 1]
     assert mix_labels(labels, torch.tensor([1.0, 0.0, 0.5]), partner).tolist() == [0, 0, 2]
+
+
+def test_an_identity_adversary_is_one_distribution_whatever_tensor_it_returns(tmp_path, monkeypatch):
+    """Natural training is declared (identity_adversary), not inferred from ``x_adv is x``: an
+    identity adversary returning a copy still trains in one BN pass on x and records no robust
+    statistics (the identity test took the copy for an attack)."""
+    from robx.core.hookspecs import hookimpl
+    from robx.plugins.natural import Natural
+
+    monkeypatch.setattr(Natural, "generate_adversary", hookimpl(lambda self, step: step.x.clone()))
+    passes, step, updates = one_recorded_step(tmp_path, ["natural"])
+    assert step.x_adv is not step.x and step.identity_adversary and step.rows_source == "clean"
+    assert len(passes) == 1 and updates == 1 and same_rows(passes[0], step.x)
+    assert engine.statistics_views(step.x, step)[1] is None  # no adversarial predictions
+
+
+def test_the_views_follow_the_declared_provenance_not_tensor_identity():
+    """A hand-built step whose rows are an equal copy of x' that augment set: the engine must
+    treat them as changed rows (one joint adversarial batch: rows + x'), as declared."""
+    x = torch.rand(4, 3)
+    step = Step(x=x, y=torch.zeros(4, dtype=torch.long), labels=torch.zeros(4, dtype=torch.long), x_adv=x + 0.1)
+    step.inputs, step.targets, step.row_labels = step.x_adv, step.y, step.labels
+    step.set_rows(step.x_adv.clone(), step.y, step.labels)
+    seen = []
+
+    def passes(*inputs):
+        seen.extend(inputs)
+        return [(batch, batch.sum(1, keepdim=True)) for batch in inputs]
+
+    engine.forward_passes(passes, step, frozenset({"adversarial"}))
+    assert len(seen) == 1 and seen[0].shape[0] == 8 and same_rows(seen[0][4:], step.x_adv)
+
+
+def test_trains_on_has_one_owner():
+    from robx.core.errors import PluginConflictError
+    from robx.core.plugins import select_plugins
+
+    with pytest.raises(PluginConflictError, match="plugins 'trades' and 'imbmix' both decide which rows the step "
+                                                   "trains on"):
+        select_plugins(["trades", "imbmix"])
+    assert select_plugins(["trades", "mixup"]).owners["trains_on"] == "trades"
+    assert "trains_on" not in select_plugins(["srat"]).owners
