@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -149,6 +151,72 @@ def pgd(
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = pgd_step(x_adv.detach(), grad, x, eps_t.flatten(), alpha, norm, mask, bounds)
     return x_adv.detach()
+
+
+def gaussian_start(x: torch.Tensor, std: float, mask: torch.Tensor | None,
+                   bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """x + std N(0, 1) in the input box, moved only at victims: the PGD start of the TRADES
+    and MART authors' code (instead of a uniform point of the ball)."""
+    start = (x + std * torch.randn_like(x)).clamp(*bounds)
+    return start if mask is None else torch.where(mask.to(torch.bool), start, x)
+
+
+Start = Literal["uniform", "gaussian", "none"]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """The run's attack on one batch, bound by the engine to everything that is not the
+    adversary's choice: the model it attacks, the batch, each example's budget (the owner of
+    the per-class budget decides it: ``state.example_budget``), the victims (the owner of
+    ``select_victims``), the input box and loss of the task, the run's steps and norm. An
+    adversary chooses only what makes it the method it is: the loss it ascends, the start,
+    and whether it is targeted::
+
+        x_adv = step.attack()                                     # PGD (Madry et al.)
+        x_adv = step.attack(loss=kl_to_clean, start="gaussian")   # TRADES
+        x_adv = step.attack(targets=y_t)                          # FAIR-TAT, targeted
+
+    The same budget serves victim selection (:meth:`saliency_gradient`). Precision is the
+    step's (the engine binds the attack inside the step's autocast).
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: torch.Tensor
+    alpha: torch.Tensor
+    steps: int
+    norm: Norm
+    bounds: tuple[float, float]
+    task_loss: AttackLoss
+    mask: torch.Tensor | None = None
+
+    def on_victims(self, mask: torch.Tensor | None) -> Attack:
+        """The same attack moving only the victims' coordinates."""
+        return replace(self, mask=mask)
+
+    def __call__(self, *, loss: AttackLoss | None = None, start: Start = "uniform", start_scale: float = 1.0,
+                 start_std: float = 0.001, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """x' (detached): PGD ascending ``loss`` (default: the task's attack loss) from
+        ``start``: ``"uniform"`` in the ball of radius ``start_scale`` x eps, ``"gaussian"``
+        x + ``start_std`` N(0, 1) (TRADES, MART), ``"none"`` x itself. With ``targets`` the
+        attack descends ``loss(logits, targets)`` toward those classes."""
+        x_init = gaussian_start(self.x, start_std, self.mask, self.bounds) if start == "gaussian" else None
+        return pgd(self.model, self.x, self.y if targets is None else targets, eps=self.eps, alpha=self.alpha,
+                   steps=self.steps, norm=self.norm, random_init=start == "uniform", targeted=targets is not None,
+                   mask=self.mask, loss_fn=loss or self.task_loss, x_init=x_init, bounds=self.bounds,
+                   start_scale=start_scale)
+
+    def saliency_point(self, steps: int, loss: AttackLoss | None = None) -> torch.Tensor:
+        """Where victim selection reads its gradient (:func:`saliency_point`, STPGD)."""
+        return saliency_point(self.model, self.x, self.y, eps=self.eps, alpha=self.alpha, steps=steps,
+                              loss_fn=loss or self.task_loss, bounds=self.bounds)
+
+    def saliency_gradient(self, steps: int) -> torch.Tensor:
+        """dL/dx at :meth:`saliency_point` (:func:`saliency_gradient`)."""
+        return saliency_gradient(self.model, self.x, self.y, eps=self.eps, alpha=self.alpha, steps=steps,
+                                 loss_fn=self.task_loss, bounds=self.bounds)
 
 
 def fgsm(

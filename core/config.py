@@ -47,6 +47,33 @@ REQUIRED_AFTER_DEFAULTS = ("imbalance", "ratio", "model", "epochs", "batch_size"
                            "steps", "eval_steps", "augment")
 
 
+def retired_key_hint(key: str) -> str | None:
+    """Where a key earlier versions had went, or None. ``random_start`` was read by the
+    fallback adversary alone, which has an option of the same name."""
+    if key != "random_start":
+        return None
+    from robx.core.plugins import fallback_adversary
+
+    name = fallback_adversary()
+    return (f"the start is the adversary's choice; for {name} use --set {name}.random_start=false "
+            f"(TOML: [{name}] random_start = false)")
+
+
+def migrated(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config with retired keys moved to where they live now (``random_start``:
+    to the fallback adversary's option, where that adversary ran)."""
+    from robx.core.plugins import fallback_adversary, resolve_plugin_names
+
+    saved = dict(saved)
+    name = fallback_adversary()
+    if saved.pop("random_start", True) is False and name in resolve_plugin_names(saved.get("plugins", []),
+                                                                                 saved.get("loss", "ce")):
+        options = {plugin: dict(table) for plugin, table in saved.get("plugin_options", {}).items()}
+        options.setdefault(name, {})["random_start"] = False
+        saved["plugin_options"] = options
+    return saved
+
+
 def setting(default: Any = None, help: str = "", *, factory: Any = None, flag: str | None = None,
             items: str = "values") -> Any:
     """A :class:`TrainConfig` field with its command-line help: ``robx train`` has one option
@@ -99,7 +126,6 @@ class TrainConfig:
     eps: float | None = setting(None, "Perturbation budget, e.g. 8/255.")
     alpha: float | None = setting(None, "Attack step size in training.")
     steps: int | None = setting(None, "Attack steps in training.")
-    random_start: bool = setting(True, "The pgd adversary starts from a random point of the ball (and pgd.random_start).")
     eval_steps: int | None = setting(None, "PGD steps in evaluation (PGD-20).")
     eval_alpha: float | None = setting(None, "Attack step size in evaluation (default: --alpha).")
     n_eval: int | None = setting(None, "Evaluate on a stratified test subset of this size.")
@@ -206,6 +232,10 @@ class TrainConfig:
         """A config from TOML, JSON or CLI values; a wrong key, type or value is one
         :class:`OptionError` naming it."""
         names = {f.name for f in dataclasses.fields(cls)}
+        for key in sorted(set(data) - names):
+            hint = retired_key_hint(key)
+            if hint is not None:
+                raise OptionError(f"config key '{key}' is gone: {hint}")
         unknown = sorted(set(data) - names)
         if unknown:
             raise OptionError(

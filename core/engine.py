@@ -27,9 +27,9 @@ import torch
 
 from robx import __version__
 from robx.core import run as rundir
-from robx.core.attacks import check_budget, eval_mode, logits_of, pgd
+from robx.core.attacks import Attack, check_budget, eval_mode, logits_of, pgd
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
-from robx.core.config import TrainConfig
+from robx.core.config import TrainConfig, migrated
 from robx.core import distributed
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
 from robx.core.distributed import BatchPasses, Processes
@@ -434,11 +434,26 @@ def statistics_views(model: torch.nn.Module, step: Step) -> tuple[torch.Tensor |
         return clean, logits_of(model, step.x_adv)
 
 
-def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> Step:
-    """The data path up to the forward passes: victims, adversary, trained rows, augment."""
+def bound_attack(run: Run, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 labels: torch.Tensor) -> Attack:
+    """The run's attack on a batch: ``model``, each example's budget from the owner of the
+    per-class budget, the task's box and loss, the run's steps and norm (no victims yet)."""
+    config, state = run.config, run.state
+    assert config.steps is not None
+    eps, alpha = state.example_budget(labels)
+    return Attack(model=model, x=x, y=y, eps=eps, alpha=alpha, steps=config.steps, norm=config.norm,
+                  bounds=run.task.input_bounds, task_loss=run.task.attack_loss)
+
+
+def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
+                  model: torch.nn.Module | None = None) -> Step:
+    """The data path up to the forward passes: victims, adversary, trained rows, augment;
+    the attack aims at ``model`` (default: the model in training)."""
     state, host = run.state, run.host
     step = Step(x=x, y=y, labels=labels)
+    step.attack = bound_attack(run, state.model if model is None else model, x, y, labels)
     step.victim_mask = host.select_victims(step, state)
+    step.attack = step.attack.on_victims(step.victim_mask)
     step.x_adv = host.generate_adversary(step, state)
     step.identity_adversary = host.identity_adversary
     step.rows_source = "clean" if host.trains_on == "clean" or step.identity_adversary else "adversarial"
@@ -748,7 +763,7 @@ def saved_config(run_dir: Path) -> TrainConfig:
     """The config a run directory was started with; one line when it is not one."""
     path = run_dir / rundir.CONFIG_FILE
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
+        return TrainConfig.from_dict(migrated(json.loads(path.read_text(encoding="utf-8"))["config"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunDirError(f"{path} is not a robx run config ({type(error).__name__}: {error})") from error
 
@@ -864,20 +879,16 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
         distributed.sync_batchnorm_statistics(attacked, config.dist_bn, run.processes)
         return attacked.eval()
     averaged = copy.deepcopy(attacked)
-    trained, state.model = state.model, attacked  # the adversary reads state.model
     generator = torch.Generator().manual_seed(config.seed)
     assert config.batch_size is not None
     batches = list(batch_indices(len(run.data.train), config.batch_size, generator))
-    try:
-        with cumulative_batchnorm(averaged):
-            averaged.train()
-            shards = distributed.rank_shards(batches, run.processes, run.smallest_batch)
-            for idx in on_batch_source(run, [idx for idx, _ in shards]):
-                step = prepared_step(run, *training_batch(run, idx))
-                with torch.no_grad():
-                    forward_passes(BatchPasses(averaged), step, host.views)
-    finally:
-        state.model = trained
+    with cumulative_batchnorm(averaged):
+        averaged.train()
+        shards = distributed.rank_shards(batches, run.processes, run.smallest_batch)
+        for idx in on_batch_source(run, [idx for idx, _ in shards]):
+            step = prepared_step(run, *training_batch(run, idx), model=attacked)  # the average is attacked
+            with torch.no_grad():
+                forward_passes(BatchPasses(averaged), step, host.views)
     if not config.sync_bn:
         distributed.sync_batchnorm_statistics(averaged, config.dist_bn, run.processes)
     return averaged.eval()

@@ -140,7 +140,8 @@ def select_victims(step: Step, state: TrainState) -> torch.Tensor | None:
     Owned. Called before :func:`generate_adversary` on every training step. Return a
     boolean mask broadcastable to ``step.x`` (``True`` = may move) or ``None`` (every
     coordinate may move this step). The engine stores the result in ``step.victim_mask``
-    for the adversary to honour.
+    and binds it to ``step.attack``. A selector reads gradients through ``step.attack``
+    (``saliency_gradient``, ``saliency_point``, ``model``), the same budget the attack has.
     """
 
 
@@ -151,9 +152,11 @@ def generate_adversary(step: Step, state: TrainState) -> torch.Tensor | None:
     Owned, with the ``yields``/``fallback`` rule of the module docstring. Called after
     :func:`select_victims`. ``natural`` returns ``step.x`` unchanged and declares
     ``identity_adversary = True`` (the engine reads that declaration, never the tensor's
-    identity). The budget of each
-    example is ``state.class_eps[step.labels]`` and ``state.class_alpha[step.labels]``. The
-    attack runs the model in eval mode and must leave its train/eval mode as it found it.
+    identity). An adversary attacks through ``step.attack`` (:class:`robx.core.attacks.Attack`),
+    which the engine binds to the model, each example's budget (``class_eps[labels]``),
+    the victims, the task's box and loss, and the run's steps and norm; the adversary chooses
+    the loss, the start and the targets. The attack runs the model in eval mode and leaves
+    its train/eval mode as it found it.
     """
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import torch
 
 if TYPE_CHECKING:
+    from robx.core.attacks import Attack
     from robx.core.config import TrainConfig
     from robx.core.stats import EpochStats
     from robx.core.task import Task
@@ -104,7 +105,11 @@ class Step:
     The clean batch, never changed: ``x`` (inputs), ``y`` (targets) and ``labels`` (the
     class of each example, or of each target where the task labels targets; for
     classification the targets themselves). ``victim_mask`` and
-    ``x_adv`` come from the owners of victims and adversary.
+    ``x_adv`` come from the owners of victims and adversary. ``attack`` is the run's attack
+    on this batch (:class:`robx.core.attacks.Attack`), bound by the engine to the model it
+    attacks, each example's budget, the task's box and loss, the run's steps and norm, and
+    (once chosen) the victims; adversaries and victim selectors use it and never build an
+    attack from the run's settings themselves.
 
     Provenance is declared, never inferred from tensor identity: ``identity_adversary``
     says that x' is the clean batch (the adversary declares it: natural training), and
@@ -129,6 +134,7 @@ class Step:
     x: torch.Tensor
     y: torch.Tensor
     labels: torch.Tensor
+    attack: Attack | None = None
     victim_mask: torch.Tensor | None = None
     x_adv: torch.Tensor | None = None
     inputs: torch.Tensor | None = None

@@ -14,14 +14,6 @@ import torch.nn.functional as F
 # ---------------------------------------------------------------------------
 
 
-def gaussian_start(x: torch.Tensor, std: float, victim_mask: torch.Tensor | None,
-                   bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """x + std N(0, 1) in the input box, moved only at victims: the PGD start of the
-    TRADES and MART authors' code (instead of a uniform point of the ball)."""
-    start = (x + std * torch.randn_like(x)).clamp(*bounds)
-    return start if victim_mask is None else torch.where(victim_mask, start, x)
-
-
 def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Hard labels -> one-hot rows; soft rows pass through."""
     return targets if targets.is_floating_point() else F.one_hot(targets, num_classes).float()

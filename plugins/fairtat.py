@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from robx.core.attacks import pgd
+
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
@@ -79,13 +79,11 @@ class FairTAT:
 
     @hookimpl
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
-        assert state.config.steps is not None
+        assert step.attack is not None
         cfps = state.stash.get(CFPS, None)
         probs = target_distribution(step.labels, cfps, state.num_classes, self.options.temperature)
         targets = torch.multinomial(probs, 1).squeeze(1)
-        return pgd(state.model, step.x, targets, eps=state.class_eps[step.labels], alpha=state.class_alpha[step.labels],
-                   steps=state.config.steps, norm=state.config.norm, targeted=True, mask=step.victim_mask,
-                   bounds=state.task.input_bounds)
+        return step.attack(targets=targets)
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robx.core.attacks import pgd
+
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
-from robx.plugins.common import gaussian_start, kl_per_sample
+from robx.plugins.common import kl_per_sample
 
 
 def boosted_cross_entropy(adv_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -51,17 +51,9 @@ class MART:
         self.options = options
 
     @hookimpl
-    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
-        config = state.config
-        assert config.steps is not None
-        start = gaussian_start(step.x, self.options.init_std, step.victim_mask, state.task.input_bounds)
-        eps, alpha = state.example_budget(step.labels)
-        return pgd(
-            state.model, step.x, step.y,
-            eps=eps, alpha=alpha, steps=config.steps,
-            norm=config.norm, x_init=start, mask=step.victim_mask, bounds=state.task.input_bounds,
-            loss_fn=state.task.attack_loss,
-        )
+    def generate_adversary(self, step: Step) -> torch.Tensor:
+        assert step.attack is not None
+        return step.attack(start="gaussian", start_std=self.options.init_std)
 
     @hookimpl
     def training_loss(self, step: Step, state: TrainState) -> torch.Tensor:

@@ -71,7 +71,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robx.core.attacks import attack_mode, logits_of, pgd, saliency_point
+from robx.core.attacks import attack_mode, logits_of
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
@@ -209,17 +209,16 @@ class MinGRE:
 
     @hookimpl
     def select_victims(self, step: Step, state: TrainState) -> torch.Tensor:
-        o = self.options
-        eps, alpha = state.example_budget(step.labels)
+        o, attack = self.options, step.attack
+        assert attack is not None
         if not o.reweight:
-            return state.task.victim_mask(state.model, step.x, step.y, eps=eps, alpha=alpha, fraction=o.fraction,
-                                          saliency_steps=o.saliency_steps)
+            return state.task.victim_mask(attack.model, step.x, step.y, eps=attack.eps, alpha=attack.alpha,
+                                          fraction=o.fraction, saliency_steps=o.saliency_steps)
         minority = self.minority
         assert minority is not None, "check_run sets the minority class when the run is built"
         attention_weights = self.encoder_attention(step.x, step.labels == minority)
-        point = saliency_point(state.model, step.x, step.y, eps=eps, alpha=alpha, steps=o.saliency_steps,
-                               loss_fn=state.task.attack_loss, bounds=state.task.input_bounds)
-        gradients = class_gradients(state.model, point, step.y, step.labels, state.task.attack_loss,
+        point = attack.saliency_point(o.saliency_steps)
+        gradients = class_gradients(attack.model, point, step.y, step.labels, state.task.attack_loss,
                                     state.num_classes)  # (classes, B, T, N, C)
         weighted = reweighted_gradients(gradients, self.loss_weights(state).to(gradients), attention_weights)
         scores = node_saliency(weighted.sum(dim=0))
@@ -241,12 +240,9 @@ class MinGRE:
         state.log_diagnostic("mingre.victim_overlap", (chosen & plain).sum() / chosen.sum())
 
     @hookimpl
-    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
-        assert state.config.steps is not None
-        eps, alpha = state.example_budget(step.labels)
-        return pgd(state.model, step.x, step.y, eps=eps, alpha=alpha, steps=state.config.steps, norm=state.config.norm,
-                   mask=step.victim_mask, loss_fn=state.task.attack_loss, bounds=state.task.input_bounds,
-                   start_scale=START_SCALE)
+    def generate_adversary(self, step: Step) -> torch.Tensor:
+        assert step.attack is not None
+        return step.attack(start_scale=START_SCALE)
 
     # --- stage 2: the uncertainty-guided contrastive loss -------------------------------------
 

@@ -2,13 +2,13 @@
 
 min_theta E[ max_{x' in B(x, eps) ∩ [0,1]} L(f(x'), y) ], the inner maximisation by
 projected gradient ascent from a random start on the task's attack loss (cross-entropy for
-classification). The budget is per sample:
-``state.example_budget(labels)`` (``class_eps[y]`` and ``class_alpha[y]``), set by the owner of the per-class
-attack budget (DAFA, FAIR-TAT, CFA), so class-wise margins reach the attack without
-touching it. It is the fallback adversary: added when no selected plugin generates
-adversarial examples, and chosen over TRADES' KL attack when both are selected. Steps and norm come from the run config
-(``--steps``, ``--norm``); ``random_start`` and ``start_scale`` (the start's radius as a
-fraction of eps; STPGD's U(-eps/10, eps/10) is 0.1) are this plugin's options.
+classification), through the step's bound attack (``step.attack``): the budget is per
+sample (``class_eps[y]`` and ``class_alpha[y]``, set by the owner of the per-class attack
+budget: DAFA, FAIR-TAT, CFA), so class-wise margins reach the attack without touching it;
+steps and norm are the run's (``--steps``, ``--norm``). It is the fallback adversary: added
+when no selected plugin generates adversarial examples, and chosen over TRADES' KL attack
+when both are selected. ``random_start`` (false: start at x) and ``start_scale`` (the
+start's radius as a fraction of eps; STPGD's U(-eps/10, eps/10) is 0.1) are its options.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.attacks import pgd
 from robx.core.hookspecs import hookimpl
-from robx.core.state import Step, TrainState
+from robx.core.state import Step
 
 
 class PGD:
@@ -41,21 +40,7 @@ class PGD:
         self.options = options
 
     @hookimpl
-    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
-        config = state.config
-        assert config.steps is not None
-        eps, alpha = state.example_budget(step.labels)
-        return pgd(
-            state.model,
-            step.x,
-            step.y,
-            eps=eps,
-            alpha=alpha,
-            steps=config.steps,
-            norm=config.norm,
-            random_init=self.options.random_start and config.random_start,
-            mask=step.victim_mask,
-            bounds=state.task.input_bounds,
-            loss_fn=state.task.attack_loss,
-            start_scale=self.options.start_scale,
-        )
+    def generate_adversary(self, step: Step) -> torch.Tensor:
+        assert step.attack is not None
+        return step.attack(start="uniform" if self.options.random_start else "none",
+                           start_scale=self.options.start_scale)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.attacks import saliency_gradient
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import Step, TrainState
@@ -81,13 +80,12 @@ class TopK:
 
     @hookimpl
     def select_victims(self, step: Step, state: TrainState) -> torch.Tensor:
-        granularity = self.granularity(step.x, state)
-        eps, alpha = state.example_budget(step.labels)
+        granularity, attack = self.granularity(step.x, state), step.attack
+        assert attack is not None
         if granularity == "unit":
-            return state.task.victim_mask(state.model, step.x, step.y, eps=eps, alpha=alpha,
+            return state.task.victim_mask(attack.model, step.x, step.y, eps=attack.eps, alpha=attack.alpha,
                                           fraction=self.options.fraction, saliency_steps=self.options.saliency_steps)
-        grad = saliency_gradient(state.model, step.x, step.y, eps=eps, alpha=alpha, steps=self.options.saliency_steps,
-                                 loss_fn=state.task.attack_loss, bounds=state.task.input_bounds)
+        grad = attack.saliency_gradient(self.options.saliency_steps)
         saliency = unit_saliency(grad, granularity)
         chosen = topk_victims(saliency, max(1, round(self.options.fraction * saliency.shape[1])))
         return chosen.view(step.x.shape[0], 1, *step.x.shape[2:]) if granularity == "pixel" else chosen.view(step.x.shape)

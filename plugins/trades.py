@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.attacks import eval_mode, logits_of, pgd
+from robx.core.attacks import eval_mode, logits_of
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
-from robx.plugins.common import gaussian_start, kl_per_sample, soft_targets
+from robx.plugins.common import kl_per_sample, soft_targets
 
 
 class TRADES:
@@ -51,20 +51,13 @@ class TRADES:
         self.options = options
 
     @hookimpl
-    def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
-        model, config = state.model, state.config
-        assert config.steps is not None
-        with torch.no_grad(), eval_mode(model):
-            clean_logits = logits_of(model, step.x)
-        start = gaussian_start(step.x, self.options.init_std, step.victim_mask, state.task.input_bounds)
-        eps, alpha = state.example_budget(step.labels)
-        return pgd(
-            model, step.x, step.y,
-            eps=eps, alpha=alpha, steps=config.steps,
-            norm=config.norm,
-            x_init=start, mask=step.victim_mask, bounds=state.task.input_bounds,
-            loss_fn=lambda adv_logits, _: kl_per_sample(clean_logits, adv_logits),
-        )
+    def generate_adversary(self, step: Step) -> torch.Tensor:
+        attack = step.attack
+        assert attack is not None
+        with torch.no_grad(), eval_mode(attack.model):
+            clean_logits = logits_of(attack.model, step.x)
+        return attack(loss=lambda adv_logits, _: kl_per_sample(clean_logits, adv_logits), start="gaussian",
+                      start_std=self.options.init_std)
 
     @hookimpl
     def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:

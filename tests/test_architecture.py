@@ -82,6 +82,24 @@ def test_no_plugin_runs_the_model_in_train_mode(path):
                 f"{path.name}:{node.lineno} calls state.model(...)")
 
 
+METHOD_PLUGINS = [p for p in PLUGIN_FILES if p.parent.name == "plugins"]
+
+
+@pytest.mark.parametrize("path", METHOD_PLUGINS, ids=lambda p: p.name)
+def test_every_adversary_attacks_through_the_step_s_bound_attack(path):
+    """One attack object: a plugin never builds an attack from the run's settings (the
+    budget, victims, box, steps, norm and model are bound by the engine on ``step.attack``);
+    the drift this prevents was FAIR-TAT indexing class_eps and ignoring the task's loss."""
+    own = {"pgd", "fgsm", "saliency_point", "saliency_gradient", "random_start", "gaussian_start"}
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.module == "robx.core.attacks":
+            imported = {alias.name for alias in node.names} & own
+            assert not imported, f"{path.name} imports {sorted(imported)} from robx.core.attacks; use step.attack"
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "state":
+            assert node.attr not in ("class_eps", "class_alpha"), (
+                f"{path.name}:{node.lineno} reads state.{node.attr}; the attack's budget is bound on step.attack")
+
+
 def test_every_source_package_is_in_the_distribution():
     """pyproject lists packages by hand (the source folders map onto robx.*): a folder left out
     installs from a checkout (-e) but is missing from a wheel, as robx.plugins.tasks once was."""

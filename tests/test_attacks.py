@@ -163,3 +163,55 @@ def test_per_sample_budget_and_zero_budget():
     assert torch.equal(x_adv[0], x[0])
     linf = (x_adv - x).abs().amax(1)
     assert linf[1] <= 0.05 + TOL and linf[2] <= 0.3 + TOL and linf[2] > 0.05
+
+
+# --- the attack object the engine binds on every step ----------------------------------
+
+
+def test_the_step_s_attack_is_bound_to_the_owners_budget_the_victims_and_the_given_model(tmp_path):
+    """step.attack carries each example's budget from state.class_eps/class_alpha (set by hand
+    here, as an attack_budget owner would), the victims chosen for the step, and the model
+    the engine names, so attacking a weight average needs no swap of state.model."""
+    import copy
+
+    from robx.core import engine
+
+    from conftest import tiny_config
+
+    run = engine.build_run(tiny_config(plugins=["topk"], steps=2), tmp_path / "run")
+    run.state.class_eps = torch.linspace(0.01, 0.10, 10)
+    run.state.class_alpha = torch.linspace(0.001, 0.010, 10)
+    x, y, labels = engine.training_batch(run, torch.arange(32))
+    step = engine.prepared_step(run, x, y, labels)
+    assert torch.allclose(step.attack.eps, 0.01 * (labels + 1).float())
+    assert torch.allclose(step.attack.alpha, 0.001 * (labels + 1).float())
+    assert step.attack.mask is step.victim_mask and step.victim_mask is not None
+    assert step.attack.model is run.state.model
+    other = copy.deepcopy(run.state.model)
+    trained = run.state.model
+    step = engine.prepared_step(run, x, y, labels, model=other)
+    assert step.attack.model is other and run.state.model is trained
+    moved = (step.x_adv - step.x).abs()
+    assert torch.all(moved <= step.attack.eps.view(-1, 1, 1, 1) + 1e-6)
+    assert torch.all(moved[~step.victim_mask.expand_as(moved)] == 0)  # only victims move
+
+
+def test_attack_starts_and_targets():
+    """"none" starts at x (one step from x is FGSM's), "gaussian" is x + std N(0, 1) in the
+    box, and targets make the attack descend toward them."""
+    from robx.core.attacks import Attack, cross_entropy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.rand(16, 12), torch.randint(0, 3, (16,))
+    attack = Attack(model=model, x=x, y=y, eps=torch.full((16,), 0.05), alpha=torch.full((16,), 0.05), steps=1,
+                    norm="linf", bounds=(0.0, 1.0), task_loss=cross_entropy)
+    assert torch.equal(attack(start="none"), fgsm(model, x, y, eps=0.05))
+    zero_steps = Attack(**{**attack.__dict__, "steps": 0})
+    torch.manual_seed(1)
+    start = zero_steps(start="gaussian", start_std=0.01)
+    torch.manual_seed(1)
+    assert torch.equal(start, (x + 0.01 * torch.randn_like(x)).clamp(0, 1))
+    targets = (y + 1) % 3
+    towards = Attack(**{**attack.__dict__, "steps": 10, "alpha": torch.full((16,), 0.01)})(targets=targets)
+    assert cross_entropy(model(towards), targets).mean() < cross_entropy(model(x), targets).mean()

@@ -106,17 +106,17 @@ def test_mart_kl_is_weighted_by_one_minus_the_clean_true_probability():
 def test_mart_attacks_with_cross_entropy_from_x_plus_small_gaussian_noise(monkeypatch):
     import robx.plugins.mart as mart
     from robx.core.attacks import cross_entropy
+    import robx.core.attacks as attacks
     from robx.core.state import Step
 
     calls = {}
-    monkeypatch.setattr(mart, "pgd", lambda model, x, y, **kwargs: calls.update(kwargs) or x)
+    monkeypatch.setattr(attacks, "pgd", lambda model, x, y, **kwargs: calls.update(kwargs) or x)
     torch.manual_seed(0)
     x = torch.full((4, 3, 16, 16), 0.5)
     y = torch.tensor([0, 1, 0, 1])
-    state = SimpleNamespace(model=None, config=SimpleNamespace(steps=10, norm="linf"),
-                            example_budget=lambda labels: (torch.full((4,), 8 / 255), torch.full((4,), 2 / 255)),
-                            task=SimpleNamespace(attack_loss=cross_entropy, input_bounds=(0.0, 1.0)))
-    mart.MART(mart.MART.Options()).generate_adversary(Step(x=x, y=y, labels=y), state)
+    attack = attacks.Attack(model=None, x=x, y=y, eps=torch.full((4,), 8 / 255), alpha=torch.full((4,), 2 / 255),
+                            steps=10, norm="linf", bounds=(0.0, 1.0), task_loss=cross_entropy)
+    mart.MART(mart.MART.Options()).generate_adversary(Step(x=x, y=y, labels=y, attack=attack))
     noise = calls["x_init"] - x
     assert noise.std().item() == pytest.approx(0.001, rel=0.05) and abs(noise.mean().item()) < 1e-4
     assert calls["loss_fn"] is cross_entropy and calls["steps"] == 10

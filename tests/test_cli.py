@@ -212,3 +212,15 @@ def test_a_dataset_without_defaults_is_told_every_missing_key_at_once(monkeypatc
     assert message.startswith("dataset 'bare' sets no imbalance, ratio, model, batch_size, lr, schedule, eps, alpha, "
                               "steps, eval_steps, augment;")
     assert "(--imbalance --ratio --model --batch-size" in message and "epochs" not in message.split(";")[0]
+
+
+def test_the_retired_random_start_key_is_one_line_and_old_runs_keep_their_meaning():
+    from robx.core.config import TrainConfig, migrated
+    from robx.core.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"config key 'random_start' is gone: .*--set pgd.random_start=false"):
+        TrainConfig.from_dict({"random_start": False})
+    old = {"dataset": "digits", "plugins": ["srat"], "random_start": False}  # pgd is srat's fallback adversary
+    assert migrated(old) == {"dataset": "digits", "plugins": ["srat"], "plugin_options": {"pgd": {"random_start": False}}}
+    assert migrated({"plugins": ["trades"], "random_start": False}) == {"plugins": ["trades"]}  # pgd never ran
+    assert migrated({"plugins": [], "random_start": True}) == {"plugins": []}

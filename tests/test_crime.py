@@ -290,10 +290,14 @@ def test_topk_victims_of_the_crime_task_are_stpgds_most_salient_nodes():
     from robx.plugins.tasks.crime import nb_nll
     from robx.plugins.topk import TopK
 
+    from robx.core.attacks import Attack
+
     task, model, x, y = toy_crime_task(nodes_side=4)
-    state = SimpleNamespace(model=model, task=task,
-                            example_budget=lambda labels: (torch.full((len(x),), 0.5), torch.full((len(x),), 0.1)))
-    mask = TopK(TopK.Options(fraction=0.25)).select_victims(step=Step(x=x, y=y, labels=(y > 0).long()), state=state)
+    state = SimpleNamespace(model=model, task=task)
+    attack = Attack(model=model, x=x, y=y, eps=torch.full((len(x),), 0.5), alpha=torch.full((len(x),), 0.1), steps=2,
+                    norm="linf", bounds=task.input_bounds, task_loss=task.attack_loss)
+    mask = TopK(TopK.Options(fraction=0.25)).select_victims(step=Step(x=x, y=y, labels=(y > 0).long(), attack=attack),
+                                                            state=state)
     assert mask.shape == (1, 1, 16, 1) and mask.sum() == 4
     # Liu et al.'s node saliency by its definition, with autograd: || ReLU(mean over the batch of dL/dX_n) ||_2
     leaf = x.clone().requires_grad_(True)

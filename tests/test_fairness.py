@@ -6,7 +6,6 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import robx.plugins.pgd as pgd_plugin
 from robx.core import engine
 from robx.core.run import load_checkpoint
 from robx.core.plugins import PluginHost
@@ -60,14 +59,16 @@ def test_dafa_floors_weights_that_would_turn_negative():
 
 def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     """The authors' PGD-AT path drops the class margins; robx's adversary must see W_y * eps."""
+    import robx.core.attacks as attacks
+
     seen = []
-    real_pgd = pgd_plugin.pgd
+    real_pgd = attacks.pgd
 
     def spy(model, x, y, **kwargs):
         seen.append((y.clone(), kwargs["eps"].clone(), kwargs["alpha"].clone()))
         return real_pgd(model, x, y, **kwargs)
 
-    monkeypatch.setattr(pgd_plugin, "pgd", spy)
+    monkeypatch.setattr(attacks, "pgd", spy)  # the step's bound attack calls it; evaluation has its own
     config = tiny_config(epochs=3, plugins=["dafa"], plugin_options={"dafa": {"warmup": 0.34}}, n_eval=20)
     engine.train(config, tmp_path / "run")
     weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["stash"][WEIGHTS.name]

@@ -158,7 +158,11 @@ def test_reweighted_victims_move_toward_the_minority_nodes_plain_topk_leaves_out
     plugin = MinGRE(MinGRE.Options(fraction=0.25, saliency_steps=1, encoder_lr=1e-2))
     plugin.check_run(state)
     plugin.train_start(state)
-    step = Step(x=x, y=y, labels=labels)
+    from robx.core.attacks import Attack
+
+    attack = Attack(model=model, x=x, y=y, eps=torch.full((8,), 0.5), alpha=torch.full((8,), 0.1), steps=2,
+                    norm="linf", bounds=task.input_bounds, task_loss=task.attack_loss)
+    step = Step(x=x, y=y, labels=labels, attack=attack)
     first = plugin.select_victims(step=step, state=state).flatten()
     assert logged["mingre.victim_minority_share_plain"][0] == 0.0  # STPGD: four zero nodes
     for _ in range(60):  # the encoder learns where the events are
