@@ -339,7 +339,8 @@ def refresh_class_quantities(run: Run) -> None:
     """Ask the owners of the per-class attack budget, loss weights and regulariser weights
     for the coming epoch's values (``None``: the run's defaults)."""
     state, host, config = run.state, run.host, run.config
-    budget = host.attack_budget(state)
+    answers = host.class_policy(state)
+    budget = answers.get("attack_budget")
     if budget is None:
         state.class_eps = torch.full((state.num_classes,), float(config.eps), device=state.device)
         state.class_alpha = torch.full((state.num_classes,), float(config.alpha), device=state.device)
@@ -351,10 +352,10 @@ def refresh_class_quantities(run: Run) -> None:
                 (state.class_eps == state.class_eps[0]).all() and (state.class_alpha == state.class_alpha[0]).all()):
             raise RobxError(f"{owner} sets a per-class attack budget, but dataset '{config.dataset}' labels every "
                             "target of an example, so an example has no one class to take it from")
-    weights = host.class_weights(state)
+    weights = answers.get("class_weights")
     state.class_weights = None if weights is None else _per_class(
         weights, state, "class_weights", host.owners["class_weights"]).float()
-    regularizer = host.regularizer_weights(state)
+    regularizer = answers.get("regularizer_weights")
     state.regularizer_weights = None if regularizer is None else _per_class(
         regularizer, state, "regularizer_weights", host.owners["regularizer_weights"]).float()
 
@@ -796,7 +797,6 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
         if processes.distributed:
             distributed.seed_rank_streams(config.seed, epoch, processes)
         refresh_class_quantities(run)
-        run.host.epoch_start(state)
         used_eps = [round(v, 6) for v in state.class_eps.tolist()]
         stats = train_epoch(run, progress)
         state.epoch_stats = stats
@@ -816,7 +816,6 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
 
         distributed.on_main(write_epoch, processes, "the checkpoint")
         progress.end_epoch(stats)
-    run.host.train_end(state)
     model = state.model
     parameters = run.host.averaged_weights(state)
     if parameters is not None:

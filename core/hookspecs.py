@@ -27,13 +27,16 @@ Hooks come in three kinds (docs/hooks.md is the reference):
 * **Shared** hooks combine the answers of every selected plugin (``augment`` in the order
   the user listed them, ``weight_samples`` multiplied, ``extra_loss`` summed, the lifecycle
   hooks called in turn).
-* **Owned** hooks (listed in :data:`OWNED`) each decide one part of the recipe or one
-  shared per-class quantity: the adversary, the victims, the training loss, the sampler,
-  the per-class attack budget, the per-class loss weights, the per-class regulariser
-  weights, the class counts the run trains on and the evaluated model. At most one selected
-  plugin may implement each; two are rejected when the run is built, with one line naming
-  both. The engine asks the owner and hands the answer to everyone through ``state``, so no
-  plugin writes a quantity another plugin reads.
+* **Owned** hooks (listed in :data:`OWNED`) each decide one part of the recipe: the
+  adversary, the victims, the training loss, the sampler, the training set, the class
+  counts the run trains on and the evaluated model. At most one selected plugin may
+  implement each; two are rejected when the run is built, with one line naming both. They
+  are ``firstresult`` hooks, called through pluggy on their owner alone
+  (``PluginManager.subset_hook_caller``). The per-class quantities (attack budget, loss
+  weights, regulariser weights: :data:`POLICY`) go through one hook, :func:`class_policy`,
+  owned per quantity as the plugin declares in ``policy``. The engine asks the owner and
+  hands the answer to everyone through ``state``, so no plugin writes a quantity another
+  plugin reads.
 
 The adversary has one declared exception to single ownership: a plugin may list
 ``generate_adversary`` in its ``yields`` attribute (TRADES: its KL attack is only the
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
     from robx.core.data import Split
     from robx.core.oversample import RegisterOversampler
     from robx.core.registry import RegisterDataset
-    from robx.core.state import Step, TrainState
+    from robx.core.state import ClassPolicy, Step, TrainState
     from robx.core.task import RegisterTask
 
 PROJECT_NAME = "robx"
@@ -133,7 +136,7 @@ def register_crowd_learners(register: RegisterCrowdLearner) -> None:
 # ---------------------------------------------------------------------------
 
 
-@hookspec
+@hookspec(firstresult=True)
 def select_victims(step: Step, state: TrainState) -> torch.Tensor | None:
     """Choose which input coordinates (pixels, graph nodes) the adversary may perturb.
 
@@ -145,7 +148,7 @@ def select_victims(step: Step, state: TrainState) -> torch.Tensor | None:
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def generate_adversary(step: Step, state: TrainState) -> torch.Tensor | None:
     """Return the adversarial inputs ``x'`` for ``step.x`` (same shape).
 
@@ -197,7 +200,7 @@ def extra_loss(step: Step, state: TrainState) -> torch.Tensor | dict[str, torch.
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def training_loss(step: Step, state: TrainState) -> torch.Tensor | None:
     """Per-sample training loss on ``step.outputs`` vs ``step.targets``.
 
@@ -206,7 +209,7 @@ def training_loss(step: Step, state: TrainState) -> torch.Tensor | None:
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def sampling_weights(state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:
     """Per-example sampling weights over the training set, shape ``(len(labels),)``, or None.
 
@@ -221,41 +224,33 @@ def sampling_weights(state: TrainState, labels: torch.Tensor) -> torch.Tensor | 
 # ---------------------------------------------------------------------------
 
 
-@hookspec
-def attack_budget(state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The per-class attack budget ``(eps_c, alpha_c)`` for the coming epoch, or ``None``.
+@hookspec(firstresult=True)
+def class_policy(state: TrainState) -> ClassPolicy | None:
+    """The per-class quantities this plugin owns, for the coming epoch, or ``None``.
 
-    Owned. Called at the start of every epoch (after the previous epoch's
-    :func:`epoch_end`). The engine puts the answer in ``state.class_eps`` and
-    ``state.class_alpha`` (length ``num_classes``); ``None`` means the run's global
-    ``eps``/``alpha`` for every class. Every adversary reads these per example.
+    Owned per quantity: a plugin declares which of :data:`POLICY` it decides
+    (``policy = ("attack_budget", "class_weights")``, DAFA), and two selected plugins that
+    declare the same one are rejected when the run is built. Called at the start of every
+    epoch (after the previous epoch's :func:`epoch_end`) on each owner, which fills the
+    fields it declared in a :class:`robx.core.state.ClassPolicy` (a field left ``None``: the
+    run's default this epoch; a field it does not own: an error). The engine puts the
+    answers where every plugin reads them:
+
+    * ``attack_budget`` = ``(eps_c, alpha_c)`` -> ``state.class_eps``, ``state.class_alpha``
+      (default: the run's ``eps``/``alpha`` for every class); every adversary gets them per
+      example through ``step.attack``;
+    * ``class_weights`` -> ``state.class_weights``: each trained row's loss is weighted by
+      its class's weight (the target-weighted mean for soft labels), times the
+      :func:`weight_samples` product, averaged over the batch, or over the rows' class
+      weights when the owner declares ``weighted_mean = True`` (default: weight 1);
+    * ``regularizer_weights`` = ``b_c`` in [0, 1] -> ``state.regularizer_weights``: a plugin
+      that adds a regulariser against a natural term (TRADES) honours it as
+      ``(1 - b_y) * natural + b_y * regulariser`` per example (CFA's calibrated form)
+      instead of its own fixed weight (default: each regulariser at its own weight).
     """
 
 
-@hookspec
-def class_weights(state: TrainState) -> torch.Tensor | None:
-    """Per-class weights of the main (per-sample) loss for the coming epoch, or ``None``.
-
-    Owned. Called at the start of every epoch. The engine puts the answer in
-    ``state.class_weights`` and weights each trained row by its class's weight (the
-    target-weighted mean for soft labels), times the :func:`weight_samples` product, and
-    averages over the batch, or over the rows' class weights when the owner declares
-    ``weighted_mean = True``. ``None`` means weight 1 for every class.
-    """
-
-
-@hookspec
-def regularizer_weights(state: TrainState) -> torch.Tensor | None:
-    """Per-class weights ``b_c`` in [0, 1] of a robustness regulariser, or ``None``.
-
-    Owned. Called at the start of every epoch; the answer is ``state.regularizer_weights``.
-    A plugin that adds a regulariser against a natural term (TRADES) honours it as
-    ``(1 - b_y) * natural + b_y * regulariser`` per example (CFA's calibrated form) instead
-    of its own fixed weight. ``None`` leaves each regulariser at its own weight.
-    """
-
-
-@hookspec
+@hookspec(firstresult=True)
 def training_set(state: TrainState, train: Split) -> Split | None:
     """The examples the run trains on instead of the protocol's training split, or ``None``.
 
@@ -268,7 +263,7 @@ def training_set(state: TrainState, train: Split) -> Split | None:
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def trained_class_counts(state: TrainState, dataset_counts: torch.Tensor) -> torch.Tensor | None:
     """The number of examples of each class the model trains on per epoch, or ``None``.
 
@@ -281,7 +276,7 @@ def trained_class_counts(state: TrainState, dataset_counts: torch.Tensor) -> tor
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def averaged_weights(state: TrainState) -> dict[str, torch.Tensor] | None:
     """The parameters of the model to evaluate instead of the last iterate, or ``None``.
 
@@ -311,22 +306,10 @@ def train_start(state: TrainState) -> None:
 
 
 @hookspec
-def epoch_start(state: TrainState) -> None:
-    """Called at the start of every epoch, before its first step and after the engine
-    asked the owners of the per-class quantities for the epoch's values."""
-
-
-@hookspec
 def epoch_end(state: TrainState) -> None:
     """Called after every epoch's last step, once ``state.epoch_stats`` holds the
     epoch's class statistics (train, and validation when a split exists). Plugins
     update their stash here; the owned per-class quantities are asked for afterwards."""
-
-
-@hookspec
-def train_end(state: TrainState) -> None:
-    """Called once after the last epoch, before :func:`averaged_weights` and the final
-    evaluation."""
 
 
 @hookspec
@@ -340,14 +323,19 @@ OWNED: dict[str, str] = {
     "select_victims": "choose the victim coordinates",
     "training_loss": "define the training loss",
     "sampling_weights": "choose how batches are sampled",
-    "attack_budget": "set the per-class attack budget",
-    "class_weights": "set the per-class loss weights",
-    "regularizer_weights": "set the per-class regulariser weights",
     "training_set": "replace the training set",
     "trained_class_counts": "define the class counts the run trains on",
     "averaged_weights": "choose the evaluated model (weight averaging)",
 }
 
+
+#: The per-class quantities :func:`class_policy` decides, each with one owner (declared in
+#: the plugin's ``policy``), and, for the one-line conflict error, what the owner decides.
+POLICY: dict[str, str] = {
+    "attack_budget": "set the per-class attack budget",
+    "class_weights": "set the per-class loss weights",
+    "regularizer_weights": "set the per-class regulariser weights",
+}
 
 #: Hooks run for every installed plugin to build the registry (not per run).
 REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_oversamplers",

@@ -19,6 +19,8 @@ A plugin class may declare, beside its hooks and ``Options``:
 * ``identity_adversary = True`` (an adversary): its x' is the clean batch itself (natural
   training), so the step has one input distribution and one BatchNorm batch, whatever
   tensor the hook returns;
+* ``policy = ("attack_budget", "class_weights", "regularizer_weights")`` (any of them): the
+  per-class quantities its ``class_policy`` hook decides; each has one owner;
 * ``yields = ("generate_adversary",)``: its adversary is only a default that gives way to
   any other selected adversary (TRADES);
 * ``fallback = True``: the adversary added when no selected plugin generates one (``pgd``);
@@ -100,6 +102,11 @@ class PluginSpec:
         return None if value is None else str(value)
 
     @property
+    def policy(self) -> tuple[str, ...]:
+        """The per-class quantities this plugin's ``class_policy`` decides."""
+        return tuple(getattr(self.target, "policy", ()))
+
+    @property
     def identity_adversary(self) -> bool:
         return bool(getattr(self.target, "identity_adversary", False))
 
@@ -121,9 +128,16 @@ class PluginSpec:
         if self.head is not None and self.head not in HEADS:
             raise PluginError(f"plugin '{self.name}' ({self.origin}) needs head {self.head!r}; heads: "
                               f"{', '.join(HEADS)}")
-        if self.weighted_mean and "class_weights" not in self.hooks:
+        unknown_policy = [quantity for quantity in self.policy if quantity not in hookspecs.POLICY]
+        if unknown_policy:
+            raise PluginError(f"plugin '{self.name}' ({self.origin}) declares policy '{unknown_policy[0]}'; "
+                              f"per-class quantities: {', '.join(hookspecs.POLICY)}")
+        if bool(self.policy) != ("class_policy" in self.hooks):
+            raise PluginError(f"plugin '{self.name}' ({self.origin}) must both implement class_policy and declare "
+                              "the quantities it decides in policy = (...), or neither")
+        if self.weighted_mean and "class_weights" not in self.policy:
             raise PluginError(f"plugin '{self.name}' ({self.origin}) declares weighted_mean but does not "
-                              "implement class_weights")
+                              "decide class_weights")
 
     def yields(self, hook: str) -> bool:
         """True when this plugin's ``hook`` is a default that gives way to another
@@ -302,6 +316,14 @@ def _owners(specs: Sequence[PluginSpec]) -> dict[str, str]:
             )
         if declaring:
             owners[declaration] = declaring[0].name
+    for quantity, what in hookspecs.POLICY.items():
+        claimants = [s for s in specs if quantity in s.policy]
+        if len(claimants) > 1:
+            raise PluginConflictError(
+                "plugins " + " and ".join(f"'{s.name}'" for s in claimants) + f" both {what}; select one of them"
+            )
+        if claimants:
+            owners[quantity] = claimants[0].name
     for hook, what in hookspecs.OWNED.items():
         implementers = [s for s in specs if hook in s.hooks]
         firm = [s for s in implementers if not s.yields(hook)]
@@ -406,14 +428,21 @@ class PluginHost:
                 detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
                 raise PluginError(f"plugin '{name}' ({spec.origin}) does not fit robx's hooks: {detail}") from error
         self.hook = self.manager.hook
+        self._callers: dict[tuple[str, str], Any] = {}
+
+    def _on(self, hook: str, owner: str) -> Any:
+        """Pluggy's caller of ``hook`` on ``owner`` alone (the selected plugins that yield to
+        it, such as TRADES' adversary, also implement it). Owned hooks are ``firstresult``."""
+        key = (hook, owner)
+        if key not in self._callers:
+            others = [self.manager.get_plugin(name) for name in self.names if name != owner]
+            self._callers[key] = self.manager.subset_hook_caller(hook, remove_plugins=others)
+        return self._callers[key]
 
     def _owned(self, hook: str, **kwargs: Any) -> Any:
         """The owner's answer to an owned hook, or None when no selected plugin owns it."""
         owner = self.owners.get(hook)
-        if owner is None:
-            return None
-        (impl,) = [i for i in getattr(self.hook, hook).get_hookimpls() if i.plugin_name == owner]
-        return impl.function(*[kwargs[name] for name in impl.argnames])
+        return None if owner is None else self._on(hook, owner)(**kwargs)
 
     # --- data path -------------------------------------------------------------------
 
@@ -463,14 +492,24 @@ class PluginHost:
 
     # --- owned per-class quantities ----------------------------------------------------
 
-    def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return self._owned("attack_budget", state=state)
-
-    def class_weights(self, state: TrainState) -> torch.Tensor | None:
-        return self._owned("class_weights", state=state)
-
-    def regularizer_weights(self, state: TrainState) -> torch.Tensor | None:
-        return self._owned("regularizer_weights", state=state)
+    def class_policy(self, state: TrainState) -> dict[str, Any]:
+        """``{quantity: answer}`` for the coming epoch from each per-class quantity's owner
+        (a quantity missing: nobody owns it, or its owner left it ``None``)."""
+        answers: dict[str, Any] = {}
+        owning = [name for name in self.names if self.specs[name].policy]
+        for name in owning:
+            policy = self._on("class_policy", name)(state=state)
+            if policy is None:
+                continue
+            for quantity in hookspecs.POLICY:
+                value = getattr(policy, quantity)
+                if value is None:
+                    continue
+                if quantity not in self.specs[name].policy:
+                    raise RobxError(f"plugin '{name}' sets {quantity} in its class_policy but does not declare it "
+                                    f"in policy = {self.specs[name].policy!r}")
+                answers[quantity] = value
+        return answers
 
     def training_set(self, state: TrainState, train: Split) -> Split | None:
         return self._owned("training_set", state=state, train=train)
@@ -492,11 +531,6 @@ class PluginHost:
     def train_start(self, state: TrainState) -> None:
         self.hook.train_start(state=state)
 
-    def epoch_start(self, state: TrainState) -> None:
-        self.hook.epoch_start(state=state)
-
     def epoch_end(self, state: TrainState) -> None:
         self.hook.epoch_end(state=state)
 
-    def train_end(self, state: TrainState) -> None:
-        self.hook.train_end(state=state)

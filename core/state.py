@@ -166,6 +166,16 @@ class Step:
 
 
 @dataclass
+class ClassPolicy:
+    """A ``class_policy`` answer: the per-class quantities its plugin owns for the coming
+    epoch (each of length ``num_classes``); a field left ``None`` keeps the run's default."""
+
+    attack_budget: tuple[torch.Tensor, torch.Tensor] | None = None  # (eps_c, alpha_c)
+    class_weights: torch.Tensor | None = None
+    regularizer_weights: torch.Tensor | None = None
+
+
+@dataclass
 class TrainState:
     """Everything a plugin may read across steps.
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from robx.core.hookspecs import hookimpl
-from robx.core.state import TrainState
+from robx.core.state import ClassPolicy, TrainState
 from robx.plugins.common import class_balanced_weights
 
 
@@ -25,6 +24,7 @@ class ClassBalanced:
     """Class-balanced loss weights from the effective number of samples (Cui et al. 2019)."""
 
     name = "cb"
+    policy = ("class_weights",)
 
     @dataclass
     class Options:
@@ -38,5 +38,5 @@ class ClassBalanced:
         self.options = options
 
     @hookimpl
-    def class_weights(self, state: TrainState) -> torch.Tensor:
-        return class_balanced_weights(state.class_counts, self.options.beta)
+    def class_policy(self, state: TrainState) -> ClassPolicy:
+        return ClassPolicy(class_weights=class_balanced_weights(state.class_counts, self.options.beta))

@@ -36,7 +36,7 @@ import torch
 from robx.core.averaging import WeightAverage, add_to_average
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
-from robx.core.state import StashKey, TrainState
+from robx.core.state import ClassPolicy, StashKey, TrainState
 
 FAWA = StashKey[dict]("cfa.fawa")
 CALIBRATION = StashKey[torch.Tensor]("cfa.robust_acc")  # A_c that calibrates the coming epoch
@@ -57,6 +57,7 @@ class CFA:
     """CFA: class-wise calibrated margins, TRADES regularisation and FAWA (Wei et al. 2023)."""
 
     name = "cfa"
+    policy = ("attack_budget", "regularizer_weights")
 
     @dataclass
     class Options:
@@ -98,18 +99,15 @@ class CFA:
                                                    with_buffers=True)
 
     @hookimpl
-    def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if CALIBRATION not in state.stash:
-            return None
-        class_eps = calibrated_eps(state.stash[CALIBRATION], float(state.config.eps), self.options.lam_eps)
-        return class_eps.float(), torch.full_like(class_eps, float(state.config.alpha)).float()
-
-    @hookimpl
-    def regularizer_weights(self, state: TrainState) -> torch.Tensor:
-        if CALIBRATION not in state.stash:  # before start_epoch: TRADES as beta / (1 + beta)
+    def class_policy(self, state: TrainState) -> ClassPolicy:
+        if CALIBRATION not in state.stash:  # before start_epoch: the run's budget, TRADES as beta / (1 + beta)
             beta = self.options.beta
-            return torch.full((state.num_classes,), beta / (1.0 + beta))
-        return calibrated_beta(state.stash[CALIBRATION], self.options.beta, self.options.lam_beta).float()
+            return ClassPolicy(regularizer_weights=torch.full((state.num_classes,), beta / (1.0 + beta)))
+        calibration = state.stash[CALIBRATION]
+        class_eps = calibrated_eps(calibration, float(state.config.eps), self.options.lam_eps).float()
+        return ClassPolicy(attack_budget=(class_eps, torch.full_like(class_eps, float(state.config.alpha))),
+                           regularizer_weights=calibrated_beta(calibration, self.options.beta,
+                                                               self.options.lam_beta).float())
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:

@@ -37,7 +37,7 @@ import torch
 
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
-from robx.core.state import StashKey, TrainState
+from robx.core.state import ClassPolicy, StashKey, TrainState
 
 WEIGHTS = StashKey[torch.Tensor]("dafa.weights")
 
@@ -62,6 +62,7 @@ class DAFA:
     """DAFA: class weights and margins from inter-class similarity after warm-up (Lee et al. 2024)."""
 
     name = "dafa"
+    policy = ("attack_budget", "class_weights")
 
     @dataclass
     class Options:
@@ -99,12 +100,9 @@ class DAFA:
         state.stash[WEIGHTS] = weights.cpu()
 
     @hookimpl
-    def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if WEIGHTS not in state.stash:
-            return None
+    def class_policy(self, state: TrainState) -> ClassPolicy:
+        if WEIGHTS not in state.stash:  # warm-up: the run's budget and unweighted loss
+            return ClassPolicy()
         weights = state.stash[WEIGHTS]
-        return weights * float(state.config.eps), weights * float(state.config.alpha)
-
-    @hookimpl
-    def class_weights(self, state: TrainState) -> torch.Tensor | None:
-        return state.stash.get(WEIGHTS, None)
+        return ClassPolicy(attack_budget=(weights * float(state.config.eps), weights * float(state.config.alpha)),
+                           class_weights=weights)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.state import TrainState
+from robx.core.state import ClassPolicy, TrainState
 from robx.plugins.common import class_balanced_weights, deferred_start_epoch
 
 
@@ -27,6 +26,7 @@ class DeferredReweighting:
     """Deferred re-weighting: class-balanced weights from epoch T_d on (Cao et al. 2019)."""
 
     name = "drw"
+    policy = ("class_weights",)
     weighted_mean = True
 
     @dataclass
@@ -44,8 +44,8 @@ class DeferredReweighting:
         self.options = options
 
     @hookimpl
-    def class_weights(self, state: TrainState) -> torch.Tensor | None:
+    def class_policy(self, state: TrainState) -> ClassPolicy:
         o = self.options
         if state.epoch < deferred_start_epoch(state.num_epochs, o.start, o.start_epoch):
-            return None
-        return class_balanced_weights(state.class_counts, o.beta)
+            return ClassPolicy()
+        return ClassPolicy(class_weights=class_balanced_weights(state.class_counts, o.beta))

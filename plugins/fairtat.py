@@ -30,7 +30,7 @@ import torch
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.state import StashKey, Step, TrainState
+from robx.core.state import ClassPolicy, StashKey, Step, TrainState
 from robx.core.stats import SplitStats
 
 CFPS = StashKey[torch.Tensor]("fairtat.cfps")
@@ -65,6 +65,7 @@ class FairTAT:
     """FAIR-TAT: targeted PGD toward the classes most falsely predicted (Medi et al. 2025)."""
 
     name = "fairtat"
+    policy = ("attack_budget",)
 
     @dataclass
     class Options:
@@ -95,12 +96,12 @@ class FairTAT:
         state.stash[ROBUST_ACC] = train.robust
 
     @hookimpl
-    def attack_budget(self, state: TrainState) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def class_policy(self, state: TrainState) -> ClassPolicy:
         if CFPS not in state.stash or self.options.eps_mode == "none":
-            return None  # epoch 0: the global budget
+            return ClassPolicy()  # epoch 0: the global budget
         eps = float(state.config.eps)
         if self.options.eps_mode == "g-rob":
             class_eps = (0.5 + state.stash[ROBUST_ACC]) * eps
         else:
             class_eps = (0.5 + 2 * state.stash[CFPS]) * eps
-        return class_eps.float(), torch.full_like(class_eps, float(state.config.alpha)).float()
+        return ClassPolicy(attack_budget=(class_eps.float(), torch.full_like(class_eps, float(state.config.alpha)).float()))

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from robx.core.hookspecs import hookimpl
-from robx.core.state import Step, TrainState
+from robx.core.state import ClassPolicy, Step, TrainState
 from robx.kernels import supcon
 from robx.plugins.common import class_balanced_weights, deferred_start_epoch
 
@@ -48,6 +48,7 @@ class SRAT:
     """SRAT: deferred class-balanced weights + feature separation loss (Wang, ch. 4)."""
 
     name = "srat"
+    policy = ("class_weights",)
     reads = ("adversarial",)
     weighted_mean = True
 
@@ -69,11 +70,11 @@ class SRAT:
         self.options = options
 
     @hookimpl
-    def class_weights(self, state: TrainState) -> torch.Tensor | None:
+    def class_policy(self, state: TrainState) -> ClassPolicy:
         o = self.options
         if state.epoch < deferred_start_epoch(state.num_epochs, o.start, o.start_epoch):
-            return None
-        return class_balanced_weights(state.class_counts, o.beta)
+            return ClassPolicy()
+        return ClassPolicy(class_weights=class_balanced_weights(state.class_counts, o.beta))
 
     @hookimpl
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:

@@ -134,13 +134,13 @@ def _state(epoch: int, epochs: int = 10, counts=(100, 10)):
 
 def test_drw_switches_exactly_at_its_epoch():
     plugin = DeferredReweighting(DeferredReweighting.Options(beta=0.999, start=0.8))
-    assert plugin.class_weights(_state(epoch=7)) is None
+    assert plugin.class_policy(_state(epoch=7)).class_weights is None
     raw = [(1 - 0.999) / (1 - 0.999**n) for n in (100, 10)]  # Cui et al., by hand
     expected = [r * 2 / sum(raw) for r in raw]
-    assert plugin.class_weights(_state(epoch=8)).tolist() == pytest.approx(expected, rel=1e-5)
+    assert plugin.class_policy(_state(epoch=8)).class_weights.tolist() == pytest.approx(expected, rel=1e-5)
     explicit = DeferredReweighting(DeferredReweighting.Options(start_epoch=3))
-    assert explicit.class_weights(_state(epoch=2)) is None
-    assert explicit.class_weights(_state(epoch=3)) is not None
+    assert explicit.class_policy(_state(epoch=2)).class_weights is None
+    assert explicit.class_policy(_state(epoch=3)).class_weights is not None
 
 
 @pytest.mark.parametrize(

@@ -46,13 +46,13 @@ def test_dafa_floors_weights_that_would_turn_negative():
     state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), epoch_stats=SimpleNamespace(train=stats),
                             config=SimpleNamespace(eps=0.1, alpha=0.02))
     plugin = DAFA(DAFA.Options(warmup=1.0))
-    assert plugin.attack_budget(state=state) is None and plugin.class_weights(state=state) is None  # warm-up
+    assert plugin.class_policy(state=state).attack_budget is None and plugin.class_policy(state=state).class_weights is None  # warm-up
     with pytest.warns(RuntimeWarning, match=r"class 1: -0\.700"):
         plugin.epoch_end(state=state)
     assert state.stash[WEIGHTS].tolist() == pytest.approx([1.8, 0.1, 1.9])
-    eps, alpha = plugin.attack_budget(state=state)
+    eps, alpha = plugin.class_policy(state=state).attack_budget
     assert eps.tolist() == pytest.approx([0.18, 0.01, 0.19]) and alpha.tolist() == pytest.approx([0.036, 0.002, 0.038])
-    assert plugin.class_weights(state=state).tolist() == pytest.approx([1.8, 0.1, 1.9])
+    assert plugin.class_policy(state=state).class_weights.tolist() == pytest.approx([1.8, 0.1, 1.9])
     with pytest.raises(ValueError, match="min_weight"):
         DAFA.Options(min_weight=0.0)
 
@@ -126,9 +126,9 @@ def test_fairtat_class_wise_budgets_by_hand(mode, expected_eps):
     state = SimpleNamespace(stash=Stash(), config=SimpleNamespace(eps=0.04, alpha=0.01),
                             epoch_stats=SimpleNamespace(train=train))
     plugin = FairTAT(FairTAT.Options(eps_mode=mode))
-    assert plugin.attack_budget(state=state) is None  # epoch 0: the run's budget
+    assert plugin.class_policy(state=state).attack_budget is None  # epoch 0: the run's budget
     plugin.epoch_end(state=state)
-    eps, alpha = plugin.attack_budget(state=state)
+    eps, alpha = plugin.class_policy(state=state).attack_budget
     assert eps.tolist() == pytest.approx(expected_eps) and alpha.tolist() == pytest.approx([0.01] * 3)
 
 
@@ -171,21 +171,21 @@ def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():
                             config=SimpleNamespace(eps=0.04, alpha=0.01, val_fraction=0.1))
     plugin = CFA(CFA.Options(start_epoch=2))
     assert plugin.options.fawa_threshold == 0.24  # the authors' --thershold default
-    assert plugin.attack_budget(state=state) is None  # the run's eps and alpha
-    assert plugin.regularizer_weights(state=state).tolist() == pytest.approx([6 / 7] * 3)  # beta / (1 + beta)
+    assert plugin.class_policy(state=state).attack_budget is None  # the run's eps and alpha
+    assert plugin.class_policy(state=state).regularizer_weights.tolist() == pytest.approx([6 / 7] * 3)  # beta / (1 + beta)
     state.epoch_stats = SimpleNamespace(train=_stats([0.0, 0.3, 0.5]), val=_stats([0.1, 0.3, 0.5]))
     plugin.epoch_end(state=state)  # epoch 0 ended; epoch 1 < start: nothing to calibrate
-    assert plugin.attack_budget(state=state) is None
-    assert plugin.regularizer_weights(state=state).tolist() == pytest.approx([6 / 7] * 3)
+    assert plugin.class_policy(state=state).attack_budget is None
+    assert plugin.class_policy(state=state).regularizer_weights.tolist() == pytest.approx([6 / 7] * 3)
     assert FAWA not in state.stash  # worst val class 0.1 < 0.24: gate closed
     state.epoch = 1
     state.epoch_stats.val = _stats([0.24, 0.3, 0.5])
     plugin.epoch_end(state=state)  # calibrates epoch 2; the gate opens before start_epoch
-    eps, alpha = plugin.attack_budget(state=state)
+    eps, alpha = plugin.class_policy(state=state).attack_budget
     assert eps.tolist() == pytest.approx([0.02, 0.032, 0.04])  # (0.5 + A_c) * 0.04
     assert alpha.tolist() == pytest.approx([0.01, 0.01, 0.01])  # fixed
     # beta 6: (0.5 + A) * 6 = 3, 4.8, 6 -> b = 3/4, 4.8/5.8, 6/7
-    assert plugin.regularizer_weights(state=state).tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
+    assert plugin.class_policy(state=state).regularizer_weights.tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
     first = {k: v.clone() for k, v in state.stash[FAWA]["parameters"].items()}
     assert set(first) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"}
     with torch.no_grad():

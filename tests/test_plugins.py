@@ -19,10 +19,10 @@ from robx import hookimpl
 from robx.core import hookspecs
 from robx.core import plugins as plugin_module
 from robx.core.engine import train
-from robx.core.errors import OptionError, PluginConflictError, UnknownPluginError
-from robx.core.plugins import PluginHost, PluginSpec, available_plugins, parse_set_overrides
+from robx.core.errors import OptionError, PluginConflictError, RobxError, UnknownPluginError
+from robx.core.plugins import PluginHost, PluginSpec, available_plugins, parse_set_overrides, select_plugins
 from robx.core.run import load_checkpoint
-from robx.core.state import Step
+from robx.core.state import ClassPolicy, Step
 
 from conftest import tiny_config
 
@@ -123,6 +123,7 @@ class Recorder:
     """Implements every hook and records the order of calls."""
 
     name = "recorder"
+    policy = ("attack_budget", "class_weights", "regularizer_weights")
 
     @hookimpl
     def check_run(self, state):
@@ -131,10 +132,6 @@ class Recorder:
     @hookimpl
     def train_start(self, state):
         CALLS.append("train_start")
-
-    @hookimpl
-    def epoch_start(self, state):
-        CALLS.append(f"epoch_start:{state.epoch}")
 
     @hookimpl
     def select_victims(self, step):
@@ -178,10 +175,6 @@ class Recorder:
         assert state.epoch_stats is not None and state.epoch_stats.train.robust is not None
         CALLS.append(f"epoch_end:{state.epoch}")
 
-    @hookimpl
-    def train_end(self, state):
-        CALLS.append("train_end")
-
     # owned per-class quantities: the engine must ask for them and hand them to everyone
 
     @hookimpl
@@ -190,21 +183,13 @@ class Recorder:
         return dataset_counts * 2
 
     @hookimpl
-    def attack_budget(self, state):
-        CALLS.append(f"attack_budget:{state.epoch}")
-        if state.epoch == 0:
-            return None
-        eps = torch.full((state.num_classes,), float(state.config.eps) / 2)
-        return eps, eps / 4
-
-    @hookimpl
-    def class_weights(self, state):
+    def class_policy(self, state):
+        CALLS.append(f"class_policy:{state.epoch}")
         assert state.class_counts.tolist() == [262] * 5 + [26] * 5  # the owner's counts reached state
-        return torch.ones(state.num_classes)
-
-    @hookimpl
-    def regularizer_weights(self, state):
-        return torch.full((state.num_classes,), 0.5)
+        eps = torch.full((state.num_classes,), float(state.config.eps) / 2)
+        return ClassPolicy(attack_budget=None if state.epoch == 0 else (eps, eps / 4),
+                           class_weights=torch.ones(state.num_classes),
+                           regularizer_weights=torch.full((state.num_classes,), 0.5))
 
     @hookimpl
     def averaged_weights(self, state):
@@ -271,7 +256,7 @@ def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
     after_average = CALLS[CALLS.index("averaged_weights"):]
     assert "select_victims" in after_average and "augment:recorder" in after_average
     assert "training_loss" not in after_average and "after_step" not in after_average
-    for expected in ("epoch_start:0", "sampling_weights", "select_victims", "augment:recorder", "training_loss",
+    for expected in ("class_policy:0", "sampling_weights", "select_victims", "augment:recorder", "training_loss",
                      "after_step", "epoch_end:0", "epoch_end:1"):
         assert expected in CALLS
     assert (CALLS.index("sampling_weights") < CALLS.index("select_victims") < CALLS.index("augment:recorder")
@@ -279,11 +264,11 @@ def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "recorder.zero" in metrics[0]["loss_terms"]
     assert CALLS.index("trained_class_counts") < CALLS.index("train_start")
-    assert CALLS.index("attack_budget:1") < CALLS.index("epoch_start:1")  # asked before the epoch
+    # asked before the epoch's first step
+    assert CALLS.index("class_policy:1") < CALLS.index("select_victims", CALLS.index("epoch_end:0"))
     eps = tiny_config().resolved().eps
     assert metrics[0]["class_eps"] == pytest.approx([eps] * 10, abs=1e-6)  # None: the global budget
     assert metrics[1]["class_eps"] == pytest.approx([eps / 2] * 10, abs=1e-6)  # the budget used in epoch 1
-    assert CALLS.index("train_end") < CALLS.index("averaged_weights")
     evaluated = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["eval_model"]
     assert not evaluated["head.weight"].any() and not evaluated["head.bias"].any()  # the owner's weights
 
@@ -458,3 +443,39 @@ def test_every_protocol_method_trains_on_digits(tmp_path, val_fraction, method):
     assert all(0.0 <= value <= 1.0 for kind in ("standard", "robust") for value in report["per_class"][kind])
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(line["loss"]) for line in metrics)
+
+
+def test_per_class_quantities_are_owned_one_by_one_through_one_hook(monkeypatch):
+    """class_policy replaces three hooks; each quantity still has one owner: cfa (budget,
+    regulariser weights) and drw (loss weights) combine, dafa and drw do not, and a plugin
+    that sets a quantity it did not declare, or declares without the hook, is one line."""
+    from robx.core import hookspecs
+    from robx.core.errors import PluginError
+
+    assert select_plugins(["trades", "cfa", "drw"]).owners["class_weights"] == "drw"
+    with pytest.raises(PluginConflictError, match="plugins 'dafa' and 'drw' both set the per-class loss weights"):
+        select_plugins(["dafa", "drw"])
+
+    class Sneaky:
+        name = "sneaky"
+        policy = ("class_weights",)
+
+        @hookimpl
+        def class_policy(self, state):
+            return ClassPolicy(attack_budget=(torch.ones(10), torch.ones(10)))
+
+    class Undeclared:
+        name = "undeclared"
+
+        @hookimpl
+        def class_policy(self, state):
+            return None
+
+    extra = {cls.name: PluginSpec(cls.name, "test", cls) for cls in (Sneaky, Undeclared)}
+    monkeypatch.setattr(plugin_module, "available_plugins", lambda: {**available_plugins(), **extra})
+    with pytest.raises(RobxError, match="plugin 'sneaky' sets attack_budget in its class_policy but does not declare"):
+        PluginHost(["sneaky"], {}).class_policy(state=None)
+    with pytest.raises(PluginError, match="must both implement class_policy and declare"):
+        PluginHost(["undeclared"], {})
+    # 20 hooks: the three per-class hooks are one, epoch_start and train_end (no built-in used them) are gone
+    assert len(hookspecs.HOOK_NAMES) == 20 and "class_policy" in hookspecs.HOOK_NAMES

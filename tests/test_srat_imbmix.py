@@ -64,9 +64,9 @@ def cb_weights_by_hand(counts: list[int], beta: float) -> list[float]:
 def test_srat_deferred_weights_switch_at_t_d_and_lambda_scales_l_sep():
     plugin = SRAT(SRAT.Options(start=0.5, lam=2.0, temperature=0.5))
     state = SimpleNamespace(epoch=4, num_epochs=10, class_counts=torch.tensor([100, 10]), stash=Stash())
-    assert plugin.class_weights(state) is None  # before T_d = 0.5 * 10
+    assert plugin.class_policy(state).class_weights is None  # before T_d = 0.5 * 10
     state.epoch = 5
-    assert plugin.class_weights(state).tolist() == pytest.approx(cb_weights_by_hand([100, 10], 0.9999), rel=1e-5)
+    assert plugin.class_policy(state).class_weights.tolist() == pytest.approx(cb_weights_by_hand([100, 10], 0.9999), rel=1e-5)
     generator = torch.Generator().manual_seed(0)
     y = torch.tensor([0, 0, 1, 1])
     step = Step(x=torch.zeros(4, 1), y=y, labels=y)
@@ -86,7 +86,7 @@ def test_class_weights_under_imbmix_use_the_counts_it_trains_on():
     assert grown.tolist() == [1000, 1000, 900, 900]  # t = round(1000 / 100) - 1 = 9, capped at 8
     srat = SRAT(SRAT.Options(start=0.5))
     state = SimpleNamespace(epoch=9, num_epochs=10, class_counts=grown, stash=Stash())
-    weights = srat.class_weights(state)
+    weights = srat.class_policy(state).class_weights
     assert weights.tolist() == pytest.approx(cb_weights_by_hand([1000, 1000, 900, 900], 0.9999), rel=1e-5)
     assert weights[2] / weights[0] < 1.2  # with the dataset's counts it would be about 9
 
