@@ -41,6 +41,7 @@ CASES: dict[str, dict] = {
     "topk": dict(DIGITS, plugins=["topk"]),
     "srat+imbmix": dict(DIGITS, plugins=["srat", "imbmix"], epochs=4),
     "swa": dict(DIGITS, plugins=["swa", "pgd"], epochs=4),
+    "trades+cfa": dict(DIGITS, plugins=["trades", "cfa"], val_fraction=0.1),
     "crime-stpgd": dict(CRIME, plugins=["topk", "pgd"],
                         plugin_options={"topk": {"saliency_steps": 5}, "pgd": {"start_scale": 0.1}}),
     "crime-mingre": dict(CRIME, plugins=["mingre"]),
@@ -66,7 +67,7 @@ def digest(state: dict) -> str:
     return hashed.hexdigest()[:16]
 
 
-def run_cases() -> dict[str, dict]:
+def run_cases(only: set[str] | None = None) -> dict[str, dict]:
     import torch
 
     from robx.core.config import TrainConfig
@@ -76,6 +77,8 @@ def run_cases() -> dict[str, dict]:
     has_crime = any((root / "crime").is_dir() for root in data_roots())
     results = {}
     for name, case in CASES.items():
+        if only is not None and name not in only:
+            continue
         if case["dataset"] == "nyc-crime" and not has_crime:
             print(f"{name}: skipped (no crime data under $ROBX_DATA)", file=sys.stderr)
             continue
@@ -107,6 +110,7 @@ def main() -> int:
     parser.add_argument("--name", help="result name (before, after, ...)")
     parser.add_argument("--checkout", type=Path, help="import robx from this checkout")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument("--only", help="comma-separated cases, added to an existing result of that name")
     args = parser.parse_args()
     if args.compare:
         return compare(*args.compare)
@@ -119,7 +123,11 @@ def main() -> int:
     from benchmarks import meta
 
     commit = meta.git_commit() if not args.checkout else _checkout_commit(args.checkout)
-    cases = run_cases()
+    only = set(args.only.split(",")) if args.only else None
+    cases = run_cases(only)
+    path = OUT / f"{args.name}.json"
+    if only is not None and path.exists():
+        cases = {**json.loads(path.read_text())["cases"], **cases}
     import robx
 
     meta.write_result(OUT / f"{args.name}.json", {"robx_imported_from": robx.__file__, "checkout_commit": commit,

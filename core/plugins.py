@@ -307,33 +307,25 @@ OWNED_DECLARATIONS = {"trains_on": "decide which rows the step trains on (trains
 
 
 def _owners(specs: Sequence[PluginSpec]) -> dict[str, str]:
-    owners = {}
+    """The owner of every owned declaration, per-class quantity and owned hook the selection
+    decides; two claimants of one are a :class:`PluginConflictError` naming both."""
+    contested: dict[str, tuple[list[PluginSpec], str]] = {}
     for declaration, what in OWNED_DECLARATIONS.items():
-        declaring = [s for s in specs if getattr(s, declaration) is not None]
-        if len(declaring) > 1:
-            raise PluginConflictError(
-                "plugins " + " and ".join(f"'{s.name}'" for s in declaring) + f" both {what}; select one of them"
-            )
-        if declaring:
-            owners[declaration] = declaring[0].name
+        contested[declaration] = ([s for s in specs if getattr(s, declaration) is not None], what)
     for quantity, what in hookspecs.POLICY.items():
-        claimants = [s for s in specs if quantity in s.policy]
-        if len(claimants) > 1:
-            raise PluginConflictError(
-                "plugins " + " and ".join(f"'{s.name}'" for s in claimants) + f" both {what}; select one of them"
-            )
-        if claimants:
-            owners[quantity] = claimants[0].name
+        contested[quantity] = ([s for s in specs if quantity in s.policy], what)
     for hook, what in hookspecs.OWNED.items():
         implementers = [s for s in specs if hook in s.hooks]
         firm = [s for s in implementers if not s.yields(hook)]
-        claimants = firm or implementers  # a yielding implementation only when nobody else
+        contested[hook] = (firm or implementers, what)  # a yielding implementation only when nobody else
+    owners = {}
+    for key, (claimants, what) in contested.items():
         if len(claimants) > 1:
             raise PluginConflictError(
                 "plugins " + " and ".join(f"'{s.name}'" for s in claimants) + f" both {what}; select one of them"
             )
         if claimants:
-            owners[hook] = claimants[0].name
+            owners[key] = claimants[0].name
     return owners
 
 

@@ -28,7 +28,7 @@ from robx.core.attacks import eval_mode, logits_of
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
 from robx.core.state import Step, TrainState
-from robx.plugins.common import kl_per_sample, soft_targets
+from robx.plugins.common import kl_per_sample
 
 
 class TRADES:
@@ -64,10 +64,10 @@ class TRADES:
         if state.regularizer_weights is None:
             return None
         assert step.targets is not None and step.row_labels is not None
-        natural = 1.0 - state.regularizer_weights.to(step.targets.device)
-        if step.targets.is_floating_point():  # mixed rows: the target-weighted mean
-            return soft_targets(step.targets, state.num_classes) @ natural
-        return natural[step.row_labels]
+        # the natural term's per-class weight 1 - b_c, per row as the task weighs rows by class
+        # (a mixed row: the target-weighted mean), the one definition the class weights use too
+        return state.task.row_weights(1.0 - state.regularizer_weights.to(step.targets.device), step.targets,
+                                      step.row_labels)
 
     @hookimpl
     def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor:
