@@ -312,7 +312,7 @@ def test_dispatched_supcon_is_the_fused_op_on_cpu_from_the_tables_size():
 def test_topk_plugin_lets_the_adversary_move_only_the_most_salient_pixels():
     from types import SimpleNamespace
 
-    from robx.core.attacks import cross_entropy, pgd
+    from robx.core.attacks import Attack, cross_entropy, pgd
     from robx.core.state import Step
     from robx.plugins.topk import TopK
 
@@ -322,9 +322,10 @@ def test_topk_plugin_lets_the_adversary_move_only_the_most_salient_pixels():
     x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 5, (6,))
     plugin = TopK(TopK.Options(fraction=0.25))
     state = SimpleNamespace(model=model, task=SimpleNamespace(attack_loss=cross_entropy, victim_unit=None,
-                                                              input_bounds=(0.0, 1.0)),
-                            example_budget=lambda labels: (torch.full((6,), 0.1), torch.full((6,), 0.05)))
-    mask = plugin.select_victims(step=Step(x=x, y=y, labels=y), state=state)
+                                                              input_bounds=(0.0, 1.0)))
+    attack = Attack(model=model, x=x, y=y, eps=torch.full((6,), 0.1), alpha=torch.full((6,), 0.05), steps=3,
+                    norm="linf", bounds=(0.0, 1.0), task_loss=cross_entropy)
+    mask = plugin.select_victims(step=Step(x=x, y=y, labels=y, attack=attack), state=state)
     assert mask.shape == (6, 1, 8, 8) and (mask.flatten(1).sum(dim=1) == 16).all()
     # STPGD's saliency by its definition: || ReLU(dL/dx) ||_2 over the channels of each pixel
     leaf = x.clone().requires_grad_(True)
