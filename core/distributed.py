@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -197,6 +197,29 @@ def sum_across(tensors: Sequence[torch.Tensor], processes: Processes) -> None:
     with peers_checked(processes, "the sum of statistics"):
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], weight: float,
+                      processes: Processes | None = None) -> None:
+    """For a module a plugin trains itself beside the model (MinGRE's encoder): average its
+    gradients over the processes, each weighted by ``weight`` (its share of the global batch,
+    e.g. its slice's size), in place, before the plugin's optimiser step. With the loss a
+    mean over the slice this is the gradient one process would get from the whole batch, and
+    every process then takes the same step, so the module stays identical everywhere (the
+    engine's epoch-end agreement check compares the plugins' stash). One process: nothing."""
+    processes = current() if processes is None else processes
+    if not processes.distributed:
+        return
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([grad.flatten() for grad in grads] + [grads[0].new_ones(1)]) * weight
+    with peers_checked(processes, "a plugin's gradient average"):
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    total, offset = flat[-1], 0
+    for grad in grads:
+        grad.copy_((flat[offset:offset + grad.numel()] / total).view_as(grad))
+        offset += grad.numel()
 
 
 def gather_objects(value: T, processes: Processes) -> list[T]:

@@ -89,8 +89,10 @@ class ScoreAccumulator:
         self.counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
         self.clean_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
         self.robust_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
-        self.has_clean = False
-        self.has_robust = False
+        # whether clean / robust outputs were seen, as a tensor so that the processes of a
+        # distributed run combine it with the sums (a process without a batch of a small
+        # split saw neither, and must still report what the others saw)
+        self.seen = torch.zeros(2, dtype=torch.long, device=device)
 
     @torch.no_grad()
     def update(self, labels: torch.Tensor, targets: torch.Tensor, clean_outputs: torch.Tensor | None = None,
@@ -99,16 +101,24 @@ class ScoreAccumulator:
         # index_add_, not bincount: bincount sizes its result from the labels' maximum, a host sync on a GPU
         self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))
         if clean_outputs is not None:
-            self.has_clean = True
+            self.seen[0] = 1
             self.clean_sum.index_add_(0, labels, self.task.scores(clean_outputs, targets).double().flatten())
         if robust_outputs is not None:
-            self.has_robust = True
+            self.seen[1] = 1
             self.robust_sum.index_add_(0, labels, self.task.scores(robust_outputs, targets).double().flatten())
 
     def summed_tensors(self) -> list[torch.Tensor]:
         """The running counts and sums, which the processes of a distributed run add up
         (``robx.core.distributed.sum_across``) before :meth:`result`."""
-        return [self.counts, self.clean_sum, self.robust_sum]
+        return [self.counts, self.clean_sum, self.robust_sum, self.seen]
+
+    @property
+    def has_clean(self) -> bool:
+        return bool(self.seen[0])
+
+    @property
+    def has_robust(self) -> bool:
+        return bool(self.seen[1])
 
     def result(self) -> SplitStats:
         counts = self.counts.cpu()

@@ -72,6 +72,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robx.core.attacks import attack_mode, logits_of
+from robx.core.distributed import average_gradients
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import StashKey, Step, TrainState
@@ -204,6 +205,8 @@ class MinGRE:
         loss = F.binary_cross_entropy_with_logits(logits, events.float())
         self.encoder_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # several processes: each saw its slice; the same averaged step keeps the encoder identical
+        average_gradients(self.encoder.parameters(), weight=len(x))
         self.encoder_optimizer.step()
         return attention(logits.detach(), time_attention.detach())
 

@@ -247,3 +247,22 @@ def test_epoch_end_plugins_run_under_two_processes_with_the_report_schema_of_one
     assert last["train"]["counts"] == [131] * 5 + [13] * 5
     if plugins[0].startswith("dafa"):
         assert len(set(last["class_eps"])) > 1  # DAFA's per-class budget is on after warm-up
+
+
+def test_mingre_s_encoder_is_the_same_on_every_process(tmp_path):
+    """MinGRE trains its cross-segment encoder inside select_victims, on each process's
+    slice of the batch; its gradients are averaged over the processes (weighted by slice) so
+    that every process holds the same encoder. The engine's epoch-end agreement check
+    compares the plugins' stash, which holds the encoder, so a finished 2-process run is the
+    check; the encoder must also have moved from its initialisation."""
+    from robx.plugins.mingre import CrossSegmentEncoder
+    from test_crime import tiny_city
+
+    tiny_city(tmp_path / "data")
+    robx("train", "--dataset", "nyc-crime", "--data-root", tmp_path / "data", "--plugins", "mingre", "--epochs", "2",
+         "--batch-size", "8", "--steps", "2", "--eval-steps", "2", "--set", "dataset.history=7",
+         "--out", tmp_path / "two", nproc=2)
+    saved = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["stash"]["mingre.encoder"]["model"]
+    torch.manual_seed(0)
+    initial = CrossSegmentEncoder(4, 7, 16).state_dict()
+    assert any(not torch.equal(saved[name], value) for name, value in initial.items())
