@@ -233,6 +233,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     found = registry()
     task_type = found.task_for(config.dataset)
     data = found.dataset(config.dataset).read(config.data_root, config.data_seed, config.dataset_options)
+    task_type.check_labels(data.train.labels, config.dataset)
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed)
     task = task_type(data)
@@ -348,7 +349,7 @@ def refresh_class_quantities(run: Run) -> None:
         owner = host.owners["attack_budget"]
         state.class_eps = _per_class(budget[0], state, "attack_budget", owner).float()
         state.class_alpha = _per_class(budget[1], state, "attack_budget", owner).float()
-        if run.data.train.labels.dim() > 1 and not bool(
+        if run.task.labels_per_target and not bool(
                 (state.class_eps == state.class_eps[0]).all() and (state.class_alpha == state.class_alpha[0]).all()):
             raise RobxError(f"{owner} sets a per-class attack budget, but dataset '{config.dataset}' labels every "
                             "target of an example, so an example has no one class to take it from")
@@ -565,7 +566,7 @@ def epoch_batches(run: Run) -> Iterator[torch.Tensor]:
     weights = run.host.sampling_weights(run.state, labels)
     if weights is None:
         return batch_indices(len(labels), run.config.batch_size, run.generator)
-    if labels.dim() > 1:
+    if run.task.labels_per_target:
         raise RobxError(f"{run.host.owners['sampling_weights']} samples examples by class, but dataset "
                         f"'{run.config.dataset}' labels every target of an example, not the example")
     if weights.shape != labels.shape or not torch.isfinite(weights).all() or (weights < 0).any():

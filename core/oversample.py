@@ -127,7 +127,7 @@ def prepared_arrays(job: OversampleJob) -> tuple[Any, np.ndarray, np.ndarray, np
     spec = found.dataset(job.dataset)
     task = found.task_for(job.dataset)
     data = spec.read(job.data_root, job.seed, job.dataset_options)
-    if data.train.labels.dim() != 1:
+    if task.labels_per_target:
         raise OptionError(f"dataset '{job.dataset}' labels every target; oversampling needs one class per example")
     ratio = job.ratio if job.ratio is not None else float(spec.defaults.get("ratio", 1.0))
     imbalance = str(spec.defaults.get("imbalance", "step")) if ratio != 1 else "none"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn as nn
 
-from robx.core.errors import OptionError
+from robx.core.errors import OptionError, RobxError
 
 if TYPE_CHECKING:
     from robx.core.data import Split, TaskData
@@ -71,9 +71,23 @@ class Task(ABC):
     #: the unit victim selection (``topk``, MinGRE) ranks, when the task has one of its own
     #: (crime: "node"); it then implements :meth:`unit_saliency` and :meth:`unit_mask`
     victim_unit: ClassVar[str | None] = None
+    #: whether the task labels every target of an example (crime: each cell and category of
+    #: the next day) instead of the example: then an example has no one class to take a
+    #: per-class budget or a sampling weight from (the engine refuses both), and its
+    #: datasets' labels have the targets' shape
+    labels_per_target: ClassVar[bool] = False
 
     def __init__(self, data: TaskData) -> None:
         self.data = data
+
+    @classmethod
+    def check_labels(cls, labels: torch.Tensor, dataset: str) -> None:
+        """One line when a dataset's labels do not have the shape the task declares: one
+        class per example, or (``labels_per_target``) one per target."""
+        if cls.labels_per_target != (labels.dim() > 1):
+            per = "every target" if cls.labels_per_target else "every example"
+            raise RobxError(f"dataset '{dataset}' gives labels of shape {tuple(labels.shape)}, but its task "
+                            f"'{cls.name}' labels {per}")
 
     @property
     def num_classes(self) -> int:

@@ -100,6 +100,16 @@ def test_every_adversary_attacks_through_the_step_s_bound_attack(path):
                 f"{path.name}:{node.lineno} reads state.{node.attr}; the attack's budget is bound on step.attack")
 
 
+def test_the_core_asks_the_task_whether_it_labels_targets():
+    """Whether labels are per target is the task's declaration (Task.labels_per_target), not a
+    guess from the labels' shape in the engine, the state or the oversampler (it stood for
+    "the crime task"); only the data protocol, which sees data alone, reads the shape."""
+    for name in ("engine.py", "state.py", "oversample.py"):
+        source = (ROOT / "core" / name).read_text()
+        assert "labels.dim() > 1" not in source and "labels.dim() == 1" not in source and \
+            "labels.dim() != 1" not in source, f"core/{name} infers per-target labels from a shape"
+
+
 def test_every_source_package_is_in_the_distribution():
     """pyproject lists packages by hand (the source folders map onto robx.*): a folder left out
     installs from a checkout (-e) but is missing from a wheel, as robx.plugins.tasks once was."""

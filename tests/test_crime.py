@@ -393,3 +393,18 @@ def test_long_window_and_weekday_predictors_read_the_days_before_each_target(tmp
     early = task.trivial_predictions(data.train)["90-day mean"][0]  # day 30: only 30 days before it
     assert early.numpy() == pytest.approx(days[:30].mean(axis=0))
     assert task.model_input().target_mean.numpy() == pytest.approx(days[30:100].mean(axis=0))
+
+
+def test_a_task_declares_per_target_labels_and_checks_its_datasets_labels():
+    from robx.core.errors import RobxError
+    from robx.plugins.tasks.classification import Classification
+    from robx.plugins.tasks.crime import Crime as CrimeTask
+
+    assert CrimeTask.labels_per_target and not Classification.labels_per_target
+    CrimeTask.check_labels(torch.zeros(5, 9, 4, dtype=torch.long), "grid")
+    Classification.check_labels(torch.zeros(5, dtype=torch.long), "images")
+    with pytest.raises(RobxError, match=r"dataset 'grid' gives labels of shape \(5, 9, 4\), but its task "
+                                        r"'classification' labels every example"):
+        Classification.check_labels(torch.zeros(5, 9, 4, dtype=torch.long), "grid")
+    with pytest.raises(RobxError, match="labels every target"):
+        CrimeTask.check_labels(torch.zeros(5, dtype=torch.long), "images")

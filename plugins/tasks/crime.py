@@ -182,6 +182,7 @@ class Crime(Task):
                           graph=data.graph, target_mean=data.train.y.float().mean(dim=0))
 
     victim_unit = "node"
+    labels_per_target = True
 
     def unit_saliency(self, grad: torch.Tensor) -> torch.Tensor:
         """STPGD's node saliency: ||ReLU(batch-mean dL/dX_node)||_2 over the node's history of
