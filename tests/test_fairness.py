@@ -220,10 +220,11 @@ def test_trades_honours_per_class_regulariser_weights():
     from types import SimpleNamespace
 
     from robx.core.state import Step
+    from robx.plugins.tasks.classification import Classification
     from robx.plugins.trades import TRADES
 
     torch.manual_seed(0)
-    state = SimpleNamespace(regularizer_weights=None, num_classes=3)
+    state = SimpleNamespace(regularizer_weights=None, num_classes=3, task=Classification(None))
     y = torch.tensor([0, 1, 2, 2])
     step = Step(x=torch.rand(4, 4), y=y, labels=y)
     step.clean_outputs, step.adv_outputs = torch.randn(4, 3), torch.randn(4, 3)  # the engine's views
