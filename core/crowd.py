@@ -114,17 +114,6 @@ def dawid_skene_em(crowd: np.ndarray, num_classes: int, iterations: int = 50,
     return posterior, class_prior
 
 
-def label_certainty(matrix: np.ndarray, num_classes: int, epsilon: float = 1e-3) -> np.ndarray:
-    """Eq. 3.4: S(x) = 1 / (E_u ||y_u - E_u y||^2 + eps) over the example's one-hot crowd
-    labels (missing ones left out). For one-hot labels the variance is 1 - sum_c p_c^2,
-    p_c the share of the example's labels that say c: 0 for unanimity (S maximal), largest
-    for a tie (S minimal)."""
-    given = matrix != MISSING
-    shares = np.stack([((matrix == c) & given).sum(axis=1) for c in range(num_classes)], axis=1)
-    shares = shares / np.maximum(given.sum(axis=1, keepdims=True), 1)
-    return 1.0 / (1.0 - (shares ** 2).sum(axis=1) + epsilon)
-
-
 def simulate_workers(x: np.ndarray, truth: np.ndarray, workers: int, seed: int, easiest_error: float = 0.05,
                      hardest_error: float = 0.45, skill_spread: float = 0.4,
                      missing: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from robx.core.crowd import (MISSING, CrowdJob, check_crowd_labels, crowd_frame, dawid_skene_em, label_certainty,
-                             run_crowd, simulate_workers)
+from robx.core.crowd import (MISSING, CrowdJob, check_crowd_labels, crowd_frame, dawid_skene_em, run_crowd,
+                             simulate_workers)
 from robx.core.engine import train
 from robx.core.errors import OptionError
-from robx.plugins.iced import certainty_groups
+from robx.plugins.iced import certainty_groups, label_certainty
 from robx.plugins.tasks.crowd import row_majority_vote
 
 from conftest import tiny_config
