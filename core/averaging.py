@@ -1,8 +1,8 @@
 """Weight averages (SWA, EMA, FAWA) kept as plain data, and the evaluated model built from one.
 
 A plugin that owns :func:`robx.core.hookspecs.averaged_weights` keeps a
-:class:`WeightAverage` in its stash (as :meth:`WeightAverage.to_state`, tensors and an
-int, so checkpoints hold plain data) and answers with its parameters after training; the
+:class:`WeightAverage` and saves it in its ``state_dict()`` as :meth:`WeightAverage.to_state`
+(tensors and an int, so checkpoints hold plain data); it answers with its parameters after training; the
 engine builds the evaluated model from them (:func:`with_parameters`). Its BatchNorm
 statistics are the owner's choice (:data:`BatchNormSource`): held in the answer (averaged, or
 the last iterate's, :func:`evaluated_average`), or else recomputed by the engine on the
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+
+from robx.core.errors import RobxError
 
 BatchNormSource = Literal["recompute", "average", "last"]
 """Where an evaluated weight average's BatchNorm statistics come from: ``"recompute"``d by
@@ -73,23 +75,33 @@ class WeightAverage:
         return cls(dict(state["parameters"]), int(state["count"]))
 
 
-def add_to_average(stashed: dict[str, Any] | None, model: torch.nn.Module,
-                   decay: float | None = None, with_buffers: bool = False) -> dict[str, Any]:
-    """Start an average with ``model`` (``stashed`` is None) or add ``model`` to it;
-    returns the new stash value."""
-    if stashed is None:
-        return WeightAverage.of(model, with_buffers).to_state()
-    average = WeightAverage.from_state(stashed)
+def add_to_average(average: WeightAverage | None, model: torch.nn.Module,
+                   decay: float | None = None, with_buffers: bool = False) -> WeightAverage:
+    """Start an average with ``model`` (``average`` is None) or add ``model`` to it."""
+    if average is None:
+        return WeightAverage.of(model, with_buffers)
     average.add(model, decay=decay)
-    return average.to_state()
+    return average
 
 
-def evaluated_average(stashed: dict[str, Any], model: torch.nn.Module,
+def saved_average(average: WeightAverage | None) -> dict[str, Any] | None:
+    """An average as plain data for a plugin's ``state_dict()`` (None before it starts)."""
+    return None if average is None else average.to_state()
+
+
+def restored_average(saved: dict[str, Any] | None) -> WeightAverage | None:
+    """The average :func:`saved_average` saved."""
+    return None if saved is None else WeightAverage.from_state(saved)
+
+
+def evaluated_average(average: WeightAverage | None, model: torch.nn.Module,
                       batchnorm: BatchNormSource) -> dict[str, torch.Tensor]:
     """The answer to ``averaged_weights`` for an average kept with :func:`add_to_average`
     (``with_buffers`` when ``batchnorm`` is ``"average"``): its tensors, plus the last
     iterate's (``model``'s) BatchNorm statistics when ``batchnorm`` is ``"last"``."""
-    tensors = dict(WeightAverage.from_state(stashed).parameters)
+    if average is None:
+        raise RobxError("no weight average was taken (training ended before the average's start epoch)")
+    tensors = dict(average.parameters)
     if batchnorm == "last":
         tensors.update((name, b.detach().clone()) for name, b in _floating_buffers(model).items())
     return tensors

@@ -206,7 +206,7 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter], weight: float,
     e.g. its slice's size), in place, before the plugin's optimiser step. With the loss a
     mean over the slice this is the gradient one process would get from the whole batch, and
     every process then takes the same step, so the module stays identical everywhere (the
-    engine's epoch-end agreement check compares the plugins' stash). One process: nothing."""
+    engine's epoch-end agreement check compares the plugins' saved state). One process: nothing."""
     processes = current() if processes is None else processes
     if not processes.distributed:
         return
@@ -292,7 +292,7 @@ def digest(value: Any) -> str:
 
 def check_agreement(values: dict[str, Any], processes: Processes, when: str) -> None:
     """Raise if the processes hold different ``values`` (the model, the per-class
-    quantities, the plugins' stash): every process must take the same decisions from the
+    quantities, the plugins' saved state): every process must take the same decisions from the
     same combined statistics, and the checkpoint keeps process 0's."""
     if not processes.distributed:
         return

@@ -631,7 +631,7 @@ def checkpoint_payload(run: Run) -> dict[str, Any]:
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "stash": state.stash.state_dict(),
+        "plugins": run.host.state_dicts(),
         "history": [stats.to_state() for stats in state.history],
         "generator": run.generator.get_state(),
         "rng": _rng_state(),
@@ -647,7 +647,10 @@ def restore(run: Run, payload: dict[str, Any], source: Path) -> None:
         state.model.load_state_dict(payload["model"])
         state.optimizer.load_state_dict(payload["optimizer"])
         run.scheduler.load_state_dict(payload["scheduler"])
-        state.stash.load_state_dict(payload["stash"])
+        try:
+            run.host.load_state_dicts(saved_plugin_states(payload))
+        except RobxError as error:
+            raise CheckpointError(f"checkpoint {source}: {error}") from error
         state.history = [EpochStats.from_state(stats) for stats in payload["history"]]
         state.global_step = int(payload["global_step"])
         state.epoch = int(payload["epoch"]) + 1
@@ -658,6 +661,19 @@ def restore(run: Run, payload: dict[str, Any], source: Path) -> None:
         raise CheckpointError(f"checkpoint {source} does not fit the run configured in {source.parent / rundir.CONFIG_FILE}"
                               f" ({type(error).__name__}: {detail[:200]})") from error
     state.epoch_stats = state.history[-1] if state.history else None
+
+
+def saved_plugin_states(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The plugins' states in a checkpoint. Older checkpoints kept them in one shared
+    stash keyed ``"<plugin>.<what>"``; those keys become ``{plugin: {what: value}}``,
+    which is the layout each built-in plugin's ``state_dict()`` has."""
+    if "plugins" in payload:
+        return payload["plugins"]
+    states: dict[str, dict[str, Any]] = {}
+    for key, value in payload["stash"].items():
+        plugin, _, what = key.partition(".")
+        states.setdefault(plugin, {})[what] = value
+    return states
 
 
 def kept_metrics(path: Path, before_epoch: int) -> list[str]:
@@ -843,7 +859,8 @@ def agreed_state(run: Run) -> dict[str, Any]:
         "the epoch's statistics": {**state.epoch_stats.to_state(), "seconds": None} if state.epoch_stats else None,
         "the per-class budget and weights": [state.class_eps, state.class_alpha, state.class_weights,
                                              state.regularizer_weights],
-        **{f"stash '{key}'": value for key, value in state.stash.state_dict().items()},
+        **{f"plugin '{name}' state '{key}'": value
+           for name, saved in run.host.state_dicts().items() for key, value in saved.items()},
     }
 
 

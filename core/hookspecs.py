@@ -8,8 +8,9 @@ Every training step flows one way (see docs/engine.md)::
 Each hook receives the keyword arguments named in its spec; an implementation may
 take any subset of them (pluggy passes only what it asks for). ``step`` is the
 :class:`robx.core.state.Step` of the current batch, ``state`` the run-wide
-:class:`robx.core.state.TrainState`. Plugins keep their own state in
-``state.stash`` so that it is checkpointed with the run.
+:class:`robx.core.state.TrainState`. A plugin keeps its own state on itself and saves it
+with the run's checkpoint through ``state_dict()`` / ``load_state_dict()`` methods (as
+Lightning's callbacks do; plain data only, see docs/hooks.md).
 
 Only plugins the user selected are registered, so a hook runs only for them.
 
@@ -309,7 +310,7 @@ def train_start(state: TrainState) -> None:
 def epoch_end(state: TrainState) -> None:
     """Called after every epoch's last step, once ``state.epoch_stats`` holds the
     epoch's class statistics (train, and validation when a split exists). Plugins
-    update their stash here; the owned per-class quantities are asked for afterwards."""
+    update their own state here; the owned per-class quantities are asked for afterwards."""
 
 
 @hookspec

@@ -55,7 +55,7 @@ from robx.core.data import Split
 from robx.core.errors import OptionError, PluginConflictError, PluginError, RobxError, UnknownPluginError
 from robx.core.models import HEADS
 from robx.core.options import options_from
-from robx.core.state import VIEWS, Step, TrainState
+from robx.core.state import VIEWS, Step, TrainState, check_plain
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DEFAULT_LOSS = "ce"  # the task's own loss: no loss plugin
@@ -511,6 +511,35 @@ class PluginHost:
 
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:
         return self._owned("averaged_weights", state=state)
+
+    # --- plugin state ------------------------------------------------------------------
+
+    def state_dicts(self) -> dict[str, dict[str, Any]]:
+        """Each stateful plugin's own state (its ``state_dict()``, as a Lightning callback's),
+        checked to be plain data a checkpoint can hold: ``{plugin: {key: value}}``."""
+        states: dict[str, dict[str, Any]] = {}
+        for name in self.names:
+            plugin = self.manager.get_plugin(name)
+            if not callable(getattr(plugin, "state_dict", None)):
+                continue
+            state = plugin.state_dict()
+            if not isinstance(state, Mapping) or not all(isinstance(key, str) for key in state):
+                raise PluginError(f"plugin '{name}': state_dict() must return a dict with str keys, "
+                                  f"got {type(state).__name__}")
+            for key, value in state.items():
+                check_plain(value, f"plugin '{name}' state '{key}'")
+            states[name] = dict(state)
+        return states
+
+    def load_state_dicts(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Hand each plugin the state it saved (``load_state_dict``); a state saved by a
+        plugin this run did not select, or that cannot take one, is a :class:`RobxError`."""
+        for name, state in states.items():
+            plugin = self.manager.get_plugin(name) if name in self.names else None
+            if plugin is None or not callable(getattr(plugin, "load_state_dict", None)):
+                raise RobxError(f"the checkpoint holds state of plugin '{name}', which "
+                                + ("this run does not select" if plugin is None else "has no load_state_dict()"))
+            plugin.load_state_dict(dict(state))
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -13,84 +13,27 @@ if TYPE_CHECKING:
     from robx.core.stats import EpochStats
     from robx.core.task import Task
 
-T = TypeVar("T")
-
-
-class StashKey(Generic[T]):
-    """A typed key into :class:`Stash` (pytest's ``StashKey`` pattern).
-
-    Keys compare by name so that a stash survives a checkpoint round trip.
-    Use ``"<plugin>.<what>"`` names to avoid collisions.
-    """
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, StashKey) and other.name == self.name
-
-    def __repr__(self) -> str:
-        return f"StashKey({self.name!r})"
-
-
-class Stash:
-    """Per-plugin state that is saved in checkpoints.
-
-    Values are tensors, numbers, strings, ``None`` and lists, tuples or str-keyed dicts of
-    these: checkpoints load with ``torch.load(weights_only=True)``, which refuses any other
-    object (a shared run directory must not be able to run code).
-    """
-
-    def __init__(self) -> None:
-        self._data: dict[str, Any] = {}
-
-    def __setitem__(self, key: StashKey[T], value: T) -> None:
-        self._data[key.name] = value
-
-    def __getitem__(self, key: StashKey[T]) -> T:
-        return self._data[key.name]
-
-    def get(self, key: StashKey[T], default: T) -> T:
-        return self._data.get(key.name, default)
-
-    def setdefault(self, key: StashKey[T], default: T) -> T:
-        return self._data.setdefault(key.name, default)
-
-    def __contains__(self, key: StashKey[Any]) -> bool:
-        return key.name in self._data
-
-    def state_dict(self) -> dict[str, Any]:
-        for name, value in self._data.items():
-            _check_plain(value, f"stash key '{name}'")
-        return dict(self._data)
-
-    def load_state_dict(self, data: dict[str, Any]) -> None:
-        self._data = dict(data)
-
-
 _PLAIN_SCALARS = (torch.Tensor, int, float, str, bool, type(None))
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Raise a :class:`RobxError` unless ``value`` is plain data a checkpoint can hold."""
+def check_plain(value: Any, where: str) -> None:
+    """Raise a :class:`RobxError` unless ``value`` is plain data a checkpoint can hold:
+    tensors, numbers, strings, ``None`` and lists, tuples or str/int-keyed dicts of these.
+    Checkpoints load with ``torch.load(weights_only=True)``, which refuses any other object
+    (a shared run directory must not be able to run code)."""
     from robx.core.errors import RobxError
 
     if isinstance(value, _PLAIN_SCALARS):
         return
     if isinstance(value, (list, tuple)):
         for item in value:
-            _check_plain(item, where)
+            check_plain(item, where)
         return
     if isinstance(value, dict) and all(isinstance(key, (str, int)) for key in value):
         for item in value.values():
-            _check_plain(item, where)
+            check_plain(item, where)
         return
-    raise RobxError(f"{where} holds a {type(value).__name__}; a plugin stash keeps tensors, numbers, "
+    raise RobxError(f"{where} holds a {type(value).__name__}; a plugin's state_dict keeps tensors, numbers, "
                     "strings and lists/dicts of them only (checkpoints load without running code)")
 
 
@@ -190,9 +133,10 @@ class TrainState:
     * ``class_weights``: per-class weights of the main loss this epoch, or ``None``;
     * ``regularizer_weights``: per-class weights b_c of a regulariser this epoch, or ``None``.
 
-    ``task`` is the run's task (``task.data`` its :class:`robx.core.data.TaskData`); ``stash`` each plugin's own
-    checkpointed state; :meth:`log_diagnostic` the numbers a plugin reports about its own
-    working, per epoch in metrics.jsonl.
+    ``task`` is the run's task (``task.data`` its :class:`robx.core.data.TaskData`);
+    :meth:`log_diagnostic` the numbers a plugin reports about its own working, per epoch in
+    metrics.jsonl. A plugin keeps its own state on itself and saves it with the run through
+    ``state_dict()`` / ``load_state_dict()`` (docs/hooks.md), never here.
     """
 
     config: TrainConfig
@@ -208,7 +152,6 @@ class TrainState:
     regularizer_weights: torch.Tensor | None = None
     epoch: int = 0
     global_step: int = 0
-    stash: Stash = field(default_factory=Stash)
     epoch_stats: EpochStats | None = None
     history: list[EpochStats] = field(default_factory=list)
     diagnostics: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)

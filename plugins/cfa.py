@@ -30,16 +30,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from robx.core.averaging import WeightAverage, add_to_average
+from robx.core.averaging import WeightAverage, add_to_average, restored_average, saved_average
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
-from robx.core.state import ClassPolicy, StashKey, TrainState
-
-FAWA = StashKey[dict]("cfa.fawa")
-CALIBRATION = StashKey[torch.Tensor]("cfa.robust_acc")  # A_c that calibrates the coming epoch
+from robx.core.state import ClassPolicy, TrainState
 
 
 def calibrated_eps(robust_acc: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
@@ -77,6 +75,15 @@ class CFA:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.calibration: torch.Tensor | None = None  # A_c that calibrates the coming epoch
+        self.fawa: WeightAverage | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"robust_acc": self.calibration, "fawa": saved_average(self.fawa)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.calibration = saved.get("robust_acc")
+        self.fawa = restored_average(saved.get("fawa"))
 
     @hookimpl
     def train_start(self, state: TrainState) -> None:
@@ -91,19 +98,18 @@ class CFA:
         if state.epoch + 1 >= self.options.start_epoch:  # these statistics calibrate the next epoch
             if stats.train.robust is None:
                 raise RobxError("cfa needs adversarial training predictions; it cannot run with 'natural'")
-            state.stash[CALIBRATION] = stats.train.robust
+            self.calibration = stats.train.robust
         if self.options.fawa:
             assert stats.val is not None and stats.val.robust is not None
             if float(stats.val.robust.min()) >= self.options.fawa_threshold:
-                state.stash[FAWA] = add_to_average(state.stash.get(FAWA, None), state.model, self.options.fawa_decay,
-                                                   with_buffers=True)
+                self.fawa = add_to_average(self.fawa, state.model, self.options.fawa_decay, with_buffers=True)
 
     @hookimpl
     def class_policy(self, state: TrainState) -> ClassPolicy:
-        if CALIBRATION not in state.stash:  # before start_epoch: the run's budget, TRADES as beta / (1 + beta)
+        if self.calibration is None:  # before start_epoch: the run's budget, TRADES as beta / (1 + beta)
             beta = self.options.beta
             return ClassPolicy(regularizer_weights=torch.full((state.num_classes,), beta / (1.0 + beta)))
-        calibration = state.stash[CALIBRATION]
+        calibration = self.calibration
         class_eps = calibrated_eps(calibration, float(state.config.eps), self.options.lam_eps).float()
         return ClassPolicy(attack_budget=(class_eps, torch.full_like(class_eps, float(state.config.alpha))),
                            regularizer_weights=calibrated_beta(calibration, self.options.beta,
@@ -113,8 +119,8 @@ class CFA:
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:
         if not self.options.fawa:
             return None
-        if FAWA not in state.stash:
+        if self.fawa is None:
             print(f"robx: cfa: no epoch reached worst-class validation robust accuracy "
                   f"{self.options.fawa_threshold}; the final model is evaluated", file=sys.stderr)
             return None
-        return WeightAverage.from_state(state.stash[FAWA]).parameters
+        return self.fawa.parameters

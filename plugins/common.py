@@ -1,7 +1,7 @@
 """Formulas several built-in plugins share. Not a plugin: it registers no hook.
 
 Plugins import these instead of importing each other, so each plugin file stands alone
-and no plugin depends on another plugin's module, options or stash.
+and no plugin depends on another plugin's module, options or state.
 """
 
 from __future__ import annotations

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
-from robx.core.state import ClassPolicy, StashKey, TrainState
-
-WEIGHTS = StashKey[torch.Tensor]("dafa.weights")
+from robx.core.state import ClassPolicy, TrainState
 
 
 def dafa_class_weights(mean_prob: torch.Tensor, lam: float) -> torch.Tensor:
@@ -77,13 +76,20 @@ class DAFA:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.weights: torch.Tensor | None = None  # W, frozen after the last warm-up epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.weights = saved.get("weights")
 
     def last_warmup_epoch(self, state: TrainState) -> int:
         return max(0, min(int(round(self.options.warmup * state.num_epochs)), state.num_epochs) - 1)
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:
-        if state.epoch != self.last_warmup_epoch(state) or WEIGHTS in state.stash:
+        if state.epoch != self.last_warmup_epoch(state) or self.weights is not None:
             return
         assert state.epoch_stats is not None
         mean_prob = state.epoch_stats.train.robust_mean_prob
@@ -97,12 +103,12 @@ class DAFA:
             warnings.warn(f"dafa: weights below min_weight {self.options.min_weight} raised to it ({found}); "
                           "DAFA's rule assumes balanced classes", RuntimeWarning, stacklevel=2)
             weights = weights.clamp(min=self.options.min_weight)
-        state.stash[WEIGHTS] = weights.cpu()
+        self.weights = weights.cpu()
 
     @hookimpl
     def class_policy(self, state: TrainState) -> ClassPolicy:
-        if WEIGHTS not in state.stash:  # warm-up: the run's budget and unweighted loss
+        weights = self.weights
+        if weights is None:  # warm-up: the run's budget and unweighted loss
             return ClassPolicy()
-        weights = state.stash[WEIGHTS]
         return ClassPolicy(attack_budget=(weights * float(state.config.eps), weights * float(state.config.alpha)),
                            class_weights=weights)

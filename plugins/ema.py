@@ -16,15 +16,15 @@ with the weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
+from robx.core.averaging import (BatchNormSource, WeightAverage, add_to_average, evaluated_average,
+                                 restored_average, saved_average)
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.state import StashKey, Step, TrainState
-
-AVERAGE = StashKey[dict]("ema.average")
+from robx.core.state import Step, TrainState
 
 
 class EMA:
@@ -44,19 +44,25 @@ class EMA:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.average: WeightAverage | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": saved_average(self.average)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.average = restored_average(saved.get("average"))
 
     @hookimpl
     def after_step(self, step: Step, state: TrainState) -> None:
         if state.epoch < int(round(self.options.start * state.num_epochs)):
             return
-        stashed = state.stash.get(AVERAGE, None)
         decay = self.options.decay
-        if self.options.warmup and stashed is not None:
-            averaged = int(stashed["count"])
+        if self.options.warmup and self.average is not None:
+            averaged = self.average.count
             decay = min(decay, (1 + averaged) / (10 + averaged))
-        state.stash[AVERAGE] = add_to_average(stashed, state.model, decay,
-                                              with_buffers=self.options.batchnorm == "average")
+        self.average = add_to_average(self.average, state.model, decay,
+                                      with_buffers=self.options.batchnorm == "average")
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor]:
-        return evaluated_average(state.stash[AVERAGE], state.model, self.options.batchnorm)
+        return evaluated_average(self.average, state.model, self.options.batchnorm)

@@ -22,7 +22,7 @@ training passes, and FAIR-TAT compares with the other methods under one attack p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -30,11 +30,8 @@ import torch
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.state import ClassPolicy, StashKey, Step, TrainState
+from robx.core.state import ClassPolicy, Step, TrainState
 from robx.core.stats import SplitStats
-
-CFPS = StashKey[torch.Tensor]("fairtat.cfps")
-ROBUST_ACC = StashKey[torch.Tensor]("fairtat.robust_acc")
 
 
 def class_false_positive_scores(stats: SplitStats) -> torch.Tensor:
@@ -77,12 +74,21 @@ class FairTAT:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        # the previous epoch's class false-positive scores and robust accuracy (None in epoch 0)
+        self.cfps: torch.Tensor | None = None
+        self.robust_acc: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cfps": self.cfps, "robust_acc": self.robust_acc}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.cfps = saved.get("cfps")
+        self.robust_acc = saved.get("robust_acc")
 
     @hookimpl
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         assert step.attack is not None
-        cfps = state.stash.get(CFPS, None)
-        probs = target_distribution(step.labels, cfps, state.num_classes, self.options.temperature)
+        probs = target_distribution(step.labels, self.cfps, state.num_classes, self.options.temperature)
         targets = torch.multinomial(probs, 1).squeeze(1)
         return step.attack(targets=targets)
 
@@ -90,18 +96,18 @@ class FairTAT:
     def epoch_end(self, state: TrainState) -> None:
         assert state.epoch_stats is not None
         train = state.epoch_stats.train
-        state.stash[CFPS] = class_false_positive_scores(train)
+        self.cfps = class_false_positive_scores(train)
         if train.robust is None:
             raise RobxError("fairtat needs adversarial training predictions")
-        state.stash[ROBUST_ACC] = train.robust
+        self.robust_acc = train.robust
 
     @hookimpl
     def class_policy(self, state: TrainState) -> ClassPolicy:
-        if CFPS not in state.stash or self.options.eps_mode == "none":
+        if self.cfps is None or self.robust_acc is None or self.options.eps_mode == "none":
             return ClassPolicy()  # epoch 0: the global budget
         eps = float(state.config.eps)
         if self.options.eps_mode == "g-rob":
-            class_eps = (0.5 + state.stash[ROBUST_ACC]) * eps
+            class_eps = (0.5 + self.robust_acc) * eps
         else:
-            class_eps = (0.5 + 2 * state.stash[CFPS]) * eps
+            class_eps = (0.5 + 2 * self.cfps) * eps
         return ClassPolicy(attack_budget=(class_eps.float(), torch.full_like(class_eps, float(state.config.alpha)).float()))

@@ -36,19 +36,17 @@ docs/results.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
+from robx.core.averaging import (BatchNormSource, WeightAverage, add_to_average, evaluated_average,
+                                 restored_average, saved_average)
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
 from robx.core.metrics import majority_classes
-from robx.core.state import StashKey, Step, TrainState
+from robx.core.state import Step, TrainState
 from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets, remix_label_factor
-
-AVERAGE = StashKey[dict]("imbmix.average")
-
 
 def copies_per_class(class_counts: list[int], max_copies: int, fixed: int | None) -> list[int]:
     """t_c for every class: 0 for the majority half, else round(n_max / n_c) - 1 capped."""
@@ -105,6 +103,13 @@ class ImbMix:
         self.options = options
         self.remix_counts: torch.Tensor | None = None  # n_i, n_j of the Remix rule
         self.copies: torch.Tensor | None = None
+        self.average: WeightAverage | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": saved_average(self.average)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.average = restored_average(saved.get("average"))
 
     @hookimpl
     def trained_class_counts(self, dataset_counts: torch.Tensor) -> torch.Tensor:
@@ -133,11 +138,10 @@ class ImbMix:
     def epoch_end(self, state: TrainState) -> None:
         start = min(int(round(self.options.swa_start * state.num_epochs)), state.num_epochs - 1)
         if self.options.swa and state.epoch >= start:
-            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model,
-                                                  with_buffers=self.options.batchnorm == "average")
+            self.average = add_to_average(self.average, state.model, with_buffers=self.options.batchnorm == "average")
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor] | None:
         if not self.options.swa:
             return None
-        return evaluated_average(state.stash[AVERAGE], state.model, self.options.batchnorm)
+        return evaluated_average(self.average, state.model, self.options.batchnorm)

@@ -66,6 +66,7 @@ a task with node victims and a model whose outputs end in (mu, alpha) (the crime
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -75,10 +76,9 @@ from robx.core.attacks import attack_mode, logits_of
 from robx.core.distributed import average_gradients
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
-from robx.core.state import StashKey, Step, TrainState
+from robx.core.state import Step, TrainState
 from robx.kernels import supcon, topk_victims
 
-ENCODER = StashKey[dict]("mingre.encoder")
 #: the random start's radius as a fraction of eps (STPGD: U(-eps/10, eps/10))
 START_SCALE = 0.1
 
@@ -155,6 +155,7 @@ class MinGRE:
         self.options = options
         self.encoder: CrossSegmentEncoder | None = None
         self.encoder_optimizer: torch.optim.Optimizer | None = None
+        self.resumed_encoder: dict[str, Any] | None = None  # a checkpoint's, until train_start
         self.minority: int | None = None  # the class with the fewest targets, set by check_run
 
     # --- set-up and checkpointing ------------------------------------------------------
@@ -178,16 +179,19 @@ class MinGRE:
             torch.manual_seed(state.config.seed)
             self.encoder = CrossSegmentEncoder(channels, steps, self.options.encoder_dim).to(state.device)
         self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=self.options.encoder_lr)
-        if ENCODER in state.stash:  # a resumed run
-            saved = state.stash[ENCODER]
-            self.encoder.load_state_dict(saved["model"])
-            self.encoder_optimizer.load_state_dict(saved["optimizer"])
+        if self.resumed_encoder is not None:
+            self.encoder.load_state_dict(self.resumed_encoder["model"])
+            self.encoder_optimizer.load_state_dict(self.resumed_encoder["optimizer"])
+            self.resumed_encoder = None
 
-    @hookimpl
-    def epoch_end(self, state: TrainState) -> None:
-        if self.encoder is not None and self.encoder_optimizer is not None:
-            state.stash[ENCODER] = {"model": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
-                                    "optimizer": self.encoder_optimizer.state_dict()}
+    def state_dict(self) -> dict[str, Any]:
+        if self.encoder is None or self.encoder_optimizer is None:
+            return {}
+        return {"encoder": {"model": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
+                            "optimizer": self.encoder_optimizer.state_dict()}}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.resumed_encoder = saved.get("encoder")  # loaded once train_start has built the encoder
 
     # --- stage 1: victims and adversarial inputs --------------------------------------------
 

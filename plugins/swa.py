@@ -8,22 +8,22 @@ pass over the training data (``torch.optim.swa_utils.update_bn``); robx makes th
 through the training data path, so the statistics are those of the adversarial batches the
 weights trained on. ``batchnorm = "average"`` averages the running statistics with the
 weights instead (CFA's authors' FAWA does so), ``"last"`` keeps the last iterate's (as the
-EMA of :mod:`robx.plugins.ema`). The running average lives in the stash as plain tensors, so
-it is checkpointed and resumes exactly.
+EMA of :mod:`robx.plugins.ema`). The running average is the plugin's saved state (plain
+tensors), so it is checkpointed and resumes exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from robx.core.averaging import BatchNormSource, add_to_average, evaluated_average
+from robx.core.averaging import (BatchNormSource, WeightAverage, add_to_average, evaluated_average,
+                                 restored_average, saved_average)
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.state import StashKey, TrainState
-
-AVERAGE = StashKey[dict]("swa.average")
+from robx.core.state import TrainState
 
 
 class SWA:
@@ -41,13 +41,19 @@ class SWA:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.average: WeightAverage | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": saved_average(self.average)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.average = restored_average(saved.get("average"))
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:
         if state.epoch >= min(int(round(self.options.start * state.num_epochs)), state.num_epochs - 1):
-            state.stash[AVERAGE] = add_to_average(state.stash.get(AVERAGE, None), state.model,
-                                                 with_buffers=self.options.batchnorm == "average")
+            self.average = add_to_average(self.average, state.model, with_buffers=self.options.batchnorm == "average")
 
     @hookimpl
     def averaged_weights(self, state: TrainState) -> dict[str, torch.Tensor]:
-        return evaluated_average(state.stash[AVERAGE], state.model, self.options.batchnorm)
+        return evaluated_average(self.average, state.model, self.options.batchnorm)

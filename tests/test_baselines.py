@@ -18,7 +18,6 @@ from robx.core.data import Split, TaskData
 from robx.core.evaluate import AttackSettings, evaluate
 from robx.core.plugins import PluginHost
 from robx.core.report import aggregate, load_reports
-from robx.core.state import Stash
 from robx.plugins.balanced_softmax import balanced_softmax_loss
 from robx.plugins.cb import class_balanced_weights
 from robx.plugins.drw import DeferredReweighting
@@ -28,7 +27,7 @@ from robx.plugins.ldam import ldam_loss, ldam_margins
 from robx.plugins.mart import boosted_cross_entropy
 from robx.plugins.mixup import mix_targets
 from robx.plugins.remix import remix_label_factor
-from robx.plugins.swa import AVERAGE, SWA
+from robx.plugins.swa import SWA
 from robx.plugins.tasks.classification import Classification
 from robx.plugins.trades import kl_per_sample
 
@@ -128,7 +127,7 @@ def test_cw_margin_loss():
 
 
 def _state(epoch: int, epochs: int = 10, counts=(100, 10)):
-    return SimpleNamespace(epoch=epoch, num_epochs=epochs, class_counts=torch.tensor(counts), stash=Stash(),
+    return SimpleNamespace(epoch=epoch, num_epochs=epochs, class_counts=torch.tensor(counts),
                            eval_model=None)
 
 
@@ -165,7 +164,7 @@ def test_mixed_targets_are_convex_combinations():
 
 def test_swa_average_equals_mean_of_snapshots():
     model = torch.nn.Linear(3, 2)
-    state = SimpleNamespace(epoch=0, num_epochs=4, stash=Stash(), model=model, eval_model=None)
+    state = SimpleNamespace(epoch=0, num_epochs=4, model=model, eval_model=None)
     plugin = SWA(SWA.Options(start=0.5))  # averages epochs 2 and 3
     snapshots = []
     for epoch in range(4):
@@ -174,7 +173,7 @@ def test_swa_average_equals_mean_of_snapshots():
         snapshots.append(model.weight.clone())
         state.epoch = epoch
         plugin.epoch_end(state)
-    averaged = state.stash[AVERAGE]["parameters"]["weight"]
+    averaged = plugin.state_dict()["average"]["parameters"]["weight"]
     assert torch.allclose(averaged, (snapshots[2] + snapshots[3]) / 2)
 
 
@@ -217,7 +216,7 @@ def test_ema_batchnorm_statistics_by_choice():
     assert EMA.Options().batchnorm == "last"
     for batchnorm, expected in (("average", 2.0), ("last", 3.0), ("recompute", None)):
         model = torch.nn.BatchNorm1d(2)
-        state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
+        state = SimpleNamespace(epoch=0, num_epochs=1, model=model, eval_model=None)
         plugin = EMA(EMA.Options(decay=0.5, warmup=False, batchnorm=batchnorm))
         for value in (1.0, 3.0):
             with torch.no_grad():
@@ -234,22 +233,18 @@ def test_ema_batchnorm_statistics_by_choice():
 
 def test_ema_updates_every_step():
     model = torch.nn.Linear(2, 1, bias=False)
-    state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
+    state = SimpleNamespace(epoch=0, num_epochs=1, model=model, eval_model=None)
     plugin = EMA(EMA.Options(decay=0.5, warmup=False))
     for value in (1.0, 3.0):
         with torch.no_grad():
             model.weight.fill_(value)
         plugin.after_step(None, state)
-    from robx.plugins.ema import AVERAGE as EMA_AVERAGE
-
-    assert torch.allclose(state.stash[EMA_AVERAGE]["parameters"]["weight"], torch.full((1, 2), 2.0))  # 0.5*1 + 0.5*3
+    assert torch.allclose(plugin.state_dict()["average"]["parameters"]["weight"], torch.full((1, 2), 2.0))  # 0.5*1 + 0.5*3
 
 
 def test_ema_warms_up_its_decay_by_hand():
-    from robx.plugins.ema import AVERAGE as EMA_AVERAGE
-
     model = torch.nn.Linear(1, 1, bias=False)
-    state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), model=model, eval_model=None)
+    state = SimpleNamespace(epoch=0, num_epochs=1, model=model, eval_model=None)
     plugin = EMA(EMA.Options(decay=0.999))
     for value in (1.0, 3.0, 5.0):
         with torch.no_grad():
@@ -257,7 +252,7 @@ def test_ema_warms_up_its_decay_by_hand():
         plugin.after_step(None, state)
     d1, d2 = 2 / 11, 3 / 12  # min(0.999, (1 + t) / (10 + t)) for t = 1, 2 models averaged
     expected = d2 * (d1 * 1.0 + (1 - d1) * 3.0) + (1 - d2) * 5.0
-    assert state.stash[EMA_AVERAGE]["parameters"]["weight"].item() == pytest.approx(expected, rel=1e-6)
+    assert plugin.state_dict()["average"]["parameters"]["weight"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_resample_draws_classes_evenly(tmp_path, monkeypatch):

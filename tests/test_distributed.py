@@ -236,7 +236,7 @@ def test_a_single_process_run_resumes_under_two_processes(tmp_path, monkeypatch)
 def test_epoch_end_plugins_run_under_two_processes_with_the_report_schema_of_one(tmp_path, plugins):
     """(e): DAFA's class weights, SRAT's start and Imb-Mix's copies and SWA under 2 processes.
     The engine checks at every epoch end that the processes hold the same model, statistics,
-    per-class quantities and plugin stash, so a finished run is the check that they agree."""
+    per-class quantities and plugins' saved state, so a finished run is the check that they agree."""
     args = ["train", "--plugins", *plugins, "--epochs", "2", "--batch-size", "64", *SHORT]
     robx(*args, "--out", tmp_path / "two", nproc=2)
     single = train(TrainConfig(dataset="digits", plugins=plugins[0].split(","), epochs=1, batch_size=64, steps=2,
@@ -253,7 +253,7 @@ def test_mingre_s_encoder_is_the_same_on_every_process(tmp_path):
     """MinGRE trains its cross-segment encoder inside select_victims, on each process's
     slice of the batch; its gradients are averaged over the processes (weighted by slice) so
     that every process holds the same encoder. The engine's epoch-end agreement check
-    compares the plugins' stash, which holds the encoder, so a finished 2-process run is the
+    compares the plugins' saved state, which holds the encoder, so a finished 2-process run is the
     check; the encoder must also have moved from its initialisation."""
     from robx.plugins.mingre import CrossSegmentEncoder
     from test_crime import tiny_city
@@ -262,7 +262,7 @@ def test_mingre_s_encoder_is_the_same_on_every_process(tmp_path):
     robx("train", "--dataset", "nyc-crime", "--data-root", tmp_path / "data", "--plugins", "mingre", "--epochs", "2",
          "--batch-size", "8", "--steps", "2", "--eval-steps", "2", "--set", "dataset.history=7",
          "--out", tmp_path / "two", nproc=2)
-    saved = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["stash"]["mingre.encoder"]["model"]
+    saved = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["plugins"]["mingre"]["encoder"]["model"]
     torch.manual_seed(0)
     initial = CrossSegmentEncoder(4, 7, 16).state_dict()
     assert any(not torch.equal(saved[name], value) for name, value in initial.items())

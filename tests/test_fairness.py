@@ -10,7 +10,7 @@ from robx.core import engine
 from robx.core.run import load_checkpoint
 from robx.core.plugins import PluginHost
 from robx.core.stats import SplitStats
-from robx.plugins.dafa import WEIGHTS, dafa_class_weights
+from robx.plugins.dafa import dafa_class_weights
 from robx.plugins.fairtat import class_false_positive_scores, target_distribution
 
 from conftest import tiny_config
@@ -32,7 +32,6 @@ def test_dafa_floors_weights_that_would_turn_negative():
     """An easy class that absorbs the others' mistakes can lose more than its whole weight."""
     from types import SimpleNamespace
 
-    from robx.core.state import Stash
     from robx.plugins.dafa import DAFA
 
     p = torch.tensor([[0.2, 0.8, 0.0],
@@ -43,13 +42,13 @@ def test_dafa_floors_weights_that_would_turn_negative():
     assert raw.tolist() == pytest.approx([1.8, -0.7, 1.9])
     assert raw.sum().item() == pytest.approx(3.0)  # the rule only moves weight between classes
     stats = SplitStats(torch.full((3,), 10), None, None, robust_mean_prob=p.double())
-    state = SimpleNamespace(epoch=0, num_epochs=1, stash=Stash(), epoch_stats=SimpleNamespace(train=stats),
+    state = SimpleNamespace(epoch=0, num_epochs=1, epoch_stats=SimpleNamespace(train=stats),
                             config=SimpleNamespace(eps=0.1, alpha=0.02))
     plugin = DAFA(DAFA.Options(warmup=1.0))
     assert plugin.class_policy(state=state).attack_budget is None and plugin.class_policy(state=state).class_weights is None  # warm-up
     with pytest.warns(RuntimeWarning, match=r"class 1: -0\.700"):
         plugin.epoch_end(state=state)
-    assert state.stash[WEIGHTS].tolist() == pytest.approx([1.8, 0.1, 1.9])
+    assert plugin.state_dict()["weights"].tolist() == pytest.approx([1.8, 0.1, 1.9])
     eps, alpha = plugin.class_policy(state=state).attack_budget
     assert eps.tolist() == pytest.approx([0.18, 0.01, 0.19]) and alpha.tolist() == pytest.approx([0.036, 0.002, 0.038])
     assert plugin.class_policy(state=state).class_weights.tolist() == pytest.approx([1.8, 0.1, 1.9])
@@ -71,7 +70,7 @@ def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     monkeypatch.setattr(attacks, "pgd", spy)  # the step's bound attack calls it; evaluation has its own
     config = tiny_config(epochs=3, plugins=["dafa"], plugin_options={"dafa": {"warmup": 0.34}}, n_eval=20)
     engine.train(config, tmp_path / "run")
-    weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["stash"][WEIGHTS.name]
+    weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["plugins"]["dafa"]["weights"]
     assert not torch.allclose(weights, torch.ones_like(weights))
     eps, alpha = config.resolved().eps, config.resolved().alpha
     warmup_batches = len(seen) // 3
@@ -116,14 +115,13 @@ def test_targets_never_equal_the_label_and_follow_softmax_2_cfps():
 def test_fairtat_class_wise_budgets_by_hand(mode, expected_eps):
     from types import SimpleNamespace
 
-    from robx.core.state import Stash
     from robx.plugins.fairtat import FairTAT
 
     counts = torch.tensor([10, 10, 20])
     confusion = torch.tensor([[6.0, 3.0, 1.0], [2.0, 8.0, 0.0], [4.0, 0.0, 16.0]]) / counts[:, None]
     robust = torch.tensor([0.0, 0.3, 0.5], dtype=torch.float64)
     train = SplitStats(counts, None, robust, robust_confusion=confusion.double())
-    state = SimpleNamespace(stash=Stash(), config=SimpleNamespace(eps=0.04, alpha=0.01),
+    state = SimpleNamespace(config=SimpleNamespace(eps=0.04, alpha=0.01),
                             epoch_stats=SimpleNamespace(train=train))
     plugin = FairTAT(FairTAT.Options(eps_mode=mode))
     assert plugin.class_policy(state=state).attack_budget is None  # epoch 0: the run's budget
@@ -163,11 +161,10 @@ def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():
     gate checked every epoch, BatchNorm statistics averaged with the weights."""
     from types import SimpleNamespace
 
-    from robx.core.state import Stash
-    from robx.plugins.cfa import CFA, FAWA
+    from robx.plugins.cfa import CFA
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
-    state = SimpleNamespace(epoch=0, stash=Stash(), model=model, num_classes=3,
+    state = SimpleNamespace(epoch=0, model=model, num_classes=3,
                             config=SimpleNamespace(eps=0.04, alpha=0.01, val_fraction=0.1))
     plugin = CFA(CFA.Options(start_epoch=2))
     assert plugin.options.fawa_threshold == 0.24  # the authors' --thershold default
@@ -177,7 +174,7 @@ def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():
     plugin.epoch_end(state=state)  # epoch 0 ended; epoch 1 < start: nothing to calibrate
     assert plugin.class_policy(state=state).attack_budget is None
     assert plugin.class_policy(state=state).regularizer_weights.tolist() == pytest.approx([6 / 7] * 3)
-    assert FAWA not in state.stash  # worst val class 0.1 < 0.24: gate closed
+    assert plugin.state_dict()["fawa"] is None  # worst val class 0.1 < 0.24: gate closed
     state.epoch = 1
     state.epoch_stats.val = _stats([0.24, 0.3, 0.5])
     plugin.epoch_end(state=state)  # calibrates epoch 2; the gate opens before start_epoch
@@ -186,7 +183,7 @@ def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():
     assert alpha.tolist() == pytest.approx([0.01, 0.01, 0.01])  # fixed
     # beta 6: (0.5 + A) * 6 = 3, 4.8, 6 -> b = 3/4, 4.8/5.8, 6/7
     assert plugin.class_policy(state=state).regularizer_weights.tolist() == pytest.approx([0.75, 4.8 / 5.8, 6 / 7])
-    first = {k: v.clone() for k, v in state.stash[FAWA]["parameters"].items()}
+    first = {k: v.clone() for k, v in plugin.state_dict()["fawa"]["parameters"].items()}
     assert set(first) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"}
     with torch.no_grad():
         model[0].weight.add_(1.0)
@@ -195,13 +192,13 @@ def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():
     plugin.epoch_end(state=state)
     for name, current in (("0.weight", model[0].weight), ("1.running_mean", model[1].running_mean)):
         expected = 0.88 * first[name] + 0.12 * current  # weight_average(FAWA, model, 0.88)
-        torch.testing.assert_close(state.stash[FAWA]["parameters"][name], expected)
+        torch.testing.assert_close(plugin.state_dict()["fawa"]["parameters"][name], expected)
         torch.testing.assert_close(plugin.averaged_weights(state=state)[name], expected)
     state.epoch_stats.val = _stats([0.1, 0.3, 0.5])
-    before = {k: v.clone() for k, v in state.stash[FAWA]["parameters"].items()}
+    before = {k: v.clone() for k, v in plugin.state_dict()["fawa"]["parameters"].items()}
     plugin.epoch_end(state=state)  # gate closed: the average stays
     for name, value in before.items():
-        torch.testing.assert_close(state.stash[FAWA]["parameters"][name], value)
+        torch.testing.assert_close(plugin.state_dict()["fawa"]["parameters"][name], value)
 
 
 def test_averaged_bn_statistics_are_used_as_given():

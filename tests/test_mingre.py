@@ -151,7 +151,7 @@ def test_reweighted_victims_move_toward_the_minority_nodes_plain_topk_leaves_out
     logged: dict[str, list[float]] = {}
     state = SimpleNamespace(
         model=model, task=task, num_classes=2, class_counts=torch.tensor([3000, 1000]), device=torch.device("cpu"),
-        config=SimpleNamespace(dataset="toy", seed=0), stash={},
+        config=SimpleNamespace(dataset="toy", seed=0),
         example_budget=lambda labels: (torch.full((8,), 0.5), torch.full((8,), 0.1)),
         log_diagnostic=lambda name, value: logged.setdefault(name, []).append(float(value)))
     torch.manual_seed(0)
@@ -175,7 +175,7 @@ def test_reweighted_victims_move_toward_the_minority_nodes_plain_topk_leaves_out
 
 
 def test_a_resumed_mingre_run_continues_its_encoder(tmp_path, tiny_city_root, monkeypatch):
-    """The encoder and its optimiser live in the checkpoint (the plugin's stash): killed after
+    """The encoder and its optimiser live in the checkpoint (the plugin's state_dict): killed after
     one epoch and resumed, the run's losses and victims are the straight run's."""
     from conftest import train_killed_and_resumed
 

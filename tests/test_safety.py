@@ -27,7 +27,7 @@ def malicious_run_dir(trained_run, tmp_path, marker):
     run_dir = tmp_path / "shared-run"
     shutil.copytree(trained_run, run_dir)
     payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    payload["stash"] = {"innocent.looking": RunsAShellCommand(str(marker))}
+    payload["plugins"] = {"innocent": {"looking": RunsAShellCommand(str(marker))}}
     torch.save(payload, run_dir / "checkpoint.pt")
     return run_dir
 
@@ -54,15 +54,27 @@ def test_eval_and_resume_refuse_a_code_running_checkpoint(trained_run, tmp_path)
     assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written or lost
 
 
-def test_a_stash_value_that_is_not_plain_data_is_named_when_saving():
+def test_a_plugin_state_that_is_not_plain_data_is_named_when_saving(monkeypatch):
     import pytest
 
+    import robx.core.plugins as plugin_module
     from robx.core.errors import RobxError
-    from robx.core.state import Stash, StashKey
+    from robx.core.plugins import PluginHost, PluginSpec, available_plugins
 
-    stash = Stash()
-    stash[StashKey("fine.tensors")] = {"a": torch.zeros(2), "n": [1, 2.0, "x", None]}
-    assert stash.state_dict()["fine.tensors"]["n"] == [1, 2.0, "x", None]
-    stash[StashKey("mine.object")] = RunsAShellCommand("/dev/null")
-    with pytest.raises(RobxError, match="stash key 'mine.object' holds a RunsAShellCommand"):
-        stash.state_dict()
+    class Keeper:
+        name = "keeper"
+        kept: object = {"a": torch.zeros(2), "n": [1, 2.0, "x", None]}
+
+        def state_dict(self):
+            return {"fine": {"a": torch.zeros(2), "n": [1, 2.0, "x", None]}, "mine": self.kept}
+
+        def load_state_dict(self, saved):
+            pass
+
+    extra = {"keeper": PluginSpec("keeper", "test", Keeper)}
+    monkeypatch.setattr(plugin_module, "available_plugins", lambda: {**available_plugins(), **extra})
+    host = PluginHost(["keeper"], {})
+    assert host.state_dicts()["keeper"]["fine"]["n"] == [1, 2.0, "x", None]
+    Keeper.kept = RunsAShellCommand("/dev/null")
+    with pytest.raises(RobxError, match="plugin 'keeper' state 'mine' holds a RunsAShellCommand"):
+        host.state_dicts()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from robx.core import engine
 from robx.core.run import load_checkpoint
-from robx.core.state import Stash, Step
+from robx.core.state import Step
 from robx.kernels import supcon
 from robx.plugins.imbmix import copies_per_class, supplementary_examples
 from robx.plugins.srat import SRAT
@@ -63,7 +63,7 @@ def cb_weights_by_hand(counts: list[int], beta: float) -> list[float]:
 
 def test_srat_deferred_weights_switch_at_t_d_and_lambda_scales_l_sep():
     plugin = SRAT(SRAT.Options(start=0.5, lam=2.0, temperature=0.5))
-    state = SimpleNamespace(epoch=4, num_epochs=10, class_counts=torch.tensor([100, 10]), stash=Stash())
+    state = SimpleNamespace(epoch=4, num_epochs=10, class_counts=torch.tensor([100, 10]))
     assert plugin.class_policy(state).class_weights is None  # before T_d = 0.5 * 10
     state.epoch = 5
     assert plugin.class_policy(state).class_weights.tolist() == pytest.approx(cb_weights_by_hand([100, 10], 0.9999), rel=1e-5)
@@ -85,7 +85,7 @@ def test_class_weights_under_imbmix_use_the_counts_it_trains_on():
     grown = ImbMix(ImbMix.Options()).trained_class_counts(dataset_counts=dataset_counts)
     assert grown.tolist() == [1000, 1000, 900, 900]  # t = round(1000 / 100) - 1 = 9, capped at 8
     srat = SRAT(SRAT.Options(start=0.5))
-    state = SimpleNamespace(epoch=9, num_epochs=10, class_counts=grown, stash=Stash())
+    state = SimpleNamespace(epoch=9, num_epochs=10, class_counts=grown)
     weights = srat.class_policy(state).class_weights
     assert weights.tolist() == pytest.approx(cb_weights_by_hand([1000, 1000, 900, 900], 0.9999), rel=1e-5)
     assert weights[2] / weights[0] < 1.2  # with the dataset's counts it would be about 9
