@@ -47,10 +47,15 @@ def _options_table(spec: PluginSpec) -> list[str]:
     options = spec.options_type
     if options is None or not dataclasses.is_dataclass(options):
         return ["No options."]
-    rows = ["| option | type | default |", "|---|---|---|"]
+    routes = spec.routes
+    rows = ["| option | type | default |" + (" sets |" if routes else ""), "|---|---|---|" + ("---|" if routes else "")]
     for field in dataclasses.fields(options):
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-        rows.append(f"| `{spec.name}.{field.name}` | `{kind}` | `{_default(field)}` |")
+        row = f"| `{spec.name}.{field.name}` | `{kind}` | `{_default(field)}` |"
+        if routes:
+            target = routes[field.name]
+            row += f" `{target}` |" if "." in target else f" part `{target}` on/off |"
+        rows.append(row)
     return rows
 
 
@@ -79,6 +84,8 @@ def method_section(spec: PluginSpec) -> list[str]:
     body = _markdown(inspect.getdoc(module) or "")
     lines = [f'<a id="{spec.name}"></a>', "", f"## `{spec.name}`: {_summary(spec)}", ""]
     facts = f"Hooks: {', '.join(spec.hooks)}."
+    if spec.parts:
+        facts = f"Recipe: {' + '.join(f'[`{part}`](#{part})' for part in spec.parts)} ({facts[:-1].lower()} of its parts)."
     declared = _declarations(spec)
     if declared:
         facts += f" Declarations: {declared}."

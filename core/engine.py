@@ -790,7 +790,8 @@ def _start_run_dir(run: Run, force: bool) -> None:
     rundir.prepare_run_dir(run.run_dir, force)
     write_json(run.run_dir / rundir.CONFIG_FILE, {
         "config": run.config.to_dict(),
-        "plugins": {name: options_as_dict(opts) for name, opts in run.host.options.items()},
+        "plugins": {name: options_as_dict(opts)
+                    for name, opts in {**run.host.recipe_options, **run.host.options}.items()},
         "kernels": {op: dispatch_rule(op, run.state.device) for op in KERNEL_OPS},
         "device": str(run.state.device),
         "processes": run.processes.world_size,
@@ -945,7 +946,9 @@ def evaluate_run(
         **({"trained_counts": trained} if trained != run.real_class_counts else {}),
         "task": run.task.name,
         "dataset": config.dataset,
-        "plugins": run.host.names,
+        "plugins": run.host.listed,
+        **({"parts": {recipe: [part for part, of in run.host.part_of.items() if of == recipe]
+                      for recipe in run.host.recipe_options}} if run.host.part_of else {}),
         "seed": config.seed,
         "epochs": config.epochs,
         "model": config.model,

@@ -31,6 +31,10 @@ A plugin class may declare, beside its hooks and ``Options``:
 * ``head = "cosine"``: the model's output layer its loss needs (``robx.core.models.HEADS``;
   LDAM: normalised features times normalised weights). Two selected plugins that need
   different heads are rejected.
+
+A recipe (a method that is a composition) declares ``parts`` (primitive plugins), ``routes``
+(each option of its ``Options`` to ``"part.option"``, or to a part a false bool leaves out)
+and optionally ``moved_state``, and no hooks: :func:`expand_recipes` replaces it by its parts.
 """
 
 from __future__ import annotations
@@ -82,8 +86,10 @@ class PluginSpec:
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        """Names of the hooks this plugin implements, in spec order."""
+        """Names of the hooks this plugin implements, in spec order (a recipe: its parts')."""
         marked = self._marked
+        for part in self.parts:
+            marked |= set(get_plugin_spec(part).hooks)
         return tuple(h for h in hookspecs.HOOK_NAMES if h in marked)
 
     @property
@@ -109,6 +115,42 @@ class PluginSpec:
     @property
     def identity_adversary(self) -> bool:
         return bool(getattr(self.target, "identity_adversary", False))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The primitive plugins a recipe is made of (empty for a primitive plugin)."""
+        return tuple(getattr(self.target, "parts", ()))
+
+    @property
+    def routes(self) -> dict[str, str]:
+        """A recipe's options: each is a part's option (``"part.option"``), or, naming a part
+        alone, a bool that leaves that part out when false."""
+        return dict(getattr(self.target, "routes", {}))
+
+    @property
+    def moved_state(self) -> dict[str, str]:
+        """Where state a recipe's plugin saved before it was a recipe now lives:
+        ``{key: part}`` (old checkpoints resume into the part)."""
+        return dict(getattr(self.target, "moved_state", {}))
+
+    def check_recipe(self) -> None:
+        """One-line error for a recipe whose parts are not primitive plugins or whose options
+        route nowhere; a recipe declares parts and routes, never hooks of its own."""
+        if self._marked:
+            raise PluginError(f"recipe '{self.name}' ({self.origin}) implements hooks; a recipe only names its parts")
+        for part in self.parts:
+            if get_plugin_spec(part).parts:
+                raise PluginError(f"recipe '{self.name}' ({self.origin}) has part '{part}', itself a recipe")
+        fields = set(getattr(self.options_type, "__dataclass_fields__", {}))
+        for option, target in self.routes.items():
+            part, _, key = target.partition(".")
+            options = getattr(get_plugin_spec(part).options_type, "__dataclass_fields__", {}) if part in self.parts else {}
+            if option not in fields or part not in self.parts or (key and key not in options):
+                raise PluginError(f"recipe '{self.name}' ({self.origin}) routes option '{option}' to '{target}', "
+                                  f"which is not an option of its parts {', '.join(self.parts)}")
+        if set(self.routes) != fields:
+            raise PluginError(f"recipe '{self.name}' ({self.origin}): every option must route to a part "
+                              f"({', '.join(sorted(fields - set(self.routes)))} do not)")
 
     def check_hooks(self) -> None:
         """One-line error for a hook name robx does not define (pluggy would ignore it) or
@@ -295,10 +337,48 @@ def options_as_dict(options: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Selection:
-    """The plugins of a run, in listing order, and the owner of each owned hook."""
+    """The plugins of a run, in listing order (recipes replaced by their parts), the owner
+    of each owned hook, the recipe each part comes from, and the selection as listed (recipes
+    by their names, with the loss and fallback plugins: what reports say ran)."""
 
     names: list[str]
     owners: dict[str, str]
+    part_of: dict[str, str] = dataclasses.field(default_factory=dict)
+    listed: list[str] = dataclasses.field(default_factory=list)
+
+
+def expand_recipes(selected: Sequence[str], raw_options: Mapping[str, Mapping[str, Any]]
+                   ) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, str]]:
+    """(the plugins that run, their raw options, the recipe each part comes from): every
+    recipe is replaced by its parts, its options routed to theirs (validated by the recipe's
+    ``Options`` first, so its defaults are the method's), and a part a false switch turns
+    off is left out. A part's option that a selected recipe routes is set through the recipe
+    only (one name per option)."""
+    names: list[str] = []
+    options = {name: dict(table) for name, table in raw_options.items()}
+    part_of: dict[str, str] = {}
+    for name in selected:
+        spec = get_plugin_spec(name)
+        if not spec.parts:
+            names.append(name)
+            continue
+        spec.check_recipe()
+        values = options_as_dict(build_options(spec, options.pop(name, {})))
+        off = {part for option, part in spec.routes.items() if "." not in part and not values[option]}
+        for part in spec.parts:
+            if part in part_of or part in names:
+                raise OptionError(f"plugin '{part}' listed twice ('{name}' includes it)")
+            if part not in off:
+                names.append(part)
+                part_of[part] = name
+        for option, target in spec.routes.items():
+            part, _, key = target.partition(".")
+            if not key or part in off:
+                continue
+            if key in raw_options.get(part, {}):
+                raise OptionError(f"option '{part}.{key}' is part of '{name}': set {name}.{option}")
+            options.setdefault(part, {})[key] = values[option]
+    return names, options, part_of
 
 
 #: Declarations that are owned quantities, like the owned hooks: at most one selected plugin
@@ -306,9 +386,10 @@ class Selection:
 OWNED_DECLARATIONS = {"trains_on": "decide which rows the step trains on (trains_on)"}
 
 
-def _owners(specs: Sequence[PluginSpec]) -> dict[str, str]:
+def _owners(specs: Sequence[PluginSpec], part_of: Mapping[str, str]) -> dict[str, str]:
     """The owner of every owned declaration, per-class quantity and owned hook the selection
-    decides; two claimants of one are a :class:`PluginConflictError` naming both."""
+    decides; two claimants of one are a :class:`PluginConflictError` naming both (a recipe's
+    part as the recipe's)."""
     contested: dict[str, tuple[list[PluginSpec], str]] = {}
     for declaration, what in OWNED_DECLARATIONS.items():
         contested[declaration] = ([s for s in specs if getattr(s, declaration) is not None], what)
@@ -322,25 +403,34 @@ def _owners(specs: Sequence[PluginSpec]) -> dict[str, str]:
     for key, (claimants, what) in contested.items():
         if len(claimants) > 1:
             raise PluginConflictError(
-                "plugins " + " and ".join(f"'{s.name}'" for s in claimants) + f" both {what}; select one of them"
+                "plugins " + " and ".join(f"'{part_of[s.name]}' (its part '{s.name}')" if s.name in part_of
+                                          else f"'{s.name}'" for s in claimants)
+                + f" both {what}; select one of them"
             )
         if claimants:
             owners[key] = claimants[0].name
     return owners
 
 
-def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> Selection:
-    """Check the selection, add the ``--loss`` plugin and, where no selected plugin
-    generates adversarial examples, the fallback adversary; resolve every owner."""
-    names = [name.strip() for name in selected]
-    if not all(names):
+def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS,
+                   raw_options: Mapping[str, Mapping[str, Any]] | None = None) -> Selection:
+    """Check the selection, replace recipes by their parts (``raw_options`` may switch a
+    part off), add the ``--loss`` plugin and, where no selected plugin generates adversarial
+    examples, the fallback adversary; resolve every owner."""
+    listed = [name.strip() for name in selected]
+    if not all(listed):
         raise OptionError(f"plugin names must not be empty: {list(selected)!r}")
+    duplicates = {n for n in listed if listed.count(n) > 1}
+    if duplicates:
+        raise OptionError(f"plugin listed twice: {', '.join(sorted(duplicates))}")
+    names, _, part_of = expand_recipes(listed, raw_options or {})
     if loss != DEFAULT_LOSS:
         spec = get_plugin_spec(loss)
         if "training_loss" not in spec.hooks:
             losses = [s.name for s in available_plugins().values() if "training_loss" in s.hooks]
             raise OptionError(f"--loss {loss}: not a loss; available: {DEFAULT_LOSS}, {', '.join(losses)}")
         names.append(loss)
+        listed.append(loss)
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise OptionError(f"plugin listed twice: {', '.join(sorted(duplicates))}")
@@ -352,12 +442,13 @@ def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> Selecti
                               "learners; use them with --dataset, --model, robx oversample or robx crowd, not --plugins")
     if not any("generate_adversary" in s.hooks for s in specs):
         names.append(fallback_adversary())
+        listed.append(names[-1])
         specs.append(get_plugin_spec(names[-1]))
     heads = {s.head for s in specs if s.head is not None}
     if len(heads) > 1:
         needing = [f"'{s.name}' ({s.head})" for s in specs if s.head is not None]
         raise PluginConflictError(f"plugins {' and '.join(needing)} need different model heads; select one of them")
-    return Selection(names, _owners(specs))
+    return Selection(names, _owners(specs, part_of), part_of, listed)
 
 
 def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> list[str]:
@@ -383,17 +474,26 @@ class PluginHost:
         raw_options: Mapping[str, Mapping[str, Any]],
         loss: str = DEFAULT_LOSS,
     ):
-        selection = select_plugins(selected, loss)
+        selection = select_plugins(selected, loss, raw_options)
         self.names = selection.names
         self.owners = selection.owners
+        #: the selection as listed (recipes by name), and the recipe each part comes from
+        self.listed = selection.listed
+        self.part_of = selection.part_of
         for plugin_name in raw_options:
-            if plugin_name not in self.names:
+            if plugin_name not in self.names and plugin_name not in self.listed:
                 get_plugin_spec(plugin_name)  # unknown name -> the same clear error
                 raise OptionError(
                     f"options given for plugin '{plugin_name}', which is not selected "
-                    f"(selected: {', '.join(self.names)})"
+                    f"(selected: {', '.join(self.listed)})"
                 )
+        _, routed, _ = expand_recipes([name for name in self.listed if name in selection.part_of.values()],
+                                      raw_options)
+        raw_options = {**raw_options, **routed}
         self.specs = {name: get_plugin_spec(name) for name in self.names}
+        #: each selected recipe's own options (its parts hold the values the run uses)
+        self.recipe_options = {name: build_options(get_plugin_spec(name), raw_options.get(name, {}))
+                               for name in dict.fromkeys(selection.part_of.values())}
         #: the forward-pass views some selected plugin reads, and what the rows start from
         self.views = frozenset(view for spec in self.specs.values() for view in spec.reads)
         rows_owner = self.owners.get("trains_on")
@@ -533,8 +633,17 @@ class PluginHost:
 
     def load_state_dicts(self, states: Mapping[str, Mapping[str, Any]]) -> None:
         """Hand each plugin the state it saved (``load_state_dict``); a state saved by a
-        plugin this run did not select, or that cannot take one, is a :class:`RobxError`."""
+        plugin this run did not select, or that cannot take one, is a :class:`RobxError`.
+        State that a selected recipe saved before it was one goes to the part that keeps it
+        now (its ``moved_state``)."""
+        moved: dict[str, dict[str, Any]] = {}
         for name, state in states.items():
+            if name in self.recipe_options:
+                for key, value in state.items():
+                    moved.setdefault(get_plugin_spec(name).moved_state.get(key, name), {})[key] = value
+            else:
+                moved.setdefault(name, {}).update(state)
+        for name, state in moved.items():
             plugin = self.manager.get_plugin(name) if name in self.names else None
             if plugin is None or not callable(getattr(plugin, "load_state_dict", None)):
                 raise RobxError(f"the checkpoint holds state of plugin '{name}', which "

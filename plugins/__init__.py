@@ -4,7 +4,8 @@ task (``tasks/``), dataset (``datasets/``) and model family (``models/``).
 :data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.plugins.available_plugins` (the
 plugins package names its own members, so the core names no method, task, dataset or
 model). Helpers that several plugins share live in :mod:`robx.plugins.common`, which is not
-a plugin; no plugin imports another plugin.
+a plugin; no plugin imports another plugin. A method that is a composition is a recipe
+(``parts`` and ``routes``, as ``srat`` and ``imbmix``), not a second implementation.
 """
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -22,6 +23,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.remix:Remix",
     "robx.plugins.swa:SWA",
     "robx.plugins.ema:EMA",
+    "robx.plugins.separation:Separation",
+    "robx.plugins.copies:Copies",
     "robx.plugins.srat:SRAT",
     "robx.plugins.imbmix:ImbMix",
     "robx.plugins.dafa:DAFA",

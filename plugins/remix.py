@@ -5,13 +5,18 @@ n_i, n_j the training counts of their classes (Chou et al. 2020):
     lam_y = 0    if n_i / n_j >= kappa and lam < tau
     lam_y = 1    if n_i / n_j <= 1 / kappa and 1 - lam < tau
     lam_y = lam  otherwise
-kappa = 3, tau = 0.5; n is ``state.class_counts``. Needs hard labels (class counts of both
-partners).
+kappa = 3, tau = 0.5; n is ``state.class_counts``, the counts the run trains on
+(``counts = "trained"``: with ``copies`` the augmented set's n_c (1 + t_c), as Imb-Mix's
+eq. 5.4 defines them), or the training set's (``counts = "dataset"``). Needs hard labels
+(class counts of both partners).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+import torch
 
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
@@ -30,12 +35,21 @@ class Remix:
         kappa: float = 3.0
         tau: float = 0.5
         concentration: float = 1.0
+        counts: Literal["trained", "dataset"] = "trained"
 
         def __post_init__(self) -> None:
             check_ranges(self, positive=("kappa", "concentration"), fractions=("tau",))
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.dataset_counts: torch.Tensor | None = None
+
+    def pair_counts(self, state: TrainState) -> torch.Tensor:
+        if self.options.counts == "trained":
+            return state.class_counts
+        if self.dataset_counts is None:
+            self.dataset_counts = torch.tensor(state.task.data.class_counts())
+        return self.dataset_counts
 
     @hookimpl
     def augment(self, step: Step, state: TrainState) -> None:
@@ -43,7 +57,7 @@ class Remix:
         if step.targets.is_floating_point():
             raise RobxError("remix needs hard labels; list it before other mixing plugins")
         lam, partner = draw_mix(len(step.inputs), self.options.concentration, step.inputs.device)
-        counts = state.class_counts.to(step.targets.device)
+        counts = self.pair_counts(state).to(step.targets.device)
         label_lam = remix_label_factor(counts[step.targets], counts[step.targets[partner]], lam,
                                        self.options.kappa, self.options.tau)
         step.set_rows(mix_inputs(step.inputs, lam, partner),

@@ -2,6 +2,11 @@
 
 Objective (eq. 4.13):  min_theta 1/n sum_i max_{x'_i} w_i L(f(x'_i), y_i) + lambda L_sep(x'_i)
 
+A recipe: ``srat`` = ``drw`` (the deferred class-balanced weights w_i) + ``separation``
+(L_sep), the same two primitives a user can select alone; ``srat.lam`` and
+``srat.temperature`` set the separation's, ``srat.beta``, ``srat.start`` and
+``srat.start_epoch`` the deferred weights'.
+
 * w_i: class-balanced weights (effective number, beta 0.9999) of y_i, applied only from
   epoch T_d = ``start`` x epochs (deferred schedule, Algorithm 4.1; default 0.8). The
   weighted term is averaged over the rows' weights, sum_i w_i L_i / sum_i w_i: Algorithm
@@ -11,7 +16,8 @@ Objective (eq. 4.13):  min_theta 1/n sum_i max_{x'_i} w_i L(f(x'_i), y_i) + lamb
   the loss after T_d (a batch mean would, to about a third on Step-10).
 * L_sep (eq. 4.12): supervised contrastive loss on the L2-normalised penultimate features
   of the adversarial examples, temperature ``temperature`` (0.1; the paper does not
-  state it), computed by the ``supcon`` kernel dispatch; lambda = ``lam`` (1.0, Fig. 4.6).
+  state it), computed by the ``supcon`` kernel dispatch; lambda = ``lam`` (1.0, Fig. 4.6)
+  (:mod:`robx.plugins.separation`).
 * L, the prediction loss, is the run's ``--loss``: SRAT-CE (default), SRAT-Focal
   (``--loss focal``), SRAT-LDAM (``--loss ldam``).
 * The adversary is the run's (default PGD).
@@ -35,22 +41,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
-from robx.core.hookspecs import hookimpl
-from robx.core.state import ClassPolicy, Step, TrainState
-from robx.kernels import supcon
-from robx.plugins.common import class_balanced_weights, deferred_start_epoch
+from robx.core.options import check_ranges
 
 
 class SRAT:
     """SRAT: deferred class-balanced weights + feature separation loss (Wang, ch. 4)."""
 
     name = "srat"
-    policy = ("class_weights",)
-    reads = ("adversarial",)
-    weighted_mean = True
+    parts = ("drw", "separation")
+    routes = {"lam": "separation.lam", "temperature": "separation.temperature",
+              "beta": "drw.beta", "start": "drw.start", "start_epoch": "drw.start_epoch"}
 
     @dataclass
     class Options:
@@ -60,26 +60,5 @@ class SRAT:
         start: float = 0.8
         start_epoch: int | None = None
 
-        def __post_init__(self) -> None:
-            if self.temperature <= 0:
-                raise ValueError("temperature must be > 0")
-            if self.lam < 0:
-                raise ValueError("lam must be >= 0")
-
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    @hookimpl
-    def class_policy(self, state: TrainState) -> ClassPolicy:
-        o = self.options
-        if state.epoch < deferred_start_epoch(state.num_epochs, o.start, o.start_epoch):
-            return ClassPolicy()
-        return ClassPolicy(class_weights=class_balanced_weights(state.class_counts, o.beta))
-
-    @hookimpl
-    def extra_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        if self.options.lam == 0:
-            return None
-        assert step.adv_features is not None
-        z = F.normalize(step.adv_features.float(), dim=1)
-        return self.options.lam * supcon(z, step.labels, self.options.temperature)
+        def __post_init__(self) -> None:  # the parts check again; this names srat's options
+            check_ranges(self, positive=("temperature",), non_negative=("lam",), fractions=("beta", "start"))

@@ -39,6 +39,21 @@ def test_no_plugin_imports_another_plugin(path):
                 assert not alias.name.startswith("robx.plugins."), f"{path.name} imports {alias.name}"
 
 
+def test_a_method_that_is_a_composition_is_a_recipe_and_each_primitive_has_one_implementation():
+    """srat = drw + separation and imbmix = copies + remix + swa are declared, not
+    re-implemented: recipes implement no hook, and each primitive's helper is used by one
+    plugin file (weight averages by the averaging plugins, Remix's rule by remix alone)."""
+    specs = {spec.name: spec for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN}
+    assert specs["srat"].parts == ("drw", "separation") and specs["imbmix"].parts == ("copies", "remix", "swa")
+    for spec in specs.values():
+        if spec.parts:
+            spec.check_recipe()  # no hooks of its own, every option routed to a part
+    users = {helper: sorted(path.stem for path in PLUGIN_FILES if f"{helper}(" in path.read_text())
+             for helper in ("add_to_average", "remix_label_factor", "supplementary_examples", "deferred_start_epoch")}
+    assert users == {"add_to_average": ["cfa", "ema", "swa"], "remix_label_factor": ["remix"],
+                     "supplementary_examples": ["copies"], "deferred_start_epoch": ["drw"]}
+
+
 def test_plugins_save_and_restore_their_own_state():
     """No shared stash: a plugin keeps its state on itself and saves it through
     state_dict() / load_state_dict() (both or neither)."""
@@ -50,7 +65,7 @@ def test_plugins_save_and_restore_their_own_state():
         assert saves == loads, f"plugin '{spec.name}' defines only one of state_dict / load_state_dict"
         if saves:
             stateful.add(spec.name)
-    assert stateful == {"swa", "ema", "imbmix", "dafa", "fairtat", "cfa", "mingre"}
+    assert stateful == {"swa", "ema", "dafa", "fairtat", "cfa", "mingre"}
     for path in PLUGIN_FILES:
         assert "stash" not in path.read_text(), f"{path.name} mentions a stash"
 

@@ -165,7 +165,7 @@ def test_trains_on_has_one_owner():
     from robx.core.errors import PluginConflictError
     from robx.core.plugins import select_plugins
 
-    with pytest.raises(PluginConflictError, match="plugins 'trades' and 'imbmix' both decide which rows the step "
+    with pytest.raises(PluginConflictError, match=r"plugins 'trades' and 'imbmix' \(its part 'copies'\) both decide which rows the step "
                                                    "trains on"):
         select_plugins(["trades", "imbmix"])
     assert select_plugins(["trades", "mixup"]).owners["trains_on"] == "trades"

@@ -88,9 +88,9 @@ def test_both_orders_of_trades_and_pgd_train_on_cross_entropy_pgd(tmp_path, monk
 @pytest.mark.parametrize(("plugins", "what"), [
     (["dafa", "cfa"], "'dafa' and 'cfa' both set the per-class attack budget"),
     (["fairtat", "dafa"], "'fairtat' and 'dafa' both set the per-class attack budget"),
-    (["srat", "cb"], "'srat' and 'cb' both set the per-class loss weights"),
+    (["srat", "cb"], "'srat' (its part 'drw') and 'cb' both set the per-class loss weights"),
     (["cb", "drw"], "'cb' and 'drw' both set the per-class loss weights"),
-    (["imbmix", "swa"], "'imbmix' and 'swa' both choose the evaluated model (weight averaging)"),
+    (["imbmix", "ema"], "'imbmix' (its part 'swa') and 'ema' both choose the evaluated model (weight averaging)"),
     (["cfa", "ema"], "'cfa' and 'ema' both choose the evaluated model (weight averaging)"),
     (["swa", "ema"], "'swa' and 'ema' both choose the evaluated model (weight averaging)"),
     (["fairtat", "pgd"], "'fairtat' and 'pgd' both generate adversarial examples"),

@@ -15,8 +15,9 @@ from robx.core import engine
 from robx.core.run import load_checkpoint
 from robx.core.state import Step
 from robx.kernels import supcon
-from robx.plugins.imbmix import copies_per_class, supplementary_examples
-from robx.plugins.srat import SRAT
+from robx.core.plugins import PluginHost
+from robx.plugins.copies import Copies, copies_per_class, supplementary_examples
+from robx.plugins.drw import DeferredReweighting
 
 from conftest import tiny_config
 
@@ -61,32 +62,52 @@ def cb_weights_by_hand(counts: list[int], beta: float) -> list[float]:
     return [r * len(counts) / sum(raw) for r in raw]
 
 
-def test_srat_deferred_weights_switch_at_t_d_and_lambda_scales_l_sep():
-    plugin = SRAT(SRAT.Options(start=0.5, lam=2.0, temperature=0.5))
+def test_srat_is_the_deferred_weights_and_the_separation_loss_with_its_options_routed():
+    """Recipe: srat = drw + separation; srat.start/lam/temperature reach the parts, the
+    deferred weights switch at T_d and lambda scales L_sep (eq. 4.13)."""
+    host = PluginHost(["srat"], {"srat": {"start": "0.5", "lam": "2.0", "temperature": "0.5"}})
+    assert host.names == ["drw", "separation", "pgd"] and host.listed == ["srat", "pgd"]
+    assert host.part_of == {"drw": "srat", "separation": "srat"}
+    drw, separation = (host.manager.get_plugin(name) for name in ("drw", "separation"))
+    assert (drw.options.start, drw.options.beta) == (0.5, 0.9999)  # srat's start, its default beta
+    assert (separation.options.lam, separation.options.temperature) == (2.0, 0.5)
     state = SimpleNamespace(epoch=4, num_epochs=10, class_counts=torch.tensor([100, 10]))
-    assert plugin.class_policy(state).class_weights is None  # before T_d = 0.5 * 10
+    assert drw.class_policy(state).class_weights is None  # before T_d = 0.5 * 10
     state.epoch = 5
-    assert plugin.class_policy(state).class_weights.tolist() == pytest.approx(cb_weights_by_hand([100, 10], 0.9999), rel=1e-5)
+    assert drw.class_policy(state).class_weights.tolist() == pytest.approx(cb_weights_by_hand([100, 10], 0.9999), rel=1e-5)
     generator = torch.Generator().manual_seed(0)
     y = torch.tensor([0, 0, 1, 1])
     step = Step(x=torch.zeros(4, 1), y=y, labels=y)
     step.adv_features = torch.randn(4, 8, generator=generator, dtype=torch.float64)  # the engine's view of x'
     z = F.normalize(step.adv_features, dim=1)
     expected = 2.0 * supcon_brute_force(z, [0, 0, 1, 1], 0.5)
-    assert plugin.extra_loss(step, state).item() == pytest.approx(expected, rel=1e-5)
-    assert SRAT(SRAT.Options(lam=0.0)).extra_loss(step, state) is None
+    assert separation.extra_loss(step, state).item() == pytest.approx(expected, rel=1e-5)
+    off = PluginHost(["srat"], {"srat": {"lam": "0"}}).manager.get_plugin("separation")
+    assert off.extra_loss(step, state) is None
+
+
+def test_a_recipe_part_is_set_through_the_recipe_and_selected_once():
+    from robx.core.errors import OptionError, PluginConflictError
+
+    with pytest.raises(OptionError, match="option 'drw.beta' is part of 'srat': set srat.beta"):
+        PluginHost(["srat"], {"drw": {"beta": "0.99"}})
+    with pytest.raises(OptionError, match=r"plugin 'drw' listed twice \('srat' includes it\)"):
+        PluginHost(["drw", "srat"], {})
+    with pytest.raises(PluginConflictError, match="plugins 'dafa' and 'srat' \\(its part 'drw'\\) both set"):
+        PluginHost(["dafa", "srat"], {})
+    without_swa = PluginHost(["imbmix"], {"imbmix": {"swa": "false", "tau": "0.25"}})
+    assert without_swa.names == ["copies", "remix", "pgd"] and "averaged_weights" not in without_swa.owners
+    assert without_swa.manager.get_plugin("remix").options.tau == 0.25
 
 
 def test_class_weights_under_imbmix_use_the_counts_it_trains_on():
     """Imb-Mix already rebalances the batch; SRAT's weights must not rebalance a second time."""
-    from robx.plugins.imbmix import ImbMix
-
     dataset_counts = torch.tensor([1000, 1000, 100, 100])
-    grown = ImbMix(ImbMix.Options()).trained_class_counts(dataset_counts=dataset_counts)
+    grown = Copies(Copies.Options()).trained_class_counts(dataset_counts=dataset_counts)
     assert grown.tolist() == [1000, 1000, 900, 900]  # t = round(1000 / 100) - 1 = 9, capped at 8
-    srat = SRAT(SRAT.Options(start=0.5))
+    weights_part = DeferredReweighting(DeferredReweighting.Options(start=0.5))
     state = SimpleNamespace(epoch=9, num_epochs=10, class_counts=grown)
-    weights = srat.class_policy(state).class_weights
+    weights = weights_part.class_policy(state).class_weights
     assert weights.tolist() == pytest.approx(cb_weights_by_hand([1000, 1000, 900, 900], 0.9999), rel=1e-5)
     assert weights[2] / weights[0] < 1.2  # with the dataset's counts it would be about 9
 
@@ -121,14 +142,16 @@ def test_compositions_train_end_to_end(tmp_path, plugins, options):
 
 
 @pytest.mark.parametrize("remix_counts,expected_row0", [
-    ("augmented", [0.3, 0.0, 0.7, 0.0]),  # eq. 5.4: n_0 / n_2 = 1000 / 900 < kappa: Mixup's labels
-    ("dataset", [0.0, 0.0, 1.0, 0.0]),    # 1000 / 100 >= kappa and lam < tau: all to the minority
+    ("trained", [0.3, 0.0, 0.7, 0.0]),  # eq. 5.4: n_0 / n_2 = 1000 / 900 < kappa: Mixup's labels
+    ("dataset", [0.0, 0.0, 1.0, 0.0]),  # 1000 / 100 >= kappa and lam < tau: all to the minority
 ])
 def test_remix_rule_counts_the_augmented_set_as_eq_5_4(monkeypatch, remix_counts, expected_row0):
-    import robx.plugins.imbmix as imbmix
+    import robx.plugins.remix as remix
 
-    plugin = imbmix.ImbMix(imbmix.ImbMix.Options(remix_counts=remix_counts))
-    augmented = plugin.trained_class_counts(dataset_counts=torch.tensor([1000, 1000, 100, 100]))
+    host = PluginHost(["imbmix"], {"imbmix": {"remix_counts": remix_counts}})
+    copies, mixing = host.manager.get_plugin("copies"), host.manager.get_plugin("remix")
+    dataset_counts = torch.tensor([1000, 1000, 100, 100])
+    augmented = copies.trained_class_counts(dataset_counts=dataset_counts)
     assert augmented.tolist() == [1000, 1000, 900, 900]
     y = torch.tensor([0, 2])
     x = torch.rand(2, 3)
@@ -137,8 +160,12 @@ def test_remix_rule_counts_the_augmented_set_as_eq_5_4(monkeypatch, remix_counts
     step.inputs, step.targets, step.row_labels = x.clone(), y, y
     rows = 2 + 8  # row 1 (class 2) gets t = 8 copies
     partner = torch.roll(torch.arange(rows), -1)  # row 0 pairs with row 1
-    monkeypatch.setattr(imbmix, "draw_mix", lambda batch, concentration, device: (0.3, partner))
-    plugin.augment(step, SimpleNamespace(num_classes=4))
+    monkeypatch.setattr(remix, "draw_mix", lambda batch, concentration, device: (0.3, partner))
+    state = SimpleNamespace(num_classes=4, class_counts=augmented,
+                            task=SimpleNamespace(data=SimpleNamespace(class_counts=dataset_counts.tolist)))
+    copies.augment(step, state)
+    assert len(step.inputs) == rows and step.row_labels.tolist() == [0, 2] + [2] * 8
+    mixing.augment(step, state)
     assert step.targets[0].tolist() == pytest.approx(expected_row0)
     assert step.row_labels[0].item() == 2  # the class the row counts for: its label weight 0.3 or 0 < 1/2
 
@@ -150,3 +177,15 @@ def test_supplementary_copies_scale_the_perturbation_by_a_times_standard_normal(
     extra, _ = supplementary_examples(x, x_adv, torch.tensor([0]), torch.tensor([1]), scale=2.0)
     noise = (extra[0] - x[0]) / (2.0 * 0.01)  # eq. 5.2: x + a (x' - x) * N(0, 1), a = 2
     assert abs(noise.mean().item()) < 0.03 and noise.std().item() == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize("layout", ["stash", "plugins"])
+def test_imbmix_s_average_from_before_it_was_a_recipe_resumes_in_its_swa_part(layout):
+    from robx.core.engine import saved_plugin_states
+
+    saved = {"parameters": {"weight": torch.full((2, 2), 3.0)}, "count": 4}
+    payload = {"stash": {"imbmix.average": saved}} if layout == "stash" else {"plugins": {"imbmix": {"average": saved}}}
+    host = PluginHost(["imbmix"], {})
+    host.load_state_dicts(saved_plugin_states(payload))
+    average = host.manager.get_plugin("swa").average
+    assert average.count == 4 and torch.equal(average.parameters["weight"], torch.full((2, 2), 3.0))
