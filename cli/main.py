@@ -308,7 +308,7 @@ def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `robx train`.")],
     attack_name: Annotated[Optional[str], typer.Option("--attack", help="The task's attacks: pgd20 or pgd, cw, autoattack "
                                                        "(classification), stpgd (crime); default: the task's.")] = None,
-    victims: Annotated[Optional[float], typer.Option(help="stpgd: the fraction of victim units (default 0.1).")] = None,
+    victims: Annotated[Optional[float], typer.Option(help="For an attack that chooses victim units (the crime task's stpgd): their fraction (default 0.1).")] = None,
     eps: Annotated[Optional[str], typer.Option(help="Budget (default: the run's).")] = None,
     alpha: Annotated[Optional[str], typer.Option(help="Step size (default: the run's evaluation step).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="PGD steps (default 20).")] = None,
@@ -351,7 +351,9 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
     attack = default_eval_attack(run.config, run.task.default_attack)
     if attack_name is not None:
         attack.name = "pgd" if attack_name == "pgd20" else attack_name
-    run.task.check_attack(attack.name)
+    if victims is not None:
+        attack.options["victims"] = victims
+    run.task.prepare_attack(attack)
     if norm is not None and norm != run.config.norm and eps is None:
         raise OptionError(f"the run was trained for {run.config.norm}; give --eps (and --alpha) for --norm {norm}")
     if eps is not None:
@@ -371,10 +373,6 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
     check_budget(attack.eps, attack.norm, run.task.input_bounds, tuple(run.data.test.x.shape[1:]), "--eps")
     if n_eval is not None and n_eval < 1:
         raise OptionError("--n-eval must be >= 1")
-    if victims is not None:
-        if not 0 < victims <= 1:
-            raise OptionError(f"--victims must be in (0, 1], got {victims}")
-        attack.victims = victims
     if not processes.main:
         evaluate_run(run, run.state.model, SilentProgress(), attack, n_eval)
         return

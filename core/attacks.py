@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from robx.core.errors import OptionError
 from robx.kernels import pgd_step
 from robx.kernels.pgd_step import Norm, per_sample
+
+if TYPE_CHECKING:
+    from robx.core.task import Task
 
 #: ``loss_fn(logits, labels) -> per-sample loss``; the attack ascends it (descends if targeted).
 AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -218,6 +221,12 @@ class Attack:
         return saliency_gradient(self.model, self.x, self.y, eps=self.eps, alpha=self.alpha, steps=steps,
                                  loss_fn=self.task_loss, bounds=self.bounds)
 
+    def salient_units(self, task: Task, fraction: float, saliency_steps: int) -> torch.Tensor:
+        """The mask of the ``fraction`` of the task's victim units with the largest saliency
+        on this batch (:func:`salient_unit_mask`)."""
+        return salient_unit_mask(task, self.model, self.x, self.y, eps=self.eps, alpha=self.alpha,
+                                 fraction=fraction, saliency_steps=saliency_steps)
+
 
 def fgsm(
     model: nn.Module,
@@ -268,3 +277,18 @@ def saliency_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         loss = loss_fn(logits_of(model, point), y).sum()
         (grad,) = torch.autograd.grad(loss, point)
     return grad
+
+
+def salient_unit_mask(task: Task, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                      eps: float | torch.Tensor, alpha: float | torch.Tensor, fraction: float,
+                      saliency_steps: int) -> torch.Tensor:
+    """The ``fraction`` of the task's victim units (``task.unit_saliency`` / ``unit_mask``:
+    what a unit is, the task knows) with the largest saliency at :func:`saliency_gradient`,
+    as a mask for ``x``; victim selection (``topk``, MinGRE) and the tasks' evaluation
+    attacks that choose victims use it."""
+    from robx.kernels import topk_victims
+
+    grad = saliency_gradient(model, x, y, eps=eps, alpha=alpha, steps=saliency_steps, loss_fn=task.attack_loss,
+                             bounds=task.input_bounds)
+    saliency = task.unit_saliency(grad)
+    return task.unit_mask(topk_victims(saliency, max(1, round(fraction * saliency.shape[1]))), x)

@@ -929,7 +929,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     config, data = run.config, run.data
     attack = attack or default_eval_attack(config, run.task.default_attack)
-    run.task.check_attack(attack.name)
+    run.task.prepare_attack(attack)
     test = data.test
     n_eval = n_eval or config.n_eval
     if n_eval:

@@ -1,15 +1,14 @@
 """Per-class clean and robust scores of a model on a labelled split (docs/protocols.md, Metrics).
 
 Every example gets the task's metric on its clean input and on its adversarial input; the
-task says which evaluation attacks exist (``pgd`` everywhere: PGD with random start on the
-task's attack loss, final iterate, PGD-20 by default; classification adds ``cw`` and
-``autoattack``).
+task declares which evaluation attacks exist (``Task.attacks``, name -> :class:`AttackKind`)
+and runs them (``Task.adversarial_examples``); this module names none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,9 +22,22 @@ if TYPE_CHECKING:
     from robx.core.task import Task
 
 
+@dataclass(frozen=True)
+class AttackKind:
+    """An evaluation attack as a task declares it: the ``title`` reports give it, whether it
+    is ``iterative`` (``steps`` and ``alpha`` apply), and its own settings with their
+    defaults (``options``, e.g. the fraction of victim units of an attack that chooses them)."""
+
+    title: str
+    iterative: bool = True
+    options: Mapping[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class AttackSettings:
-    """Evaluation attack; ``steps``/``alpha`` do not apply to AutoAttack."""
+    """Evaluation attack ``name`` (one of the task's ``attacks``); the task's
+    ``prepare_attack`` checks it and fills in ``title``, ``iterative`` and the attack's own
+    ``options``."""
 
     eps: float
     alpha: float
@@ -33,19 +45,22 @@ class AttackSettings:
     norm: Norm = "linf"
     name: str = "pgd"
     seed: int = 0
-    victims: float = 0.1  # the fraction of victim units, for attacks that choose them (stpgd)
+    options: dict[str, float] = field(default_factory=dict)
+    title: str = ""
+    iterative: bool = True
 
     def describe(self) -> str:
-        if self.name == "autoattack":
-            return f"AutoAttack (standard) {self.norm} eps={self.eps:.4g}"
-        chosen = f" on {self.victims:.0%} of units" if self.name == "stpgd" else ""
-        return f"{self.name.upper()}-{self.steps}{chosen} {self.norm} eps={self.eps:.4g} alpha={self.alpha:.4g}"
+        own = "".join(f" {key} {value:.4g}" for key, value in self.options.items())
+        title = self.title or self.name.upper()
+        if not self.iterative:
+            return f"{title} {self.norm} eps={self.eps:.4g}{own}"
+        return f"{title}-{self.steps}{own} {self.norm} eps={self.eps:.4g} alpha={self.alpha:.4g}"
 
     @property
     def tag(self) -> str:
-        steps = "" if self.name == "autoattack" else str(self.steps)
-        chosen = f"-victims{self.victims:.4g}" if self.name == "stpgd" else ""
-        return f"{self.name}{steps}{chosen}-{self.norm}-eps{self.eps:.4g}"
+        steps = str(self.steps) if self.iterative else ""
+        own = "".join(f"-{key}{value:.4g}" for key, value in self.options.items())
+        return f"{self.name}{steps}{own}-{self.norm}-eps{self.eps:.4g}"
 
 
 @dataclass
@@ -101,7 +116,7 @@ def evaluate(
     processes, batch k runs on process k mod W and the scores are gathered in order, the
     same numbers as one process. The caller's random stream is left as it was.
     """
-    task.check_attack(attack.name)
+    task.prepare_attack(attack)
     count = -(-len(split) // batch_size)
     results: dict[int, tuple[torch.Tensor, ...]] = {}
     with eval_mode(model):

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from robx.core.errors import OptionError, RobxError
+from robx.core.evaluate import AttackKind
 
 if TYPE_CHECKING:
     from robx.core.data import Split, TaskData
@@ -62,8 +63,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     metric: ClassVar[Metric]
-    #: evaluation attacks this task offers (``robx eval --attack``); ``pgd`` ascends :meth:`attack_loss`
-    attacks: ClassVar[tuple[str, ...]] = ("pgd",)
+    #: evaluation attacks this task offers (``robx eval --attack``), run by
+    #: :meth:`adversarial_examples`; ``pgd`` ascends :meth:`attack_loss`
+    attacks: ClassVar[dict[str, AttackKind]] = {"pgd": AttackKind("PGD")}
     #: the attack a run is evaluated with unless ``robx eval --attack`` names another
     default_attack: ClassVar[str] = "pgd"
     #: the box every attack keeps inputs in: [0, 1] for pixels; (-inf, inf) for no box
@@ -134,18 +136,6 @@ class Task(ABC):
         """A (rows, units) boolean choice as a mask broadcastable to the inputs ``x``."""
         raise NotImplementedError(f"task '{self.name}' has no victim unit")
 
-    def victim_mask(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
-                    alpha: float | torch.Tensor, fraction: float, saliency_steps: int) -> torch.Tensor:
-        """The ``fraction`` of the task's victim units with the largest saliency, as a mask
-        for ``x`` (STPGD's selection; ``robx.core.attacks.saliency_gradient`` for the steps)."""
-        from robx.core.attacks import saliency_gradient
-        from robx.kernels import topk_victims
-
-        grad = saliency_gradient(model, x, y, eps=eps, alpha=alpha, steps=saliency_steps, loss_fn=self.attack_loss,
-                                 bounds=self.input_bounds)
-        saliency = self.unit_saliency(grad)
-        return self.unit_mask(topk_victims(saliency, max(1, round(fraction * saliency.shape[1]))), x)
-
     # --- scoring -------------------------------------------------------------------------
 
     @abstractmethod
@@ -171,14 +161,23 @@ class Task(ABC):
         """Evaluation attack ``attack.name`` (one of :attr:`attacks`) on a batch."""
         from robx.core.attacks import pgd
 
-        self.check_attack(attack.name)
+        self.prepare_attack(attack)
         return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm,
                    loss_fn=self.attack_loss, bounds=self.input_bounds)
 
-    def check_attack(self, name: str) -> None:
-        if name not in self.attacks:
-            raise OptionError(f"unknown attack '{name}' for task '{self.name}'; available: pgd20, "
+    def prepare_attack(self, attack: AttackSettings) -> None:
+        """Check that ``attack`` is one of :attr:`attacks` with options it takes (one line
+        otherwise) and complete it with its kind's title and default options."""
+        kind = self.attacks.get(attack.name)
+        if kind is None:
+            raise OptionError(f"unknown attack '{attack.name}' for task '{self.name}'; available: pgd20, "
                               f"{', '.join(self.attacks)}")
+        unknown = sorted(set(attack.options) - set(kind.options))
+        if unknown:
+            raise OptionError(f"attack '{attack.name}' takes no option '{unknown[0]}'"
+                              + (f"; its options: {', '.join(kind.options)}" if kind.options else ""))
+        attack.options = {**kind.options, **attack.options}
+        attack.title, attack.iterative = kind.title, kind.iterative
 
 
 #: ``register(TaskClass)`` inside a ``register_tasks`` hook

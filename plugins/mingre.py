@@ -219,8 +219,7 @@ class MinGRE:
         o, attack = self.options, step.attack
         assert attack is not None
         if not o.reweight:
-            return state.task.victim_mask(attack.model, step.x, step.y, eps=attack.eps, alpha=attack.alpha,
-                                          fraction=o.fraction, saliency_steps=o.saliency_steps)
+            return attack.salient_units(state.task, o.fraction, o.saliency_steps)
         minority = self.minority
         assert minority is not None, "check_run sets the minority class when the run is built"
         attention_weights = self.encoder_attention(step.x, step.labels == minority)

@@ -83,8 +83,7 @@ class TopK:
         granularity, attack = self.granularity(step.x, state), step.attack
         assert attack is not None
         if granularity == "unit":
-            return state.task.victim_mask(attack.model, step.x, step.y, eps=attack.eps, alpha=attack.alpha,
-                                          fraction=self.options.fraction, saliency_steps=self.options.saliency_steps)
+            return attack.salient_units(state.task, self.options.fraction, self.options.saliency_steps)
         grad = attack.saliency_gradient(self.options.saliency_steps)
         saliency = unit_saliency(grad, granularity)
         chosen = topk_victims(saliency, max(1, round(self.options.fraction * saliency.shape[1])))

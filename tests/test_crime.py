@@ -316,7 +316,7 @@ def test_stpgd_moves_only_victim_nodes_and_stays_in_the_ball(seed, eps, victims,
     task, model, x, y = toy_crime_task(nodes_side=4, seed=seed)
     torch.manual_seed(seed)
     x_adv = task.adversarial_examples(model, x, y, AttackSettings(eps=eps, alpha=eps / 4, steps=steps, name="stpgd",
-                                                                  victims=victims))
+                                                                  options={"victims": victims}))
     delta = x_adv - x
     assert delta.abs().max() <= eps + 1e-6
     moved_nodes = (delta != 0).any(dim=0).any(dim=0).any(dim=1)  # any day, step or category of the node
@@ -408,3 +408,23 @@ def test_a_task_declares_per_target_labels_and_checks_its_datasets_labels():
         Classification.check_labels(torch.zeros(5, 9, 4, dtype=torch.long), "grid")
     with pytest.raises(RobxError, match="labels every target"):
         CrimeTask.check_labels(torch.zeros(5, dtype=torch.long), "images")
+
+
+def test_the_task_declares_its_attacks_and_their_options():
+    """The crime task's STPGD carries its victims option (default 0.1, range checked by the
+    task); an option an attack does not take is one line; names and file tags as before."""
+    from robx.core.errors import OptionError
+    from robx.core.evaluate import AttackSettings
+
+    task, _, _, _ = toy_crime_task(nodes_side=4, seed=0)
+    stpgd = AttackSettings(eps=0.5, alpha=0.125, steps=20, name="stpgd")
+    task.prepare_attack(stpgd)
+    assert stpgd.options == {"victims": 0.1}
+    assert stpgd.tag == "stpgd20-victims0.1-linf-eps0.5"
+    assert stpgd.describe() == "STPGD-20 victims 0.1 linf eps=0.5 alpha=0.125"
+    with pytest.raises(OptionError, match="attack 'pgd' takes no option 'victims'"):
+        task.prepare_attack(AttackSettings(eps=0.5, alpha=0.1, name="pgd", options={"victims": 0.2}))
+    with pytest.raises(OptionError, match=r"--victims must be in \(0, 1\], got 1.5"):
+        task.prepare_attack(AttackSettings(eps=0.5, alpha=0.1, name="stpgd", options={"victims": 1.5}))
+    with pytest.raises(OptionError, match="unknown attack 'autoattack' for task 'crime'; available: pgd20, stpgd, pgd"):
+        task.prepare_attack(AttackSettings(eps=0.5, alpha=0.1, name="autoattack"))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from robx.core.attacks import logits_of, margin_loss, pgd
 from robx.core.errors import RobxError
-from robx.core.evaluate import AttackSettings
+from robx.core.evaluate import AttackKind, AttackSettings
 from robx.core.hookspecs import hookimpl
 from robx.core.stats import ScoreAccumulator, SplitStats
 from robx.core.task import Metric, RegisterTask, Task
@@ -117,7 +117,8 @@ class Classification(Task):
 
     name = "classification"
     metric = Metric("accuracy", higher_is_better=True)
-    attacks = ("pgd", "cw", "autoattack")
+    attacks = {"pgd": AttackKind("PGD"), "cw": AttackKind("CW"),
+               "autoattack": AttackKind("AutoAttack (standard)", iterative=False)}
 
     def inputs(self, stored: torch.Tensor) -> torch.Tensor:
         return to_unit_float(stored)
@@ -145,7 +146,7 @@ class Classification(Task):
 
     def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                              attack: AttackSettings) -> torch.Tensor:
-        self.check_attack(attack.name)
+        self.prepare_attack(attack)
         if attack.name == "autoattack":
             return autoattack_examples(model, x, y, attack)
         loss_fn = margin_loss if attack.name == "cw" else self.attack_loss

@@ -50,9 +50,10 @@ from typing import Any
 
 import torch
 
-from robx.core.attacks import pgd
+from robx.core.attacks import pgd, salient_unit_mask
 from robx.core.data import Split
-from robx.core.evaluate import AttackSettings
+from robx.core.errors import OptionError
+from robx.core.evaluate import AttackKind, AttackSettings
 from robx.core.hookspecs import hookimpl
 from robx.core.task import Metric, ModelInput, RegisterTask, Task
 
@@ -134,7 +135,7 @@ class Crime(Task):
 
     name = "crime"
     metric = Metric("absolute error", higher_is_better=False)
-    attacks = ("stpgd", "pgd")
+    attacks = {"stpgd": AttackKind("STPGD", options={"victims": 0.1}), "pgd": AttackKind("PGD")}
     default_attack = "stpgd"
     # z-scores have no box (Adv-ST, STPGD's code, clamps to [0, 1] because it min-max scales its inputs)
     input_bounds = (-math.inf, math.inf)
@@ -201,16 +202,22 @@ class Crime(Task):
     def adversarial_examples(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                              attack: AttackSettings) -> torch.Tensor:
         """``stpgd``: Liu et al.'s STPGD as their code runs it (Adv-ST): node saliency after 5
-        whole-input iterations, the top ``attack.victims`` of the nodes of the batch move, from
-        U(-eps/10, eps/10); ``pgd``: every node moves."""
-        self.check_attack(attack.name)
+        whole-input iterations, the top ``victims`` fraction of the nodes of the batch move,
+        from U(-eps/10, eps/10); ``pgd``: every node moves."""
+        self.prepare_attack(attack)
         mask = None
         if attack.name == "stpgd":
-            mask = self.victim_mask(model, x, y, eps=attack.eps, alpha=attack.alpha, fraction=attack.victims,
-                                    saliency_steps=SALIENCY_STEPS)
+            mask = salient_unit_mask(self, model, x, y, eps=attack.eps, alpha=attack.alpha,
+                                     fraction=attack.options["victims"], saliency_steps=SALIENCY_STEPS)
         return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm, mask=mask,
                    loss_fn=self.attack_loss, bounds=self.input_bounds,
                    start_scale=START_SCALE if attack.name == "stpgd" else 1.0)
+
+    def prepare_attack(self, attack: AttackSettings) -> None:
+        super().prepare_attack(attack)
+        victims = attack.options.get("victims")
+        if victims is not None and not 0 < victims <= 1:
+            raise OptionError(f"--victims must be in (0, 1], got {victims:g}")
 
     def trivial_predictions(self, split: Split) -> dict[str, torch.Tensor]:
         """The predictors every crime result is read against (module docstring); the
