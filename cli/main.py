@@ -151,11 +151,8 @@ def train(
         refuse_options_on_resume(context)
         if nproc is not None:
             return launch_processes(context, nproc, resume)
-        processes = distributed.start(saved_device(resume))
-        try:
+        with distributed.joined(saved_device(resume)) as processes:
             _train_on(processes, TrainConfig(), resume, resume=True)
-        finally:
-            distributed.stop()
         return
 
     values: dict[str, Any] = load_toml(config_file) if config_file else {}
@@ -169,12 +166,9 @@ def train(
     config = TrainConfig.from_dict(values)
     if nproc is not None:
         return launch_processes(context, nproc, None, config, out, force)
-    processes = distributed.start(config.device)
-    try:
+    with distributed.joined(config.device) as processes:
         run_dir = distributed.from_main(out or _default_run_dir(config), processes)
         _train_on(processes, config, run_dir, force=force)
-    finally:
-        distributed.stop()
 
 
 app.command("train")(with_config_options(train))
@@ -327,12 +321,9 @@ def eval_(
     if not (run_dir / CONFIG_FILE).is_file():
         raise RobxError(f"{run_dir} is not a robx run directory (no {CONFIG_FILE})")
     check_no_links(run_dir)
-    processes = distributed.start(device or saved_device(run_dir))
-    try:
-        with run_dir_held(run_dir, "eval", processes):
-            _evaluate_on(processes, run_dir, attack_name, victims, eps, alpha, steps, norm, n_eval, device, batch_size)
-    finally:
-        distributed.stop()
+    with distributed.joined(device or saved_device(run_dir)) as processes, \
+            run_dir_held(run_dir, "eval", processes):
+        _evaluate_on(processes, run_dir, attack_name, victims, eps, alpha, steps, norm, n_eval, device, batch_size)
 
 
 def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], victims: Optional[float],

@@ -121,6 +121,22 @@ def stop() -> None:
 
 
 @contextmanager
+def joined(device_name: str) -> Iterator[Processes]:
+    """The job for the duration of a command (:func:`start` ... :func:`stop`). On a clean exit
+    every process waits for the others before the group is torn down: gloo aborts a process
+    whose peer destroys the group while the last messages are still in flight. After an
+    error there is no wait (a peer may be gone, and the error is what the user must see)."""
+    processes = start(device_name)
+    try:
+        yield processes
+        if processes.distributed:
+            with peers_checked(processes, "the end of the command"):
+                dist.barrier()
+    finally:
+        stop()
+
+
+@contextmanager
 def peers_checked(processes: Processes, what: str) -> Iterator[None]:
     """Turn a collective that failed because another process is gone into one clear error."""
     try:
