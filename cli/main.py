@@ -448,91 +448,6 @@ def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _method_options(method: str, assignments: Optional[list[str]]) -> tuple[dict[str, str], dict[str, str]]:
-    """(method options, dataset options) of ``--set``, for the data-level commands; a one-line
-    error for another plugin's options."""
-    overrides = parse_set_overrides(assignments or [])
-    dataset_options = overrides.pop("dataset", {})
-    unknown = [name for name in overrides if name != method]
-    if unknown:
-        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
-    return overrides.get(method, {}), dataset_options
-
-
-@app.command("oversample")
-def oversample_(
-    method: Annotated[str, typer.Option(help="A registered oversampler: glgan, smote, borderline-smote, adasyn, random, none.")],
-    dataset: Annotated[str, typer.Option(help="A classification dataset, e.g. digits-binary, breast-cancer, cifar10-pair.")] = "digits-binary",
-    ratio: Annotated[Optional[float], typer.Option(help="Majority : minority training ratio (default: the dataset's).")] = None,
-    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the imbalanced subset, the oversampler and the classifiers.")] = 0,
-    classifiers: Annotated[str, typer.Option(help="Comma-separated: mlpclassifier, linearsvc, adaboost (scikit-learn defaults).")] = "mlpclassifier,linearsvc,adaboost",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.KEY=VALUE or dataset.KEY=VALUE (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write report.json and augmented.npz (x, y, generated) here.")] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
-) -> None:
-    """Oversample an imbalanced training set and score scikit-learn classifiers trained on it
-    (GL-GAN's evaluation: macro-F1, micro-F1 and MCC on a balanced test split)."""
-    from robx.core.files import prepare_output_dir
-    from robx.core.oversample import OUTPUTS, WRITER, OversampleJob, run_oversample, write_outputs
-
-    method_options, dataset_options = _method_options(method, set_)
-    if out is not None:
-        prepare_output_dir(out, OUTPUTS, WRITER, force)
-    names = tuple(c.strip() for c in classifiers.split(",") if c.strip())
-    job = OversampleJob(dataset, method, seed, ratio, method_options, dataset_options, names)
-    with console.status(f"{method} on {dataset} (seed {seed})"):
-        report, arrays = run_oversample(job)
-    counts = ", ".join(f"{c} {n}" for c, n in zip(report["classes"], report["train_counts"]))
-    table = Table(title=f"{method} on {dataset}, seed {seed}: training {counts}, +{report['generated']} synthetic; "
-                        f"test {sum(report['test_counts'])} balanced", title_justify="left")
-    for column in ("classifier", "macro-F1", "micro-F1", "MCC"):
-        table.add_column(column, justify="right" if column != "classifier" else "left")
-    for name, scores in report["classifiers"].items():
-        table.add_row(name, f"{scores['macro_f1']:.4f}", f"{scores['micro_f1']:.4f}", f"{scores['mcc']:.4f}")
-    console.print(table)
-    if report["interleaving"] is not None:
-        console.print(f"synthetic examples whose nearest real training example has another class: "
-                      f"{100 * report['interleaving']:.1f} %; oversampling took {report['resample_seconds']:.1f} s")
-    if out is not None:
-        write_outputs(out, report, arrays)
-        console.print(f"written: {out / 'report.json'}, {out / 'augmented.npz'}")
-
-
-@app.command("crowd")
-def crowd_(
-    method: Annotated[str, typer.Option(help="A registered crowd learner: iced, mv-lr, mv-dnn, ds-lr, ds-dnn.")],
-    dataset: Annotated[str, typer.Option(help="A crowd-labelled dataset: digits-crowd, breast-cancer-crowd, cifar10-pair-crowd.")] = "digits-crowd",
-    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the data (workers, removal, split) and the learner.")] = 0,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.KEY=VALUE or dataset.KEY=VALUE (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write report.json here.")] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing output directory.")] = False,
-) -> None:
-    """Learn a classifier from imbalanced crowd labels and score it on the true test labels
-    (ICED's evaluation: accuracy, F1, and how many training labels it inferred right)."""
-    from robx.core.crowd import OUTPUTS, WRITER, CrowdJob, run_crowd, write_crowd_report
-    from robx.core.files import prepare_output_dir
-
-    method_options, dataset_options = _method_options(method, set_)
-    if out is not None:
-        prepare_output_dir(out, OUTPUTS, WRITER, force)
-    with console.status(f"{method} on {dataset} (seed {seed})"):
-        report = run_crowd(CrowdJob(dataset, method, seed, method_options, dataset_options))
-    counts = ", ".join(f"{c} {n}" for c, n in zip(report["classes"], report["train_counts"]))
-    table = Table(title=f"{method} on {dataset}, seed {seed}: training {counts} (true classes), "
-                        f"{report['workers']} workers; test {sum(report['test_counts'])} balanced", title_justify="left")
-    for column in ("test accuracy", "test F1", "training labels inferred right", "majority vote's"):
-        table.add_column(column, justify="right")
-    table.add_row(f"{report['accuracy']:.4f}", f"{report['f1']:.4f}", f"{report['inferred_label_accuracy']:.4f}",
-                  f"{report['majority_vote_accuracy']:.4f}")
-    console.print(table)
-    if report["history"]:
-        accuracy = [entry["inferred_accuracy"] for entry in report["history"] if "inferred_accuracy" in entry]
-        console.print(f"inferred-label accuracy per iteration: {' '.join(f'{a:.3f}' for a in accuracy)}")
-    if out is not None:
-        write_crowd_report(out, report)
-        console.print(f"written: {out / 'report.json'}")
-
-
 @app.command("plugins")
 def plugins_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -566,6 +481,8 @@ def plugins_(
            for o in found.oversamplers.values()]
         + [{"kind": "crowd learner", "name": c.name, "origin": c.origin, "detail": "robx crowd"}
            for c in found.crowd_learners.values()]
+        + [{"kind": "command", "name": c.name, "origin": c.origin, "detail": f"robx {c.name}"}
+           for c in found.commands.values()]
     )
     if as_json:
         print(json.dumps({"plugins": rows, "registered": registered}, indent=2))
@@ -582,8 +499,8 @@ def plugins_(
         cells = [row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"])]
         table.add_row(*cells, *([row["summary"]] if wide else []))
     console.print(table)
-    listing = Table(title="registered tasks, datasets, models, oversamplers and crowd learners (--dataset, --model, "
-                          "--method)",
+    listing = Table(title="registered tasks, datasets, models, oversamplers, crowd learners (--dataset, --model, "
+                          "--method) and commands",
                     title_justify="left")
     for column in ("kind", "name", "origin", "detail"):
         listing.add_column(column)
@@ -592,10 +509,22 @@ def plugins_(
     console.print(listing)
 
 
+def add_registered_commands() -> None:
+    """Add the commands plugins register (``register_commands``) to the app (once per
+    process; the registry refuses robx's own names)."""
+    from robx.core.registry import registry
+
+    present = {info.name for info in app.registered_commands}
+    for spec in registry().commands.values():
+        if spec.name not in present:
+            app.command(spec.name)(spec.function)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one line and exit status 2 for every user error."""
-    command = typer.main.get_command(app)
     try:
+        add_registered_commands()
+        command = typer.main.get_command(app)
         command.main(args=argv, prog_name="robx", standalone_mode=False)
     except RobxError as error:
         from robx.core.distributed import PeerLostError

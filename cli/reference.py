@@ -17,7 +17,7 @@ from robx.core import hookspecs
 from robx.core.plugins import PluginSpec
 
 # Plugins that only register tasks, datasets or models are not methods.
-_NOT_METHOD_HOOKS = {"register_tasks", "register_datasets", "register_models"}
+_NOT_METHOD_HOOKS = {"register_tasks", "register_datasets", "register_models", "register_commands"}
 
 
 def is_method(spec: PluginSpec) -> bool:

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from robx.core.crowd import RegisterCrowdLearner
     from robx.core.data import Split
     from robx.core.oversample import RegisterOversampler
-    from robx.core.registry import RegisterDataset
+    from robx.core.registry import RegisterCommand, RegisterDataset
     from robx.core.state import ClassPolicy, Step, TrainState
     from robx.core.task import RegisterTask
 
@@ -129,6 +129,19 @@ def register_crowd_learners(register: RegisterCrowdLearner) -> None:
     ``history`` and ``details`` for the report (lists under ``<name>_labels`` keys are
     scored against the truth as ``<name>_accuracy``). ``robx crowd --method NAME`` evaluates it
     (:mod:`robx.core.crowd`).
+    """
+
+
+@hookspec
+def register_commands(register: RegisterCommand) -> None:
+    """Register command-line commands: ``register(name, function)``, as simonw/llm's
+    ``register_commands``.
+
+    ``robx NAME`` runs ``function``; Typer turns its typed parameters into arguments and
+    options (``Annotated[..., typer.Option(help=...)]``) and its docstring into the help. A
+    :class:`robx.core.errors.RobxError` it raises is one line on stderr and exit status 2.
+    Data-level tools are commands (``robx oversample``, ``robx crowd``); a name must be
+    unique and not one of robx's own (train, eval, report, plugins).
     """
 
 
@@ -340,7 +353,7 @@ POLICY: dict[str, str] = {
 
 #: Hooks run for every installed plugin to build the registry (not per run).
 REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_oversamplers",
-                                  "register_crowd_learners")
+                                  "register_crowd_learners", "register_commands")
 
 
 def _all_hook_names() -> list[str]:

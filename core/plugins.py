@@ -232,6 +232,8 @@ def _discovered() -> tuple[dict[str, PluginSpec], dict[str, str]]:
     for reference in DEFAULT_PLUGINS:
         target = _load_object(reference)
         name = _plugin_name(target, reference)
+        if name in found:
+            raise PluginError(f"built-in plugins {found[name].target.__name__} and {reference} share the name '{name}'")
         found[name] = PluginSpec(name, BUILTIN_ORIGIN, target)
     skipped: dict[str, str] = {}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
@@ -324,6 +326,17 @@ def parse_set_overrides(assignments: Sequence[str]) -> dict[str, dict[str, str]]
             raise OptionError(f"--set expects PLUGIN.KEY=VALUE, got {assignment!r}")
         result.setdefault(plugin, {})[option] = value.strip()
     return result
+
+
+def method_set_overrides(method: str, assignments: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(method options, dataset options) of ``--set`` for a data-level command whose
+    ``--method`` is ``method``; another plugin's options are a one-line error."""
+    overrides = parse_set_overrides(assignments)
+    dataset_options = overrides.pop("dataset", {})
+    unknown = [name for name in overrides if name != method]
+    if unknown:
+        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
+    return overrides.get(method, {}), dataset_options
 
 
 def options_as_dict(options: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The tasks, datasets, models, oversamplers and crowd learners of every installed plugin (the registration hooks).
+"""The tasks, datasets, models, oversamplers, crowd learners and commands of every installed plugin (the registration hooks).
 
 Built once per process, lazily: every available plugin (built-in or from an entry point)
 that implements ``register_tasks``, ``register_datasets`` or ``register_models`` is asked
@@ -74,9 +74,25 @@ class MethodSpec:
         return self.make(options, seed)
 
 
+@dataclass(frozen=True)
+class CommandSpec:
+    """A registered command-line command: ``robx NAME`` runs ``function`` (typed parameters
+    that Typer turns into options, its docstring the help)."""
+
+    name: str
+    function: Callable[..., None]
+    origin: str
+
+
 #: ``register(name, load, task=..., defaults=..., default=False, options=None)``, the argument of
 #: ``register_datasets``
 RegisterDataset = Callable[..., None]
+
+#: ``register(name, function)``, the argument of ``register_commands``
+RegisterCommand = Callable[[str, Callable[..., None]], None]
+
+#: robx's own commands (robx.cli.main), which no plugin may replace
+OWN_COMMANDS = ("train", "eval", "report", "plugins")
 
 
 @dataclass
@@ -86,6 +102,7 @@ class Registry:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     oversamplers: dict[str, MethodSpec] = field(default_factory=dict)
     crowd_learners: dict[str, MethodSpec] = field(default_factory=dict)
+    commands: dict[str, CommandSpec] = field(default_factory=dict)
     default_dataset: str | None = None
     #: third-party plugins left out, by "name (origin)": why
     skipped: dict[str, str] = field(default_factory=dict)
@@ -93,7 +110,7 @@ class Registry:
     def skip(self, origin: str, message: str) -> None:
         """Leave out the plugin ``origin`` names, with what it had registered so far."""
         self.skipped[origin] = message
-        for table in (self.tasks, self.datasets, self.models, self.oversamplers, self.crowd_learners):
+        for table in (self.tasks, self.datasets, self.models, self.oversamplers, self.crowd_learners, self.commands):
             for name in [name for name, spec in table.items() if spec.origin == origin]:
                 del table[name]
         if self.default_dataset is not None and self.default_dataset not in self.datasets:
@@ -138,6 +155,14 @@ class Registry:
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"{origin} registered {kind} '{name}' with options={options!r}; give a dataclass")
         table[name] = MethodSpec(kind, name, make, origin, options)
+
+    def add_command(self, origin: str, name: str, function: Callable[..., None]) -> None:
+        self._claim(self.commands, "command", name, origin)
+        if name in OWN_COMMANDS:
+            raise PluginError(f"command name '{name}' from {origin} is robx's own")
+        if not callable(function):
+            raise PluginError(f"{origin} registered command '{name}' as {function!r}; give a function")
+        self.commands[name] = CommandSpec(name, function, origin)
 
     # --- lookups with one-line errors ------------------------------------------------------
 
@@ -212,6 +237,7 @@ def registry() -> Registry:
             found.oversamplers, "oversampler", origin, *args, **kwargs),
         "register_crowd_learners": lambda origin: lambda *args, **kwargs: found.add_method(
             found.crowd_learners, "crowd learner", origin, *args, **kwargs),
+        "register_commands": lambda origin: lambda *args, **kwargs: found.add_command(origin, *args, **kwargs),
     }
     for hook in hookspecs.REGISTRATION:  # tasks first, so datasets can name them
         implementations = getattr(manager.hook, hook).get_hookimpls()

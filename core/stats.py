@@ -2,8 +2,8 @@
 
 Per split and epoch, for every class (or group) of the labels: how many examples, and the
 mean of the task's metric on clean and on adversarial inputs (accuracy for
-classification). Classification adds the confusion matrices and the mean adversarial class
-probabilities (DAFA, FAIR-TAT). Sums accumulate on the training device during the epoch
+classification), plus whatever class x class tables the task records (classification: the
+confusion matrices and the mean adversarial class probabilities that DAFA and FAIR-TAT read). Sums accumulate on the training device during the epoch
 (no host sync in the step loop) and are read once at epoch end into a :class:`SplitStats`.
 """
 
@@ -25,18 +25,18 @@ class SplitStats:
 
     ``clean``/``robust``: per-class mean of the task's ``metric`` (accuracy for
     classification) on clean and adversarial inputs, ``None`` when not recorded.
-    Classification only: ``*_confusion[i, j]`` = P(prediction j | true class i) and
-    ``robust_mean_prob[i, j]`` = mean softmax probability of class j over the adversarial
-    examples of class i.
+    ``tables``: the task's own per-class tables by name, one row per true class (the
+    classification task records ``clean_confusion``/``robust_confusion``, [i, j] = P(prediction
+    j | true class i), and ``robust_mean_prob``, [i, j] = mean softmax probability of class j
+    over the adversarial examples of class i); a method that needs one says so when it is
+    missing.
     """
 
     counts: torch.Tensor
     clean: torch.Tensor | None
     robust: torch.Tensor | None
     metric: str = "accuracy"
-    clean_confusion: torch.Tensor | None = None
-    robust_confusion: torch.Tensor | None = None
-    robust_mean_prob: torch.Tensor | None = None
+    tables: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def listify(t: torch.Tensor | None) -> Any:
@@ -44,6 +44,20 @@ class SplitStats:
 
         return {"metric": self.metric, "counts": self.counts.tolist(), "clean": listify(self.clean),
                 "robust": listify(self.robust)}
+
+
+#: checkpoints written before the task's tables had a field of their own kept these three by name
+_NAMED_TABLES = ("clean_confusion", "robust_confusion", "robust_mean_prob")
+
+
+def _split_stats_from_state(values: dict[str, Any]) -> SplitStats:
+    values = dict(values)
+    tables = dict(values.pop("tables", {}))
+    for name in _NAMED_TABLES:
+        table = values.pop(name, None)
+        if table is not None:
+            tables[name] = table
+    return SplitStats(**values, tables=tables)
 
 
 @dataclass
@@ -64,8 +78,8 @@ class EpochStats:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EpochStats:
         values = dict(state)
-        values["train"] = SplitStats(**values["train"])
-        values["val"] = None if values["val"] is None else SplitStats(**values["val"])
+        values["train"] = _split_stats_from_state(values["train"])
+        values["val"] = None if values["val"] is None else _split_stats_from_state(values["val"])
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:

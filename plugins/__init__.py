@@ -1,5 +1,6 @@
 """Built-in plugins: one module per method or baseline, and one registration module per
-task (``tasks/``), dataset (``datasets/``) and model family (``models/``).
+task (``tasks/``), dataset (``datasets/``), model family (``models/``) and command-line
+command beside train / eval / report (``commands/``).
 
 :data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.plugins.available_plugins` (the
 plugins package names its own members, so the core names no method, task, dataset or
@@ -51,4 +52,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.oversamplers",
     "robx.plugins.crowd_baselines",
     "robx.plugins.iced",
+    "robx.plugins.commands.oversample",
+    "robx.plugins.commands.crowd",
 )

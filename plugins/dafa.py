@@ -92,7 +92,7 @@ class DAFA:
         if state.epoch != self.last_warmup_epoch(state) or self.weights is not None:
             return
         assert state.epoch_stats is not None
-        mean_prob = state.epoch_stats.train.robust_mean_prob
+        mean_prob = state.epoch_stats.train.tables.get("robust_mean_prob")
         if mean_prob is None:
             raise RobxError("dafa needs the adversarial class probabilities of a classification task "
                             "(it cannot run with 'natural')")

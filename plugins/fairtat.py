@@ -36,9 +36,10 @@ from robx.core.stats import SplitStats
 
 def class_false_positive_scores(stats: SplitStats) -> torch.Tensor:
     """CFPS_c = sum_{i != c} n_ic / sum_{i != j} n_ij from the adversarial confusion."""
-    if stats.robust_confusion is None:
+    confusion = stats.tables.get("robust_confusion")
+    if confusion is None:
         raise RobxError("fairtat needs the adversarial confusion of a classification task (not with 'natural')")
-    counts = stats.robust_confusion * stats.counts.double()[:, None]  # rates -> counts
+    counts = confusion * stats.counts.double()[:, None]  # rates -> counts
     wrong = counts.clone()
     wrong.fill_diagonal_(0.0)
     total = wrong.sum()

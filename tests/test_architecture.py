@@ -128,6 +128,17 @@ def test_the_core_asks_the_task_whether_it_labels_targets():
             "labels.dim() != 1" not in source, f"core/{name} infers per-target labels from a shape"
 
 
+def test_the_class_statistics_hold_no_task_s_fields():
+    """SplitStats has counts and the task's metric on clean and attacked inputs; what only one
+    task records (classification's confusion tables) goes in its ``tables`` by name."""
+    import dataclasses
+
+    from robx.core.stats import SplitStats
+
+    assert [field.name for field in dataclasses.fields(SplitStats)] == ["counts", "clean", "robust", "metric",
+                                                                         "tables"]
+
+
 def test_every_source_package_is_in_the_distribution():
     """pyproject lists packages by hand (the source folders map onto robx.*): a folder left out
     installs from a checkout (-e) but is missing from a wheel, as robx.plugins.tasks once was."""
@@ -146,3 +157,15 @@ def test_every_source_package_is_in_the_distribution():
             relative = init.parent.relative_to(folder).parts
             expected.add(".".join((package, *relative)))
     assert expected == set(setup["packages"])
+
+
+def test_data_level_tools_are_registered_commands():
+    """The CLI defines robx's own commands only (the ones no plugin may take); oversample and
+    crowd arrive through register_commands like any third-party command."""
+    from robx.cli.main import app
+    from robx.core.registry import OWN_COMMANDS, registry
+
+    registered = registry().commands
+    assert {"oversample", "crowd"} <= set(registered)
+    assert all(spec.origin.endswith("(built-in)") for spec in registered.values() if spec.name in ("oversample", "crowd"))
+    assert {info.name for info in app.registered_commands} - set(registered) == set(OWN_COMMANDS)

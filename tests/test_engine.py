@@ -139,8 +139,8 @@ def test_class_statistics_tracker():
     assert stats.counts.tolist() == [2, 1, 3]
     assert torch.allclose(stats.clean, torch.tensor([0.5, 1.0, 2 / 3], dtype=torch.float64))
     assert torch.allclose(stats.robust, torch.tensor([1.0, 0.0, 1 / 3], dtype=torch.float64))
-    assert torch.allclose(stats.robust_confusion[2], torch.tensor([2 / 3, 0, 1 / 3], dtype=torch.float64))
-    assert torch.allclose(stats.robust_mean_prob.sum(1), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(stats.tables["robust_confusion"][2], torch.tensor([2 / 3, 0, 1 / 3], dtype=torch.float64))
+    assert torch.allclose(stats.tables["robust_mean_prob"].sum(1), torch.ones(3, dtype=torch.float64))
 
 
 def test_natural_training_records_no_robust_train_statistics(tmp_path):
@@ -153,3 +153,18 @@ def test_training_is_seeded(tmp_path):
     a = engine.train(tiny_config(epochs=1), tmp_path / "a")
     b = engine.train(tiny_config(epochs=1), tmp_path / "b")
     assert a["per_class"] == b["per_class"]
+
+
+def test_epoch_statistics_saved_before_the_task_tables_load_into_them():
+    """Checkpoints from before SplitStats.tables kept the classification tables as fields."""
+    from robx.core.stats import EpochStats
+
+    confusion = torch.tensor([[0.75, 0.25], [0.5, 0.5]], dtype=torch.float64)
+    old_split = {"counts": torch.tensor([4, 2]), "clean": None, "robust": torch.tensor([0.75, 0.5]),
+                 "metric": "accuracy", "clean_confusion": None, "robust_confusion": confusion,
+                 "robust_mean_prob": None}
+    stats = EpochStats.from_state({"epoch": 3, "train": old_split, "val": None, "loss": 0.5, "loss_terms": {},
+                                   "lr": 0.1, "seconds": 1.0})
+    assert stats.epoch == 3 and list(stats.train.tables) == ["robust_confusion"]
+    assert torch.equal(stats.train.tables["robust_confusion"], confusion)
+    assert EpochStats.from_state(stats.to_state()).train.tables.keys() == {"robust_confusion"}

@@ -41,7 +41,7 @@ def test_dafa_floors_weights_that_would_turn_negative():
     # class 1 is the easiest: W_1 = 1 - p_0(1)*p_1(1) - p_2(1)*p_1(1) = 1 - .8 - .9
     assert raw.tolist() == pytest.approx([1.8, -0.7, 1.9])
     assert raw.sum().item() == pytest.approx(3.0)  # the rule only moves weight between classes
-    stats = SplitStats(torch.full((3,), 10), None, None, robust_mean_prob=p.double())
+    stats = SplitStats(torch.full((3,), 10), None, None, tables={"robust_mean_prob": p.double()})
     state = SimpleNamespace(epoch=0, num_epochs=1, epoch_stats=SimpleNamespace(train=stats),
                             config=SimpleNamespace(eps=0.1, alpha=0.02))
     plugin = DAFA(DAFA.Options(warmup=1.0))
@@ -85,7 +85,7 @@ def test_cfps_on_a_hand_made_confusion():
     confusion_counts = torch.tensor([[6.0, 3.0, 1.0],
                                      [2.0, 8.0, 0.0],
                                      [4.0, 0.0, 16.0]])
-    stats = SplitStats(counts, None, None, robust_confusion=confusion_counts / counts[:, None].double())
+    stats = SplitStats(counts, None, None, tables={"robust_confusion": confusion_counts / counts[:, None].double()})
     cfps = class_false_positive_scores(stats)
     # wrong predictions: 3 + 1 + 2 + 4 = 10; predicted 0 wrongly: 2 + 4, 1: 3, 2: 1
     assert cfps.tolist() == pytest.approx([0.6, 0.3, 0.1])
@@ -120,7 +120,7 @@ def test_fairtat_class_wise_budgets_by_hand(mode, expected_eps):
     counts = torch.tensor([10, 10, 20])
     confusion = torch.tensor([[6.0, 3.0, 1.0], [2.0, 8.0, 0.0], [4.0, 0.0, 16.0]]) / counts[:, None]
     robust = torch.tensor([0.0, 0.3, 0.5], dtype=torch.float64)
-    train = SplitStats(counts, None, robust, robust_confusion=confusion.double())
+    train = SplitStats(counts, None, robust, tables={"robust_confusion": confusion.double()})
     state = SimpleNamespace(config=SimpleNamespace(eps=0.04, alpha=0.01),
                             epoch_stats=SimpleNamespace(train=train))
     plugin = FairTAT(FairTAT.Options(eps_mode=mode))
@@ -153,7 +153,8 @@ def _stats(robust_acc: list[float]) -> SplitStats:
     acc = torch.tensor(robust_acc, dtype=torch.float64)
     n = len(robust_acc)
     eye = torch.eye(n, dtype=torch.float64)
-    return SplitStats(torch.full((n,), 10), acc, acc, clean_confusion=eye, robust_confusion=eye, robust_mean_prob=eye)
+    return SplitStats(torch.full((n,), 10), acc, acc,
+                      tables={"clean_confusion": eye, "robust_confusion": eye, "robust_mean_prob": eye})
 
 
 def test_cfa_calibrates_budgets_and_regulariser_weights_and_gates_fawa():

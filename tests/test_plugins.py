@@ -477,5 +477,6 @@ def test_per_class_quantities_are_owned_one_by_one_through_one_hook(monkeypatch)
         PluginHost(["sneaky"], {}).class_policy(state=None)
     with pytest.raises(PluginError, match="must both implement class_policy and declare"):
         PluginHost(["undeclared"], {})
-    # 20 hooks: the three per-class hooks are one, epoch_start and train_end (no built-in used them) are gone
-    assert len(hookspecs.HOOK_NAMES) == 20 and "class_policy" in hookspecs.HOOK_NAMES
+    # 21 hooks: the three per-class hooks are one, epoch_start and train_end (no built-in used them) are gone,
+    # register_commands is new (data-level tools are registered commands)
+    assert len(hookspecs.HOOK_NAMES) == 21 and "class_policy" in hookspecs.HOOK_NAMES

@@ -147,6 +147,7 @@ def external_site(tmp_path):
                                 {"group-extras": "", "halve": "Halve"}, version="1.2")
 
 
+@pytest.mark.slow
 def test_an_external_package_adds_a_task_datasets_a_model_and_a_plugin(external_site, tmp_path):
     env = _cli_env(external_site, tmp_path / "unused")
     listing = json.loads(subprocess.run(ROBX + ["plugins", "--json"], capture_output=True, text=True, env=env,
@@ -265,3 +266,58 @@ def test_every_registered_model_builds_for_the_tasks_that_fit_it():
         spec = found.task_for("synthetic")(found.dataset("synthetic").load(None, 0)).model_input()
         features, outputs = found.build_model(name, spec).eval()(torch.rand(3, *spec.shape))
         assert outputs.shape == (3, 1)
+
+
+EXTERNAL_COMMAND = '''
+"""A package that adds a data-level command."""
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from robx import hookimpl
+from robx.core.errors import OptionError
+
+
+def tally(path: Annotated[Path, typer.Argument(help="A text file.")],
+          word: Annotated[str, typer.Option(help="The word to count.")] = "robust") -> None:
+    """Count a word in a text file."""
+    words = path.read_text().split()
+    if not words:
+        raise OptionError(f"{path.name} is empty")
+    print(f"{word}: {words.count(word)}")
+
+
+@hookimpl
+def register_commands(register):
+    register("tally", tally)
+'''
+
+SHADOWING_COMMAND = '''
+from robx import hookimpl
+
+
+@hookimpl
+def register_commands(register):
+    register("train", lambda: print("not robx's train"))
+'''
+
+
+def test_an_external_package_adds_a_command_and_none_replaces_robx_s_own(tmp_path):
+    site = install_distribution(tmp_path / "site", "robx_tally", EXTERNAL_COMMAND, {"tally": ""})
+    install_distribution(site, "robx_shadow", SHADOWING_COMMAND, {"shadow": ""})
+    env = _cli_env(site, tmp_path / "unused")
+    (tmp_path / "notes.txt").write_text("robust for whom? robust minority, fair majority\n")
+    counted = subprocess.run(ROBX + ["tally", "notes.txt", "--word", "robust"], capture_output=True, text=True,
+                             env=env, cwd=tmp_path)
+    assert counted.returncode == 0, counted.stderr
+    assert counted.stdout.strip() == "robust: 2"  # counted by hand
+    assert counted.stderr.strip() == ("robx: warning: command name 'train' from shadow (robx-shadow 0.3) is robx's "
+                                      "own; skipped")
+    (tmp_path / "empty.txt").write_text("")
+    empty = subprocess.run(ROBX + ["tally", "empty.txt"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert empty.returncode == 2 and empty.stderr.strip().splitlines()[-1] == "robx: error: empty.txt is empty"
+    listing = json.loads(subprocess.run(ROBX + ["plugins", "--json"], capture_output=True, text=True, env=env,
+                                        check=True).stdout)
+    commands = {row["name"]: row["origin"] for row in listing["registered"] if row["kind"] == "command"}
+    assert commands == {"oversample": "oversample-command (built-in)", "crowd": "crowd-command (built-in)",
+                        "tally": "tally (robx-tally 0.3)"}

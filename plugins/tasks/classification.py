@@ -82,10 +82,10 @@ class ClassStatsAccumulator(ScoreAccumulator):
         stats = super().result()
         rows = stats.counts.clamp(min=1).double()[:, None]
         if self.has_clean:
-            stats.clean_confusion = self.clean_confusion.cpu().double() / rows
+            stats.tables["clean_confusion"] = self.clean_confusion.cpu().double() / rows
         if self.has_robust:
-            stats.robust_confusion = self.robust_confusion.cpu().double() / rows
-            stats.robust_mean_prob = self.robust_prob_sum.cpu() / rows
+            stats.tables["robust_confusion"] = self.robust_confusion.cpu().double() / rows
+            stats.tables["robust_mean_prob"] = self.robust_prob_sum.cpu() / rows
         return stats
 
 
