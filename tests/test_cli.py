@@ -67,8 +67,8 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["bogus"], "No such command"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
-    result = robx(*args, cwd=tmp_path)
+def test_bad_input_gives_one_line_and_exit_2(robx_here, tmp_path, args, message):
+    result = robx_here(*args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -76,15 +76,15 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()  # nothing written for rejected input
 
 
-def test_config_file_with_plugin_section_and_cli_override(tmp_path):
+def test_config_file_with_plugin_section_and_cli_override(robx_here, tmp_path):
     (tmp_path / "run.toml").write_text('epochs = 1\nsteps = 1\neval_steps = 2\nn_eval = 60\n'
                                        'plugins = ["pgd"]\n[pgd]\nrandom_start = false\n')
-    result = robx("train", "--config", "run.toml", "--seed", "3", "--out", "r", cwd=tmp_path)
+    result = robx_here("train", "--config", "run.toml", "--seed", "3", "--out", "r")
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["config"]["seed"] == 3 and saved["plugins"]["pgd"]["random_start"] is False
     (tmp_path / "bad.toml").write_text("epochs = 1\nlearning_rat = 3\n")
-    bad = robx("train", "--config", "bad.toml", cwd=tmp_path)
+    bad = robx_here("train", "--config", "bad.toml")
     assert bad.returncode == 2 and "unknown config key(s): learning_rat" in bad.stderr
 
 
@@ -103,26 +103,26 @@ def test_config_file_with_plugin_section_and_cli_override(tmp_path):
         ("epochs = [\n", "is not valid TOML"),
     ],
 )
-def test_bad_config_files_give_one_line_and_exit_2(tmp_path, toml, message):
+def test_bad_config_files_give_one_line_and_exit_2(robx_here, tmp_path, toml, message):
     (tmp_path / "bad.toml").write_text(toml)
-    result = robx("train", "--config", "bad.toml", "--out", "r", cwd=tmp_path)
+    result = robx_here("train", "--config", "bad.toml", "--out", "r")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
 
 
-def test_existing_out_is_kept_without_force(tmp_path):
-    assert robx("train", *QUICK, "--out", "r", cwd=tmp_path).returncode == 0
+def test_existing_out_is_kept_without_force(robx_here, tmp_path):
+    assert robx_here("train", *QUICK, "--out", "r").returncode == 0
     before = (tmp_path / "r" / "report.json").read_text()
-    again = robx("train", *QUICK, "--seed", "5", "--out", "r", cwd=tmp_path)
+    again = robx_here("train", *QUICK, "--seed", "5", "--out", "r")
     assert again.returncode == 2 and "--force" in again.stderr
     assert (tmp_path / "r" / "report.json").read_text() == before
-    assert robx("train", *QUICK, "--seed", "5", "--out", "r", "--force", cwd=tmp_path).returncode == 0
+    assert robx_here("train", *QUICK, "--seed", "5", "--out", "r", "--force").returncode == 0
 
 
-def test_eval_reevaluates_a_run_with_chosen_settings(trained_run):
-    result = robx("eval", str(trained_run), "--steps", "10", "--eps", "0.05", "--n-eval", "100")
+def test_eval_reevaluates_a_run_with_chosen_settings(robx_here, trained_run):
+    result = robx_here("eval", str(trained_run), "--steps", "10", "--eps", "0.05", "--n-eval", "100")
     assert result.returncode == 0, result.stderr
     (written,) = trained_run.glob("eval-pgd10-linf-eps0.05-*.json")
     report = json.loads(written.read_text())
@@ -131,45 +131,45 @@ def test_eval_reevaluates_a_run_with_chosen_settings(trained_run):
     assert report["summary"]["robust"]["overall"] >= full["summary"]["robust"]["overall"] - 0.05
 
 
-def test_plugins_command_lists_builtins():
-    result = robx("plugins")
+def test_plugins_command_lists_builtins(robx_here):
+    result = robx_here("plugins")
     assert result.returncode == 0
     assert "natural" in result.stdout and "pgd" in result.stdout and "generate_adversary" in result.stdout
-    reference = robx("plugins", "--markdown")
+    reference = robx_here("plugins", "--markdown")
     assert reference.returncode == 0
     assert "## `srat`: SRAT" in reference.stdout and "| `trades.beta` | `float` | `6.0` |" in reference.stdout
 
 
-def test_loss_option_and_baseline_combination(tmp_path):
-    result = robx("train", *QUICK, "--loss", "ldam", "--plugins", "drw,trades", "--out", "r", cwd=tmp_path)
+def test_loss_option_and_baseline_combination(robx_here, tmp_path):
+    result = robx_here("train", *QUICK, "--loss", "ldam", "--plugins", "drw,trades", "--out", "r")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["plugins"] == ["drw", "trades", "ldam"]
-    bad = robx("train", "--loss", "nosuch", cwd=tmp_path)
+    bad = robx_here("train", "--loss", "nosuch")
     assert bad.returncode == 2 and "unknown plugin 'nosuch'" in bad.stderr
-    meaningless = robx("train", "--plugins", "mart", "--loss", "focal", cwd=tmp_path)
+    meaningless = robx_here("train", "--plugins", "mart", "--loss", "focal")
     assert meaningless.returncode == 2 and "both define the training loss" in meaningless.stderr
 
 
-def test_eval_attacks_and_report(trained_run, tmp_path):
-    cw = robx("eval", str(trained_run), "--attack", "cw", "--n-eval", "100")
+def test_eval_attacks_and_report(robx_here, trained_run, tmp_path):
+    cw = robx_here("eval", str(trained_run), "--attack", "cw", "--n-eval", "100")
     assert cw.returncode == 0, cw.stderr
     (written,) = trained_run.glob("eval-cw20-linf-*.json")
     assert json.loads(written.read_text())["attack"]["name"] == "cw"
-    l2 = robx("eval", str(trained_run), "--norm", "l2")
+    l2 = robx_here("eval", str(trained_run), "--norm", "l2")
     assert l2.returncode == 2 and "give --eps" in l2.stderr
-    unknown = robx("eval", str(trained_run), "--attack", "fgsm2")
+    unknown = robx_here("eval", str(trained_run), "--attack", "fgsm2")
     assert unknown.returncode == 2 and "unknown attack 'fgsm2'" in unknown.stderr
-    report = robx("report", str(trained_run), "--plot", str(tmp_path / "cmp.png"))
+    report = robx_here("report", str(trained_run), "--plot", str(tmp_path / "cmp.png"))
     assert report.returncode == 0, report.stderr
     assert "robust accuracy" in report.stdout and "pgd" in report.stdout
     assert (tmp_path / "cmp.png").stat().st_size > 1000
-    markdown = robx("report", str(trained_run), "--plot", str(tmp_path / "cmp.png"), "--markdown")
+    markdown = robx_here("report", str(trained_run), "--plot", str(tmp_path / "cmp.png"), "--markdown")
     summary = json.loads((trained_run / "report.json").read_text())["summary"]
     header, rule, row = markdown.stdout.strip().splitlines()
     assert header.startswith("| method | seeds | sta overall") and rule.startswith("|---|")
     assert row.split(" | ")[6].startswith(f"{100 * summary['robust']['overall']:.1f} ± 0.0")
-    missing = robx("report", str(tmp_path / "nothing"))
+    missing = robx_here("report", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no run directory or result file" in missing.stderr
 
 

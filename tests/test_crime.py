@@ -216,12 +216,8 @@ def test_the_task_is_implied_by_the_dataset_and_checked_against_it():
     (["--task", "crime", "--dataset", "cifar10"], "dataset 'cifar10' is for task 'classification', not 'crime'"),
     (["--dataset", "nyc-crime", "--optimizer", "rmsprop"], "--optimizer must be one of sgd, adam, got 'rmsprop'"),
 ])
-def test_bad_crime_runs_are_one_line_and_exit_2(tmp_path, args, message):
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "robx.cli.main", "train", *args, "--out", str(tmp_path / "run")],
-                            capture_output=True, text=True)
+def test_bad_crime_runs_are_one_line_and_exit_2(robx_here, tmp_path, args, message):
+    result = robx_here("train", *args, "--out", tmp_path / "run")
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 

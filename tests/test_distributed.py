@@ -108,6 +108,7 @@ def test_global_batches_are_cut_into_disjoint_slices_weighted_by_size():
         rank_shards([torch.arange(2)], Processes(0, 3))
 
 
+@pytest.mark.slow
 def test_two_processes_with_half_batches_train_the_weights_of_one_process(tmp_path):
     """(a) and (b): 2 ranks x B/2 = 1 rank x B after one epoch; counts exactly equal."""
     site = install_distribution(tmp_path / "site", "robx_relu_mlp", NO_BATCHNORM_MODEL, {"relu-mlp": ""})
@@ -131,6 +132,7 @@ def test_two_processes_with_half_batches_train_the_weights_of_one_process(tmp_pa
     assert config["processes"] == 2
 
 
+@pytest.mark.slow
 def test_per_class_counts_of_a_batchnorm_model_and_its_sampler_are_exact(tmp_path):
     """(b) with BatchNorm and (e) resample: the class-balanced sampler draws the same global
     examples on every process, so the epoch's per-class counts are the single process's."""
@@ -146,6 +148,7 @@ def test_per_class_counts_of_a_batchnorm_model_and_its_sampler_are_exact(tmp_pat
     assert schema(report2) == schema(report1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", [[], ["--attack", "autoattack", "--n-eval", "10"]], ids=["pgd", "autoattack"])
 def test_sharded_evaluation_is_the_single_process_evaluation(trained_run, attack):
     """(c): each process attacks whole evaluation batches and the flags are gathered."""
@@ -176,6 +179,7 @@ def _rank_process(marker: str, local_rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the worker process through /proc")
 def test_a_killed_process_ends_the_job_and_resume_finishes_it(tmp_path):
     """(d): SIGKILL one process mid-epoch; the job stops with one clear line, the checkpoint
@@ -209,6 +213,7 @@ def test_a_killed_process_ends_the_job_and_resume_finishes_it(tmp_path):
     assert all(torch.equal(resumed[name], straight[name]) for name in straight)
 
 
+@pytest.mark.slow
 def test_a_single_process_run_resumes_under_two_processes(tmp_path, monkeypatch):
     """Resume with another number of processes: the epochs, batches and report go on."""
     import robx.core.engine as engine
@@ -230,6 +235,7 @@ def test_a_single_process_run_resumes_under_two_processes(tmp_path, monkeypatch)
     assert json.loads((tmp_path / "run" / "report.json").read_text())["n_test"] == 60
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugins", [["dafa,trades", "--set", "dafa.warmup=0.5"],
                                      ["srat,imbmix", "--set", "srat.start_epoch=1", "--set", "imbmix.swa_start=0.5"]],
                          ids=["dafa-trades", "srat-imbmix"])
@@ -249,6 +255,7 @@ def test_epoch_end_plugins_run_under_two_processes_with_the_report_schema_of_one
         assert len(set(last["class_eps"])) > 1  # DAFA's per-class budget is on after warm-up
 
 
+@pytest.mark.slow
 def test_mingre_s_encoder_is_the_same_on_every_process(tmp_path):
     """MinGRE trains its cross-segment encoder inside select_victims, on each process's
     slice of the batch; its gradients are averaged over the processes (weighted by slice) so

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +21,6 @@ from robx.plugins.glgan import brier, clustering_loss, latent_smote, least_squar
 
 from conftest import tiny_config, train_killed_and_resumed
 
-ROBX = [sys.executable, "-m", "robx.cli.main"]
 FAST = {"ae_epochs": 40, "gan_epochs": 2, "hidden": 32, "latent_dim": 8}
 
 
@@ -113,10 +110,9 @@ def test_data_it_cannot_serve_is_one_line():
         check_minority_neighbours(np.array([0] * 10 + [1] * 3), 5, "glgan")
 
 
-def test_cli_oversample_bad_input_is_one_line_exit_2(tmp_path):
+def test_cli_oversample_bad_input_is_one_line_exit_2(robx_here, tmp_path):
     # ratio 48 keeps 2 minority candidates of 143: SMOTE's 5 neighbours cannot exist
-    result = subprocess.run(ROBX + ["oversample", "--method", "glgan", "--ratio", "48", "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True)
+    result = robx_here("oversample", "--method", "glgan", "--ratio", "48", "--out", tmp_path / "o")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "robx: error: glgan: class 1 has 2 training examples, but k_neighbors=5 needs more than that; "
@@ -125,21 +121,21 @@ def test_cli_oversample_bad_input_is_one_line_exit_2(tmp_path):
     for args, message in ((["--method", "nosuch"], "unknown oversampler 'nosuch'"),
                           (["--method", "smote", "--classifiers", "knn"], "unknown classifier 'knn'"),
                           (["--method", "smote", "--set", "glgan.k_neighbors=2"], "only smote.KEY or dataset.KEY")):
-        result = subprocess.run(ROBX + ["oversample", *args], capture_output=True, text=True)
+        result = robx_here("oversample", *args)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert message in result.stderr
 
 
-def test_cli_oversample_writes_plain_arrays(tmp_path):
+def test_cli_oversample_writes_plain_arrays(robx_here, tmp_path):
     out = tmp_path / "smote"
-    result = subprocess.run(ROBX + ["oversample", "--method", "smote", "--dataset", "breast-cancer", "--classifiers",
-                                    "linearsvc", "--out", str(out)], capture_output=True, text=True)
+    result = robx_here("oversample", "--method", "smote", "--dataset", "breast-cancer", "--classifiers", "linearsvc",
+                       "--out", out)
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["train_counts"] == [170, 8] and report["generated"] == 162
     with np.load(out / "augmented.npz", allow_pickle=False) as arrays:
         assert arrays["x"].shape == (340, 30) and arrays["generated"].sum() == 162
-    again = subprocess.run(ROBX + ["oversample", "--method", "smote", "--out", str(out)], capture_output=True, text=True)
+    again = robx_here("oversample", "--method", "smote", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr
 
 

@@ -189,12 +189,8 @@ def test_a_resumed_mingre_run_continues_its_encoder(tmp_path, tiny_city_root, mo
         assert lines[0][1][key] == pytest.approx(lines[1][1][key], rel=1e-6), key
 
 
-def test_mingre_on_a_task_without_graph_signals_is_one_line_and_exit_2(tmp_path):
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "robx.cli.main", "train", "--plugins", "mingre", "--epochs", "1",
-                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
+def test_mingre_on_a_task_without_graph_signals_is_one_line_and_exit_2(robx_here, tmp_path):
+    result = robx_here("train", "--plugins", "mingre", "--epochs", "1", "--out", tmp_path / "run")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "robx: error: mingre needs graph signals (time, nodes, channels) labelled per node and channel, with node "

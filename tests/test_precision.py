@@ -124,6 +124,7 @@ def test_on_a_gpu_the_split_is_on_the_device_as_uint8_and_a_step_never_waits_for
 # --------------------------------------------------------------------------- torch.compile
 
 
+@pytest.mark.slow
 def test_a_compiled_model_trains_like_the_eager_one_and_checkpoints_under_the_same_names(tmp_path):
     from robx.core.run import load_checkpoint
 

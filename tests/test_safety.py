@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import torch
 
-ROBX = [sys.executable, "-m", "robx.cli.main"]
 
 
 class RunsAShellCommand:
@@ -40,12 +37,12 @@ def test_the_crafted_checkpoint_really_runs_code_when_unpickled(trained_run, tmp
     assert marker.read_text().strip() == "pwned"
 
 
-def test_eval_and_resume_refuse_a_code_running_checkpoint(trained_run, tmp_path):
+def test_eval_and_resume_refuse_a_code_running_checkpoint(robx_here, trained_run, tmp_path):
     marker = tmp_path / "pwned.txt"
     run_dir = malicious_run_dir(trained_run, tmp_path, marker)
     before = sorted(p.name for p in run_dir.iterdir())
     for args in (["eval", str(run_dir), "--n-eval", "20"], ["train", "--resume", str(run_dir)]):
-        result = subprocess.run(ROBX + args, capture_output=True, text=True)
+        result = robx_here(*args)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "refused to load it" in lines[0], result.stderr
