@@ -45,6 +45,8 @@ CASES: dict[str, dict] = {
     "crime-stpgd": dict(CRIME, plugins=["topk", "pgd"],
                         plugin_options={"topk": {"saliency_steps": 5}, "pgd": {"start_scale": 0.1}}),
     "crime-mingre": dict(CRIME, plugins=["mingre"]),
+    # the embedded default in full (`robx train`: PGD-AT, Step-10 digits, PGD-20 evaluation)
+    "digits-demo": dict(dataset="digits"),
 }
 
 
