@@ -41,8 +41,8 @@ BatchNormSync = Literal["reduce", "broadcast"]
 Precision = Literal["fp32", "bf16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
-#: Keys a run cannot start without: the dataset's registered defaults, the file or the command
-#: line must give each (a dataset that registers none of them is told all at once).
+#: Keys a run cannot start without: the command line, the file, the dataset's registered defaults
+#: or its task's defaults (in that order) must give each (what none gives is told all at once).
 REQUIRED_AFTER_DEFAULTS = ("imbalance", "ratio", "model", "epochs", "batch_size", "lr", "schedule", "eps", "alpha",
                            "steps", "eval_steps", "augment")
 
@@ -177,6 +177,9 @@ class TrainConfig:
         for key, value in spec.defaults.items():
             if key not in values:
                 raise OptionError(f"dataset '{values['dataset']}' has a default for unknown config key '{key}'")
+            if values.get(key) is None:
+                values[key] = value
+        for key, value in found.tasks[spec.task].task.defaults.items():
             if values.get(key) is None:
                 values[key] = value
         if values["eval_alpha"] is None:

@@ -78,6 +78,10 @@ class Task(ABC):
     #: per-class budget or a sampling weight from (the engine refuses both), and its
     #: datasets' labels have the targets' shape
     labels_per_target: ClassVar[bool] = False
+    #: config values for the keys neither the dataset's registered defaults, the config file
+    #: nor the command line set (a registered dataset then needs to name little more than
+    #: its model); empty: every dataset of the task gives its own
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, data: TaskData) -> None:
         self.data = data

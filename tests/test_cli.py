@@ -206,6 +206,15 @@ def test_a_dataset_without_defaults_is_told_every_missing_key_at_once(monkeypatc
     found = registry()
     bare = dataclasses.replace(found.datasets["digits"], name="bare", defaults={})
     monkeypatch.setitem(found.datasets, "bare", bare)
+    # the classification task fills in its recipe: only the model is left to name
+    with pytest.raises(OptionError) as raised:
+        TrainConfig(dataset="bare", epochs=1).resolved()
+    assert str(raised.value) == "dataset 'bare' sets no model; give them in the config or on the command line (--model)"
+    config = TrainConfig(dataset="bare", model="smallcnn").resolved()
+    assert (config.imbalance, config.epochs, config.steps, config.eval_steps) == ("original", 10, 10, 20)
+    assert config.eps == pytest.approx(8 / 255) and config.alpha == pytest.approx(2 / 255)
+    # a task without defaults: every missing key at once
+    monkeypatch.setattr(found.tasks["classification"].task, "defaults", {})
     with pytest.raises(OptionError) as raised:
         TrainConfig(dataset="bare", epochs=1).resolved()
     message = str(raised.value)

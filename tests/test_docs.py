@@ -78,3 +78,39 @@ def test_nothing_in_the_repository_cites_files_that_do_not_ship_with_it():
         and cited.search(path.read_text(errors="replace"))
     ] + (["README.md"] if cited.search((ROOT / "README.md").read_text()) else [])
     assert offenders == []
+
+
+def test_every_python_block_of_the_readme_runs_as_written(tmp_path, monkeypatch):
+    """Each Python block of the README is a module a newcomer saves as its first line names:
+    each imports and runs its definitions, and the registration example trains with the
+    README's own command (the plugin example trains in tests/test_plugins.py)."""
+    import json
+    import subprocess
+    import sys
+    import types
+
+    import pytest
+
+    from test_plugins import _cli_env, install_distribution
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = dict(re.findall(r"```python\n# (\w+)\.py\n(.*?)```", readme, re.S))
+    assert len(blocks) == readme.count("```python"), "a README Python block does not start with '# module.py'"
+    assert set(blocks) == {"robx_minority_boost", "robx_stripes"}
+    for name, source in blocks.items():
+        module = types.ModuleType(name)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
+        exec(compile(source, f"README.md: {name}.py", "exec"), module.__dict__)
+    entry = re.search(r"the entry point `(\w+) = \"(\w+)\"`, `(robx train --dataset \w+)`", readme.replace("\n", " "))
+    assert entry, "the README lost its registration example's entry point and command"
+    name, module, command = entry.groups()
+    site = install_distribution(tmp_path / "site", module, blocks[module], {name: ""})
+    done = subprocess.run([sys.executable, "-m", "robx.cli.main", *command.split()[1:]], capture_output=True,
+                          text=True, cwd=tmp_path, env=_cli_env(site, tmp_path / "unused"), timeout=600)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["dataset"] == "stripes" and report["model"] == "tinynet"
+    assert report["class_names"] == ["horizontal", "vertical"] and report["class_counts"] == [270, 30]  # 9 : 1
+    assert report["attack"]["eps"] == pytest.approx(8 / 255) and report["attack"]["steps"] == 20  # the task's
+    assert report["summary"]["standard"]["overall"] > 0.9  # stripes are easy: it learnt them

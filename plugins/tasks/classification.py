@@ -119,6 +119,11 @@ class Classification(Task):
     metric = Metric("accuracy", higher_is_better=True)
     attacks = {"pgd": AttackKind("PGD"), "cw": AttackKind("CW"),
                "autoattack": AttackKind("AutoAttack (standard)", iterative=False)}
+    #: a dataset's own class counts, and Madry et al.'s PGD-AT recipe (eps 8/255, step 2/255,
+    #: 10 steps; PGD-20 evaluation) with SGD at lr 0.1, step decay, batch 128, no augmentation
+    defaults = {"imbalance": "original", "ratio": 1.0, "epochs": 10, "batch_size": 128, "lr": 0.1,
+                "schedule": "step", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "eval_steps": 20,
+                "augment": False}
 
     def inputs(self, stored: torch.Tensor) -> torch.Tensor:
         return to_unit_float(stored)
