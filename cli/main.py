@@ -52,6 +52,9 @@ def _default_run_dir(config: TrainConfig) -> Path:
 
     names = "+".join(resolve_plugin_names(config.plugins, config.loss))
     dataset = config.dataset or registry().default_dataset
+    if ":" in dataset:  # folder:/data/pets -> folder-pets
+        scheme, _, path = dataset.partition(":")
+        dataset = f"{scheme}-{Path(path).name}"
     return Path("runs") / f"{dataset}-{names}-seed{config.seed}-{stamp}"
 
 

@@ -171,6 +171,7 @@ class TrainConfig:
                 raise OptionError("no dataset given and no installed plugin registers a default dataset")
             values["dataset"] = found.default_dataset
         spec = found.dataset(values["dataset"])
+        values["dataset"] = spec.name  # folder:PATH with PATH made absolute
         if task is not None and spec.task != task:
             raise OptionError(f"dataset '{spec.name}' is for task '{spec.task}', not '{task}'")
         values["task"] = spec.task

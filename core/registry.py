@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -37,10 +38,13 @@ class DatasetSpec:
     defaults: Mapping[str, Any]
     origin: str
     options: type | None = None
+    #: options the dataset's name gives (``folder:PATH``: the path)
+    given: Mapping[str, Any] = field(default_factory=dict)
 
     def read(self, data_root: str | None, seed: int, raw_options: Mapping[str, Any] | None = None) -> TaskData:
         """The dataset with its options (``--set dataset.KEY=VALUE``) validated and applied."""
-        options = options_from(self.options, raw_options or {}, "dataset", f"dataset '{self.name}'")
+        raw = {**self.given, **(raw_options or {})}
+        options = options_from(self.options, raw, "dataset", f"dataset '{self.name}'")
         return self.load(data_root, seed) if self.options is None else self.load(data_root, seed, options)
 
 
@@ -167,6 +171,19 @@ class Registry:
     # --- lookups with one-line errors ------------------------------------------------------
 
     def dataset(self, name: str) -> DatasetSpec:
+        """The dataset ``name``; ``NAME:PATH`` is the dataset NAME reading the user's files at
+        PATH (a dataset whose options have a ``path``: ``folder:``, ``npz:``), named by the
+        absolute path so a resumed run finds them from anywhere."""
+        base, colon, path = name.partition(":")
+        if colon and base in self.datasets and name not in self.datasets:
+            spec = self.datasets[base]
+            if spec.options is None or "path" not in {f.name for f in dataclasses.fields(spec.options)}:
+                raise OptionError(f"dataset '{base}' reads no files of yours, so '{name}' means nothing; "
+                                  f"give --dataset {base}")
+            if not path:
+                raise OptionError(f"--dataset {base}:PATH needs a path after '{base}:'")
+            absolute = str(Path(path).expanduser().resolve())
+            return dataclasses.replace(spec, name=f"{base}:{absolute}", given={"path": absolute})
         if name not in self.datasets:
             raise self._unknown("dataset", name, self.datasets)
         spec = self.datasets[name]

@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.datasets.city_crime",
     "robx.plugins.datasets.breast_cancer",
     "robx.plugins.datasets.madelon",
+    "robx.plugins.datasets.user_files",
     "robx.plugins.models.cnn",
     "robx.plugins.models.resnet",
     "robx.plugins.models.mlp",
