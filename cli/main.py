@@ -52,10 +52,13 @@ def _default_run_dir(config: TrainConfig) -> Path:
 
     names = "+".join(resolve_plugin_names(config.plugins, config.loss))
     dataset = config.dataset or registry().default_dataset
-    if ":" in dataset:  # folder:/data/pets -> folder-pets
-        scheme, _, path = dataset.partition(":")
-        dataset = f"{scheme}-{Path(path).name}"
-    return Path("runs") / f"{dataset}-{names}-seed{config.seed}-{stamp}"
+    return Path("runs") / f"{_name_part(dataset)}-{names}-seed{config.seed}-{stamp}"
+
+
+def _name_part(name: str) -> str:
+    """A dataset or model name as part of a directory name: folder:/data/pets -> folder-pets."""
+    scheme, colon, rest = name.partition(":")
+    return f"{scheme}-{Path(rest).name}" if colon else name
 
 
 #: TrainConfig fields given on the command line another way (``--set``).
@@ -376,6 +379,99 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
     write_json(Path(run_dir) / name, report)
     print_report(console, report, f"{run_dir}: test {metric_name(report)} ({attack.describe()})")
     console.print(f"written: {Path(run_dir) / name}")
+
+
+#: what robx audit writes: the summary first (it names its writer, see prepare_output_dir)
+AUDIT_OUTPUTS = ("audit.json", "per-class.png")
+
+
+@app.command("audit")
+def audit(
+    model_file: Annotated[Path, typer.Argument(help="The model's weights: .safetensors or a torch state dict "
+                                                    "(read without unpickling code).")],
+    arch: Annotated[str, typer.Option(help="Its architecture: a registered model (robx plugins), "
+                                           "torchvision:NAME or timm:NAME.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Test set and class counts: a registered dataset, "
+                                                        "folder:PATH or npz:PATH (default: digits).")] = None,
+    attacks: Annotated[str, typer.Option(help="Comma-separated evaluation attacks of the task: pgd, cw, "
+                                              "autoattack (needs the autoattack extra).")] = "pgd,autoattack",
+    eps: Annotated[Optional[str], typer.Option(help="Budget, e.g. 8/255 (default: the dataset's or task's).")] = None,
+    alpha: Annotated[Optional[str], typer.Option(help="PGD step size (default: eps / 4).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="PGD steps (default: the dataset's evaluation steps).")] = None,
+    norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
+    n_eval: Annotated[Optional[int], typer.Option(help="A stratified test subset of this size.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="dataset.KEY=VALUE (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write audit.json and per-class.png here (default: "
+                                                     "runs/audit-<arch>-<dataset>-<time>).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace robx's outputs in an existing --out.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the attacks' random starts.")] = 0,
+) -> None:
+    """Robust for whom? Evaluate a model robx did not train, per class: standard and attacked
+    accuracy, majority / minority / worst class, and where the attack pushes each class."""
+    import tempfile
+
+    from robx.cli.display import RichProgress, print_report
+    from robx.core.attacks import check_budget
+    from robx.core.engine import build_run, default_eval_attack, evaluate_run
+    from robx.core.files import WRITTEN_BY, make_directory, prepare_output_dir, write_json
+    from robx.core.report import plot_per_class
+
+    overrides = parse_set_overrides(set_ or [])
+    if set(overrides) - {"dataset"}:
+        raise OptionError(f"--set {sorted(set(overrides) - {'dataset'})[0]}.KEY: robx audit takes dataset.KEY only")
+    names = [name.strip() for name in attacks.split(",") if name.strip()]
+    if not names:
+        raise OptionError(f"--attacks expects comma-separated attack names, got {attacks!r}")
+    if n_eval is not None and n_eval < 1:
+        raise OptionError("--n-eval must be >= 1")
+    if norm not in ("linf", "l2"):
+        raise OptionError(f"--norm must be linf or l2, got {norm!r}")
+    budget = {key: _number(value, key) for key, value in (("eps", eps), ("alpha", alpha)) if value is not None}
+    if "eps" in budget and "alpha" not in budget:
+        budget["alpha"] = budget["eps"] / 4
+    config = TrainConfig(dataset=dataset, model=arch, weights=str(model_file), plugins=["natural"], epochs=1,
+                         seed=seed, device=device, norm=norm, dataset_options=overrides.get("dataset", {}),
+                         **budget, **({"eval_steps": steps} if steps is not None else {})).resolved()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = out or Path("runs") / f"audit-{_name_part(arch)}-{_name_part(config.dataset or '')}-{stamp}"
+    prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
+    with tempfile.TemporaryDirectory() as unused:
+        run = build_run(config, Path(unused) / "run")
+    reports = {}
+    for name in names:
+        attack = default_eval_attack(run.config, name)
+        run.task.prepare_attack(attack)
+        check_budget(attack.eps, attack.norm, run.task.input_bounds, tuple(run.data.test.x.shape[1:]), "--eps")
+        with RichProgress(console) as progress:
+            report = evaluate_run(run, run.state.model, progress, attack, n_eval)
+        for key in ("plugins", "epochs", "parts"):
+            report.pop(key, None)
+        reports[attack.tag] = {**report, "model_file": str(model_file.resolve()), "arch": arch}
+        print_report(console, report, f"{model_file.name} ({arch}) on {config.dataset}: {attack.describe()}")
+        _print_attacked_confusion(report)
+    make_directory(target)
+    first = next(iter(reports.values()))
+    plot_per_class(first, target / "per-class.png", f"{model_file.name} ({arch}): {next(iter(reports))}")
+    write_json(target / "audit.json", {"model_file": str(model_file.resolve()), "arch": arch,
+                                       "dataset": config.dataset, "attacks": reports, WRITTEN_BY: "robx audit"})
+    console.print(f"written: {target / 'audit.json'}, {target / 'per-class.png'}")
+
+
+def _print_attacked_confusion(report: dict[str, Any]) -> None:
+    """Where the attack pushes each class (rows: true class; columns: predicted, % of the row)."""
+    shares = report.get("details", {}).get("attacked_confusion")
+    if not shares:
+        return
+    names = report["class_names"]
+    table = Table(title="where the attack sends each class (row: true class, % predicted as each class)",
+                  title_justify="left")
+    table.add_column("class")
+    for name in names:
+        table.add_column(str(name), justify="right")
+    for name, row in zip(names, shares):
+        table.add_row(str(name), *(f"{100 * share:.0f}" for share in row))
+    console.print(table)
 
 
 @app.command("report")

@@ -110,6 +110,9 @@ class TrainConfig:
                                           "user cache).")
     # model and schedule
     model: str | None = setting(None, "A registered model, e.g. smallcnn, resnet18, mlp (default: the dataset's).")
+    weights: str | None = setting(None, "Start from these weights: a .safetensors file or a torch state dict "
+                                        "(read without unpickling code); the model's own keys, or its bare "
+                                        "torchvision / timm architecture's.")
     epochs: int | None = setting(None, "Training epochs.")
     batch_size: int | None = setting(None, "Batch size (the global batch under several processes).")
     lr: float | None = setting(None, "(Peak) learning rate.")

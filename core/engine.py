@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from robx.core.errors import (CheckpointError, NonFiniteLossError, OptionError, 
                               TrainingPaused)
 from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
-from robx.core.models import NormedLinear
+from robx.core.models import NormedLinear, load_initial_weights
 from robx.core.registry import Registry, registry
 from robx.core.files import write_json, write_text_atomically
 from robx.core.report import build_report, plot_per_class
@@ -239,6 +240,10 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     task = task_type(data)
     spec = dataclasses.replace(task.model_input(), head=host.head)
     model = build_model(found, config.model, spec)
+    if config.weights is not None:
+        loaded = load_initial_weights(model, Path(config.weights))
+        if distributed.current().main:
+            print(f"robx: {loaded}", file=sys.stderr)
     check_model_contract(model, config.model, task.inputs(data.train.x[:2]))
     processes = distributed.current()
     smallest = smallest_slice(model)

@@ -10,11 +10,14 @@ features are the penultimate representation that feature-space losses read.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robx.core.errors import OptionError
 from robx.core.task import ModelInput
 
 
@@ -73,3 +76,61 @@ def classifier(spec: ModelInput, body: nn.Module, feature_dim: int) -> Classifie
 ModelBuilder = Callable[[ModelInput], nn.Module]
 #: ``register(name, build)``, the argument of a ``register_models`` hook
 RegisterModel = Callable[[str, ModelBuilder], None]
+
+
+def load_initial_weights(model: nn.Module, path: Path) -> str:
+    """Start ``model`` from the tensors in ``path`` and say what was loaded.
+
+    A ``.safetensors`` file is read with safetensors; anything else with
+    ``torch.load(weights_only=True)``, which refuses every object but tensors and plain
+    containers, so no code in the file runs (a robx checkpoint's ``model`` entry is taken).
+    The keys are the model's own (a robx model saved before) or, for a model wrapped by
+    :func:`classifier`, those of its body's bare architecture (a torchvision / timm state
+    dict): the file's keys are placed under the one prefix that places most of them
+    (``body.0.`` for a wrapped torchvision network). What the model
+    has and the file does not (its normalisation, its head) stays as built; a key whose shape
+    differs, or a file that matches nothing, is an :class:`OptionError`."""
+    import pickle
+
+    if not path.is_file():
+        raise OptionError(f"--weights {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OptionError(f"--weights {path}: not a state dict of tensors robx can read safely ({first[:160]})") \
+            from error
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise OptionError(f"--weights {path}: expected a mapping of names to tensors")
+    own = model.state_dict()
+    # the prefix under which the file's keys sit in the model ("" for the model's own keys,
+    # "body.0." for a torchvision network wrapped by classifier): the one that places most
+    prefixes: dict[str, int] = {}
+    for name in own:
+        for key in state:
+            if name == key or name.endswith("." + key):
+                prefixes[name[: len(name) - len(key)]] = prefixes.get(name[: len(name) - len(key)], 0) + 1
+    prefix = max(prefixes, key=lambda candidate: (prefixes[candidate], -len(candidate)), default="")
+    matched: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        target = prefix + key
+        if target not in own:
+            continue
+        if own[target].shape != tensor.shape:
+            raise OptionError(f"--weights {path}: '{key}' has shape {tuple(tensor.shape)}, the model's "
+                              f"'{target}' {tuple(own[target].shape)}")
+        matched[target] = tensor
+    if not matched:
+        raise OptionError(f"--weights {path}: none of its {len(state)} tensors (e.g. '{next(iter(state), '')}') "
+                          "matches the model")
+    model.load_state_dict({**own, **matched})
+    unused = len(state) - len(matched)
+    return (f"loaded {len(matched)} of the model's {len(own)} tensors from {path}"
+            + (f"; {unused} of the file's (its classification layer) left out" if unused else ""))

@@ -53,6 +53,9 @@ class ModelSpec:
     name: str
     build: ModelBuilder
     origin: str
+    #: a family named by an argument: ``--model NAME:ARG`` calls ``build(spec, ARG)``
+    #: (``torchvision:resnet50``)
+    takes_argument: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ RegisterDataset = Callable[..., None]
 RegisterCommand = Callable[[str, Callable[..., None]], None]
 
 #: robx's own commands (robx.cli.main), which no plugin may replace
-OWN_COMMANDS = ("train", "eval", "report", "plugins")
+OWN_COMMANDS = ("train", "eval", "audit", "report", "plugins")
 
 
 @dataclass
@@ -149,9 +152,9 @@ class Registry:
                                   "the default dataset")
             self.default_dataset = name
 
-    def add_model(self, origin: str, name: str, build: ModelBuilder) -> None:
+    def add_model(self, origin: str, name: str, build: ModelBuilder, *, takes_argument: bool = False) -> None:
         self._claim(self.models, "model", name, origin)
-        self.models[name] = ModelSpec(name, build, origin)
+        self.models[name] = ModelSpec(name, build, origin, takes_argument)
 
     def add_method(self, table: dict[str, MethodSpec], kind: str, origin: str, name: str,
                    make: Callable[..., Any], *, options: type | None = None) -> None:
@@ -207,8 +210,19 @@ class Registry:
         return self.method(self.crowd_learners, "crowd learner", name)
 
     def build_model(self, name: str, spec: ModelInput) -> nn.Module:
+        family, colon, argument = name.partition(":")
+        if colon and name not in self.models:
+            if family not in self.models:
+                raise self._unknown("model", name, self.models)
+            if not self.models[family].takes_argument:
+                raise OptionError(f"model '{family}' takes no argument, so '{name}' means nothing; give --model {family}")
+            if not argument:
+                raise OptionError(f"--model {family}:NAME needs a name after '{family}:'")
+            return self.models[family].build(spec, argument)  # type: ignore[call-arg]
         if name not in self.models:
             raise self._unknown("model", name, self.models)
+        if self.models[name].takes_argument:
+            raise OptionError(f"model '{name}' is a family: give --model {name}:NAME (e.g. {name}:resnet50)")
         return self.models[name].build(spec)
 
 

@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.models.resnet",
     "robx.plugins.models.mlp",
     "robx.plugins.models.stgnn",
+    "robx.plugins.models.external",
     "robx.plugins.oversamplers",
     "robx.plugins.crowd_baselines",
     "robx.plugins.iced",

@@ -15,11 +15,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from robx.core.attacks import logits_of, margin_loss, pgd
+from robx.core.data import Split
 from robx.core.errors import RobxError
 from robx.core.evaluate import AttackKind, AttackSettings
 from robx.core.hookspecs import hookimpl
@@ -105,8 +108,19 @@ def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
         from pyautoattack import AutoAttack
     except ImportError as error:
         raise RobxError("--attack autoattack needs the reference AutoAttack: pip install 'robx[autoattack]'") from error
-    adversary = AutoAttack(LogitsOnly(model).eval(), norm="Linf" if attack.norm == "linf" else "L2",
-                           eps=attack.eps, version="standard", seed=attack.seed, device=x.device)
+    wrapped = LogitsOnly(model).eval()
+    norm = "Linf" if attack.norm == "linf" else "L2"
+    with torch.no_grad():
+        classes = wrapped(x[:1]).shape[1]
+    if classes >= 4:
+        adversary = AutoAttack(wrapped, norm=norm, eps=attack.eps, version="standard", seed=attack.seed,
+                               device=x.device)
+    else:
+        # the standard version's targeted DLR loss reads the 4th-largest logit (its authors' code
+        # fails below 4 classes) and the untargeted DLR the 3rd: run the attacks that are defined
+        adversary = AutoAttack(wrapped, norm=norm, eps=attack.eps, version="custom", seed=attack.seed,
+                               device=x.device, attacks=["apgd-ce", "square"] + (["apgd-dlr"] if classes == 3
+                                                                                      else []))
     adversary.verbose = False
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))  # (examples, their predictions)
     return x_adv
@@ -135,6 +149,16 @@ class Classification(Task):
         if targets.is_floating_point():  # soft labels of shape (rows, classes)
             return -(targets * F.log_softmax(outputs, dim=1)).sum(dim=1)
         return F.cross_entropy(outputs, targets, reduction="none")
+
+    def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
+                       attack: AttackSettings) -> dict[str, Any]:
+        """Where the attack pushes each class: ``attacked_confusion[i][j]``, the share of class
+        i's attacked test examples predicted as class j (the diagonal is robust accuracy)."""
+        c = self.num_classes
+        pairs = torch.bincount(split.labels * c + robust_outputs.argmax(dim=1).cpu(), minlength=c * c)
+        rows = pairs.view(c, c).double()
+        shares = rows / rows.sum(dim=1, keepdim=True).clamp(min=1)
+        return {"attacked_confusion": [[round(v, 4) for v in row] for row in shares.tolist()]}
 
     def row_weights(self, class_weights: torch.Tensor, targets: torch.Tensor,
                     row_labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""Your own model: torchvision / timm architectures behind robx's (features, outputs)
+contract, ``--weights`` from a local file (never unpickling code), and ``robx audit`` of a
+model robx did not train."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from robx.core.errors import OptionError
+from robx.core.models import load_initial_weights
+from robx.core.registry import registry
+from robx.core.task import ModelInput
+
+RGB = ModelInput((3, 32, 32), 10, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+
+
+def test_a_torchvision_network_is_the_body_of_a_normalising_classifier(tmp_path):
+    model = registry().build_model("torchvision:resnet18", RGB).eval()
+    reference = torchvision.models.resnet18(num_classes=1000).eval()
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    message = load_initial_weights(model, tmp_path / "r18.pth")
+    # 122 tensors in torchvision's file; all but fc.weight / fc.bias land in the body
+    assert message.startswith("loaded 120 of the model's 124 tensors") and "2 of the file's" in message
+    x = torch.rand(2, 3, 32, 32)
+    reference.fc = nn.Identity()
+    normalised = (x - torch.tensor(RGB.mean).view(1, 3, 1, 1)) / torch.tensor(RGB.std).view(1, 3, 1, 1)
+    features, outputs = model(x)
+    assert torch.allclose(features, reference(normalised), atol=1e-5)  # torchvision's own features
+    assert features.shape == (2, 512) and outputs.shape == (2, 10)  # resnet18's fc.in_features = 512
+
+
+def test_one_channel_images_are_repeated_and_bad_names_are_one_line():
+    gray = ModelInput((1, 16, 16), 4, (0.5,), (0.25,))
+    _, outputs = registry().build_model("torchvision:mobilenet_v3_small", gray)(torch.rand(2, 1, 16, 16))
+    assert outputs.shape == (2, 4)
+    for name, message in (("torchvision:resnet5000", "unknown torchvision architecture 'resnet5000'"),
+                          ("torchvision", "is a family: give --model torchvision:NAME"),
+                          ("smallcnn:wide", "model 'smallcnn' takes no argument")):
+        with pytest.raises(OptionError, match=message):
+            registry().build_model(name, RGB)
+    with pytest.raises(OptionError, match="takes 1- or 3-channel images, got 2"):
+        registry().build_model("torchvision:resnet18", ModelInput((2, 8, 8), 3, (0.0, 0.0), (1.0, 1.0)))
+
+
+def test_a_timm_network_is_built_headless_with_its_feature_count(monkeypatch):
+    made = {}
+
+    def create_model(name, pretrained, num_classes):
+        made.update(name=name, pretrained=pretrained, num_classes=num_classes)
+        network = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 7))
+        network.num_features = 7
+        return network
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    features, outputs = registry().build_model("timm:tiny_vit", RGB)(torch.rand(2, 3, 32, 32))
+    assert made == {"name": "tiny_vit", "pretrained": False, "num_classes": 0}  # no download, no head
+    assert features.shape == (2, 7) and outputs.shape == (2, 10)
+
+
+def test_weights_that_would_run_code_or_do_not_fit_are_refused(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"conv.weight": torch.zeros(1), "evil": Payload()}, tmp_path / "evil.pt")
+    model = registry().build_model("smallcnn", RGB)
+    with pytest.raises(OptionError, match="not a state dict of tensors robx can read safely"):
+        load_initial_weights(model, tmp_path / "evil.pt")
+    assert not marker.exists()
+    torch.save({"layer.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(OptionError, match="none of its 1 tensors"):
+        load_initial_weights(model, tmp_path / "other.pt")
+    with pytest.raises(OptionError, match="no such file"):
+        load_initial_weights(model, tmp_path / "missing.safetensors")
+
+
+def test_audit_scores_a_model_robx_did_not_train_per_class(robx_here, trained_run, tmp_path):
+    """The checkpoint of a robx run, audited as an outside model: the same per-class numbers
+    as `robx eval` of that run with the same attack, and the attacked confusion agrees with
+    the per-class robust accuracy (its diagonal) and sums to one per class."""
+    from safetensors.torch import save_file
+
+    payload = torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in payload["model"].items()}, str(tmp_path / "model.safetensors"))
+    arch = json.loads((trained_run / "config.json").read_text())["config"]["model"]
+    result = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--dataset", "digits",
+                       "--attacks", "pgd", "--steps", "5", "--n-eval", "100", "--out", tmp_path / "audit")
+    assert result.returncode == 0, result.stderr
+    assert "where the attack sends each class" in result.stdout
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert (tmp_path / "audit" / "per-class.png").stat().st_size > 1000
+    (report,) = audit["attacks"].values()
+    evaluated = robx_here("eval", trained_run, "--steps", "5", "--n-eval", "100")
+    assert evaluated.returncode == 0, evaluated.stderr
+    (written,) = trained_run.glob("eval-pgd5-*-n100.json")
+    own = json.loads(written.read_text())
+    assert report["per_class"] == own["per_class"] and report["summary"] == own["summary"]
+    confusion = report["details"]["attacked_confusion"]
+    assert all(abs(sum(row) - 1) < 1e-3 for row in confusion)
+    assert [row[c] for c, row in enumerate(confusion)] == pytest.approx(report["per_class"]["robust"], abs=1e-4)
+    again = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--attacks", "pgd",
+                      "--out", tmp_path / "audit")
+    assert again.returncode == 2 and "already exists" in again.stderr
