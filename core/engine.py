@@ -38,7 +38,7 @@ from robx.core.errors import (CheckpointError, NonFiniteLossError, OptionError, 
                               TrainingPaused)
 from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
-from robx.core.models import NormedLinear, load_initial_weights
+from robx.core.models import NormedLinear, load_initial_weights, normalises
 from robx.core.registry import Registry, registry
 from robx.core.files import write_json, write_text_atomically
 from robx.core.report import build_report, plot_per_class
@@ -245,6 +245,10 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         if distributed.current().main:
             print(f"robx: {loaded}", file=sys.stderr)
     check_model_contract(model, config.model, task.inputs(data.train.x[:2]))
+    if not normalises(model, spec) and distributed.current().main:
+        print(f"robx: warning: model '{config.model}' has no robx.core.models.Normalize, so it sees inputs in "
+              f"[0, 1] units, not normalised by the dataset's mean {spec.mean} and std {spec.std}; build it "
+              "with robx.core.models.classifier (or normalise inside it and ignore this)", file=sys.stderr)
     processes = distributed.current()
     smallest = smallest_slice(model)
     if config.batch_size < smallest * processes.world_size:

@@ -67,6 +67,13 @@ class Classifier(nn.Module):
         return features, self.head(features)
 
 
+def normalises(model: nn.Module, spec: ModelInput) -> bool:
+    """Whether ``model`` applies the task's input normalisation (a :class:`Normalize` module),
+    or there is none to apply (mean 0 and std 1)."""
+    trivial = all(m == 0 for m in spec.mean) and all(s == 1 for s in spec.std)
+    return trivial or any(isinstance(module, Normalize) for module in model.modules())
+
+
 def classifier(spec: ModelInput, body: nn.Module, feature_dim: int) -> Classifier:
     """The standard wrapper around a body, normalising with the task's statistics."""
     return Classifier(Normalize(spec.mean, spec.std, len(spec.shape)), body, feature_dim, spec.outputs, spec.head)

@@ -111,3 +111,37 @@ def test_audit_scores_a_model_robx_did_not_train_per_class(robx_here, trained_ru
     again = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--attacks", "pgd",
                       "--out", tmp_path / "audit")
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_a_model_that_does_not_normalise_its_inputs_is_said_not_silent(monkeypatch, tmp_path, capsys):
+    from conftest import tiny_config
+
+    from robx.core.engine import build_run
+    from robx.core.models import classifier, normalises
+    from robx.core.registry import ModelSpec
+
+    body = nn.Sequential(nn.Flatten(), nn.Linear(64, 8))
+    gray = ModelInput((1, 8, 8), 10, (0.3,), (0.2,))
+    assert normalises(classifier(gray, body, 8), gray)
+    assert not normalises(nn.Sequential(body, nn.Linear(8, 10)), gray)
+    assert normalises(nn.Sequential(body), ModelInput((64,), 2, (0.0,), (1.0,)))  # nothing to apply
+
+    class Raw(nn.Module):  # (features, outputs), but straight from the pixels
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8)), nn.Linear(8, 10)
+
+        def forward(self, x):
+            features = self.body(x)
+            return features, self.head(features)
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = {f"x_{split}": rng.integers(0, 128, (n, 8, 8), dtype=np.uint8) for split, n in (("train", 40), ("test", 20))}
+    np.savez(tmp_path / "dark.npz", **images, y_train=np.arange(40) % 10, y_test=np.arange(20) % 10)
+    monkeypatch.setitem(registry().models, "raw", ModelSpec("raw", lambda spec: Raw(), "test"))
+    build_run(tiny_config(dataset=f"npz:{tmp_path / 'dark.npz'}", model="raw"), tmp_path / "run")
+    assert "model 'raw' has no robx.core.models.Normalize" in capsys.readouterr().err  # mean ~0.25: not trivial
+    build_run(tiny_config(dataset=f"npz:{tmp_path / 'dark.npz'}", model="mlp"), tmp_path / "run2")
+    assert "Normalize" not in capsys.readouterr().err
