@@ -148,6 +148,7 @@ def train(
     force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its checkpoint.")] = None,
     nproc: Annotated[Optional[int], typer.Option(help="Train with N processes on this machine (runs torchrun; one per GPU on CUDA).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize the images of --dataset folder:PATH to S x S (the same as --set dataset.image_size=S).")] = None,
     **settings: Any,
 ) -> None:
     """Train a model; with no options, the digits demo (PGD-AT on Step-10 imbalanced digits)."""
@@ -166,6 +167,8 @@ def train(
     options = {name: dict(table) for name, table in values.get("plugin_options", {}).items()}
     overrides = parse_set_overrides(set_ or [])
     values["dataset_options"] = {**values.get("dataset_options", {}), **overrides.pop("dataset", {})}
+    if image_size is not None:
+        values["dataset_options"]["image_size"] = image_size
     for name, table in overrides.items():
         options.setdefault(name, {}).update(table)
     values["plugin_options"] = options
@@ -401,6 +404,7 @@ def audit(
     norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
     n_eval: Annotated[Optional[int], typer.Option(help="A stratified test subset of this size.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="dataset.KEY=VALUE (repeatable).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize the images of --dataset folder:PATH to S x S.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write audit.json and per-class.png here (default: "
                                                      "runs/audit-<arch>-<dataset>-<time>).")] = None,
     force: Annotated[bool, typer.Option(help="Replace robx's outputs in an existing --out.")] = False,
@@ -418,6 +422,8 @@ def audit(
     from robx.core.report import plot_per_class
 
     overrides = parse_set_overrides(set_ or [])
+    if image_size is not None:
+        overrides.setdefault("dataset", {})["image_size"] = str(image_size)
     if set(overrides) - {"dataset"}:
         raise OptionError(f"--set {sorted(set(overrides) - {'dataset'})[0]}.KEY: robx audit takes dataset.KEY only")
     names = [name.strip() for name in attacks.split(",") if name.strip()]

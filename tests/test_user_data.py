@@ -123,3 +123,13 @@ def test_an_npz_file_trains_and_a_bad_one_is_one_line(robx_here, tmp_path):
         f"robx: error: {tmp_path / 'broken.npz'} has no array 'y_test' (it needs x_train, y_train, x_test, y_test)"]
     missing = robx_here("train", "--dataset", "digits:somewhere", "--out", tmp_path / "r3")
     assert missing.returncode == 2 and "dataset 'digits' reads no files of yours" in missing.stderr
+
+
+def test_image_size_resizes_a_folder_of_mixed_sizes(robx_here, pets, tmp_path):
+    write_images(pets / "dog", 1, (0, 0, 0), size=9)  # one 9x9 among 8x8 images
+    result = robx_here("train", "--dataset", f"folder:{pets}", "--image-size", "6", *QUICK, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["dataset_options"] == {"image_size": 6}
+    refused = robx_here("train", "--image-size", "6", "--out", tmp_path / "digits")
+    assert refused.returncode == 2 and "dataset 'digits' takes no options (got image_size)" in refused.stderr

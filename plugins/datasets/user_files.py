@@ -89,7 +89,7 @@ def _decode(files: list[Path], image_size: Optional[int]) -> np.ndarray:
         if len(sizes) > 1:
             (first, first_path), (second, second_path) = list(sizes.items())[:2]
             raise DataError(f"images differ in size ({first_path}: {first[0]}x{first[1]}, {second_path}: "
-                            f"{second[0]}x{second[1]}); give --set dataset.image_size=S to resize them all to S x S")
+                            f"{second[0]}x{second[1]}); give --image-size S to resize them all to S x S")
         images.append(decoded)
     gray = all(image.mode in ("1", "L", "I", "I;16", "F") for image in images)
     arrays = [np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8) for image in images]
