@@ -320,6 +320,7 @@ def _cli_env(site: Path, marker: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_is_listed_and_runs_when_selected(external_distribution, tmp_path):
     marker = tmp_path / "marker.txt"
     env = _cli_env(external_distribution, marker)

@@ -211,7 +211,8 @@ def test_registration_plugins_are_not_training_plugins():
         PluginHost(["oversamplers"], {})
     with pytest.raises(OptionError, match="unknown dataset 'mnist'; available: breast-cancer, breast-cancer-crowd, chicago-crime, cifar10, "
                                             "cifar10-pair, cifar10-pair-crowd, cifar100, digits, digits-binary, "
-                                            "digits-crowd, madelon, nyc-crime, synthetic, tabular-binary"):
+                                            "digits-crowd, folder, madelon, npz, nyc-crime, synthetic, "
+                                            "tabular-binary"):
         tiny_config(dataset="mnist").resolved()
     with pytest.raises(OptionError, match="unknown model 'vgg'; available: .*smallcnn"):
         engine.build_run(tiny_config(model="vgg"), None)
@@ -302,6 +303,7 @@ def register_commands(register):
 '''
 
 
+@pytest.mark.slow
 def test_an_external_package_adds_a_command_and_none_replaces_robx_s_own(tmp_path):
     site = install_distribution(tmp_path / "site", "robx_tally", EXTERNAL_COMMAND, {"tally": ""})
     install_distribution(site, "robx_shadow", SHADOWING_COMMAND, {"shadow": ""})

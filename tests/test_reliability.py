@@ -316,6 +316,7 @@ def test_eval_refuses_a_run_with_a_planted_link_and_the_target_stays(tmp_path, f
 
 # --- one writer per run directory ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_held_run_directory_refuses_eval_resume_and_force_naming_the_holder(tmp_path, finished_run):
     run = copy_run(finished_run, tmp_path)
     holder = subprocess.Popen(
