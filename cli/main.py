@@ -419,6 +419,7 @@ def audit(
     from robx.core.attacks import check_budget
     from robx.core.engine import build_run, default_eval_attack, evaluate_run
     from robx.core.files import WRITTEN_BY, make_directory, prepare_output_dir, write_json
+    from robx.core.models import load_initial_weights
     from robx.core.report import plot_per_class
 
     overrides = parse_set_overrides(set_ or [])
@@ -436,14 +437,15 @@ def audit(
     budget = {key: _number(value, key) for key, value in (("eps", eps), ("alpha", alpha)) if value is not None}
     if "eps" in budget and "alpha" not in budget:
         budget["alpha"] = budget["eps"] / 4
-    config = TrainConfig(dataset=dataset, model=arch, weights=str(model_file), plugins=["natural"], epochs=1,
+    config = TrainConfig(dataset=dataset, model=arch, plugins=["natural"], epochs=1,
                          seed=seed, device=device, norm=norm, dataset_options=overrides.get("dataset", {}),
                          **budget, **({"eval_steps": steps} if steps is not None else {})).resolved()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     target = out or Path("runs") / f"audit-{_name_part(arch)}-{_name_part(config.dataset or '')}-{stamp}"
-    prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
     with tempfile.TemporaryDirectory() as unused:
         run = build_run(config, Path(unused) / "run")
+    console.print(f"robx: {load_initial_weights(run.state.model, model_file, with_head=True)}")
+    prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
     reports = {}
     for name in names:
         attack = default_eval_attack(run.config, name)

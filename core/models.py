@@ -85,7 +85,7 @@ ModelBuilder = Callable[[ModelInput], nn.Module]
 RegisterModel = Callable[[str, ModelBuilder], None]
 
 
-def load_initial_weights(model: nn.Module, path: Path) -> str:
+def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = False) -> str:
     """Start ``model`` from the tensors in ``path`` and say what was loaded.
 
     A ``.safetensors`` file is read with safetensors; anything else with
@@ -94,10 +94,13 @@ def load_initial_weights(model: nn.Module, path: Path) -> str:
     The keys are the model's own (a robx model saved before) or, for a model wrapped by
     :func:`classifier`, those of its body's bare architecture (a torchvision / timm state
     dict): the file's keys are placed under the one prefix that places most of them
-    (``body.0.`` for a wrapped torchvision network). What the model
-    has and the file does not (its normalisation, its head) stays as built; a key whose shape
-    differs, or a file that matches nothing, is an :class:`OptionError`."""
+    (``body.0.``), and the library's classification layer (``model.library_head``, e.g.
+    ``fc``) onto robx's head when the shapes agree. Every tensor of the body must come from
+    the file, and with ``with_head`` (an audit: the model is used as it is) the head's too;
+    the normalisation stays the task's. Otherwise, or when a shape differs, an
+    :class:`OptionError`: a file of another architecture is never half loaded."""
     import pickle
+    import warnings
 
     if not path.is_file():
         raise OptionError(f"--weights {path}: no such file")
@@ -107,18 +110,27 @@ def load_initial_weights(model: nn.Module, path: Path) -> str:
 
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise OptionError(f"--weights {path}: not a state dict of tensors robx can read safely ({first[:160]})") \
-            from error
+            with warnings.catch_warnings():  # torch warns before it refuses a pickle: the error says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, AttributeError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line),
+                   lines[0] if lines else type(error).__name__)
+        raise OptionError(f"--weights {path}: not a state dict of tensors robx can read safely ({why[:120]})") \
+            from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OptionError(f"--weights {path}: expected a mapping of names to tensors")
     own = model.state_dict()
-    # the prefix under which the file's keys sit in the model ("" for the model's own keys,
-    # "body.0." for a torchvision network wrapped by classifier): the one that places most
+    library_head = getattr(model, "library_head", None)
+    named_in_file = {key: key for key in state}
+    if library_head:
+        named_in_file = {(f"head.{key[len(library_head) + 1:]}" if key.startswith(library_head + ".") else key): key
+                         for key in state}
+        state = {mapped: state[key] for mapped, key in named_in_file.items()}
+    # the prefix under which the file's keys sit in the model: the one that places most
     prefixes: dict[str, int] = {}
     for name in own:
         for key in state:
@@ -127,17 +139,23 @@ def load_initial_weights(model: nn.Module, path: Path) -> str:
     prefix = max(prefixes, key=lambda candidate: (prefixes[candidate], -len(candidate)), default="")
     matched: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        target = prefix + key
+        target = key if key.startswith("head.") and key in own else prefix + key
         if target not in own:
             continue
         if own[target].shape != tensor.shape:
-            raise OptionError(f"--weights {path}: '{key}' has shape {tuple(tensor.shape)}, the model's "
+            if target.startswith("head.") and not with_head:
+                continue  # another label set: the head starts as built
+            raise OptionError(f"--weights {path}: '{named_in_file[key]}' has shape {tuple(tensor.shape)}, the model's "
                               f"'{target}' {tuple(own[target].shape)}")
         matched[target] = tensor
-    if not matched:
-        raise OptionError(f"--weights {path}: none of its {len(state)} tensors (e.g. '{next(iter(state), '')}') "
-                          "matches the model")
+    needed = [name for name in own if not name.startswith("normalize.") and not name.endswith("num_batches_tracked")
+              and (with_head or not name.startswith("head."))]
+    missing = [name for name in needed if name not in matched]
+    if missing:
+        raise OptionError(f"--weights {path}: {len(missing)} of the model's {len(needed)} tensors are not in the "
+                          f"file (e.g. '{missing[0]}'): it holds another architecture's weights"
+                          + (" or no trained head" if with_head else ""))
     model.load_state_dict({**own, **matched})
     unused = len(state) - len(matched)
     return (f"loaded {len(matched)} of the model's {len(own)} tensors from {path}"
-            + (f"; {unused} of the file's (its classification layer) left out" if unused else ""))
+            + (f"; {unused} of the file's left out" if unused else ""))

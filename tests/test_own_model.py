@@ -35,6 +35,15 @@ def test_a_torchvision_network_is_the_body_of_a_normalising_classifier(tmp_path)
     features, outputs = model(x)
     assert torch.allclose(features, reference(normalised), atol=1e-5)  # torchvision's own features
     assert features.shape == (2, 512) and outputs.shape == (2, 10)  # resnet18's fc.in_features = 512
+    # a network trained on this label set (fc: 10 classes): its fc becomes robx's head, so an
+    # audit uses it as it is; the 1000-class file has no head for these classes
+    tuned = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(tuned.state_dict(), tmp_path / "tuned.pth")
+    assert load_initial_weights(model, tmp_path / "tuned.pth", with_head=True).startswith(
+        "loaded 122 of the model's 124 tensors")
+    assert torch.allclose(model(x)[1], tuned(normalised), atol=1e-5)
+    with pytest.raises(OptionError, match="'fc.weight' has shape \\(1000, 512\\), the model's 'head.weight'"):
+        load_initial_weights(model, tmp_path / "r18.pth", with_head=True)
 
 
 def test_one_channel_images_are_repeated_and_bad_names_are_one_line():
@@ -78,7 +87,7 @@ def test_weights_that_would_run_code_or_do_not_fit_are_refused(tmp_path):
         load_initial_weights(model, tmp_path / "evil.pt")
     assert not marker.exists()
     torch.save({"layer.weight": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(OptionError, match="none of its 1 tensors"):
+    with pytest.raises(OptionError, match="20 of the model's 20 tensors are not in the file"):
         load_initial_weights(model, tmp_path / "other.pt")
     with pytest.raises(OptionError, match="no such file"):
         load_initial_weights(model, tmp_path / "missing.safetensors")

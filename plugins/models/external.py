@@ -40,16 +40,21 @@ def _image_channels(spec: ModelInput, name: str) -> list[nn.Module]:
     return []
 
 
-def _last_linear(network: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    """(its parent, its attribute name, the layer) of the network's last ``nn.Linear``."""
-    found = None
-    for parent in network.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                found = (parent, child_name, child)
-    if found is None:
+def _last_linear(network: nn.Module) -> tuple[str, nn.Linear]:
+    """(its dotted name, the layer) of the network's last ``nn.Linear``: the classification layer."""
+    found = [(name, module) for name, module in network.named_modules() if isinstance(module, nn.Linear)]
+    if not found:
         raise OptionError("the architecture has no nn.Linear classification layer to replace")
-    return found
+    return found[-1]
+
+
+def _wrapped(spec: ModelInput, adapters: list[nn.Module], network: nn.Module, features: int,
+             library_head: str) -> nn.Module:
+    """robx's classifier around the network; ``library_head`` names the dropped layer in the
+    library's own state dicts, so ``--weights`` maps a file's trained head onto robx's."""
+    model = classifier(spec, nn.Sequential(*adapters, network), features)
+    model.library_head = library_head
+    return model
 
 
 def torchvision_model(spec: ModelInput, arch: str) -> nn.Module:
@@ -61,9 +66,10 @@ def torchvision_model(spec: ModelInput, arch: str) -> nn.Module:
                           "efficientnet_b0, vit_b_16 (torchvision.models.list_models() lists them)")
     adapters = _image_channels(spec, name)
     network = models.get_model(arch, weights=None)
-    parent, attribute, layer = _last_linear(network)
-    setattr(parent, attribute, nn.Identity())
-    return classifier(spec, nn.Sequential(*adapters, network), layer.in_features)
+    name, layer = _last_linear(network)
+    parent_name, _, attribute = name.rpartition(".")
+    setattr(network.get_submodule(parent_name) if parent_name else network, attribute, nn.Identity())
+    return _wrapped(spec, adapters, network, layer.in_features, name)
 
 
 def timm_model(spec: ModelInput, arch: str) -> nn.Module:
@@ -77,7 +83,8 @@ def timm_model(spec: ModelInput, arch: str) -> nn.Module:
         network = timm.create_model(arch, pretrained=False, num_classes=0)
     except RuntimeError as error:  # timm's "Unknown model (...)"
         raise OptionError(f"timm cannot build '{arch}': {error}") from error
-    return classifier(spec, nn.Sequential(*adapters, network), int(network.num_features))
+    head = str(getattr(network, "pretrained_cfg", {}).get("classifier", "head"))
+    return _wrapped(spec, adapters, network, int(network.num_features), head)
 
 
 @hookimpl
