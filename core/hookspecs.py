@@ -141,7 +141,8 @@ def register_commands(register: RegisterCommand) -> None:
     options (``Annotated[..., typer.Option(help=...)]``) and its docstring into the help. A
     :class:`robx.core.errors.RobxError` it raises is one line on stderr and exit status 2.
     Data-level tools are commands (``robx oversample``, ``robx crowd``); a name must be
-    unique and not one of robx's own (train, eval, report, plugins).
+    unique and not one of robx's own (``robx.core.registry.OWN_COMMANDS``: train, eval,
+    audit, report, plugins).
     """
 
 

@@ -100,7 +100,8 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
     the normalisation stays the task's. Otherwise, or when a shape differs, an
     :class:`OptionError`: a file of another architecture is never half loaded."""
     import pickle
-    import warnings
+
+    from robx.core.run import RefusedFile, load_plain
 
     if not path.is_file():
         raise OptionError(f"--weights {path}: no such file")
@@ -110,15 +111,13 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
 
             state: Any = load_file(str(path))
         else:
-            with warnings.catch_warnings():  # torch warns before it refuses a pickle: the error says it all
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, AttributeError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        why = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line),
-                   lines[0] if lines else type(error).__name__)
-        raise OptionError(f"--weights {path}: not a state dict of tensors robx can read safely ({why[:120]})") \
+            state = load_plain(path)
+    except RefusedFile as error:
+        raise OptionError(f"--weights {path}: holds objects other than tensors; refused to load it ({error})") \
             from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, AttributeError) as error:
+        raise OptionError(f"--weights {path}: not a state dict of tensors robx can read "
+                          f"({type(error).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -170,6 +170,27 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
+class RefusedFile(Exception):
+    """A torch file whose pickle names objects other than tensors and plain data (the message
+    is torch's line that says which)."""
+
+
+def load_plain(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``: torch's unpickler refuses every class outside
+    tensors and plain containers, so a crafted file cannot run code. A refused file raises
+    :class:`RefusedFile`; anything else torch raises (a corrupt file) passes through."""
+    try:
+        with warnings.catch_warnings():  # torch warns before it refuses a legacy pickle: the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        refused = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if refused is not None:
+            raise RefusedFile(refused) from None
+        raise
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint holding only tensors and plain data.
 
@@ -179,15 +200,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        with warnings.catch_warnings():  # torch warns before it refuses a legacy pickle: the error says it all
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_plain(path)
+    except RefusedFile as error:
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data; "
+                              f"refused to load it ({error})") from error
     except Exception as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        refused = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
-        if refused is not None:
-            raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data; "
-                                  f"refused to load it ({refused})") from error
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__})") from error
     if not isinstance(payload, dict) or "model" not in payload or "epoch" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a robx checkpoint")

@@ -103,15 +103,14 @@ class LogitsOnly(nn.Module):
         return logits_of(self.model, x)
 
 
-def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings) -> torch.Tensor:
+def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings,
+                        classes: int) -> torch.Tensor:
     try:
         from pyautoattack import AutoAttack
     except ImportError as error:
         raise RobxError("--attack autoattack needs the reference AutoAttack: pip install 'robx[autoattack]'") from error
     wrapped = LogitsOnly(model).eval()
     norm = "Linf" if attack.norm == "linf" else "L2"
-    with torch.no_grad():
-        classes = wrapped(x[:1]).shape[1]
     if classes >= 4:
         adversary = AutoAttack(wrapped, norm=norm, eps=attack.eps, version="standard", seed=attack.seed,
                                device=x.device)
@@ -177,7 +176,7 @@ class Classification(Task):
                              attack: AttackSettings) -> torch.Tensor:
         self.prepare_attack(attack)
         if attack.name == "autoattack":
-            return autoattack_examples(model, x, y, attack)
+            return autoattack_examples(model, x, y, attack, self.num_classes)
         loss_fn = margin_loss if attack.name == "cw" else self.attack_loss
         return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm,
                    loss_fn=loss_fn)
