@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from robx.core.metrics import is_balanced, summary_keys
+from robx.core.report import untested_note
 from robx.core.stats import EpochStats
 
 
@@ -85,12 +86,16 @@ def report_table(report: dict[str, Any], title: str) -> Table:
     for c, name in enumerate(report["class_names"]):
         group = [] if balanced else ["majority" if c in majority else "minority"]
         table.add_row(name, str(report["class_counts"][c]), *group,
-                      f"{report['per_class']['standard'][c]:.3f}", f"{report['per_class']['robust'][c]:.3f}")
+                      *(_score(report["per_class"][kind][c]) for kind in ("standard", "robust")))
     table.add_section()
     for key in summary_keys(balanced) + (() if balanced else ("disparity",)):
         table.add_row(key, "", *([] if balanced else [""]), f"{report['summary']['standard'][key]:.3f}",
                       f"{report['summary']['robust'][key]:.3f}", style="bold" if key == "overall" else None)
     return table
+
+
+def _score(value: float | None) -> str:
+    return "no test examples" if value is None else f"{value:.3f}"
 
 
 def details_tables(report: dict[str, Any]) -> list[Table]:
@@ -111,5 +116,6 @@ def print_report(console: Console, report: dict[str, Any], title: str) -> None:
     """The per-class table, then the task's own tables."""
     for table in (report_table(report, title), *details_tables(report)):
         console.print(table)
-    if report.get("note"):
-        console.print(f"note: {report['note']}")
+    for note in (report.get("note"), untested_note(report)):
+        if note:
+            console.print(f"note: {note}")

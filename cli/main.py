@@ -6,12 +6,15 @@ exit with status 2; nothing already on disk is lost.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import os
+import signal
 import sys
 import typing
 from datetime import datetime
@@ -22,8 +25,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robx.core.config import MAX_SEED, TrainConfig, load_toml
-from robx.core.errors import OptionError, RobxError
+from robx.core.config import MAX_BATCH, MAX_SEED, MAX_STEPS, TrainConfig, load_toml
+from robx.core.errors import Interrupted, OptionError, RobxError
 from robx.core.options import coerce, parse_number
 from robx.core.plugins import available_plugins, parse_set_overrides, resolve_plugin_names
 
@@ -60,6 +63,9 @@ def _name_part(name: str) -> str:
     scheme, colon, rest = name.partition(":")
     return f"{scheme}-{Path(rest).name}" if colon else name
 
+
+#: the most processes ``--nproc`` starts on one machine
+MAX_PROCESSES = 1024
 
 #: TrainConfig fields given on the command line another way (``--set``).
 _NOT_OPTIONS = ("dataset_options", "plugin_options")
@@ -232,8 +238,8 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
     from robx.core.plugins import PluginHost
     from robx.core.run import check_new_run_dir, load_checkpoint
 
-    if nproc < 1:
-        raise OptionError(f"--nproc must be >= 1, got {nproc}")
+    if not 1 <= nproc <= MAX_PROCESSES:
+        raise OptionError(f"--nproc must be in 1..{MAX_PROCESSES}, got {nproc}")
     if distributed.launched_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
         raise OptionError("--nproc starts torchrun itself; under torchrun give --nproc_per_node to torchrun instead")
     args = forwarded_options(context, skip=("nproc", "out", "force"))
@@ -254,23 +260,35 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
         load_checkpoint(out / "checkpoint.pt")  # unreadable or not plain data: one line here
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "robx", "train", *args]
-    code = subprocess.run(command).returncode
+    job = subprocess.Popen(command)
+    try:
+        code = job.wait()
+    except Interrupted as interruption:
+        # torchrun passes the signal on to its processes, which stop as one robx process does
+        job.send_signal(interruption.signal_number)
+        job.wait()
+        raise interruption.keeping(kept_after_job(nproc, out)) from None
     if code != 0:
         raise ProcessesFailed(code, nproc, out)
+
+
+def kept_after_job(nproc: int, run_dir: Path) -> str:
+    """What a stopped ``robx train --nproc`` job left in its run directory."""
+    from robx.core.run import finished_epoch
+
+    epoch = finished_epoch(run_dir)
+    if epoch is None:
+        return f"no epoch had finished, so there is no checkpoint in {run_dir}"
+    return (f"the checkpoint after epoch {epoch + 1} in {run_dir} is intact: continue with "
+            f"robx train --nproc {nproc} --resume {run_dir}")
 
 
 class ProcessesFailed(RobxError):
     """The torchrun job of ``robx train --nproc`` ended with a failed process."""
 
     def __init__(self, code: int, nproc: int, run_dir: Path) -> None:
-        from robx.core.run import finished_epoch
-
-        epoch = finished_epoch(run_dir)
-        kept = (f"the checkpoint of epoch {epoch} in {run_dir} is intact: resume with "
-                f"robx train --nproc {nproc} --resume {run_dir}") if epoch is not None else \
-            f"no epoch finished, so there is no checkpoint in {run_dir}"
         super().__init__(f"training with {nproc} processes stopped (torchrun exit status {code}; its log is "
-                         f"above); {kept}")
+                         f"above); {kept_after_job(nproc, run_dir)}")
         self.code = code
         self.exit_code = 1
 
@@ -345,8 +363,8 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
 
     run = load_run(run_dir, device)
     if batch_size is not None:
-        if batch_size < 1:
-            raise OptionError("--batch-size must be >= 1")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise OptionError(f"--batch-size must be in 1..{MAX_BATCH}, got {batch_size}")
         run.config.eval_batch_size = batch_size
     attack = default_eval_attack(run.config, run.task.default_attack)
     if attack_name is not None:
@@ -361,15 +379,15 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
     if alpha is not None:
         attack.alpha = _number(alpha, "alpha")  # type: ignore[assignment]
     if steps is not None:
-        if steps < 1:
-            raise OptionError("--steps must be >= 1")
+        if not 1 <= steps <= MAX_STEPS:
+            raise OptionError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
         attack.steps = steps
     if norm is not None:
         if norm not in ("linf", "l2"):
             raise OptionError(f"--norm must be linf or l2, got {norm!r}")
         attack.norm = norm  # type: ignore[assignment]
-    if attack.eps < 0 or attack.alpha < 0:
-        raise OptionError(f"--eps and --alpha must be >= 0, got {attack.eps:g} and {attack.alpha:g}")
+    if not (math.isfinite(attack.eps) and math.isfinite(attack.alpha) and attack.eps >= 0 and attack.alpha >= 0):
+        raise OptionError(f"--eps and --alpha must be finite numbers >= 0, got {attack.eps:g} and {attack.alpha:g}")
     check_budget(attack.eps, attack.norm, run.task.input_bounds, tuple(run.data.test.x.shape[1:]), "--eps")
     if n_eval is not None and n_eval < 1:
         raise OptionError("--n-eval must be >= 1")
@@ -627,22 +645,63 @@ def add_registered_commands() -> None:
             app.command(spec.name)(spec.function)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: one line and exit status 2 for every user error."""
-    try:
-        add_registered_commands()
-        command = typer.main.get_command(app)
-        command.main(args=argv, prog_name="robx", standalone_mode=False)
-    except RobxError as error:
-        from robx.core.distributed import PeerLostError
+def _raise_interrupted(signal_number: int, frame: Any) -> None:
+    """SIGINT / SIGTERM: unwind the command (its ``finally`` blocks release the lock and remove
+    a new run without a checkpoint) as :class:`Interrupted`. A second signal ends the process
+    at once, as the signal's default does."""
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    raise Interrupted(signal_number)
 
-        # every process of a torchrun job meets the same bad input: process 0 says it once
-        if os.environ.get("RANK", "0") == "0" or isinstance(error, PeerLostError):
-            print(f"robx: error: {error}", file=sys.stderr)
+
+@contextlib.contextmanager
+def interrupts_raised() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` for the block (the main thread only: Python
+    delivers signals there), the previous handlers restored after it."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {name: signal.signal(getattr(signal, name), _raise_interrupted) for name in ("SIGINT", "SIGTERM")}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def _say(line: str, error: BaseException | None = None) -> None:
+    """One stderr line from process 0 (every process of a torchrun job meets the same input);
+    ``ROBX_DEBUG=1`` puts the traceback of what caused it above."""
+    from robx.core.distributed import PeerLostError
+
+    if os.environ.get("RANK", "0") != "0" and not isinstance(error, PeerLostError):
+        return
+    if error is not None and os.environ.get("ROBX_DEBUG", "") not in ("", "0"):
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    print(line, file=sys.stderr)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: one line and exit status 2 for every user error, 128 + N for the
+    signal N that interrupted a command (130: SIGINT, 143: SIGTERM), and the status a command
+    exits with (``typer.Exit(code)``) for the rest."""
+    try:
+        with interrupts_raised():
+            add_registered_commands()
+            command = typer.main.get_command(app)
+            code = command.main(args=argv, prog_name="robx", standalone_mode=False)
+    except Interrupted as interruption:
+        _say(f"robx: {interruption if interruption.kept else f'{interruption}; nothing was written'}")
+        sys.exit(interruption.exit_code)
+    except RobxError as error:
+        _say(f"robx: error: {error}", error)
         sys.exit(error.exit_code)
     except Exception as error:
-        # Typer's usage errors (click's, vendored as typer._click in new releases) carry
-        # format_message(); Ctrl-C arrives as an "Abort".
+        # Typer's usage errors (click's, vendored as typer._click in new releases) carry format_message()
         if type(error).__name__ == "Abort":
             print("robx: aborted", file=sys.stderr)
             sys.exit(130)
@@ -650,6 +709,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"robx: error: {error.format_message()}", file=sys.stderr)
             sys.exit(2)
         raise
+    # a command's typer.Exit(code) comes back as its return value outside standalone mode
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ from robx.core.options import coerce_fields
 
 #: The largest seed every consumer takes (scikit-learn's ``random_state`` stops at 2**32 - 1).
 MAX_SEED = 2**32 - 1
+#: Bounds of the values that size or schedule a run (docs/reliability.md, "Ranges"): far beyond
+#: any protocol, and small enough that a typo (``epochs = 1e20``) is refused before any work.
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10_000
+MAX_BATCH = 2**20
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -199,14 +204,21 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
+        """Every value in its documented range (docs/reliability.md, "Ranges"), checked before
+        any work: one :class:`OptionError` line for the first that is not."""
+
+        def within(value: float | None, low: float, high: float, low_open: bool = False) -> bool:
+            return value is None or (math.isfinite(value) and (value > low if low_open else value >= low)
+                                     and value <= high)
+
         checks = [
-            (self.epochs is None or self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr is None or self.lr > 0, "lr must be > 0"),
-            (self.eps is None or self.eps >= 0, "eps must be >= 0"),
-            (self.alpha is None or self.alpha >= 0, "alpha must be >= 0"),
-            (self.steps is None or self.steps >= 1, "steps must be >= 1"),
-            (self.eval_steps is None or self.eval_steps >= 1, "eval_steps must be >= 1"),
+            (within(self.epochs, 1, MAX_EPOCHS), f"epochs must be in 1..{MAX_EPOCHS}, got {self.epochs}"),
+            (within(self.batch_size, 1, MAX_BATCH), f"batch_size must be in 1..{MAX_BATCH}, got {self.batch_size}"),
+            (within(self.lr, 0, math.inf, low_open=True), f"lr must be a finite number > 0, got {self.lr}"),
+            (within(self.eps, 0, math.inf), f"eps must be a finite number >= 0, got {self.eps}"),
+            (within(self.alpha, 0, math.inf), f"alpha must be a finite number >= 0, got {self.alpha}"),
+            (within(self.steps, 1, MAX_STEPS), f"steps must be in 1..{MAX_STEPS}, got {self.steps}"),
+            (within(self.eval_steps, 1, MAX_STEPS), f"eval_steps must be in 1..{MAX_STEPS}, got {self.eval_steps}"),
             (self.ratio is None or (math.isfinite(self.ratio) and self.ratio >= 1),
              f"ratio must be a finite number >= 1, got {self.ratio}"),
             (0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}"),
@@ -220,10 +232,14 @@ class TrainConfig:
              f"schedule must be step, onecycle or constant, got {self.schedule!r}"),
             (self.imbalance in (None, "step", "exp", "none", "original"),
              f"imbalance must be step, exp, none or original, got {self.imbalance!r}"),
-            (self.eval_alpha is None or self.eval_alpha >= 0, "eval_alpha must be >= 0"),
-            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (within(self.eval_alpha, 0, math.inf), f"eval_alpha must be a finite number >= 0, got {self.eval_alpha}"),
+            (within(self.eval_batch_size, 1, MAX_BATCH),
+             f"eval_batch_size must be in 1..{MAX_BATCH}, got {self.eval_batch_size}"),
+            (self.n_test_per_class is None or self.n_test_per_class >= 1, "n_test_per_class must be >= 1"),
             (self.dist_bn in ("reduce", "broadcast"), f"dist_bn must be reduce or broadcast, got {self.dist_bn!r}"),
-            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
+            (within(self.momentum, 0, math.inf) and within(self.weight_decay, 0, math.inf),
+             "momentum and weight_decay must be finite numbers >= 0"),
+            (within(self.gamma, 0, math.inf, low_open=True), f"gamma must be a finite number > 0, got {self.gamma}"),
             (all(0 < m < 1 for m in self.milestones), "milestones are fractions of the epochs, in (0, 1)"),
             (all(name.strip() for name in self.plugins), f"plugins holds an empty name: {self.plugins!r}"),
         ]

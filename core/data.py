@@ -16,11 +16,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from robx.core.errors import OptionError
+from robx.core.errors import DataError, OptionError
 
 
 @dataclass
@@ -70,6 +71,9 @@ class TaskData:
     #: the true classes of the training examples where the learner sees noisy ones (crowd labels);
     #: for diagnostics (inferred-label accuracy) only, never for training
     train_truth: torch.Tensor | None = None
+    #: what the data was read from (a dataset of the user's files: their counts, digests), kept
+    #: in a run's config.json so that a resumed or re-evaluated run refuses changed data
+    fingerprint: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +187,7 @@ def apply_protocol(
     A dataset that labels every target of an example (``labels`` of more than one axis) has
     no per-example class to subsample by: it keeps the dataset's own splits, and asking for
     anything else is an :class:`OptionError`."""
+    check_class_labels(data)
     if data.train.labels.dim() > 1:
         asked = [what for what, given in (("imbalance=" + imbalance, imbalance != "original"),
                                           (f"n_test_per_class={n_test_per_class}", bool(n_test_per_class)),
@@ -209,6 +214,42 @@ def apply_protocol(
         raise OptionError(f"class {data.classes[empty]!r} is left with 0 training examples (training counts "
                           f"{counts}); raise n_max, lower the ratio or the val_fraction")
     return data
+
+
+def check_class_labels(data: TaskData) -> None:
+    """Labels index the named classes, checked before anything is sized by them (a class
+    count, a confusion matrix): at least two classes, integer labels in 0..C-1 in both splits,
+    and every class among the training examples. A class may lack test examples: its report
+    says so. One :class:`DataError` line otherwise."""
+    names = ", ".join(f"'{name}'" for name in data.classes[:5])
+    if data.num_classes < 2:
+        raise DataError(f"dataset '{data.name}' has {data.num_classes} class{'' if data.num_classes == 1 else 'es'}"
+                        f"{f' ({names})' if names else ''}; robx compares classes, so it needs at least two")
+    for split, part in (("training", data.train), ("test", data.test)):
+        labels = part.labels
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise DataError(f"dataset '{data.name}': the {split} labels are {str(labels.dtype).removeprefix('torch.')}"
+                            "; labels are integer class indices")
+        if labels.numel() == 0:
+            raise DataError(f"dataset '{data.name}' has no {split} examples")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= data.num_classes:
+            raise DataError(f"dataset '{data.name}': a {split} label is {low if low < 0 else high}, but labels must be "
+                            f"0..{data.num_classes - 1}, one per class ({data.num_classes} classes are named)")
+    counts = torch.bincount(data.train.labels.flatten(), minlength=data.num_classes).tolist()
+    if 0 in counts:
+        missing = [name for name, count in zip(data.classes, counts) if not count]
+        raise DataError(f"dataset '{data.name}': class{'es' if len(missing) > 1 else ''} "
+                        f"{', '.join(repr(name) for name in missing[:5])} "
+                        f"{'have' if len(missing) > 1 else 'has'} no training examples; every class needs some")
+
+
+def check_subset_size(n: int | None, labels: torch.Tensor, num_classes: int, flag: str = "--n-eval") -> None:
+    """A stratified subset of ``n`` examples (``--n-eval``) scores every class only when ``n``
+    is at least the number of classes: refused in one line before any work otherwise."""
+    if n is not None and labels.dim() == 1 and n < num_classes:
+        raise OptionError(f"{flag} {n} is fewer than the {num_classes} classes; a per-class evaluation needs at "
+                          f"least one test example of each (give {flag} {num_classes} or more)")
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -32,10 +32,10 @@ from robx.core.attacks import Attack, check_budget, eval_mode, logits_of, pgd
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig, migrated
 from robx.core import distributed
-from robx.core.data import Split, TaskData, apply_protocol, batch_indices, stratified_subset
+from robx.core.data import Split, TaskData, apply_protocol, batch_indices, check_subset_size, stratified_subset
 from robx.core.distributed import BatchPasses, Processes
-from robx.core.errors import (CheckpointError, NonFiniteLossError, OptionError, PluginError, RobxError, RunDirError,
-                              TrainingPaused)
+from robx.core.errors import (CheckpointError, Interrupted, NonFiniteLossError, OptionError, PluginError, RobxError,
+                              RunDirError, TrainingPaused)
 from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
 from robx.core.models import NormedLinear, load_initial_weights, normalises
@@ -237,6 +237,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     task_type.check_labels(data.train.labels, config.dataset)
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed)
+    check_subset_size(config.n_eval, data.test.labels, data.num_classes)
     task = task_type(data)
     spec = dataclasses.replace(task.model_input(), head=host.head)
     model = build_model(found, config.model, spec)
@@ -492,10 +493,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
         if per_sample is None:
             per_sample = run.task.loss(step.outputs, step.targets)
         step.per_sample_loss = per_sample
-        weights = host.sample_weights(step, state)
-        if weights is not None and weights.shape != per_sample.shape:
-            raise RobxError(f"weight_samples returned shape {tuple(weights.shape)}; the batch has "
-                            f"{tuple(per_sample.shape)} per-sample losses")
+        weights = host.sample_weights(step, state)  # checked there, naming the plugin
         if state.class_weights is None:
             loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
         else:
@@ -766,6 +764,7 @@ def train(
     with run_dir_held(run_dir, "train --resume" if resume else "train", processes):
         if resume:
             run = build_run(saved_config(run_dir), run_dir)
+            check_same_data(run)
             restore(run, rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE), run_dir / rundir.CHECKPOINT_FILE)
             metrics = distributed.on_main(lambda: kept_metrics(run_dir / rundir.METRICS_FILE, run.state.epoch),
                                           processes, "the metrics") or []
@@ -777,13 +776,23 @@ def train(
         try:
             return _train_and_evaluate(run, progress, deadline, metrics)
         except distributed.PeerLostError as error:
-            done = run.state.history[-1].epoch if run.state.history else None
-            kept = (f"the checkpoint of epoch {done} in {run_dir} is intact" if done is not None
-                    else f"no epoch finished, so {run_dir} holds no checkpoint")
-            raise distributed.PeerLostError(f"{error}; {kept}: resume with --resume {run_dir}") from error
+            raise distributed.PeerLostError(f"{error}; {kept_checkpoint(run)}") from error
+        except Interrupted as interruption:
+            raise interruption.keeping(kept_checkpoint(run)) from None
         finally:
             if not resume and processes.main and not (run_dir / rundir.CHECKPOINT_FILE).exists():
                 rundir.discard_new_run(run_dir, created)
+
+
+def kept_checkpoint(run: Run) -> str:
+    """What a run stopped on its way leaves behind, and how to continue it."""
+    assert run.config.epochs is not None
+    if not run.state.history:
+        return f"no epoch had finished, so there was no checkpoint to keep and {run.run_dir} was cleared"
+    done = run.state.history[-1].epoch + 1
+    stage = "training was done but not its evaluation" if done == run.config.epochs else \
+        f"{done} of {run.config.epochs} epochs had finished"
+    return f"{stage}; their checkpoint in {run.run_dir} is intact: continue with robx train --resume {run.run_dir}"
 
 
 def saved_config(run_dir: Path) -> TrainConfig:
@@ -795,6 +804,43 @@ def saved_config(run_dir: Path) -> TrainConfig:
         raise RunDirError(f"{path} is not a robx run config ({type(error).__name__}: {error})") from error
 
 
+def check_same_data(run: Run) -> None:
+    """Refuse to continue or evaluate a run whose dataset now reads other files than it was
+    trained on (its config.json's ``data`` fingerprint), naming what changed: the training
+    split, the test split and the normalisation would all be drawn anew without a word."""
+    path = run.run_dir / rundir.CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError, AttributeError):
+        return  # saved_config has already read it; an unreadable file is its error
+    now = run.data.fingerprint
+    if saved is None or now is None or saved == now:
+        return
+    raise RunDirError(f"the data of {run.config.dataset} changed since the run {run.run_dir} started: "
+                      f"{data_changes(saved, now)}; start a new run (or restore the files) to use it")
+
+
+def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two dataset fingerprints, in words."""
+    if saved.get("kind") != now.get("kind"):
+        return "it is read another way"
+    if "classes" in saved and "classes" in now:
+        then, current = saved["classes"], now["classes"]
+        changes = [f"'{name}' is gone" for name in then if name not in current]
+        changes += [f"'{name}' is new" for name in current if name not in then]
+        for name in then:
+            if name in current and then[name] != current[name]:
+                before, after = then[name].get("files"), current[name].get("files")
+                changes.append(f"'{name}' holds {after} files, {before} then" if before != after else
+                               f"the files of '{name}' changed (names, sizes or modification times)")
+        if saved.get("image_size") != now.get("image_size"):
+            changes.append(f"image size {now.get('image_size')}, {saved.get('image_size')} then")
+        return "class folders: " + "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5
+                                                             else "")
+    return f"the file is {now.get('bytes')} bytes, {saved.get('bytes')} then" if saved.get("bytes") != \
+        now.get("bytes") else "the file's content differs (SHA-256)"
+
+
 def _start_run_dir(run: Run, force: bool) -> None:
     rundir.prepare_run_dir(run.run_dir, force)
     write_json(run.run_dir / rundir.CONFIG_FILE, {
@@ -804,6 +850,7 @@ def _start_run_dir(run: Run, force: bool) -> None:
         "kernels": {op: dispatch_rule(op, run.state.device) for op in KERNEL_OPS},
         "device": str(run.state.device),
         "processes": run.processes.world_size,
+        **({"data": run.data.fingerprint} if run.data.fingerprint is not None else {}),
         "robx_version": __version__,
         "torch_version": torch.__version__,
     })
@@ -941,6 +988,7 @@ def evaluate_run(
     run.task.prepare_attack(attack)
     test = data.test
     n_eval = n_eval or config.n_eval
+    check_subset_size(n_eval, test.labels, data.num_classes)
     if n_eval:
         test = test.subset(stratified_subset(test.labels, n_eval, config.data_seed))
     progress.start_eval(len(test), f"eval {attack.describe()}")
@@ -986,6 +1034,7 @@ def load_run(run_dir: Path, device: str | None = None) -> Run:
         config.device = device
     payload = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT_FILE)
     run = build_run(config, run_dir)
+    check_same_data(run)
     weights = payload.get("eval_model", payload["model"])
     rundir.check_state_fits(run.state.model.state_dict(), weights, run_dir / rundir.CHECKPOINT_FILE,
                             f"model '{config.model}'")

@@ -74,15 +74,16 @@ class EvalResult:
     clean_outputs: torch.Tensor | None = None  # the model's outputs, for the task's report details
     robust_outputs: torch.Tensor | None = None
 
-    def per_class(self, num_classes: int) -> tuple[list[float], list[float], list[int]]:
-        """Mean clean and robust score of every class, and its number of examples."""
+    def per_class(self, num_classes: int) -> tuple[list[float | None], list[float | None], list[int]]:
+        """Mean clean and robust score of every class (``None`` for a class without test
+        examples: it has no score, not a score of 0), and its number of examples."""
         labels = self.labels.flatten()
         counts = torch.bincount(labels, minlength=num_classes)
         denominator = counts.clamp(min=1).double()
 
-        def mean(scores: torch.Tensor) -> list[float]:
+        def mean(scores: torch.Tensor) -> list[float | None]:
             sums = torch.bincount(labels, weights=scores.double().flatten(), minlength=num_classes)
-            return (sums / denominator).tolist()
+            return [value if count else None for value, count in zip((sums / denominator).tolist(), counts.tolist())]
 
         return mean(self.clean_scores), mean(self.robust_scores), counts.tolist()
 

@@ -25,27 +25,30 @@ def summary_keys(balanced: bool) -> tuple[str, ...]:
     return ("overall", "worst") if balanced else ("overall", "majority", "minority", "worst")
 
 
-def summarize(per_class: Sequence[float], class_counts: Sequence[int], higher_is_better: bool = True
+def summarize(per_class: Sequence[float | None], class_counts: Sequence[int], higher_is_better: bool = True
               ) -> dict[str, float]:
     """overall (mean over classes), majority mean, minority mean, worst class, disparity.
 
-    For a metric where lower is better (an error) the worst class is the largest value and
-    disparity is minority - majority, so a positive disparity always means the minority
-    fares worse."""
+    A class without test examples (``None``) has no score and is left out of every summary;
+    the halves stay those of the training counts. For a metric where lower is better (an
+    error) the worst class is the largest value and disparity is minority - majority, so a
+    positive disparity always means the minority fares worse."""
     if len(per_class) != len(class_counts):
         raise ValueError("per_class and class_counts differ in length")
     majority = set(majority_classes(class_counts))
-    major = [a for c, a in enumerate(per_class) if c in majority]
-    minor = [a for c, a in enumerate(per_class) if c not in majority]
+    scored = [(c, a) for c, a in enumerate(per_class) if a is not None]
+    major = [a for c, a in scored if c in majority]
+    minor = [a for c, a in scored if c not in majority]
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
+    values = [a for _, a in scored]
     sign = 1.0 if higher_is_better else -1.0
     return {
-        "overall": mean(list(per_class)),
+        "overall": mean(values),
         "majority": mean(major),
         "minority": mean(minor),
-        "worst": min(per_class) if higher_is_better else max(per_class),
+        "worst": (min(values) if higher_is_better else max(values)) if values else float("nan"),
         "disparity": sign * (mean(major) - mean(minor)),
     }

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robx.core.errors import OptionError
+from robx.core.errors import OptionError, first_line
 from robx.core.task import ModelInput
 
 
@@ -99,10 +99,10 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
     the file, and with ``with_head`` (an audit: the model is used as it is) the head's too;
     the normalisation stays the task's. Otherwise, or when a shape differs, an
     :class:`OptionError`: a file of another architecture is never half loaded."""
-    import pickle
-
     from robx.core.run import RefusedFile, load_plain
 
+    if path.is_dir():
+        raise OptionError(f"--weights {path} is a directory; give a .safetensors file or a torch state dict")
     if not path.is_file():
         raise OptionError(f"--weights {path}: no such file")
     try:
@@ -115,9 +115,9 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
     except RefusedFile as error:
         raise OptionError(f"--weights {path}: holds objects other than tensors; refused to load it ({error})") \
             from None
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, AttributeError) as error:
+    except Exception as error:  # torch's and safetensors' errors for empty, garbage or huge-header files
         raise OptionError(f"--weights {path}: not a state dict of tensors robx can read "
-                          f"({type(error).__name__})") from None
+                          f"({type(error).__name__}: {first_line(error, 120)})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -146,6 +146,12 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
                 continue  # another label set: the head starts as built
             raise OptionError(f"--weights {path}: '{named_in_file[key]}' has shape {tuple(tensor.shape)}, the model's "
                               f"'{target}' {tuple(own[target].shape)}")
+        if own[target].is_floating_point() and not tensor.is_floating_point():
+            raise OptionError(f"--weights {path}: '{named_in_file[key]}' holds {str(tensor.dtype).removeprefix('torch.')}"
+                              f" values where the model's '{target}' is {str(own[target].dtype).removeprefix('torch.')}"
+                              ": not weights of this model")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise OptionError(f"--weights {path}: '{named_in_file[key]}' holds NaN or infinite values")
         matched[target] = tensor
     needed = [name for name in own if not name.startswith("normalize.") and not name.endswith("num_batches_tracked")
               and (with_head or not name.startswith("head."))]

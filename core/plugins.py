@@ -45,7 +45,7 @@ import inspect
 import os
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -56,7 +56,8 @@ import torch
 
 from robx.core import hookspecs
 from robx.core.data import Split
-from robx.core.errors import OptionError, PluginConflictError, PluginError, RobxError, UnknownPluginError
+from robx.core.errors import (OptionError, PluginConflictError, PluginError, PluginFailure, RobxError,
+                              UnknownPluginError, guarded)
 from robx.core.models import HEADS
 from robx.core.options import options_from
 from robx.core.state import VIEWS, Step, TrainState, check_plain
@@ -474,6 +475,14 @@ def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> l
 # ---------------------------------------------------------------------------
 
 
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without changing it."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
+
+
 class PluginHost:
     """The run's plugin manager behind typed methods (tox 4's facade pattern).
 
@@ -532,8 +541,34 @@ class PluginHost:
             except pluggy.PluginValidationError as error:  # e.g. a hook argument no spec offers
                 detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
                 raise PluginError(f"plugin '{name}' ({spec.origin}) does not fit robx's hooks: {detail}") from error
+            if spec.origin != BUILTIN_ORIGIN:  # a built-in plugin's failure is robx's bug: its traceback shows
+                plugin = self.manager.get_plugin(name)
+                for caller in self.manager.get_hookcallers(plugin) or []:
+                    for impl in caller.get_hookimpls():
+                        if impl.plugin is plugin:
+                            impl.function = guarded(impl.function, self.label(name), f"its {caller.name} hook")
         self.hook = self.manager.hook
         self._callers: dict[tuple[str, str], Any] = {}
+
+    def label(self, name: str) -> str:
+        """How errors name a selected plugin: its name and where it comes from."""
+        return f"plugin '{name}' ({self.specs[name].origin})"
+
+    def _returned(self, name: str, hook: str, value: Any, allowed: str, fits: bool) -> None:
+        """One :class:`PluginFailure` line naming the plugin when its ``hook`` returned what
+        the hook does not take (``fits`` false): a list where a tensor belongs, a wrong shape."""
+        if not fits:
+            got = (f"a tensor of shape {tuple(value.shape)} and dtype {str(value.dtype).removeprefix('torch.')}"
+                   if isinstance(value, torch.Tensor) else f"a {type(value).__name__}")
+            raise PluginFailure(f"{self.label(name)}: its {hook} hook returned {got}; it must return {allowed}")
+
+    def _each(self, hook: str, kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        """(plugin, answer) of a shared hook's implementations in listing order, answers of None
+        left out (pluggy's results do not say which plugin gave them)."""
+        for impl in reversed(getattr(self.hook, hook).get_hookimpls()):
+            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if result is not None:
+                yield impl.plugin_name, result
 
     def _on(self, hook: str, owner: str) -> Any:
         """Pluggy's caller of ``hook`` on ``owner`` alone (the selected plugins that yield to
@@ -552,44 +587,60 @@ class PluginHost:
     # --- data path -------------------------------------------------------------------
 
     def select_victims(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        return self._owned("select_victims", step=step, state=state)
+        mask = self._owned("select_victims", step=step, state=state)
+        if mask is not None:
+            self._returned(self.owners["select_victims"], "select_victims", mask,
+                           f"None or a mask broadcastable to the batch's shape {tuple(step.x.shape)}",
+                           isinstance(mask, torch.Tensor) and broadcasts_to(mask.shape, step.x.shape))
+        return mask
 
     def generate_adversary(self, step: Step, state: TrainState) -> torch.Tensor:
         x_adv = self._owned("generate_adversary", step=step, state=state)
+        owner = self.owners["generate_adversary"]
         if x_adv is None:
-            raise RobxError(f"plugin '{self.owners['generate_adversary']}' generated no adversarial examples")
+            raise PluginFailure(f"{self.label(owner)} generated no adversarial examples (its generate_adversary "
+                                "hook returned None)")
+        self._returned(owner, "generate_adversary", x_adv,
+                       f"floating-point inputs of the batch's shape {tuple(step.x.shape)}",
+                       isinstance(x_adv, torch.Tensor) and x_adv.shape == step.x.shape and x_adv.is_floating_point())
         return x_adv
 
     def augment(self, step: Step, state: TrainState) -> None:
         self.hook.augment(step=step, state=state)
 
     def training_loss(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        return self._owned("training_loss", step=step, state=state)
+        loss = self._owned("training_loss", step=step, state=state)
+        if loss is not None:
+            rows = len(step.inputs)
+            self._returned(self.owners["training_loss"], "training_loss", loss,
+                           f"a floating-point tensor of per-row losses, shape ({rows}, ...)",
+                           isinstance(loss, torch.Tensor) and loss.is_floating_point() and loss.dim() >= 1
+                           and loss.shape[0] == rows)
+        return loss
 
     def sample_weights(self, step: Step, state: TrainState) -> torch.Tensor | None:
-        """Product of all plugins' per-sample weights, or None when no plugin weighs."""
+        """Product of all plugins' per-row weights (each of the per-row losses' shape), or
+        None when no plugin weighs."""
+        expected = tuple(step.per_sample_loss.shape)
         weights = None
-        for w in self.hook.weight_samples(step=step, state=state):
+        for name, w in self._each("weight_samples", {"step": step, "state": state}):
+            self._returned(name, "weight_samples", w, f"None or a tensor of the per-row losses' shape {expected}",
+                           isinstance(w, torch.Tensor) and tuple(w.shape) == expected)
             weights = w if weights is None else weights * w
         return weights
 
     def extra_losses(self, step: Step, state: TrainState) -> dict[str, torch.Tensor]:
-        """Every plugin's extra loss terms, keyed ``plugin`` or ``plugin.term``.
-
-        pluggy returns results without the plugin that made them, so this walks the
-        hook implementations itself (in listing order) to keep the names for logging.
-        """
-        kwargs = {"step": step, "state": state}
+        """Every plugin's extra loss terms, keyed ``plugin`` or ``plugin.term`` (for logging),
+        each checked to be a floating-point scalar tensor."""
+        allowed = "None, a floating-point scalar tensor or a dict of them by name"
         terms: dict[str, torch.Tensor] = {}
-        for impl in reversed(self.hook.extra_loss.get_hookimpls()):
-            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
-            if result is None:
-                continue
-            if isinstance(result, Mapping):
-                for key, value in result.items():
-                    terms[f"{impl.plugin_name}.{key}"] = value
-            else:
-                terms[impl.plugin_name] = result
+        for name, result in self._each("extra_loss", {"step": step, "state": state}):
+            named = result.items() if isinstance(result, Mapping) else [(None, result)]
+            for key, value in named:
+                self._returned(name, "extra_loss", value, allowed,
+                               (key is None or isinstance(key, str)) and isinstance(value, torch.Tensor)
+                               and value.is_floating_point() and value.numel() == 1)
+                terms[name if key is None else f"{name}.{key}"] = value.reshape(())
         return terms
 
     def sampling_weights(self, state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from robx.core import hookspecs
 from robx.core.data import TaskData
-from robx.core.errors import OptionError, PluginError, RobxError
+from robx.core.errors import OptionError, PluginError, RobxError, guarded
 from robx.core.models import ModelBuilder
 from robx.core.options import options_from
 from robx.core.task import ModelInput, Task
@@ -113,6 +113,14 @@ class Registry:
     default_dataset: str | None = None
     #: third-party plugins left out, by "name (origin)": why
     skipped: dict[str, str] = field(default_factory=dict)
+    #: the origins ("name (built-in)") of robx's own plugins, whose failures are robx's bugs
+    builtin: set[str] = field(default_factory=set)
+
+    def _guarded(self, function: Callable[..., Any], origin: str, where: str) -> Callable[..., Any]:
+        """A third-party plugin's registered function, its exceptions one line naming the
+        plugin (:func:`robx.core.errors.guarded`); robx's own as they are."""
+        return function if origin in self.builtin or not callable(function) else \
+            guarded(function, f"plugin {origin}", where)
 
     def skip(self, origin: str, message: str) -> None:
         """Leave out the plugin ``origin`` names, with what it had registered so far."""
@@ -145,6 +153,7 @@ class Registry:
         self._claim(self.datasets, "dataset", name, origin)
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"{origin} registered dataset '{name}' with options={options!r}; give a dataclass")
+        load = self._guarded(load, origin, f"the loader of dataset '{name}'")
         self.datasets[name] = DatasetSpec(name, load, task, dict(defaults or {}), origin, options)
         if default:
             if self.default_dataset is not None:
@@ -154,14 +163,15 @@ class Registry:
 
     def add_model(self, origin: str, name: str, build: ModelBuilder, *, takes_argument: bool = False) -> None:
         self._claim(self.models, "model", name, origin)
-        self.models[name] = ModelSpec(name, build, origin, takes_argument)
+        self.models[name] = ModelSpec(name, self._guarded(build, origin, f"the builder of model '{name}'"), origin,
+                                      takes_argument)
 
     def add_method(self, table: dict[str, MethodSpec], kind: str, origin: str, name: str,
                    make: Callable[..., Any], *, options: type | None = None) -> None:
         self._claim(table, kind, name, origin)
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"{origin} registered {kind} '{name}' with options={options!r}; give a dataclass")
-        table[name] = MethodSpec(kind, name, make, origin, options)
+        table[name] = MethodSpec(kind, name, self._guarded(make, origin, f"{kind} '{name}'"), origin, options)
 
     def add_command(self, origin: str, name: str, function: Callable[..., None]) -> None:
         self._claim(self.commands, "command", name, origin)
@@ -169,7 +179,7 @@ class Registry:
             raise PluginError(f"command name '{name}' from {origin} is robx's own")
         if not callable(function):
             raise PluginError(f"{origin} registered command '{name}' as {function!r}; give a function")
-        self.commands[name] = CommandSpec(name, function, origin)
+        self.commands[name] = CommandSpec(name, self._guarded(function, origin, f"command 'robx {name}'"), origin)
 
     # --- lookups with one-line errors ------------------------------------------------------
 
@@ -260,6 +270,7 @@ def registry() -> Registry:
         origins[spec.name] = f"{spec.name} ({spec.origin})"
         if spec.origin == BUILTIN_ORIGIN:
             builtin.add(spec.name)
+            found.builtin.add(origins[spec.name])
     adders: dict[str, Callable[[str], Callable[..., None]]] = {
         "register_tasks": lambda origin: lambda task: found.add_task(task, origin),
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),

@@ -42,8 +42,26 @@ def build_report(
         "summary": {"standard": summarize(standard, class_counts, better),
                     "robust": summarize(robust, class_counts, better)},
     }
+    untested = [name for name, count in zip(class_names, test_counts) if not count]
+    if untested:
+        report["untested_classes"] = untested
     report.update(extra or {})
     return report
+
+
+def untested_note(report: dict[str, Any]) -> str | None:
+    """The line under a report's table when some classes had no test examples."""
+    untested = report.get("untested_classes")
+    if not untested:
+        return None
+    names = ", ".join(f"'{name}'" for name in untested)
+    return (f"{'class' if len(untested) == 1 else 'classes'} {names} had no test examples: no score, and left out "
+            "of the overall, majority, minority and worst figures")
+
+
+def _scores(values: list[float | None]) -> list[float]:
+    """Per-class scores for a plot: a class without test examples as NaN (no bar)."""
+    return [float("nan") if value is None else value for value in values]
 
 
 def save_figure(fig: Any, path: Path) -> None:
@@ -64,8 +82,8 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = report["class_names"]
-    standard = report["per_class"]["standard"]
-    robust = report["per_class"]["robust"]
+    standard = _scores(report["per_class"]["standard"])
+    robust = _scores(report["per_class"]["robust"])
     metric = report.get("metric", ACCURACY)
     balanced = is_balanced(report["class_counts"])
     majority = set(range(len(names))) if balanced else set(report["majority_classes"])
@@ -80,7 +98,7 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
                 bar.set_hatch("//")
     ax.set_xticks(list(positions))
     ax.set_xticklabels([f"{n}\n(n={k})" for n, k in zip(names, report["class_counts"])], fontsize=8)
-    if max(standard + robust) <= 1.0:  # rates: leave room above 1 for the legend
+    if max(v for v in standard + robust if v == v) <= 1.0:  # rates: leave room above 1 for the legend
         ax.set_ylim(0, 1.18)
         ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel(metric["name"] + ("" if metric["higher_is_better"] else " (lower is better)"))
@@ -154,8 +172,9 @@ def report_problem(report: Any) -> str | None:
         return "'per_class' and 'summary' must be objects"
     for kind in ("standard", "robust"):
         scores = report["per_class"].get(kind)
-        if not isinstance(scores, list) or len(scores) != len(names) or not all(map(number, scores)):
-            return f"'per_class.{kind}' must be {len(names)} numbers, one per class"
+        if not isinstance(scores, list) or len(scores) != len(names) or not any(map(number, scores)) \
+                or not all(number(score) or score is None for score in scores):
+            return f"'per_class.{kind}' must be {len(names)} numbers, one per class (null: no test examples)"
         summary = report["summary"].get(kind)
         if not isinstance(summary, dict):
             return f"no 'summary.{kind}' object"
@@ -194,7 +213,8 @@ def aggregate(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for key in SUMMARY_KEYS + ("disparity",):
                 row[f"{kind}.{key}"] = _mean_std([m["summary"][kind][key] for m in members])
             per_class = [m["per_class"][kind] for m in members]
-            row[f"per_class.{kind}"] = [sum(c) / len(c) for c in zip(*per_class)]
+            row[f"per_class.{kind}"] = [_mean_std(scored)[0] if scored else None
+                                        for scored in ([v for v in c if v is not None] for c in zip(*per_class))]
         row["class_names"] = members[0]["class_names"]
         row["metric"] = members[0].get("metric", ACCURACY)
         row["majority_classes"] = members[0]["majority_classes"]
@@ -240,7 +260,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, kind: str = "robust"
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(names)), 4))
     for i, row in enumerate(rows):
         offsets = [c - 0.4 + width * (i + 0.5) for c in range(len(names))]
-        ax.bar(offsets, row[f"per_class.{kind}"], width, label=f"{row['method']} (n={row['runs']})",
+        ax.bar(offsets, _scores(row[f"per_class.{kind}"]), width, label=f"{row['method']} (n={row['runs']})",
                color=palette[i % len(palette)])
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([f"{n}{'' if c in majority else '*'}" for c, n in enumerate(names)], fontsize=8)

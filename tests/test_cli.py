@@ -42,7 +42,7 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--plugins", "natural,pgd"], "both generate adversarial examples"),
         (["train", "--plugins", "cfa,ema"], "plugins 'cfa' and 'ema' both choose the evaluated model"),
         (["train", "--plugins", "dafa,fairtat"], "plugins 'dafa' and 'fairtat' both set the per-class attack budget"),
-        (["train", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--epochs", "0"], "epochs must be in 1..100000, got 0"),
         (["train", "--epochs", "many"], "--epochs"),
         (["train", "--eps", "eight"], "--eps expects float, got 'eight'"),
         (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
@@ -56,7 +56,7 @@ def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
         (["train", "--resume", "nowhere"], "cannot resume"),
         (["train", "--nproc", "2", "--resume", "nowhere"], "cannot resume"),  # before torchrun starts
         (["train", "--nproc", "2", "--plugins", "nope"], "unknown plugin 'nope'"),
-        (["train", "--nproc", "0"], "--nproc must be >= 1"),
+        (["train", "--nproc", "0"], "--nproc must be in 1..1024, got 0"),
         (["train", "--nproc", "4", "--batch-size", "3"], "--batch-size 3 is the global batch"),
         (["train", "--dist-bn", "mean"], "--dist-bn must be one of reduce, broadcast"),
         (["train", "--sync-bn", "--device", "cpu"], "sync_bn needs CUDA"),

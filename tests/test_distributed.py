@@ -200,7 +200,7 @@ def test_a_killed_process_ends_the_job_and_resume_finishes_it(tmp_path):
     assert job.returncode == 1
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("robx: error: training with 2 processes stopped")
-    assert f"resume with robx train --nproc 2 --resume {run_dir}" in last
+    assert f"continue with robx train --nproc 2 --resume {run_dir}" in last
     kept = load_checkpoint(run_dir / "checkpoint.pt")
     assert kept["epoch"] + 1 >= finished and kept["epoch"] < 3
     assert not (run_dir / "report.json").exists()

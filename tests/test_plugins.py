@@ -242,6 +242,7 @@ def test_hooks_run_in_order_and_combine(test_plugins, tmp_path):
     step.targets, step.row_labels = y, y
     step.outputs = torch.zeros(8, 10, requires_grad=True)
     step.inputs = step.x
+    step.per_sample_loss = torch.zeros(8)
     host.augment(step, state=None)
     assert CALLS == ["augment:recorder", "augment:second"]  # the order the user listed
     weights = host.sample_weights(step, state=None)

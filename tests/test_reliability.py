@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from robx import hookimpl
 from robx.cli.main import main
 from robx.core.distributed import Processes, rank_shards
+from robx.core.config import TrainConfig
 from robx.core.engine import train
 from robx.core.errors import WriteError
 from robx.core.files import atomic_write, write_text_atomically
@@ -441,3 +443,516 @@ def test_misnamed_twin_and_broken_plugins_are_warned_once_and_the_rest_works(tmp
     assert selected.returncode == 2 and "the entry-point name must be the plugin's name" in \
         selected.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "r").exists()
+
+
+# --- own data, weights, models and ranges: bad input is one line, checked before any work ----
+
+def npz_file(name: str = "data.npz", train_labels: object = None, test_labels: object = None,
+             x_train: object = None, x_test: object = None, **extra: object):
+    """An npz of 8x8 grey images: 12 training examples of 3 classes, 6 test (or the arrays given)."""
+    def setup(tmp: Path, finished: Path) -> None:
+        rng = np.random.default_rng(0)
+        y_train = np.array([0, 1, 2] * 4) if train_labels is None else np.asarray(train_labels)
+        y_test = np.array([0, 1, 2] * 2) if test_labels is None else np.asarray(test_labels)
+        images = {"x_train": rng.integers(0, 256, (len(y_train), 8, 8), dtype=np.uint8) if x_train is None
+                  else x_train,
+                  "x_test": rng.integers(0, 256, (len(y_test), 8, 8), dtype=np.uint8) if x_test is None else x_test}
+        np.savez(tmp / name, y_train=y_train, y_test=y_test, **images, **extra)
+    return setup
+
+
+def image_folder(classes: dict[str, int], size: int = 8):
+    def setup(tmp: Path, finished: Path) -> None:
+        rng = np.random.default_rng(0)
+        for name, count in classes.items():
+            (tmp / "imgs" / name).mkdir(parents=True)
+            for i in range(count):
+                PIL_Image().fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    tmp / "imgs" / name / f"{i}.png")
+    return setup
+
+
+def PIL_Image():
+    from PIL import Image
+
+    return Image
+
+
+def bomb_folder(tmp: Path, finished: Path) -> None:
+    """Two classes; one 'image' of 10000 x 9000 pixels, 90 million (a few kB as a 1-bit PNG)."""
+    image_folder({"a": 3, "b": 3})(tmp, finished)
+    PIL_Image().new("1", (10000, 9000)).save(tmp / "imgs" / "a" / "huge.png")
+
+
+def weights_file(name: str, content: bytes):
+    def setup(tmp: Path, finished: Path) -> None:
+        copy_run(finished, tmp)
+        (tmp / name).write_bytes(content)
+    return setup
+
+
+def changed_weights(change):
+    """The finished run's model, changed (NaN, integers), as a state-dict file."""
+    def setup(tmp: Path, finished: Path) -> None:
+        copy_run(finished, tmp)
+        model = load_checkpoint(tmp / "run" / "checkpoint.pt")["model"]
+        key = next(k for k, v in model.items() if v.dim() == 4)
+        model[key] = change(model[key])
+        torch.save(model, tmp / "w.pt")
+    return setup
+
+
+def folder_run_then_changed(command: str):
+    """A finished run on an image folder, then one more image in class 'b'."""
+    def setup(tmp: Path, finished: Path) -> None:
+        image_folder({"a": 6, "b": 6})(tmp, finished)
+        train(tiny_config(dataset=f"folder:{tmp / 'imgs'}", epochs=1, steps=1, eval_steps=1, n_eval=None,
+                          batch_size=8), tmp / "run")
+        PIL_Image().fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp / "imgs" / "b" / "extra.png")
+    return setup
+
+
+HUGE_HEADER = (2**40).to_bytes(8, "little") + b"{}"
+
+OWN_DATA_CASES = [
+    (npz_file(train_labels=[0, 1, 2] * 3 + [1, 0, 10**9]), ["train", "--dataset", "npz:data.npz"],
+     "a label is 1000000000, but there are 4 distinct labels"),
+    (npz_file(train_labels=np.array([0, 1, 2] * 3 + [1, 0, 2**64 - 1], dtype=np.uint64)),
+     ["train", "--dataset", "npz:data.npz"], "a label is 18446744073709551615"),
+    (npz_file(train_labels=[0, 1, 5] * 4, test_labels=[0, 1, 5] * 2), ["train", "--dataset", "npz:data.npz"],
+     "there are 3 distinct labels (0, 1, 5); labels must be 0..2"),
+    (npz_file(class_names=np.array(["a", "b"])), ["train", "--dataset", "npz:data.npz"],
+     "class_names names 2 classes; labels must be 0..1"),
+    (npz_file(train_labels=[], x_train=np.zeros((0, 8, 8), np.uint8)), ["train", "--dataset", "npz:data.npz"],
+     "x_train holds no examples"),
+    (npz_file(test_labels=[], x_test=np.zeros((0, 8, 8), np.uint8)), ["train", "--dataset", "npz:data.npz"],
+     "x_test holds no examples"),
+    (npz_file(train_labels=[0] * 12, test_labels=[0] * 6), ["train", "--dataset", "npz:data.npz"],
+     "has 1 class ('0'); robx compares classes, so it needs at least two"),
+    (npz_file(train_labels=[0, 1] * 6), ["train", "--dataset", "npz:data.npz"],
+     "class '2' has no training examples"),
+    (npz_file(x_train=np.full((12, 4), 1e300)), ["train", "--dataset", "npz:data.npz"],
+     "x_train holds values that are NaN, infinite or beyond float32's range"),
+    (npz_file(x_train=np.full((12, 4), np.nan, np.float32)), ["train", "--dataset", "npz:data.npz"],
+     "x_train holds values that are NaN, infinite"),
+    (image_folder({"only": 5}), ["train", "--dataset", "folder:imgs"], "it needs at least two"),
+    (bomb_folder, ["train", "--dataset", "folder:imgs"], "has 10000 x 9000 pixels, more than robx decodes"),
+    (bomb_folder, ["train", "--dataset", "folder:imgs", "--image-size", "8"], "more than robx decodes"),
+    (image_folder({"a": 3, "b": 3}), ["train", "--dataset", "folder:imgs", "--image-size", "100000"],
+     "--image-size) must be in 1..4096, got 100000"),
+    (folder_run_then_changed("train"), ["train", "--resume", "run"],
+     "changed since the run run started: class folders: 'b' holds 7 files, 6 then"),
+    (folder_run_then_changed("eval"), ["eval", "run"], "'b' holds 7 files, 6 then; start a new run"),
+    # weights files and models
+    (weights_file("w.safetensors", b""), ["audit", "w.safetensors", "--arch", "smallcnn16", "--attacks", "pgd"],
+     "not a state dict of tensors robx can read"),
+    (weights_file("w.safetensors", b"garbage, not a safetensors file"),
+     ["audit", "w.safetensors", "--arch", "smallcnn16", "--attacks", "pgd"], "not a state dict of tensors"),
+    (weights_file("w.safetensors", HUGE_HEADER), ["train", "--weights", "w.safetensors"], "not a state dict"),
+    (changed_weights(lambda t: torch.full_like(t, float("nan"))),
+     ["audit", "w.pt", "--arch", "smallcnn16", "--attacks", "pgd"], "holds NaN or infinite values"),
+    (changed_weights(lambda t: t.long()), ["train", "--weights", "w.pt"], "holds int64 values where the model's"),
+    (changed_weights(lambda t: t.bool()), ["train", "--weights", "w.pt"], "holds bool values"),
+    (with_file("wdir/x", b""), ["train", "--weights", "wdir"], "--weights wdir is a directory"),
+    (nothing, ["train", "--model", "torchvision:fasterrcnn_resnet50_fpn"], "is a detection model"),
+    (nothing, ["train", "--model", "torchvision:lraspp_mobilenet_v3_large"], "is a segmentation model"),
+    # ranges
+    (nothing, ["train", "--lr", "inf"], "lr must be a finite number > 0, got inf"),
+    (with_file("big.toml", b"epochs = 1e20\n"), ["train", "--config", "big.toml"], "epochs must be in 1..100000"),
+    (nothing, ["train", "--steps", "1000000"], "steps must be in 1..10000"),
+    (nothing, ["train", "--n-eval", "5"], "--n-eval 5 is fewer than the 10 classes"),
+    (run_only, ["eval", "run", "--n-eval", "5"], "--n-eval 5 is fewer than the 10 classes"),
+    (run_only, ["eval", "run", "--steps", "100000"], "--steps must be in 1..10000"),
+    (run_only, ["eval", "run", "--eps", "inf"], "must be finite numbers >= 0"),
+    (nothing, ["train", "--nproc", "5000"], "--nproc must be in 1..1024"),
+]
+
+
+@pytest.mark.parametrize(("setup", "args", "message"), OWN_DATA_CASES,
+                         ids=[f"{i}-{' '.join(args)[:50]}" for i, (_, args, _) in enumerate(OWN_DATA_CASES)])
+def test_own_data_weights_models_and_ranges_are_one_line_exit_2(setup, args, message, tmp_path, finished_run,
+                                                               monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path.parent / f"{tmp_path.name}-cache"))
+    setup(tmp_path, finished_run)
+    before = snapshot(tmp_path)
+    code, err = run_cli(args + (["--out", "r"] if args[0] == "train" and "--resume" not in args else []), capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robx: error: ") and message in lines[0], err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_label_of_a_billion_is_refused_without_sizing_anything_by_it(tmp_path):
+    """The memory guard: the npz loader refuses a label of 1e9 without allocating anything sized
+    by it (before the check, class names and a bincount sized by the label took ~23 GB): the
+    process's peak resident memory grows by less than 64 MiB across the refusal (its imports,
+    torch's above all, take ~0.7 GB before it). The time it takes is in
+    benchmarks/reliability.py, not asserted here."""
+    npz_file(train_labels=[0, 1, 2] * 3 + [1, 0, 10**9])(tmp_path, tmp_path)
+    probe = textwrap.dedent(f"""
+        import resource
+        from robx.core.errors import DataError
+        from robx.core.registry import registry
+        spec = registry().dataset("npz:{tmp_path / 'data.npz'}")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            spec.read(None, 0, {{}})
+        except DataError as error:
+            print("refused:", error)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    refused, grown_kib = result.stdout.strip().splitlines()
+    assert refused.startswith("refused:") and "1000000000" in refused, result.stdout + result.stderr
+    assert int(grown_kib) < 64 * 1024  # ru_maxrss is in KiB on Linux
+
+
+def test_a_class_without_test_examples_is_marked_and_left_out_of_the_summaries(robx_here, tmp_path, capsys):
+    npz_file(test_labels=[0, 1, 0, 1, 0, 1])(tmp_path, tmp_path)  # class 2 trains, but has no test example
+    result = robx_here("train", "--dataset", "npz:data.npz", "--epochs", "1", "--steps", "1", "--eval-steps", "1",
+                       "--batch-size", "4", "--out", "r")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["untested_classes"] == ["2"] and report["test_counts"] == [3, 3, 0]
+    for kind in ("standard", "robust"):
+        scores = report["per_class"][kind]
+        assert scores[2] is None
+        summary = report["summary"][kind]
+        assert summary["overall"] == pytest.approx((scores[0] + scores[1]) / 2)  # by hand, over the tested classes
+        assert summary["worst"] == pytest.approx(min(scores[0], scores[1]))
+    printed = " ".join(result.stdout.split())
+    assert "no test examples" in printed and "class '2' had no test examples" in printed
+    rows = json.loads(robx_here("report", "r", "--json", "--plot", "p.png").stdout)
+    assert rows[0]["per_class.robust"][2] is None
+
+
+def test_a_folder_class_of_one_image_has_no_test_example_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image_folder({"a": 6, "b": 6, "rare": 1})(tmp_path, tmp_path)
+    code, err = run_cli(["train", "--dataset", "folder:imgs", "--epochs", "1", "--steps", "1", "--eval-steps", "1",
+                         "--batch-size", "4", "--out", "r"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["class_counts"] == [5, 5, 1] and report["untested_classes"] == ["rare"]
+
+
+def test_images_are_decoded_by_their_mode(tmp_path, monkeypatch):
+    """16-bit grey is scaled to 8 bits (v / 257, not clipped), a palette image becomes its RGB
+    colours, a transparent pixel is its colour times alpha / 255 (over black): hand values."""
+    from robx.plugins.datasets.user_files import FolderOptions, load_folder
+
+    Image = PIL_Image()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    grey = tmp_path / "grey"
+    for name, value in (("dark", 257 * 10), ("light", 65535)):
+        (grey / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((4, 4), value, np.uint16)).save(grey / name / f"{i}.png")
+    data = load_folder(None, 0, FolderOptions(path=str(grey), test_fraction=0.5))
+    assert data.train.x.shape[1] == 1  # grey stays one channel
+    assert sorted(int(v) for v in data.train.x.flatten().unique()) == [10, 255]  # 2570 / 257, 65535 / 257
+
+    colour = tmp_path / "colour"
+    (colour / "see-through").mkdir(parents=True)
+    (colour / "palette").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((4, 4, 4), (200, 100, 50, 128), np.uint8), "RGBA").save(colour / "see-through" / f"{i}.png")
+        palette = Image.new("P", (4, 4), 1)  # every pixel is entry 1 of the palette
+        palette.putpalette([0, 0, 0, 30, 60, 90] + [0] * 762)
+        palette.save(colour / "palette" / f"{i}.png")
+    data = load_folder(None, 0, FolderOptions(path=str(colour), test_fraction=0.5))
+    pixels = {data.classes[int(label)]: tuple(int(v) for v in x[:, 0, 0])
+              for x, label in zip(data.train.x, data.train.labels)}
+    assert pixels["see-through"] == (100, 50, 25)  # round(200 * 128 / 255), round(100 * .502), round(50 * .502)
+    assert pixels["palette"] == (30, 60, 90)
+
+
+def test_skipped_entries_are_named_in_one_warning_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image_folder({"a": 4, "b": 4, "..a": 2})(tmp_path, tmp_path)
+    root = tmp_path / "imgs"
+    (root / "a" / "notes.txt").write_text("not an image")
+    (root / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "outside.png").write_bytes((root / "b" / "0.png").read_bytes())
+    (root / "b" / "out.png").symlink_to(tmp_path / "outside.png")
+    from robx.plugins.datasets.user_files import FolderOptions, load_folder
+
+    capsys.readouterr()
+    data = load_folder(None, 0, FolderOptions(path=str(root)))
+    assert data.classes == ["a", "b"] and len(data.train) + len(data.test) == 8
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"robx: warning: skipped 4 entries of {root}: "), lines
+    for named in ("'..a' (hidden)", "'a/gone.png' (broken link)", "'a/notes.txt' (not an image)",
+                  f"'b/out.png' (link leaving {root})"):
+        assert named in lines[0]
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x93NUMPY truncated", "wrong-shape"])
+def test_a_damaged_cache_is_rebuilt(damage, tmp_path, monkeypatch):
+    from robx.plugins.datasets.user_files import FolderOptions, load_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image_folder({"a": 4, "b": 4})(tmp_path, tmp_path)
+    first = load_folder(None, 0, FolderOptions(path=str(tmp_path / "imgs")))
+    (cache,) = (tmp_path / "cache" / "robx" / "folders").iterdir()
+    if damage == "wrong-shape":
+        np.save(cache, np.zeros((3, 1, 2, 2), np.uint8))
+    else:
+        cache.write_bytes(damage)
+    again = load_folder(None, 0, FolderOptions(path=str(tmp_path / "imgs")))
+    assert torch.equal(again.train.x, first.train.x) and torch.equal(again.test.x, first.test.x)
+    assert np.load(cache).shape == (8, 3, 8, 8)  # healed
+
+
+@pytest.mark.parametrize("where", ["a-file", "/proc/robx-cache"])
+def test_an_unusable_cache_directory_is_one_warning_not_a_failure(where, tmp_path, monkeypatch, capsys):
+    from robx.plugins.datasets.user_files import FolderOptions, load_folder
+
+    if where == "a-file":
+        (tmp_path / "a-file").write_text("not a directory")
+        where = str(tmp_path / "a-file")
+    elif not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's read-only /proc")
+    monkeypatch.setenv("XDG_CACHE_HOME", where)
+    image_folder({"a": 4, "b": 4})(tmp_path, tmp_path)
+    capsys.readouterr()
+    data = load_folder(None, 0, FolderOptions(path=str(tmp_path / "imgs")))
+    assert len(data.train) + len(data.test) == 8
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robx: warning: cannot cache the decoded images in "), lines
+
+
+def test_networks_with_tuple_or_dict_outputs_are_unwrapped_or_refused():
+    """GoogLeNet builds without its auxiliary heads (one tensor in training); a named tuple's,
+    a dict's or a Hugging Face output's ``logits`` is taken; a dict of maps is refused."""
+    from collections import namedtuple
+
+    from robx.core.errors import OptionError
+    from robx.core.registry import registry
+    from robx.core.task import ModelInput
+    from robx.plugins.models.external import no_downloads, one_tensor
+
+    model = registry().build_model("torchvision:googlenet", ModelInput(shape=(3, 32, 32), outputs=4, mean=(0.5,) * 3,
+                                                                                std=(0.25,) * 3))
+    features, outputs = model.train()(torch.rand(2, 3, 32, 32))
+    assert outputs.shape == (2, 4)
+    logits = torch.rand(2, 3)
+    assert one_tensor(namedtuple("Out", "logits aux")(logits, None), "m") is logits
+    assert one_tensor({"logits": logits, "loss": None}, "m") is logits
+    assert one_tensor(type("HFOutput", (), {"logits": logits})(), "m") is logits
+    with pytest.raises(OptionError, match="returns a dict with keys out, aux, not one tensor of class scores"):
+        one_tensor({"out": torch.rand(2, 3, 4, 4), "aux": None}, "m")
+    from torchvision import models
+
+    assert no_downloads(models.get_model_builder("fasterrcnn_resnet50_fpn"))["weights_backbone"] is None
+
+
+# --- interrupts ----------------------------------------------------------------------------
+
+def lock_is_free(run_dir: Path) -> bool:
+    import fcntl
+
+    fd = os.open(run_dir / ".robx.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_sigterm_during_training_exits_143_keeps_the_checkpoint_and_resume_ends_as_if_uninterrupted(tmp_path):
+    """A real process and a real signal: exit 128 + 15, one line saying what was kept and how to
+    continue, the lock released; the resumed run ends with the uninterrupted run's weights."""
+    quick = ["--epochs", "4", "--steps", "1", "--eval-steps", "1", "--n-eval", "50"]
+    job = subprocess.Popen(ROBX + ["train", *quick, "--out", str(tmp_path / "stopped")], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text()):
+        assert job.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    if job.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert job.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robx: interrupted by SIGTERM; "), stderr
+    assert f"continue with robx train --resume {tmp_path / 'stopped'}" in lines[0]
+    assert lock_is_free(tmp_path / "stopped") and not (tmp_path / "stopped" / "report.json").exists()
+    assert [p.name for p in (tmp_path / "stopped").iterdir() if p.name.endswith(".tmp")] == []
+    train(tiny_config(), tmp_path / "stopped", resume=True)
+    train(TrainConfig(epochs=4, steps=1, eval_steps=1, n_eval=50), tmp_path / "straight")  # the command's config
+    resumed, straight = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("stopped", "straight"))
+    assert all(torch.equal(resumed[key], straight[key]) for key in straight)
+
+
+def _signal_during(monkeypatch, module: object, name: str, signal_number: int) -> None:
+    """Send this process ``signal_number`` when ``module.name`` is called (the handler robx
+    installs turns it into an interruption there)."""
+    real = getattr(module, name)
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal_number)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+@pytest.mark.parametrize(("command", "signal_number"), [("eval", signal.SIGINT), ("audit", signal.SIGTERM),
+                                                        ("oversample", signal.SIGINT), ("crowd", signal.SIGTERM),
+                                                        ("train", signal.SIGINT)])
+def test_an_interrupted_command_exits_128_plus_the_signal_and_writes_nothing_half(command, signal_number, tmp_path,
+                                                                                 finished_run, monkeypatch, capsys):
+    import robx.core.engine as engine
+    import robx.core.crowd as crowd
+    import robx.core.oversample as oversample
+
+    monkeypatch.chdir(tmp_path)
+    run = copy_run(finished_run, tmp_path)
+    args = {"eval": ["eval", "run", "--steps", "1"],
+            "audit": ["audit", "run/checkpoint.pt", "--arch", "smallcnn16", "--attacks", "pgd", "--out", "audit"],
+            "oversample": ["oversample", "--method", "random", "--classifiers", "linearsvc", "--out", "out"],
+            "crowd": ["crowd", "--method", "mv-lr", "--out", "out"],
+            "train": ["train", "--epochs", "3", "--steps", "1", "--eval-steps", "1", "--n-eval", "50", "--out", "new"]}
+    where = {"eval": (engine, "evaluate_run"), "audit": (engine, "evaluate_run"), "train": (engine, "train_epoch"),
+             "oversample": (oversample, "run_oversample"), "crowd": (crowd, "run_crowd")}[command]
+    _signal_during(monkeypatch, *where, signal_number)
+    before = snapshot(tmp_path)
+    code, err = run_cli(args[command], capsys)
+    name = signal.Signals(signal_number).name
+    assert code == 128 + signal_number, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"robx: interrupted by {name}; "), err
+    assert "Traceback" not in err and snapshot(tmp_path) == before  # nothing written, nothing half written
+    assert lock_is_free(run)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after the command
+
+
+# --- installed plugins and commands that fail -------------------------------------------------
+
+class RaisingHook:
+    """An extra loss that raises."""
+    name = "raising"
+
+    @hookimpl
+    def extra_loss(self, step):
+        raise RuntimeError("the plugin's own bug")
+
+
+class ListWeights:
+    """Per-row weights as a list."""
+    name = "listweights"
+
+    @hookimpl
+    def weight_samples(self, step):
+        return [1.0] * len(step.inputs)
+
+
+class TextLoss:
+    """A loss as text."""
+    name = "textloss"
+
+    @hookimpl
+    def extra_loss(self, step):
+        return "0.1"
+
+
+class VectorLoss:
+    """A loss with three entries."""
+    name = "vectorloss"
+
+    @hookimpl
+    def extra_loss(self, step):
+        return {"parts": torch.zeros(3, requires_grad=True)}
+
+
+class ShortWeights:
+    """Per-row weights of the wrong length."""
+    name = "shortweights"
+
+    @hookimpl
+    def weight_samples(self, step):
+        return torch.ones(3)
+
+
+class NoAdversary:
+    """An adversary that returns its batch's labels."""
+    name = "noadversary"
+
+    @hookimpl
+    def generate_adversary(self, step):
+        return step.y
+
+
+@pytest.fixture
+def misbehaving_plugins(monkeypatch):
+    import robx.core.plugins as plugin_module
+    from robx.core.plugins import PluginSpec, available_plugins
+
+    extra = {cls.name: PluginSpec(cls.name, "robx-misbehaving 0.1", cls)
+             for cls in (RaisingHook, ListWeights, TextLoss, VectorLoss, ShortWeights, NoAdversary)}
+    merged = {**available_plugins(), **extra}
+    monkeypatch.setattr(plugin_module, "available_plugins", lambda: merged)
+
+
+@pytest.mark.parametrize(("plugin", "message"), [
+    ("raising", "plugin 'raising' (robx-misbehaving 0.1) failed in its extra_loss hook: RuntimeError: the plugin's "
+                "own bug (ROBX_DEBUG=1 shows the traceback)"),
+    ("listweights", "plugin 'listweights' (robx-misbehaving 0.1): its weight_samples hook returned a list; it must "
+                    "return None or a tensor of the per-row losses' shape (128,)"),
+    ("textloss", "its extra_loss hook returned a str; it must return None, a floating-point scalar tensor"),
+    ("vectorloss", "its extra_loss hook returned a tensor of shape (3,) and dtype float32"),
+    ("shortweights", "its weight_samples hook returned a tensor of shape (3,)"),
+    ("noadversary", "its generate_adversary hook returned a tensor of shape (128,) and dtype int64; it must return "
+                    "floating-point inputs of the batch's shape (128, 1, 8, 8)"),
+])
+def test_a_failing_installed_plugin_is_one_line_naming_it_and_its_hook(plugin, message, misbehaving_plugins, tmp_path,
+                                                                       monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["train", "--plugins", plugin, "--epochs", "1", "--steps", "1", "--batch-size", "128",
+                         "--out", "r"], capsys)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"robx: error: {message}" or message in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+    if plugin == "raising":
+        monkeypatch.setenv("ROBX_DEBUG", "1")
+        _, debug = run_cli(["train", "--plugins", plugin, "--epochs", "1", "--steps", "1", "--out", "r"], capsys)
+        assert "Traceback" in debug and "RuntimeError: the plugin's own bug" in debug
+        assert debug.strip().splitlines()[-1].startswith("robx: error: plugin 'raising'")
+
+
+def test_a_registered_command_s_exit_status_and_failure_reach_the_shell(monkeypatch, capsys):
+    import typer
+
+    from robx.core.registry import registry
+
+    def leaves_with_three() -> None:
+        """Ends with status 3."""
+        raise typer.Exit(code=3)
+
+    def fails() -> None:
+        """Raises."""
+        raise KeyError("a key the command wanted")
+
+    found = registry()
+    for name, function in (("leaves-with-three", leaves_with_three), ("fails", fails)):
+        found.add_command("third (robx-commands 0.1)", name, function)
+    try:
+        assert run_cli(["leaves-with-three"], capsys)[0] == 3
+        code, err = run_cli(["fails"], capsys)
+        assert code == 1 and err.strip().splitlines() == [
+            "robx: error: plugin third (robx-commands 0.1) failed in command 'robx fails': KeyError: 'a key the "
+            "command wanted' (ROBX_DEBUG=1 shows the traceback)"]
+    finally:
+        from robx.cli.main import app
+
+        for name in ("leaves-with-three", "fails"):
+            found.commands.pop(name, None)
+        app.registered_commands[:] = [info for info in app.registered_commands
+                                      if info.name not in ("leaves-with-three", "fails")]
