@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,7 @@ CASES: list[tuple[str, list[str], str]] = (
         ("cifar:shape", ["train", "--dataset", "cifar10", "--out", "r"], "refuse"),
         ("logits-model", ["train", "--model", "logits", "--out", "r"], "refuse"),
         ("none", ["train", "--n-eval", "3", "--out", "r", "--epochs", "1", "--steps", "1", "--eval-steps", "1"],
-         "ok"),
+         "refuse"),
         # eval
         ("none", ["eval", "nowhere"], "refuse"),
         ("run", ["eval", "run", "--steps", "0"], "refuse"),
@@ -177,6 +178,57 @@ CASES: list[tuple[str, list[str], str]] = (
         ("twin-plugins", ["train", "--dataset", "brokenset", "--out", "r"], "refuse"),
         ("none", ["bogus"], "refuse"),
     ]
+    + [(setup, ["train", "--dataset", "npz:data.npz", "--out", "r", *QUICK], "refuse") for setup in (
+        "npz:biglabel", "npz:uint64", "npz:gaps", "npz:fewnames", "npz:emptytrain", "npz:emptytest", "npz:oneclass",
+        "npz:notrainclass", "npz:overflow", "npz:nan")]
+    + [
+        ("npz:untested", ["train", "--dataset", "npz:data.npz", "--out", "r", *QUICK, "--batch-size", "4"], "ok"),
+        ("folder:oneclass", ["train", "--dataset", "folder:imgs", "--out", "r"], "refuse"),
+        ("folder:bomb", ["train", "--dataset", "folder:imgs", "--out", "r"], "refuse"),
+        ("folder:hugebomb", ["train", "--dataset", "folder:imgs", "--out", "r"], "refuse"),
+        ("folder:bomb", ["train", "--dataset", "folder:imgs", "--image-size", "8", "--out", "r"], "refuse"),
+        ("folder:plain", ["train", "--dataset", "folder:imgs", "--image-size", "100000", "--out", "r"], "refuse"),
+        *[(f"folder:{kind}", ["train", "--dataset", "folder:imgs", "--out", "r", *QUICK, "--batch-size", "4"], "ok")
+          for kind in ("16bit", "palette-rgba", "single-image-class", "junk", "xdg-file", "xdg-proc", "cache-empty",
+                       "cache-truncated", "cache-shape")],
+        ("folder-run", ["train", "--resume", "run"], "refuse"),
+        ("folder-run", ["eval", "run"], "refuse"),
+        ("npz-run", ["eval", "run"], "refuse"),
+        # weights files and models
+        ("weights:empty", ["audit", "w.safetensors", "--arch", "smallcnn16", "--attacks", "pgd"], "refuse"),
+        ("weights:garbage", ["audit", "w.safetensors", "--arch", "smallcnn16", "--attacks", "pgd"], "refuse"),
+        ("weights:header", ["train", "--weights", "w.safetensors", "--out", "r"], "refuse"),
+        ("weights:nan", ["audit", "w.pt", "--arch", "smallcnn16", "--attacks", "pgd"], "refuse"),
+        ("weights:int64", ["train", "--weights", "w.pt", "--out", "r"], "refuse"),
+        ("weights:bool", ["train", "--weights", "w.pt", "--out", "r"], "refuse"),
+        ("adir", ["train", "--weights", "adir", "--out", "r"], "refuse"),
+        ("folder:rgb32", ["train", "--dataset", "folder:imgs", "--model", "torchvision:googlenet", "--out", "r",
+                          *QUICK, "--batch-size", "4"], "ok"),
+        ("none", ["train", "--model", "torchvision:fasterrcnn_resnet50_fpn", "--out", "r"], "refuse"),
+        ("none", ["train", "--model", "torchvision:lraspp_mobilenet_v3_large", "--out", "r"], "refuse"),
+        # installed plugins and commands that fail
+        *[("misbehaving", ["train", "--plugins", name, "--out", "r", *QUICK], "fail")
+          for name in ("raising", "listweights", "textloss", "vectorloss", "shortweights", "noadversary")],
+        ("misbehaving", ["crashes"], "fail"),
+        ("misbehaving", ["leaves-with-three"], "exit:3"),
+        # ranges
+        ("none", ["train", "--lr", "inf"], "refuse"),
+        ("bigtoml", ["train", "--config", "big.toml"], "refuse"),
+        ("none", ["train", "--steps", "1000000"], "refuse"),
+        ("none", ["train", "--n-eval", "5"], "refuse"),
+        ("run", ["eval", "run", "--n-eval", "5"], "refuse"),
+        ("run", ["eval", "run", "--steps", "100000"], "refuse"),
+        ("run", ["eval", "run", "--eps", "inf"], "refuse"),
+        ("none", ["train", "--nproc", "5000"], "refuse"),
+        # interrupts: a real signal to a real process; then (train) the resume must finish the run
+        ("none", ["train", "--epochs", "30", "--out", "r"], "signal:SIGINT"),
+        ("none", ["train", "--epochs", "30", "--out", "r"], "signal:SIGTERM"),
+        ("run", ["eval", "run", "--steps", "500"], "signal:SIGINT"),
+        ("run", ["audit", "run/checkpoint.pt", "--arch", "smallcnn16", "--attacks", "pgd", "--steps", "500",
+                 "--out", "audit"], "signal:SIGTERM"),
+        ("none", ["oversample", "--method", "glgan", "--out", "out"], "signal:SIGINT"),
+        ("none", ["crowd", "--method", "iced", "--out", "out"], "signal:SIGTERM"),
+    ]
 )
 
 LOGITS_MODEL = '''
@@ -212,6 +264,45 @@ def register_datasets(register):
     register("brokenset", None, task="classification")
     raise RuntimeError("the dataset server is down")
 '''
+
+
+MISBEHAVING = '''
+import torch
+import typer
+from robx import hookimpl
+
+def plugin(name, hook, answer):
+    def implementation(self, step):
+        return answer(step)
+    implementation.__name__ = hook
+    return type(name, (), {"__doc__": f"{hook} misbehaving", "name": name, hook: hookimpl(implementation)})
+
+def boom(step):
+    raise RuntimeError("the plugin's own bug")
+
+Raising = plugin("raising", "extra_loss", boom)
+ListWeights = plugin("listweights", "weight_samples", lambda step: [1.0] * len(step.inputs))
+TextLoss = plugin("textloss", "extra_loss", lambda step: "0.1")
+VectorLoss = plugin("vectorloss", "extra_loss", lambda step: torch.zeros(3, requires_grad=True))
+ShortWeights = plugin("shortweights", "weight_samples", lambda step: torch.ones(3))
+NoAdversary = plugin("noadversary", "generate_adversary", lambda step: step.y)
+
+def crashes():
+    """Raises."""
+    raise KeyError("a key the command wanted")
+
+def leaves_with_three():
+    """Ends with status 3."""
+    raise typer.Exit(code=3)
+
+@hookimpl
+def register_commands(register):
+    register("crashes", crashes)
+    register("leaves-with-three", leaves_with_three)
+'''
+MISBEHAVING_ENTRIES = {"raising": "Raising", "listweights": "ListWeights", "textloss": "TextLoss",
+                       "vectorloss": "VectorLoss", "shortweights": "ShortWeights", "noadversary": "NoAdversary",
+                       "commands": ""}
 
 
 def install(site: Path, module: str, source: str, entries: dict[str, str]) -> None:
@@ -289,6 +380,37 @@ def prepare(setup: str, case: Path, finished: Path, env: dict[str, str]) -> subp
             data = (folder / "train.npz").read_bytes()
             (folder / "train.npz").write_bytes(data[:len(data) // 2])
         env["ROBX_DATA"] = str(case / "data")
+    if kind == "npz":
+        own_npz(case / "data.npz", detail)
+    if kind == "bigtoml":
+        (case / "big.toml").write_text("epochs = 1e20\n")
+    if kind in ("folder", "folder-run"):  # robx's decoded-image cache: outside the user's files the case compares
+        env["XDG_CACHE_HOME"] = str(case.parent / f"cache-{case.name}")
+        own_folder(case, detail or "plain", env)
+    if kind == "folder-run":
+        from robx.core.config import TrainConfig
+        from robx.core.engine import train
+
+        os.environ["XDG_CACHE_HOME"] = env["XDG_CACHE_HOME"]
+        train(TrainConfig(dataset=f"folder:{case / 'imgs'}", epochs=1, steps=1, eval_steps=1, batch_size=8),
+              case / "run")
+        from PIL import Image
+
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(case / "imgs" / "b" / "extra.png")
+    if kind == "npz-run":
+        from robx.core.config import TrainConfig
+        from robx.core.engine import train
+
+        own_npz(case / "data.npz", "plain")
+        train(TrainConfig(dataset=f"npz:{case / 'data.npz'}", epochs=1, steps=1, eval_steps=1, batch_size=4),
+              case / "run")
+        own_npz(case / "data.npz", "other")
+    if kind == "weights":
+        own_weights(case, detail, finished)
+    if kind == "misbehaving":
+        site = case.parent / f"site-{case.name}"
+        install(site, "robx_misbehaving", MISBEHAVING, MISBEHAVING_ENTRIES)
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
     if kind in ("logits-model", "twin-plugins"):
         site = case.parent / f"site-{case.name}"
         if kind == "logits-model":
@@ -298,6 +420,104 @@ def prepare(setup: str, case: Path, finished: Path, env: dict[str, str]) -> subp
                                                         "logit-pairing": "AdversarialLogitPairing", "broken": ""})
         env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
     return None
+
+
+def own_npz(path: Path, kind: str) -> None:
+    """An npz of 8x8 grey images, 3 classes (12 training, 6 test examples), broken as ``kind`` says."""
+    rng = np.random.default_rng(1 if kind == "other" else 0)
+    y_train, y_test = np.array([0, 1, 2] * 4), np.array([0, 1, 2] * 2)
+    arrays = {"x_train": rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
+              "x_test": rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)}
+    if kind == "biglabel":
+        y_train[-1] = 10**9
+    elif kind == "uint64":
+        y_train = y_train.astype(np.uint64)
+        y_train[-1] = 2**64 - 1
+    elif kind == "gaps":
+        y_train, y_test = y_train * 2, y_test * 2
+    elif kind == "fewnames":
+        arrays["class_names"] = np.array(["a", "b"])
+    elif kind == "emptytrain":
+        arrays["x_train"], y_train = arrays["x_train"][:0], y_train[:0]
+    elif kind == "emptytest":
+        arrays["x_test"], y_test = arrays["x_test"][:0], y_test[:0]
+    elif kind == "oneclass":
+        y_train, y_test = y_train * 0, y_test * 0
+    elif kind == "notrainclass":
+        y_train = y_train % 2
+    elif kind == "overflow":
+        arrays["x_train"] = np.full((12, 4), 1e300)
+        arrays["x_test"] = np.zeros((6, 4))
+    elif kind == "nan":
+        arrays["x_train"] = np.full((12, 4), np.nan, np.float32)
+        arrays["x_test"] = np.zeros((6, 4), np.float32)
+    elif kind == "untested":
+        y_test = y_test % 2
+    np.savez(path, y_train=y_train, y_test=y_test, **arrays)
+
+
+def own_folder(case: Path, kind: str, env: dict[str, str]) -> None:
+    """An image folder (two classes of six 8x8 RGB images), changed as ``kind`` says."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = case / "imgs"
+    size = 32 if kind == "rgb32" else 8
+    for name in ("a",) if kind == "oneclass" else ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    if kind == "bomb":
+        Image.new("1", (10000, 9000)).save(root / "a" / "huge.png")
+    elif kind == "hugebomb":
+        Image.new("1", (20000, 10000)).save(root / "a" / "huge.png")
+    elif kind == "16bit":
+        for name in ("a", "b"):
+            for i in range(6):
+                Image.fromarray((rng.integers(0, 65536, (8, 8))).astype(np.uint16)).save(root / name / f"{i}.png")
+    elif kind == "palette-rgba":
+        Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(root / "a" / "0.png")
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert("P").save(root / "b" / "0.png")
+    elif kind == "single-image-class":
+        (root / "rare").mkdir()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "rare" / "0.png")
+    elif kind == "junk":
+        (root / "..a").mkdir()
+        (root / "a" / "notes.txt").write_text("not an image")
+        (root / "a" / "gone.png").symlink_to(case / "nowhere.png")
+        (case / "outside.png").write_bytes((root / "b" / "0.png").read_bytes())
+        (root / "b" / "out.png").symlink_to(case / "outside.png")
+    elif kind == "xdg-file":
+        (case / "cachefile").write_text("a file, not a directory")
+        env["XDG_CACHE_HOME"] = str(case / "cachefile")
+    elif kind == "xdg-proc":
+        env["XDG_CACHE_HOME"] = "/proc/robx-cache"
+    elif kind.startswith("cache-"):
+        decode = [sys.executable, "-c", f"from robx.core.registry import registry\n"
+                  f"registry().dataset('folder:{root}').read(None, 0, {{}})"]
+        subprocess.run(decode, env=env, check=True, capture_output=True)
+        (cache,) = (Path(env["XDG_CACHE_HOME"]) / "robx" / "folders").iterdir()
+        if kind == "cache-empty":
+            cache.write_bytes(b"")
+        elif kind == "cache-truncated":
+            cache.write_bytes(cache.read_bytes()[:100])
+        else:
+            np.save(cache, np.zeros((3, 1, 2, 2), np.uint8))
+
+
+def own_weights(case: Path, kind: str, finished: Path) -> None:
+    from robx.core.run import load_checkpoint
+
+    if kind in ("empty", "garbage", "header"):
+        content = {"empty": b"", "garbage": b"garbage, not a safetensors file",
+                   "header": (2**40).to_bytes(8, "little") + b"{}"}[kind]
+        (case / "w.safetensors").write_bytes(content)
+        return
+    model = load_checkpoint(finished / "checkpoint.pt")["model"]
+    key = next(k for k, v in model.items() if v.dim() == 4)
+    model[key] = {"nan": torch.full_like(model[key], float("nan")), "int64": model[key].long(),
+                  "bool": model[key].bool()}[kind]
+    torch.save(model, case / "w.pt")
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -314,7 +534,10 @@ def run_case(index: int, setup: str, args: list[str], expected: str, finished: P
     try:
         before = snapshot(case)
         started = time.perf_counter()
-        result = subprocess.run(ROBX + args, cwd=case, env=env, capture_output=True, text=True, timeout=600)
+        if expected.startswith("signal:"):
+            result = interrupted(args, case, env, getattr(signal, expected.partition(":")[2]))
+        else:
+            result = subprocess.run(ROBX + args, cwd=case, env=env, capture_output=True, text=True, timeout=600)
         seconds = time.perf_counter() - started
     finally:
         if holder is not None:
@@ -324,14 +547,50 @@ def run_case(index: int, setup: str, args: list[str], expected: str, finished: P
     errors = [line for line in lines if line.startswith("robx: error:")]
     traceback = "Traceback" in result.stderr
     unchanged = snapshot(case) == before
-    if expected == "refuse":
-        clean = result.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0] and not traceback \
-            and all(line.startswith("robx: ") for line in lines) and unchanged
+    one_line = len(errors) == 1 and lines[-1] == errors[0] and not traceback \
+        and all(line.startswith("robx: ") for line in lines)
+    outcome = {"setup": setup, "args": args, "expected": expected, "exit": result.returncode,
+               "stderr": result.stderr.strip()[-600:], "traceback": traceback, "unchanged": unchanged}
+    if expected == "refuse":  # bad input: exit 2, one line, nothing changed
+        clean = result.returncode == 2 and one_line and unchanged
+    elif expected == "fail":  # an installed plugin's failure: exit 1, one line naming the plugin
+        clean = result.returncode == 1 and one_line and "plugin " in errors[0]
+    elif expected.startswith("exit:"):
+        clean = result.returncode == int(expected.partition(":")[2]) and not traceback
+    elif expected.startswith("signal:"):
+        number = getattr(signal, expected.partition(":")[2])
+        said = bool(lines) and lines[-1].startswith(f"robx: interrupted by {expected.partition(':')[2]}; ")
+        from robx.core.run import is_held
+
+        released = not any(is_held(lock.parent) for lock in case.rglob(".robx.lock"))
+        resumed = True
+        if args[0] == "train" and "continue with robx train --resume" in result.stderr:
+            again = subprocess.run(ROBX + ["train", "--resume", "r"], cwd=case, env=env, capture_output=True,
+                                   text=True, timeout=600)
+            resumed = again.returncode == 0 and (case / "r" / "report.json").is_file()
+        elif args[0] != "train":
+            resumed = unchanged  # nothing written, nothing half written
+        clean = result.returncode == 128 + number and said and not traceback and released and resumed
+        outcome.update(released=released, resumed=resumed)
     else:
         clean = result.returncode == 0 and not traceback
-    return {"setup": setup, "args": args, "expected": expected, "exit": result.returncode,
-            "stderr": result.stderr.strip()[-600:], "traceback": traceback, "unchanged": unchanged,
-            "seconds": round(seconds, 1), "clean": clean}
+    return {**outcome, "seconds": round(seconds, 1), "clean": clean}
+
+
+def interrupted(args: list[str], case: Path, env: dict[str, str], number: int) -> subprocess.CompletedProcess:
+    """Run ``robx ARGS`` and send it ``number`` mid-work: after its first epoch (train), else
+    after 6 s (imports done, the work under way)."""
+    job = subprocess.Popen(ROBX + args, cwd=case, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + (240 if args[0] == "train" else 6)
+    metrics = case / "r" / "metrics.jsonl"
+    while time.monotonic() < deadline and job.poll() is None:
+        if args[0] == "train" and metrics.exists() and metrics.read_text():
+            break
+        time.sleep(0.05)
+    if job.poll() is None:
+        job.send_signal(number)
+    out, err = job.communicate(timeout=300)
+    return subprocess.CompletedProcess(args, job.returncode, out, err)
 
 
 def main() -> None:

@@ -126,6 +126,21 @@ class RunDirLock:
             self.fd = None
 
 
+def is_held(run_dir: Path) -> bool:
+    """Whether a process holds ``run_dir``'s lock now (a killed or interrupted holder does not)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def discard_new_run(path: Path, created: bool) -> None:
     """Remove what a new run wrote before it failed (it has no checkpoint to resume from): its
     files, the lock file when nothing else is left, and then the directory when the run

@@ -71,6 +71,14 @@ def robx(*args: object, nproc: int = 1, env: dict[str, str] | None = None) -> su
     return done
 
 
+def wait_for_first_epoch(job: subprocess.Popen, run_dir: Path) -> None:
+    """Until the job has written its first epoch's metrics (failing if it ends first)."""
+    deadline = time.monotonic() + 240
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text()):
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first epoch"
+        time.sleep(0.05)
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -188,10 +196,7 @@ def test_a_killed_process_ends_the_job_and_resume_finishes_it(tmp_path):
     job = subprocess.Popen([sys.executable, "-m", "robx", "train", "--nproc", "2", "--epochs", "4", *SHORT,
                             "--out", run_dir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                            env=environment())
-    deadline = time.monotonic() + 240
-    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text()):
-        assert job.poll() is None and time.monotonic() < deadline, "the job ended before its first epoch"
-        time.sleep(0.05)
+    wait_for_first_epoch(job, run_dir)
     finished = len(metrics(run_dir))
     victim = _rank_process(str(run_dir), 1)
     assert victim is not None
@@ -273,3 +278,24 @@ def test_mingre_s_encoder_is_the_same_on_every_process(tmp_path):
     torch.manual_seed(0)
     initial = CrossSegmentEncoder(4, 7, 16).state_dict()
     assert any(not torch.equal(saved[name], value) for name, value in initial.items())
+
+
+@pytest.mark.slow
+def test_an_interrupted_nproc_job_exits_130_naming_the_checkpoint_and_resume_finishes_it(tmp_path):
+    """SIGINT to ``robx train --nproc 2`` goes on to torchrun and its processes; the command
+    exits 130 with one last line naming the intact checkpoint, and ``--nproc 2 --resume``
+    completes the run."""
+    run_dir = tmp_path / "stopped"
+    job = subprocess.Popen([sys.executable, "-m", "robx", "train", "--nproc", "2", "--epochs", "4", *SHORT,
+                            "--out", run_dir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=environment())
+    wait_for_first_epoch(job, run_dir)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("robx: interrupted by SIGINT; the checkpoint after epoch ")
+    assert f"continue with robx train --nproc 2 --resume {run_dir}" in last
+    robx("train", "--nproc", "2", "--resume", run_dir)
+    assert [m["epoch"] for m in metrics(run_dir)] == [0, 1, 2, 3]
+    assert json.loads((run_dir / "report.json").read_text())["epochs"] == 4

@@ -25,7 +25,7 @@ from robx.core.config import TrainConfig
 from robx.core.engine import train
 from robx.core.errors import WriteError
 from robx.core.files import atomic_write, write_text_atomically
-from robx.core.run import load_checkpoint, save_checkpoint
+from robx.core.run import is_held, load_checkpoint, save_checkpoint
 
 from conftest import tiny_config
 from test_plugins import _cli_env, install_distribution
@@ -328,6 +328,7 @@ def test_a_held_run_directory_refuses_eval_resume_and_force_naming_the_holder(tm
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        assert is_held(run)
         before = snapshot(tmp_path)
         for args in (["eval", str(run)], ["train", "--resume", str(run)],
                      ["train", "--out", str(run), "--force", "--epochs", "1"]):
@@ -339,6 +340,7 @@ def test_a_held_run_directory_refuses_eval_resume_and_force_naming_the_holder(tm
     finally:
         holder.kill()
         holder.wait()
+    assert not is_held(run)
     freed = subprocess.run(ROBX + ["eval", str(run), "--steps", "1", "--n-eval", "20"], capture_output=True, text=True)
     assert freed.returncode == 0, freed.stderr  # the kernel dropped the lock with its holder
 
@@ -751,19 +753,6 @@ def test_networks_with_tuple_or_dict_outputs_are_unwrapped_or_refused():
 
 # --- interrupts ----------------------------------------------------------------------------
 
-def lock_is_free(run_dir: Path) -> bool:
-    import fcntl
-
-    fd = os.open(run_dir / ".robx.lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def test_sigterm_during_training_exits_143_keeps_the_checkpoint_and_resume_ends_as_if_uninterrupted(tmp_path):
     """A real process and a real signal: exit 128 + 15, one line saying what was kept and how to
     continue, the lock released; the resumed run ends with the uninterrupted run's weights."""
@@ -783,7 +772,7 @@ def test_sigterm_during_training_exits_143_keeps_the_checkpoint_and_resume_ends_
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("robx: interrupted by SIGTERM; "), stderr
     assert f"continue with robx train --resume {tmp_path / 'stopped'}" in lines[0]
-    assert lock_is_free(tmp_path / "stopped") and not (tmp_path / "stopped" / "report.json").exists()
+    assert not is_held(tmp_path / "stopped") and not (tmp_path / "stopped" / "report.json").exists()
     assert [p.name for p in (tmp_path / "stopped").iterdir() if p.name.endswith(".tmp")] == []
     train(tiny_config(), tmp_path / "stopped", resume=True)
     train(TrainConfig(epochs=4, steps=1, eval_steps=1, n_eval=50), tmp_path / "straight")  # the command's config
@@ -829,7 +818,7 @@ def test_an_interrupted_command_exits_128_plus_the_signal_and_writes_nothing_hal
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"robx: interrupted by {name}; "), err
     assert "Traceback" not in err and snapshot(tmp_path) == before  # nothing written, nothing half written
-    assert lock_is_free(run)
+    assert not is_held(run)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after the command
 
 

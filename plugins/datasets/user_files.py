@@ -349,6 +349,9 @@ def load_folder(data_root: str | None, seed: int, options: FolderOptions) -> Tas
             parts.append(_split(_decoded_once([p for f in files for p in f], options.image_size), labels))
         return _with_statistics(name, classes, parts[0], parts[1], _folder_fingerprint(groups, options.image_size))
     classes = [folder.name for folder in entries.class_folders(root)]
+    if len(classes) < 2:  # before any decoding (the same rule holds for every dataset: robx.core.data)
+        raise DataError(f"dataset '{name}' has 1 class ('{classes[0]}'); robx compares classes, so it needs at "
+                        "least two")
     groups = {c: entries.images(root / c) for c in classes}
     entries.report()
     files = list(groups.values())
