@@ -593,6 +593,31 @@ def interrupted(args: list[str], case: Path, env: dict[str, str], number: int) -
     return subprocess.CompletedProcess(args, job.returncode, out, err)
 
 
+GUARD = """
+import resource, sys, time
+from robx.core.errors import DataError
+from robx.core.registry import registry
+spec = registry().dataset("npz:" + sys.argv[1])
+imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    spec.read(None, 0, {})
+except DataError as error:
+    print(time.perf_counter() - started, imported, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, error)
+"""
+
+
+def memory_guard(work: Path) -> dict:
+    """An npz with one label of 1e9: the refusal's own time and memory (peak resident set
+    before and after it, in a fresh process; the imports before it are torch's)."""
+    own_npz(work / "biglabel.npz", "biglabel")
+    done = subprocess.run([sys.executable, "-c", GUARD, str(work / "biglabel.npz")], capture_output=True, text=True,
+                          timeout=300, check=True)
+    seconds, imported, peak, message = done.stdout.strip().split(" ", 3)
+    return {"refusal_seconds": round(float(seconds), 4), "peak_rss_mib_after_imports": int(imported) // 1024,
+            "peak_rss_mib_after_refusal": int(peak) // 1024, "message": message}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
@@ -608,6 +633,9 @@ def main() -> None:
         train(TrainConfig(dataset="digits", epochs=1, steps=1, eval_steps=1, n_eval=50), finished)
         with ThreadPoolExecutor(options.jobs) as pool:
             outcomes = list(pool.map(lambda case: run_case(*case, finished, work), chosen))
+        guard = memory_guard(work)
+    print(f"a label of 1e9 refused in {guard['refusal_seconds']:.4f} s; peak resident memory "
+          f"{guard['peak_rss_mib_after_imports']} MiB after the imports, {guard['peak_rss_mib_after_refusal']} MiB after")
     for outcome in outcomes:
         if not outcome["clean"]:
             print(f"NOT CLEAN: robx {' '.join(outcome['args'])} ({outcome['setup']}): exit {outcome['exit']}, "
@@ -616,7 +644,7 @@ def main() -> None:
     print(f"{clean} of {len(outcomes)} cases clean")
     if not options.only:
         path = write_result(RESULTS / "reliability" / "cpu.json",
-                            {"cases": len(outcomes), "clean": clean, "outcomes": outcomes})
+                            {"cases": len(outcomes), "clean": clean, "memory_guard": guard, "outcomes": outcomes})
         print(f"written: {path}")
 
 

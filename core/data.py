@@ -71,9 +71,10 @@ class TaskData:
     #: the true classes of the training examples where the learner sees noisy ones (crowd labels);
     #: for diagnostics (inferred-label accuracy) only, never for training
     train_truth: torch.Tensor | None = None
-    #: what the data was read from (a dataset of the user's files: their counts, digests), kept
-    #: in a run's config.json so that a resumed or re-evaluated run refuses changed data
-    fingerprint: dict[str, Any] | None = None
+    #: what the data was read from, ``{part: short description}`` (a dataset of the user's files:
+    #: their counts and digests), kept in a run's config.json so that a resumed or re-evaluated
+    #: run refuses changed data, naming the parts that differ
+    fingerprint: dict[str, str] | None = None
 
     @property
     def num_classes(self) -> int:

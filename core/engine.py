@@ -821,24 +821,10 @@ def check_same_data(run: Run) -> None:
 
 
 def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    """What differs between two dataset fingerprints, in words."""
-    if saved.get("kind") != now.get("kind"):
-        return "it is read another way"
-    if "classes" in saved and "classes" in now:
-        then, current = saved["classes"], now["classes"]
-        changes = [f"'{name}' is gone" for name in then if name not in current]
-        changes += [f"'{name}' is new" for name in current if name not in then]
-        for name in then:
-            if name in current and then[name] != current[name]:
-                before, after = then[name].get("files"), current[name].get("files")
-                changes.append(f"'{name}' holds {after} files, {before} then" if before != after else
-                               f"the files of '{name}' changed (names, sizes or modification times)")
-        if saved.get("image_size") != now.get("image_size"):
-            changes.append(f"image size {now.get('image_size')}, {saved.get('image_size')} then")
-        return "class folders: " + "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5
-                                                             else "")
-    return f"the file is {now.get('bytes')} bytes, {saved.get('bytes')} then" if saved.get("bytes") != \
-        now.get("bytes") else "the file's content differs (SHA-256)"
+    """What differs between two dataset fingerprints ({part: description}), in words."""
+    changed = [f"{part}: {now.get(part, 'absent')} now, {saved.get(part, 'absent')} then"
+               for part in dict.fromkeys([*saved, *now]) if saved.get(part) != now.get(part)]
+    return "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
 
 
 def _start_run_dir(run: Run, force: bool) -> None:

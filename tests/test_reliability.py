@@ -543,8 +543,8 @@ OWN_DATA_CASES = [
     (image_folder({"a": 3, "b": 3}), ["train", "--dataset", "folder:imgs", "--image-size", "100000"],
      "--image-size) must be in 1..4096, got 100000"),
     (folder_run_then_changed("train"), ["train", "--resume", "run"],
-     "changed since the run run started: class folders: 'b' holds 7 files, 6 then"),
-    (folder_run_then_changed("eval"), ["eval", "run"], "'b' holds 7 files, 6 then; start a new run"),
+     "changed since the run run started: class folder 'b': 7 images ["),
+    (folder_run_then_changed("eval"), ["eval", "run"], "now, 6 images ["),
     # weights files and models
     (weights_file("w.safetensors", b""), ["audit", "w.safetensors", "--arch", "smallcnn16", "--attacks", "pgd"],
      "not a state dict of tensors robx can read"),

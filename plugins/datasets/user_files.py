@@ -307,7 +307,7 @@ def _held_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def _with_statistics(name: str, classes: list[str], train: Split, test: Split,
-                     fingerprint: dict[str, Any]) -> TaskData:
+                     fingerprint: dict[str, str]) -> TaskData:
     """The training split's per-channel mean and std (unit scale), the normalisation the model applies."""
     x = train.x.float()
     if train.x.dtype == torch.uint8:
@@ -318,10 +318,11 @@ def _with_statistics(name: str, classes: list[str], train: Split, test: Split,
     return TaskData(name, classes, train, test, mean, std, fingerprint=fingerprint)
 
 
-def _folder_fingerprint(groups: dict[str, list[Path]], image_size: Optional[int]) -> dict[str, Any]:
-    return {"kind": "folder", "image_size": image_size,
-            "classes": {group: {"files": len(files), "digest": _file_digest(files)[:16]}
-                        for group, files in groups.items()}}
+def _folder_fingerprint(groups: dict[str, list[Path]], image_size: Optional[int]) -> dict[str, str]:
+    """Per class folder, its number of images and a digest of their names, sizes and times."""
+    return {"image size": str(image_size or "as stored"),
+            **{f"class folder '{group}'": f"{len(files)} images [{_file_digest(files)[:12]}]"
+               for group, files in groups.items()}}
 
 
 def load_folder(data_root: str | None, seed: int, options: FolderOptions) -> TaskData:
@@ -443,7 +444,7 @@ def load_npz(data_root: str | None, seed: int, options: NpzOptions) -> TaskData:
                         f"{tuple(x['test'].shape[1:])})")
     classes, y = _npz_labels(arrays, {f"y_{split}": len(x[split]) for split in ("train", "test")}, names, path)
     splits = [Split(x[split], y[f"y_{split}"], y[f"y_{split}"]) for split in ("train", "test")]
-    fingerprint = {"kind": "npz", "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    fingerprint = {"file": f"{path.stat().st_size} bytes, SHA-256 {_sha256(path)[:16]}"}
     return _with_statistics(f"npz:{path}", classes, *splits, fingerprint=fingerprint)
 
 
