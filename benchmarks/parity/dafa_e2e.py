@@ -89,9 +89,11 @@ class Logits(torch.nn.Module):
         return self.model(x)[1]
 
 
-def authors_run(reference: Path, method: str, seed: int, epochs: int) -> torch.nn.Module:
+def authors_run(reference: Path, method: str, seed: int, epochs: int, hybrid: str = "") -> torch.nn.Module:
     """The authors' training loop (train.py's, with their trades_loss and calculate_class_weights
-    called as they are) on robx's subset and model."""
+    called as they are) on robx's subset and model. ``hybrid`` swaps one part for robx's, to
+    find which part makes a difference: ``augment`` (robx's batch crop and flip instead of
+    the torchvision transforms)."""
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
 
@@ -114,6 +116,8 @@ def authors_run(reference: Path, method: str, seed: int, epochs: int) -> torch.n
             return len(labels)
 
         def __getitem__(self, index: int) -> Any:
+            if hybrid == "augment":  # robx crops and flips the batch below
+                return (torch.from_numpy(images[index]).permute(2, 0, 1).float() / 255, int(labels[index])), index
             return (transform(Image.fromarray(images[index])), int(labels[index])), index
 
     loader = DataLoader(Subset(), batch_size=128, shuffle=True)
@@ -130,6 +134,10 @@ def authors_run(reference: Path, method: str, seed: int, epochs: int) -> torch.n
                   if method == "dafa" and epoch == warmup else None)
         model.train()
         for (x, y), indices in loader:
+            if hybrid == "augment":
+                from robx.plugins.tasks.classification import crop_flip
+
+                x = crop_flip(x)
             model.train()
             optimizer.zero_grad()
             loss, _ = losses.trades_loss(model=model, x_natural=x, y=y, optimizer=optimizer, args=args,
@@ -146,7 +154,8 @@ def robx_run(method: str, seed: int, epochs: int, overrides: dict[str, Any], scr
     from robx.core.engine import load_run, train
 
     run_dir = scratch / f"robx-{method}-{seed}-{time.time_ns()}"
-    train(protocol_config(method, seed, epochs, overrides), run_dir)
+    # robx's own end-of-run evaluation is cut to a token one: the evaluator below scores the model
+    train(protocol_config(method, seed, epochs, {"eval_steps": 1, "n_eval": 10, **overrides}), run_dir)
     return load_run(run_dir).state.model
 
 
@@ -213,6 +222,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--set", action="append", default=[], help="robx config KEY=VALUE (a variant)")
     parser.add_argument("--variant", default="", help="the name of a robx variant's results")
+    parser.add_argument("--hybrid", default="", choices=("", "augment"),
+                        help="the authors' side with one part of robx's (named in the results)")
     parser.add_argument("--table", action="store_true", help="print the per-class table of the results")
     options = parser.parse_args()
     if options.table:
@@ -229,20 +240,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for seed in options.seeds:
             for side in options.side:
-                name = f"{side}-{options.method}{'-' + options.variant if options.variant and side == 'robx' else ''}"
+                tag = options.variant if side == "robx" else (f"hybrid-{options.hybrid}" if options.hybrid else "")
+                name = f"{side}-{options.method}{'-' + tag if tag else ''}"
                 path = OUT / f"{name}-seed{seed}.json"
                 if path.exists():
                     continue
                 started = time.perf_counter()
                 if side == "authors":
                     assert options.reference is not None, "--reference PATH is needed for the authors' side"
-                    model = authors_run(options.reference, options.method, seed, options.epochs)
+                    model = authors_run(options.reference, options.method, seed, options.epochs, options.hybrid)
                 else:
                     model = robx_run(options.method, seed, options.epochs, overrides, Path(scratch))
                 seconds = time.perf_counter() - started
                 data, _ = subset_and_model(protocol_config(options.method, seed, options.epochs, {}))
                 scores = per_class_scores(model, data, seed)
-                write_result(path, {"side": side, "method": options.method, "variant": options.variant, "seed": seed,
+                write_result(path, {"side": side, "method": options.method, "variant": tag, "seed": seed,
                                     "epochs": options.epochs, "overrides": overrides if side == "robx" else {},
                                     "reference": {"repository": "rucy74/DAFA", "commit": commit},
                                     "class_names": data.classes, "train_seconds": round(seconds, 1), **scores})
