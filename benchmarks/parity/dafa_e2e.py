@@ -209,8 +209,34 @@ def table(method: str, variant: str) -> str:
         rows.append("| " + " | ".join(line) + " |")
     if names is None:
         return "no results"
+    if {"authors", "robx"} <= set(sides):
+        rows.append(difference_row(sides["authors"], sides["robx"], len(names)))
     header = "| side | std overall | robust overall | " + " | ".join(f"{n} std / rob" for n in names) + " |"
     return "\n".join([header, "|" + "---|" * (3 + len(names)), *rows])
+
+
+def welch_t(a: list[float], b: list[float]) -> float:
+    """Welch's t of mean(b) - mean(a) (nan with fewer than two runs a side or no spread)."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    spread = (np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)) ** 0.5
+    return float((np.mean(b) - np.mean(a)) / spread) if spread > 0 else float("nan")
+
+
+def difference_row(authors: list[dict], robx: list[dict], classes: int) -> str:
+    """robx - authors: overall standard and robust, and per class standard / robust, with
+    Welch's t of each difference over the seeds."""
+    cells = ["robx − authors (Welch t)"]
+    for kind in ("standard", "robust"):
+        a, b = [float(np.mean(r[kind])) for r in authors], [float(np.mean(r[kind])) for r in robx]
+        cells.append(f"{np.mean(b) - np.mean(a):+.3f} (t {welch_t(a, b):+.1f})")
+    for c in range(classes):
+        parts = []
+        for kind in ("standard", "robust"):
+            a, b = [r[kind][c] for r in authors], [r[kind][c] for r in robx]
+            parts.append(f"{np.mean(b) - np.mean(a):+.2f} ({welch_t(a, b):+.1f})")
+        cells.append(" / ".join(parts))
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
