@@ -7,10 +7,10 @@
   ``robust_mean_prob``.
 * Class weights, computed once and then frozen (Lee et al. 2024): W_i = 1, and for
   each j != i: if p_i(i) < p_j(j): W_i += lam * p_i(j) * p_j(j), else
-  W_i -= lam * p_j(i) * p_i(i). lam = 1.0 (CIFAR-10), 1.5 (CIFAR-100, STL-10). (The
-  authors' ``calculate_class_weights`` subtracts lam * p_i(j) * p_j(j) in the second branch;
-  the rule followed here moves exactly what the harder class gains, so the
-  weights keep summing to the number of classes.)
+  W_i -= lam * p_j(i) * p_i(i). lam = 1.0 (CIFAR-10), 1.5 (CIFAR-100, STL-10). This is the
+  authors' ``calculate_class_weights`` (rucy74/DAFA at c60ba83; an earlier version subtracted
+  lam * p_i(j) * p_j(j) in the second branch): the easier class gives up exactly what the
+  harder class gains, so the weights keep summing to the number of classes.
 * Floor: an easy class that many others are confused with can lose more than its whole
   weight (on the imbalanced digits default, W = -0.12 for one majority class), which would
   turn its loss into gradient ascent and its attack budget negative. Weights below
