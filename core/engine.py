@@ -35,7 +35,7 @@ from robx.core import distributed
 from robx.core.data import Split, TaskData, apply_protocol, batch_indices, check_subset_size, stratified_subset
 from robx.core.distributed import BatchPasses, Processes
 from robx.core.errors import (CheckpointError, Interrupted, NonFiniteLossError, OptionError, PluginError, RobxError,
-                              RunDirError, TrainingPaused)
+                              RunDirError, TrainingPaused, warn)
 from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
 from robx.core.models import NormedLinear, load_initial_weights, normalises
@@ -247,9 +247,9 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
             print(f"robx: {loaded}", file=sys.stderr)
     check_model_contract(model, config.model, task.inputs(data.train.x[:2]))
     if not normalises(model, spec) and distributed.current().main:
-        print(f"robx: warning: model '{config.model}' has no robx.core.models.Normalize, so it sees inputs in "
-              f"[0, 1] units, not normalised by the dataset's mean {spec.mean} and std {spec.std}; build it "
-              "with robx.core.models.classifier (or normalise inside it and ignore this)", file=sys.stderr)
+        warn(f"model '{config.model}' has no robx.core.models.Normalize, so it sees inputs in [0, 1] units, not "
+             f"normalised by the dataset's mean {spec.mean} and std {spec.std}; build it with "
+             "robx.core.models.classifier (or normalise inside it and ignore this)")
     processes = distributed.current()
     smallest = smallest_slice(model)
     if config.batch_size < smallest * processes.world_size:

@@ -42,8 +42,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import os
-import sys
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +55,7 @@ import torch
 from robx.core import hookspecs
 from robx.core.data import Split
 from robx.core.errors import (OptionError, PluginConflictError, PluginError, PluginFailure, RobxError,
-                              UnknownPluginError, guarded)
+                              UnknownPluginError, guarded, warn)
 from robx.core.models import HEADS
 from robx.core.options import options_from
 from robx.core.state import VIEWS, Step, TrainState, check_plain
@@ -275,8 +273,7 @@ def _entry_point_problem(entry_point: Any, origin: str, found: dict[str, PluginS
 def warn_skipped(message: str) -> None:
     """One stderr line for an installed plugin robx leaves out (once per process: discovery is
     cached; process 0 only under torchrun)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"robx: warning: {message}; skipped", file=sys.stderr)
+    warn(f"{message}; skipped")
 
 
 def available_plugins() -> dict[str, PluginSpec]:
