@@ -89,7 +89,8 @@ class Logits(torch.nn.Module):
         return self.model(x)[1]
 
 
-def authors_run(reference: Path, method: str, seed: int, epochs: int, hybrid: str = "") -> torch.nn.Module:
+def authors_run(reference: Path, method: str, seed: int, epochs: int,
+                hybrid: str = "") -> tuple[torch.nn.Module, list[float] | None]:
     """The authors' training loop (train.py's, with their trades_loss and calculate_class_weights
     called as they are) on robx's subset and model. ``hybrid`` swaps one part for robx's, to
     find which part makes a difference: ``augment`` (robx's batch crop and flip instead of
@@ -147,16 +148,19 @@ def authors_run(reference: Path, method: str, seed: int, epochs: int, hybrid: st
             optimizer.step()
         if memory is not None:
             class_weights = torch.as_tensor(utils.calculate_class_weights(memory, 1.0), dtype=torch.float32)
-    return model.model
+    return model.model, class_weights.tolist() if method == "dafa" else None
 
 
-def robx_run(method: str, seed: int, epochs: int, overrides: dict[str, Any], scratch: Path) -> torch.nn.Module:
+def robx_run(method: str, seed: int, epochs: int, overrides: dict[str, Any],
+             scratch: Path) -> tuple[torch.nn.Module, list[float] | None]:
     from robx.core.engine import load_run, train
+    from robx.core.run import load_checkpoint
 
     run_dir = scratch / f"robx-{method}-{seed}-{time.time_ns()}"
     # robx's own end-of-run evaluation is cut to a token one: the evaluator below scores the model
     train(protocol_config(method, seed, epochs, {"eval_steps": 1, "n_eval": 10, **overrides}), run_dir)
-    return load_run(run_dir).state.model
+    weights = load_checkpoint(run_dir / "checkpoint.pt")["plugins"].get("dafa", {}).get("weights")
+    return load_run(run_dir).state.model, None if weights is None else weights.tolist()
 
 
 def per_class_scores(model: torch.nn.Module, data: Any, seed: int) -> dict[str, Any]:
@@ -274,16 +278,19 @@ def main() -> None:
                 started = time.perf_counter()
                 if side == "authors":
                     assert options.reference is not None, "--reference PATH is needed for the authors' side"
-                    model = authors_run(options.reference, options.method, seed, options.epochs, options.hybrid)
+                    model, weights = authors_run(options.reference, options.method, seed, options.epochs,
+                                                 options.hybrid)
                 else:
-                    model = robx_run(options.method, seed, options.epochs, overrides, Path(scratch))
+                    model, weights = robx_run(options.method, seed, options.epochs, overrides, Path(scratch))
                 seconds = time.perf_counter() - started
                 data, _ = subset_and_model(protocol_config(options.method, seed, options.epochs, {}))
                 scores = per_class_scores(model, data, seed)
                 write_result(path, {"side": side, "method": options.method, "variant": tag, "seed": seed,
                                     "epochs": options.epochs, "overrides": overrides if side == "robx" else {},
                                     "reference": {"repository": "rucy74/DAFA", "commit": commit},
-                                    "class_names": data.classes, "train_seconds": round(seconds, 1), **scores})
+                                    "class_names": data.classes, "train_seconds": round(seconds, 1),
+                                    **({"dafa_class_weights": [round(w, 4) for w in weights]} if weights else {}),
+                                    **scores})
                 print(f"{name} seed {seed}: std {np.mean(scores['standard']):.3f} robust "
                       f"{np.mean(scores['robust']):.3f} ship {scores['standard'][8]:.2f}/{scores['robust'][8]:.2f} "
                       f"({seconds:.0f} s)", flush=True)
