@@ -100,7 +100,13 @@ class RunDirLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "another process"
+                holder = ""
+                for _ in range(20):  # the holder writes its name just after it takes the lock
+                    holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip()
+                    if holder:
+                        break
+                    time.sleep(0.05)
+                holder = holder or "another process"
                 os.close(fd)
                 raise RunDirBusyError(f"run directory {self.run_dir} is in use by {holder}; wait for it to end "
                                       "or choose another directory") from None
