@@ -157,10 +157,14 @@ def pgd(
 
 
 def gaussian_start(x: torch.Tensor, std: float, mask: torch.Tensor | None,
-                   bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """x + std N(0, 1) in the input box, moved only at victims: the PGD start of the TRADES
-    and MART authors' code (instead of a uniform point of the ball)."""
-    start = (x + std * torch.randn_like(x)).clamp(*bounds)
+                   bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
+    """x + std N(0, 1), moved only at victims: the PGD start of the TRADES and MART authors'
+    code (instead of a uniform point of the ball). ``bounds``: the box the start is clamped
+    to before the first gradient; ``None`` leaves it where the noise put it, as the authors'
+    code does (the first step's projection brings it back into the box)."""
+    start = x + std * torch.randn_like(x)
+    if bounds is not None:
+        start = start.clamp(*bounds)
     return start if mask is None else torch.where(mask.to(torch.bool), start, x)
 
 
@@ -200,12 +204,16 @@ class Attack:
         return replace(self, mask=mask)
 
     def __call__(self, *, loss: AttackLoss | None = None, start: Start = "uniform", start_scale: float = 1.0,
-                 start_std: float = 0.001, targets: torch.Tensor | None = None) -> torch.Tensor:
+                 start_std: float = 0.001, gaussian_in_box: bool = False,
+                 targets: torch.Tensor | None = None) -> torch.Tensor:
         """x' (detached): PGD ascending ``loss`` (default: the task's attack loss) from
-        ``start``: ``"uniform"`` in the ball of radius ``start_scale`` x eps, ``"gaussian"``
-        x + ``start_std`` N(0, 1) (TRADES, MART), ``"none"`` x itself. With ``targets`` the
-        attack descends ``loss(logits, targets)`` toward those classes."""
-        x_init = gaussian_start(self.x, start_std, self.mask, self.bounds) if start == "gaussian" else None
+        ``start``: ``"uniform"`` in the ball of radius ``start_scale`` x eps (clamped to the
+        input box), ``"gaussian"`` x + ``start_std`` N(0, 1) (TRADES, MART; clamped to the box
+        before the first gradient only with ``gaussian_in_box``: the authors' code is not),
+        ``"none"`` x itself. With ``targets`` the attack descends ``loss(logits, targets)``
+        toward those classes."""
+        x_init = (gaussian_start(self.x, start_std, self.mask, self.bounds if gaussian_in_box else None)
+                  if start == "gaussian" else None)
         return pgd(self.model, self.x, self.y if targets is None else targets, eps=self.eps, alpha=self.alpha,
                    steps=self.steps, norm=self.norm, random_init=start == "uniform", targeted=targets is not None,
                    mask=self.mask, loss_fn=loss or self.task_loss, x_init=x_init, bounds=self.bounds,

@@ -383,9 +383,11 @@ def forward_passes(passes: torch.nn.Module, step: Step, views: frozenset[str]) -
     and rows made from it) go through the model together in one pass, the adversarial
     inputs (x', and rows made from it, such as Imb-Mix's mixed copies) in another; each pass
     normalises with its own batch statistics and updates the running statistics once, the
-    clean pass first. This is what the authors of TRADES and MART do (separate train-mode
-    passes on x and x', natural first), and, where no paper decides (SRAT's L_sep on x'
-    beside Imb-Mix's mixed rows), keeps one BN batch for everything adversarial. A view of
+    clean pass first. This is what the authors of MART do (separate train-mode passes on x
+    and x', natural first); TRADES' and CFA's code pass x a second time for the KL target,
+    and DAFA's passes x' first, which changes only the running statistics (docs/parity.md).
+    Where no paper decides (SRAT's L_sep on x' beside Imb-Mix's mixed rows), it keeps one
+    BN batch for everything adversarial. A view of
     the rows' own distribution while the rows are unchanged is the rows' pass (no second
     pass); under an identity adversary (natural training) there is one distribution.
     Which is which comes from the step's declared provenance (``identity_adversary``,
@@ -414,7 +416,8 @@ def forward_passes(passes: torch.nn.Module, step: Step, views: frozenset[str]) -
     inputs = [torch.cat(batches[kind]) if len(batches[kind]) > 1 else batches[kind][0] for kind in kinds]
     results: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for kind, (features, outputs) in zip(kinds, passes(*inputs)):
-        features, outputs = features.float(), outputs.float()  # bf16 under autocast; losses want fp32
+        if outputs.dtype in (torch.bfloat16, torch.float16):  # under autocast; losses want fp32 (fp64 stays)
+            features, outputs = features.float(), outputs.float()
         sizes = [len(part) for part in batches[kind]]
         results[kind] = list(zip(features.split(sizes), outputs.split(sizes)))
     step.features, step.outputs = results[rows_kind][0]

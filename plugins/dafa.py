@@ -20,7 +20,10 @@
   per-class attack budget, which every robx adversary reads -- unlike the authors' PGD-AT
   path, which drops the class margins), and the per-sample loss is weighted by W_y (DAFA
   owns the per-class loss weights). With ``trades`` that loss is the natural term only;
-  the KL term stays unweighted, as in the paper.
+  the KL term stays unweighted, as in the paper. (The authors' ``trades_loss`` runs the
+  adversarial train-mode pass before the natural one; robx's engine runs the natural one
+  first, which changes only the order of BatchNorm's running-statistics updates:
+  docs/parity.md.)
 
 Paper's numbers (ResNet-18, CIFAR-10, TRADES base, 110 epochs, AutoAttack robust accuracy,
 average / worst class): TRADES 49.80 / 21.31, DAFA 49.05 / 30.53, so rho = 0.42 (rho in

@@ -5,7 +5,8 @@ the boosted cross-entropy BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')). f(
 are the engine's clean and adversarial views (``reads``): two train-mode passes, natural
 first, as in the authors' code.
 The adversary, as in the authors' code: PGD on the cross-entropy (the task's attack loss)
-starting from x + 0.001 N(0, 1) instead of a uniform point of the ball; like TRADES' it is a
+starting from x + 0.001 N(0, 1) instead of a uniform point of the ball (not clamped to the
+input box before the first gradient, as there; ``start_in_box = true`` clamps it); like TRADES' it is a
 default that gives way to another selected adversary (``yields``). MART defines the training
 loss, so it cannot be combined with ``--loss``; it needs hard labels (no mixing plugins
 before it).
@@ -43,6 +44,7 @@ class MART:
     class Options:
         beta: float = 6.0
         init_std: float = 0.001
+        start_in_box: bool = False
 
         def __post_init__(self) -> None:
             check_ranges(self, non_negative=("beta", "init_std"))
@@ -53,7 +55,8 @@ class MART:
     @hookimpl
     def generate_adversary(self, step: Step) -> torch.Tensor:
         assert step.attack is not None
-        return step.attack(start="gaussian", start_std=self.options.init_std)
+        return step.attack(start="gaussian", start_std=self.options.init_std,
+                           gaussian_in_box=self.options.start_in_box)
 
     @hookimpl
     def training_loss(self, step: Step, state: TrainState) -> torch.Tensor:

@@ -2,7 +2,11 @@
 
 * Adversary (``generate_adversary``): maximise KL(f(x) || f(x')) over the eps-ball from
   x + 0.001 * N(0, 1), with the run's steps / per-class eps and alpha (TRADES' own
-  defaults are 10 steps, eps 0.031, step 0.007), model in eval mode. It is only the
+  defaults are 10 steps, eps 0.031, step 0.007), model in eval mode. As in the authors'
+  code, the first gradient is taken at that start as drawn, even where it leaves the
+  input box [0, 1] (saturated pixels); the first step's projection brings it back.
+  ``start_in_box = true`` clamps the start to the box first (robx's start until
+  2026-12-07; on saturated pixels it changes x' by up to 2 eps, docs/parity.md). It is only the
   default for TRADES' loss (``yields``): another selected adversary (``pgd``, or
   ``fairtat``'s targeted PGD) replaces it in either listing order, and TRADES then
   trains on that x'.
@@ -11,8 +15,12 @@
   ``--loss`` replaces the natural CE (e.g. LDAM).
 * ``extra_loss``: beta * mean_i KL(f(x_i) || f(x'_i)), unweighted (beta = 6), on the
   engine's clean and adversarial views (``reads``). The engine runs them as two train-mode
-  passes, natural first, as the authors' code does (its BatchNorm policy), and the
-  adversarial view also feeds the class statistics.
+  passes, natural first (its BatchNorm policy), and the adversarial view also feeds the
+  class statistics. The authors' code makes a third pass, on x again, for the KL target:
+  the losses and gradients are the same (a train-mode pass on the same batch gives the same
+  outputs), but BatchNorm's running statistics take the clean batch twice per step. robx
+  does not copy that (declared and measured in docs/parity.md; the end-to-end runs there
+  show no difference in accuracy).
 * Per-class regulariser weights (``state.regularizer_weights``, set by their owner, e.g.
   CFA's calibrated b_c): the loss becomes (1 - b_y) CE + b_y KL per example, the
   natural weight through ``weight_samples``; beta is then not used.
@@ -43,6 +51,7 @@ class TRADES:
     class Options:
         beta: float = 6.0
         init_std: float = 0.001
+        start_in_box: bool = False
 
         def __post_init__(self) -> None:
             check_ranges(self, non_negative=("beta", "init_std"))
@@ -57,7 +66,7 @@ class TRADES:
         with torch.no_grad(), eval_mode(attack.model):
             clean_logits = logits_of(attack.model, step.x)
         return attack(loss=lambda adv_logits, _: kl_per_sample(clean_logits, adv_logits), start="gaussian",
-                      start_std=self.options.init_std)
+                      start_std=self.options.init_std, gaussian_in_box=self.options.start_in_box)
 
     @hookimpl
     def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
