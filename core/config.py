@@ -129,6 +129,8 @@ class TrainConfig:
     milestones: list[float] = setting(help="Step schedule: fractions of the epochs where the rate drops, e.g. "
                                            "0.5,0.75.", factory=lambda: [0.5, 0.75])
     gamma: float = setting(0.1, "Step schedule: the factor at each milestone.")
+    warmup_epochs: int = setting(0, "Linear learning-rate warm-up (step and constant schedules): epoch k (from 0) "
+                                    "runs at (k + 1) / N of the rate for k < N, as LDAM-DRW's authors' code does.")
     # attack, in training and evaluation
     norm: Norm = setting("linf", "Threat model: linf or l2.")
     eps: float | None = setting(None, "Perturbation budget, e.g. 8/255.")
@@ -241,6 +243,10 @@ class TrainConfig:
              "momentum and weight_decay must be finite numbers >= 0"),
             (within(self.gamma, 0, math.inf, low_open=True), f"gamma must be a finite number > 0, got {self.gamma}"),
             (all(0 < m < 1 for m in self.milestones), "milestones are fractions of the epochs, in (0, 1)"),
+            (isinstance(self.warmup_epochs, int) and 0 <= self.warmup_epochs <= MAX_EPOCHS,
+             f"warmup_epochs must be an integer in [0, {MAX_EPOCHS}], got {self.warmup_epochs!r}"),
+            (not (self.warmup_epochs and self.schedule == "onecycle"),
+             "warmup_epochs does not apply to the onecycle schedule, which warms up by itself"),
             (all(name.strip() for name in self.plugins), f"plugins holds an empty name: {self.plugins!r}"),
         ]
         for ok, message in checks:

@@ -11,6 +11,7 @@ model come from the registry. Nothing here depends on which task it is.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import dataclasses
@@ -117,10 +118,17 @@ def build_scheduler(
     if config.schedule == "onecycle":
         total = config.epochs * steps_per_epoch
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total), True
-    if config.schedule == "step":
-        milestones = sorted({max(1, int(round(m * config.epochs))) for m in config.milestones})
+    milestones = sorted({max(1, int(round(m * config.epochs))) for m in config.milestones})
+    if config.schedule == "step" and not config.warmup_epochs:
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.gamma), False
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
+    decays = milestones if config.schedule == "step" else []
+    warmup, gamma = config.warmup_epochs, config.gamma
+
+    def factor(epoch: int) -> float:  # the rate at ``epoch`` (from 0) over the peak
+        warm = min(1.0, (epoch + 1) / warmup) if warmup else 1.0
+        return warm * gamma ** bisect.bisect_right(decays, epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), False
 
 
 @dataclass

@@ -168,3 +168,36 @@ def test_epoch_statistics_saved_before_the_task_tables_load_into_them():
     assert stats.epoch == 3 and list(stats.train.tables) == ["robust_confusion"]
     assert torch.equal(stats.train.tables["robust_confusion"], confusion)
     assert EpochStats.from_state(stats.to_state()).train.tables.keys() == {"robust_confusion"}
+
+
+def test_warmup_and_step_schedule_give_ldam_drw_authors_rates(tmp_path):
+    """LDAM-DRW's cifar_train.py (adjust_learning_rate): lr * (e + 1) / 5 in the first five
+    epochs, lr from then on, lr * 0.01 after epoch 160 and lr * 0.0001 after 180 (e from 0:
+    epoch e + 1 > 160). Their values by hand, against robx's scheduler."""
+    from robx.core.config import TrainConfig
+
+    config = TrainConfig(epochs=200, lr=0.1, schedule="step", milestones=[0.8, 0.9], gamma=0.01, warmup_epochs=5)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler, per_batch = engine.build_scheduler(config, optimizer, steps_per_epoch=3)
+    rates = []
+    for _ in range(200):
+        rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert not per_batch
+    expected = {0: 0.02, 1: 0.04, 2: 0.06, 3: 0.08, 4: 0.1, 5: 0.1, 159: 0.1, 160: 0.001, 179: 0.001,
+                180: 1e-5, 199: 1e-5}
+    assert {e: pytest.approx(rates[e], rel=1e-12) for e in expected} == expected
+    # without warm-up the step schedule is torch's MultiStepLR, as before
+    config = TrainConfig(epochs=10, lr=0.1, schedule="step", milestones=[0.5], gamma=0.1)
+    scheduler, _ = engine.build_scheduler(config, optimizer, steps_per_epoch=3)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR)
+
+
+@pytest.mark.parametrize("bad", [{"warmup_epochs": -1}, {"warmup_epochs": 3, "schedule": "onecycle"}])
+def test_a_warmup_the_schedule_cannot_take_is_one_clear_error(bad):
+    from robx.core.config import TrainConfig
+    from robx.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="warmup_epochs"):
+        TrainConfig(dataset="digits", epochs=10, lr=0.1, **bad).resolved()

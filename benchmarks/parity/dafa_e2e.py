@@ -192,11 +192,11 @@ def reference_commit(reference: Path) -> str:
         return "unknown"
 
 
-def table(method: str, variant: str) -> str:
+def table(method: str, variant: str, out: Path = OUT) -> str:
     """Mean +- std over seeds: overall standard / robust, and per class, both sides."""
     rows = []
     sides = {}
-    for path in sorted(OUT.glob(f"*-{method}{'-' + variant if variant else ''}-seed*.json")):
+    for path in sorted(out.glob(f"*-{method}{'-' + variant if variant else ''}-seed*.json")):
         result = json.loads(path.read_text())
         sides.setdefault(result["side"], []).append(result)
     names = None
