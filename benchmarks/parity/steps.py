@@ -195,19 +195,19 @@ def drawn(normal: torch.Tensor | None = None, uniform: torch.Tensor | None = Non
 
 
 @contextmanager
-def on_this_machine() -> Iterator[None]:
+def on_this_machine(dtype: torch.dtype = DTYPE) -> Iterator[None]:
     """The references' device calls on this machine: ``.cuda()`` returns the tensor or module
-    itself, ``torch.cuda.FloatTensor`` is the case's dtype on the CPU."""
+    itself, ``torch.cuda.FloatTensor`` is ``dtype`` on the CPU."""
     class CaseTensor:  # torch.cuda.FloatTensor(values) and t.type(torch.cuda.FloatTensor)
         def __new__(cls, values: Any) -> torch.Tensor:  # type: ignore[misc]
-            return torch.as_tensor(np.asarray(values), dtype=DTYPE)
+            return torch.as_tensor(np.asarray(values), dtype=dtype)
 
     original_type = torch.Tensor.type
 
-    def tensor_type(self: torch.Tensor, dtype: Any = None, **kwargs: Any) -> Any:
-        if dtype is CaseTensor:
-            return self.to(DTYPE)
-        return original_type(self, dtype, **kwargs) if dtype is not None else original_type(self)
+    def tensor_type(self: torch.Tensor, wanted: Any = None, **kwargs: Any) -> Any:
+        if wanted is CaseTensor:
+            return self.to(dtype)
+        return original_type(self, wanted, **kwargs) if wanted is not None else original_type(self)
 
     with mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self), \
             mock.patch.object(nn.Module, "cuda", lambda self, *a, **k: self), \
