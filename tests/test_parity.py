@@ -110,7 +110,8 @@ def test_schedules_equal_the_references(recorded: dict[str, Any]) -> None:
     assert set(found) == {"dafa class weights (max abs)", "cfa eps_c (max abs)", "cfa b_c (max abs)",
                           "cfa FAWA average (max rel)", "ldam margins (max abs)",
                           "ldam cosine head outputs (max abs)", "drw weights, epochs 0-199 (max abs)",
-                          "swa average (max rel)", "ema average (max rel)"}
+                          "swa average (max rel)", "ema average (max rel)",
+                          "ema average vs timm ModelEmaV3 (max rel)"}
     assert all(value < TOLERANCE for value in found.values()), found
 
 

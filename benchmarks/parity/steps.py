@@ -12,7 +12,7 @@ inputs itself, so the reference gets the identity), and the random draws of the 
 (``torch.randn``, ``torch.randn_like``, ``torch.rand_like``, ``Tensor.uniform_``,
 ``Tensor.normal_``), which return a tensor this harness supplies, the same tensor to both
 sides. PGD (L-inf, L2) is checked against torchattacks, SWA and EMA against
-``torch.optim.swa_utils``.
+``torch.optim.swa_utils`` and (where installed) timm's ``ModelEmaV3``.
 
 Setting: robx's ``mlp`` (two Linear-BatchNorm-ReLU blocks, 64 wide, its input normalisation
 first) on the 8x8 digits, weights from seed 0, in float64 on both sides (float32 sign-PGD amplifies a
@@ -553,9 +553,20 @@ def averaging_schedule(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
         current.load_state_dict(state)
         swa.update_parameters(current)
         ema.update_parameters(current)
-    return {"ema_decay": 0.9,
-            "swa": {k: v.detach().clone() for k, v in swa.module.named_parameters()},
-            "ema": {k: v.detach().clone() for k, v in ema.module.named_parameters()}}
+    averages = {"ema_decay": 0.9,
+                "swa": {k: v.detach().clone() for k, v in swa.module.named_parameters()},
+                "ema": {k: v.detach().clone() for k, v in ema.module.named_parameters()}}
+    try:  # timm's ModelEmaV3: started from the first model, then a fixed decay (no warm-up)
+        from timm.utils import ModelEmaV3
+    except ImportError:
+        return averages
+    current.load_state_dict(models[0])
+    timm_ema = ModelEmaV3(current, decay=0.9, exclude_buffers=True)
+    for state in models[1:]:
+        current.load_state_dict(state)
+        timm_ema.update(current)
+    averages["ema_timm"] = {k: v.detach().clone() for k, v in timm_ema.module.named_parameters()}
+    return averages
 
 
 # ---------------------------------------------------------------------------
@@ -659,6 +670,8 @@ def schedule_differences(schedules: dict[str, dict[str, Any]], weights: dict[str
         s, mine = schedules["averages"], robx_averages(schedules["averages"], weights)
         out["swa average (max rel)"] = max_rel(mine["swa"], s["swa"])
         out["ema average (max rel)"] = max_rel(mine["ema"], s["ema"])
+        if "ema_timm" in s:
+            out["ema average vs timm ModelEmaV3 (max rel)"] = max_rel(mine["ema"], s["ema_timm"])
     return out
 
 
@@ -700,6 +713,8 @@ def main() -> None:
     schedules: dict[str, dict[str, Any]] = {"averages": averaging_schedule(weights["linear"])}
     references = {"torchattacks": f"torchattacks {importlib.import_module('torchattacks').__version__}",
                   "swa_utils": f"torch.optim.swa_utils, torch {torch.__version__}"}
+    if "ema_timm" in schedules["averages"]:
+        references["timm"] = f"timm {importlib.import_module('timm').__version__} ModelEmaV3"
     if args.trades:
         cases += trades_cases(args.trades, weights["linear"], inputs)
         references["trades"] = f"yaodongyu/TRADES@{commit_of(args.trades)}"
