@@ -1,15 +1,31 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import torch
+# The suite writes only into temporary folders: numba's compiled-kernel cache (cache=True
+# would write beside the kernels, in the checkout) and robx's user cache (decoded image
+# folders, torchvision downloads) go to one folder per session, set before anything imports them.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="robx-tests-"))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(_SCRATCH / "numba"))
+os.environ.setdefault("XDG_CACHE_HOME", str(_SCRATCH / "cache"))
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(_SCRATCH / "hypothesis"))
 
-from robx.core.config import TrainConfig
-from robx.core.engine import train
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from robx.core.config import TrainConfig  # noqa: E402
+from robx.core.engine import train  # noqa: E402
+
+# Property tests draw the same examples on every run (a failure in CI reproduces anywhere)
+# and keep no example database in the checkout. HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("robx", derandomize=True, database=None)
+settings.register_profile("explore", database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "robx"))
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors through the interpreter

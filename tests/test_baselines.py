@@ -255,16 +255,6 @@ def test_ema_warms_up_its_decay_by_hand():
     assert plugin.state_dict()["average"]["parameters"]["weight"].item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_resample_draws_classes_evenly(tmp_path, monkeypatch):
-    drawn = []
-    real = engine.train_step
-    monkeypatch.setattr(engine, "train_step", lambda run, x, y, *a: (drawn.append(y.clone()), real(run, x, y, *a)))
-    engine.train(tiny_config(epochs=1, plugins=["resample"], n_eval=20, steps=1), tmp_path / "run")
-    counts = torch.bincount(torch.cat(drawn), minlength=10).float()
-    minority_share = counts[5:].sum() / counts.sum()
-    assert 0.4 < minority_share < 0.6  # about half, versus 65/720 = 9 % without resampling
-
-
 @pytest.mark.parametrize("plugins", [["trades"], ["mart"], ["mixup"], ["remix"], ["cb"], ["ema"]])
 def test_each_baseline_trains_end_to_end(tmp_path, plugins):
     report = engine.train(tiny_config(epochs=1, plugins=plugins, n_eval=40), tmp_path / "run")

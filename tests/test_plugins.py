@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import importlib
 import json
 import math
 import re
@@ -410,9 +411,11 @@ def test_the_readme_plugin_example_composes_with_batch_growing_plugins(tmp_path)
     # and its weights reach the rows Imb-Mix added: one weight per row, the factor on minority rows
     sys.path.insert(0, str(site))
     try:
-        plugin = __import__("robx_minority_boost").MinorityBoost(__import__("robx_minority_boost").MinorityBoost.Options())
-    finally:
+        boost = importlib.import_module("robx_minority_boost").MinorityBoost
+        plugin = boost(boost.Options())
+    finally:  # the example module leaves no trace in this process
         sys.path.remove(str(site))
+        sys.modules.pop("robx_minority_boost", None)
     row_labels = torch.tensor([0, 9, 9, 9, 1])  # a majority row, three minority copies, a majority row
     step = Step(x=torch.zeros(2, 1), y=torch.tensor([0, 9]), labels=torch.tensor([0, 9]))
     step.row_labels = row_labels
