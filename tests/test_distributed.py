@@ -116,6 +116,47 @@ def test_global_batches_are_cut_into_disjoint_slices_weighted_by_size():
         rank_shards([torch.arange(2)], Processes(0, 3))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_gloo_processes_train_the_weights_of_one_process(tmp_path):
+    """The default run's multi-process check (the torchrun tests below are slow): two
+    processes joined as torchrun would join them (RANK, WORLD_SIZE, MASTER_* in the
+    environment, gloo), each training on its half of every batch, end with the weights of
+    one process training on the whole batches, for a model without BatchNorm."""
+    site = install_distribution(tmp_path / "site", "robx_relu_mlp", NO_BATCHNORM_MODEL, {"relu-mlp": ""})
+    args = ["train", "--model", "relu-mlp", "--epochs", "1", "--batch-size", "49", "--set", "pgd.random_start=false",
+            "--steps", "2", "--eval-steps", "1", "--n-eval", "20"]
+    code = "import sys; from robx.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    port = free_port()
+
+    def started(out: Path, rank: int, world: int) -> subprocess.Popen:
+        env = environment(site)
+        if world > 1:
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return subprocess.Popen([sys.executable, "-c", code, *args, "--out", str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    jobs = [started(tmp_path / "one", 0, 1), started(tmp_path / "two", 0, 2), started(tmp_path / "two", 1, 2)]
+    for job in jobs:
+        _, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-3000:]
+    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("one", "two"))
+    for name, weights in one.items():
+        scale = float(weights.abs().max()) + 1e-12
+        assert float((two[name] - weights).abs().max()) / scale < 1e-5, name
+    (m1,), (m2,) = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert m2["train"]["counts"] == m1["train"]["counts"] == [131] * 5 + [13] * 5
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
+
+
 @pytest.mark.slow
 def test_two_processes_with_half_batches_train_the_weights_of_one_process(tmp_path):
     """(a) and (b): 2 ranks x B/2 = 1 rank x B after one epoch; counts exactly equal."""
