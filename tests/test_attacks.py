@@ -36,11 +36,17 @@ def attack_case(draw):
     norm = draw(st.sampled_from(["linf", "l2"]))
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(shape, generator=generator)
+    x = torch.where(torch.rand(shape, generator=generator) < draw(st.floats(0.0, 1.0)), x.round(), x)  # 0s and 1s
     dim = x[0].numel()
     scale = 1.0 if norm == "l2" else 0.1
     eps = torch.rand(batch, generator=generator) * scale + 1e-3
+    eps = torch.where(torch.rand(batch, generator=generator) < draw(st.floats(0.0, 0.5)), 0.0, eps)  # no budget
     alpha = eps * draw(st.floats(0.1, 1.5))
     mask = torch.rand(shape, generator=generator) < draw(st.floats(0.0, 1.0))
+    if draw(st.booleans()):
+        x, eps, alpha = x.double(), eps.double(), alpha.double()
+    if draw(st.booleans()):  # a strided view, as a slice of a larger batch gives it
+        x = torch.stack([x, x], dim=-1)[..., 0]
     return seed, x, dim, norm, eps, alpha, mask
 
 
@@ -54,12 +60,13 @@ def _distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
 def test_pgd_stays_in_per_sample_ball_box_and_mask(case, use_mask, steps):
     seed, x, dim, norm, eps, alpha, mask = case
     torch.manual_seed(seed)
-    model = TinyNet(dim, 3)
+    model = TinyNet(dim, 3).to(x.dtype)
     y = torch.randint(0, 3, (x.shape[0],))
     x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, mask=mask if use_mask else None)
-    assert x_adv.shape == x.shape
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     assert (x_adv >= 0).all() and (x_adv <= 1).all()
     assert (_distance(x_adv - x, norm) <= eps + TOL).all()
+    assert torch.equal(x_adv[eps == 0], x[eps == 0])  # no budget: x itself
     if use_mask:
         assert torch.equal(x_adv[~mask], x[~mask])
 

@@ -52,15 +52,22 @@ def step_case(draw):
     shape = (batch,) + tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
     x = torch.rand(shape, generator=generator)
+    on_edges = torch.rand(shape, generator=generator) < draw(st.floats(0.0, 1.0))
+    x = torch.where(on_edges, x.round(), x)  # pixels at 0 or 1, where the box and the ball meet
     x_adv = (x + 0.2 * torch.randn(shape, generator=generator)).clamp(0, 1)
     grad = torch.randn(shape, generator=generator)
     grad[torch.rand(shape, generator=generator) < 0.1] = 0.0  # sign(0) = 0
+    if draw(st.booleans()):
+        grad[0] = 0.0  # a whole example without gradient: L2 divides by its norm
     eps = torch.rand(batch, generator=generator) * 0.5 + 1e-3
-    alpha = eps * 0.3
+    eps = torch.where(torch.rand(batch, generator=generator) < draw(st.floats(0.0, 0.5)), 0.0, eps)  # no budget
+    alpha = eps * draw(st.floats(0.05, 2.0))
     mask = None
     if draw(st.booleans()):
         mask_shape = (batch, 1) + shape[2:] if len(shape) > 2 and draw(st.booleans()) else shape
         mask = torch.rand(mask_shape, generator=generator) < 0.7  # broadcast masks too
+    if draw(st.booleans()):  # strided views, as a slice of a larger tensor gives them
+        x_adv, grad, x = (torch.stack([t, t], dim=-1)[..., 0] for t in (x_adv, grad, x))
     return x_adv, grad, x, eps, alpha, draw(st.sampled_from(["linf", "l2"])), mask
 
 
@@ -78,6 +85,20 @@ def test_pgd_step_equals_the_reference(implementation, case, scalar_budget, boun
     got = PGD_STEPS[implementation](*placed(implementation, x_adv, grad, x, eps, alpha, norm, mask), bounds).cpu()
     assert got.shape == expected.shape and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    no_budget = (torch.as_tensor(eps) == 0).expand(len(x))
+    assert torch.equal(got[no_budget], x[no_budget].clamp(*bounds))  # eps 0: x itself
+    assert torch.isfinite(got).all()  # a zero gradient never divides by zero
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=step_case(), bounds=BOXES)
+def test_pgd_step_in_float64_through_the_dispatcher_equals_the_reference(case, bounds):
+    x_adv, grad, x, eps, alpha, norm, mask = (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                              else t for t in case)
+    expected = pgd_step_reference(x_adv, grad, x, eps, alpha, norm, mask, bounds)
+    got = pgd_step(x_adv, grad, x, eps, alpha, norm, mask, bounds)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
 @settings(max_examples=20, deadline=None)
@@ -200,6 +221,9 @@ def topk_case(draw):
     weights = None
     if draw(st.booleans()):
         weights = torch.rand(shape[1:] if draw(st.booleans()) else shape, generator=generator)
+    saliency = saliency.to(draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float64])))
+    if draw(st.booleans()):  # a strided view
+        saliency = torch.stack([saliency, saliency], dim=-1)[..., 1]
     units = saliency[0].numel()
     return saliency, draw(st.integers(0, units)), weights
 
