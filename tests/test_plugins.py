@@ -30,13 +30,129 @@ from conftest import tiny_config
 TESTS_DIR = Path(__file__).parent
 
 
-def test_every_hook_is_documented_and_tested():
-    """datasette's rule: a hook without docs or a test fails the suite."""
-    test_sources = "".join(p.read_text() for p in TESTS_DIR.glob("test_*.py"))
+REGISTRATION_HOOKS = {"register_tasks", "register_datasets", "register_models", "register_oversamplers",
+                      "register_crowd_learners", "register_commands"}
+
+
+def test_every_hook_is_documented_and_its_effect_tested():
+    """datasette's rule, made real: every hook has a docstring, and is implemented by the
+    probe below (training hooks) or by the in-process package of tests/test_registration.py
+    (registration hooks), whose tests assert each hook's effect on the run."""
     for name in hookspecs.HOOK_NAMES:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert len(doc) > 40, f"hook {name} has no real docstring"
-        assert f"def {name}(" in test_sources, f"hook {name} is not implemented by any test plugin"
+    probed = {name for name in dir(Probe) if name in hookspecs.HOOK_NAMES}
+    assert probed | REGISTRATION_HOOKS == set(hookspecs.HOOK_NAMES), set(hookspecs.HOOK_NAMES) - probed
+    assert not probed & REGISTRATION_HOOKS
+
+
+class Probe:
+    """Every training hook with an effect the run shows (test below)."""
+
+    name = "probe"
+    policy = ("attack_budget",)
+    seen: dict[str, list] = {}
+
+    def _saw(self, hook: str, value: object = None) -> None:
+        Probe.seen.setdefault(hook, []).append(value)
+
+    @hookimpl
+    def check_run(self, state):
+        self._saw("check_run", state.epoch)
+
+    @hookimpl
+    def train_start(self, state):
+        self._saw("train_start", state.epoch)
+
+    @hookimpl
+    def training_set(self, state, train):
+        keep = torch.arange(0, len(train.labels), 2)  # every other example
+        self._saw("training_set", len(keep))
+        return type(train)(train.x[keep], train.y[keep], train.labels[keep])
+
+    @hookimpl
+    def trained_class_counts(self, state, dataset_counts):
+        self._saw("trained_class_counts", dataset_counts.tolist())
+        return dataset_counts * 10
+
+    @hookimpl
+    def sampling_weights(self, state, labels):
+        return (labels < 2).double()  # only classes 0 and 1 are drawn
+
+    @hookimpl
+    def class_policy(self, state):
+        eps = torch.full((state.num_classes,), 0.05 + 0.01 * state.epoch)
+        return ClassPolicy(attack_budget=(eps, eps / 4))
+
+    @hookimpl
+    def select_victims(self, step, state):
+        mask = torch.zeros_like(step.x, dtype=torch.bool)
+        mask[..., 0, :] = True  # the first image row only
+        return mask
+
+    @hookimpl
+    def generate_adversary(self, step, state):
+        return step.attack(start="none")
+
+    @hookimpl
+    def augment(self, step, state):
+        step.set_rows(torch.cat([step.inputs, step.inputs]), torch.cat([step.targets, step.targets]),
+                      torch.cat([step.row_labels, step.row_labels]))
+
+    @hookimpl
+    def training_loss(self, step, state):
+        return step.outputs.sum(dim=1) * 0 + 1.0  # one per row
+
+    @hookimpl
+    def weight_samples(self, step, state):
+        return torch.full((len(step.targets),), 0.5)
+
+    @hookimpl
+    def extra_loss(self, step, state):
+        return step.outputs.sum() * 0 + 0.25
+
+    @hookimpl
+    def after_step(self, step, state):
+        outside = ~step.victim_mask
+        self._saw("after_step", (len(step.inputs), len(step.x), bool(torch.equal(step.x_adv[outside], step.x[outside])),
+                                 float((step.x_adv - step.x).abs().max()), float(state.class_eps[0]),
+                                 sorted(set(step.y.tolist())), state.class_counts.tolist()))
+
+    @hookimpl
+    def epoch_end(self, state):
+        self._saw("epoch_end", state.epoch)
+
+    @hookimpl
+    def averaged_weights(self, state):
+        return {name: torch.zeros_like(p) for name, p in state.model.named_parameters()}
+
+
+def test_each_training_hook_has_its_effect_on_a_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(plugin_module, "available_plugins",
+                        lambda: {**available_plugins(), "probe": PluginSpec("probe", "test", Probe)})
+    Probe.seen = {}
+    report = train(tiny_config(plugins=["probe"], epochs=2, n_eval=40, eval_steps=1), tmp_path / "run")
+    seen = Probe.seen
+    assert seen["check_run"] == [0] and seen["train_start"] == [0] and seen["epoch_end"] == [0, 1]
+    kept = seen["training_set"][0]
+    assert kept == 360  # every other of the 720 digits examples
+    (dataset_counts,) = seen["trained_class_counts"]
+    assert sum(dataset_counts) == kept
+    steps = seen["after_step"]
+    assert sum(batch for _, batch, *_ in steps) == 2 * kept  # two epochs of draws, as many as the examples
+    for rows, batch, outside_unmoved, moved, eps, classes, counts in steps:
+        assert rows == 2 * batch  # augment doubled the rows
+        assert outside_unmoved  # select_victims: only the first image row moves
+        assert moved <= eps + 1e-6 and eps in (pytest.approx(0.05), pytest.approx(0.06))  # class_policy's budget
+        assert set(classes) <= {0, 1}  # sampling_weights
+        assert counts == [10 * n for n in dataset_counts]  # trained_class_counts
+    assert [eps for *_, eps, _, _ in steps][-1] == pytest.approx(0.06)  # the budget of epoch 1
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # training_loss (1 per row) x weight_samples (0.5), plus extra_loss (0.25)
+    assert [line["loss"] for line in lines] == [pytest.approx(0.75), pytest.approx(0.75)]
+    # averaged_weights: the evaluated model has zero weights, so it predicts class 0 for everything
+    standard = report["per_class"]["standard"]
+    assert standard[0] == 1.0 and all(value == 0.0 for value in standard[1:] if value is not None)
 
 
 def test_builtin_plugins_listed_with_their_hooks():

@@ -323,3 +323,54 @@ def test_an_external_package_adds_a_command_and_none_replaces_robx_s_own(tmp_pat
     commands = {row["name"]: row["origin"] for row in listing["registered"] if row["kind"] == "command"}
     assert commands == {"oversample": "oversample-command (built-in)", "crowd": "crowd-command (built-in)",
                         "tally": "tally (robx-tally 0.3)"}
+
+
+@pytest.fixture
+def installed_here(tmp_path, monkeypatch):
+    """The external package and the command package installed on this process's path, with
+    robx's registries rebuilt around them (and again after the test, without them)."""
+    from robx.core import plugins as plugin_module
+
+    site = install_distribution(tmp_path / "site", "robx_group_extras", EXTERNAL_PACKAGE,
+                                {"group-extras": "", "halve": "Halve"}, version="1.2")
+    install_distribution(site, "robx_tally", EXTERNAL_COMMAND, {"tally": ""})
+    monkeypatch.syspath_prepend(str(site))
+
+    def rebuilt() -> None:
+        registry.cache_clear()
+        plugin_module._discovered.cache_clear()
+
+    rebuilt()
+    yield site
+    for module in ("robx_group_extras", "robx_tally"):
+        sys.modules.pop(module, None)
+    monkeypatch.undo()
+    rebuilt()
+
+
+def test_each_registration_hook_adds_what_the_run_then_uses(installed_here, robx_here, tmp_path):
+    """register_tasks, _datasets, _models, _oversamplers, _crowd_learners and _commands, in
+    this process (the slow tests above do the same through a real `robx` process)."""
+    listing = json.loads(robx_here("plugins", "--json").stdout)
+    registered = {(row["kind"], row["name"]) for row in listing["registered"]}
+    assert {("task", "huber"), ("dataset", "ramp"), ("model", "tinynet"), ("oversampler", "duplicate"),
+            ("crowd learner", "first-worker"), ("command", "tally")} <= registered
+    # a registered task, dataset and model: the run trains the model on the data and scores it as the task says
+    trained = robx_here("train", "--dataset", "ramp", "--epochs", "1", "--eval-steps", "1", "--out", "ramp")
+    assert trained.returncode == 0, trained.stderr
+    report = json.loads((tmp_path / "ramp" / "report.json").read_text())
+    assert (report["task"], report["dataset"], report["model"]) == ("huber", "ramp", "tinynet")
+    assert report["metric"] == {"name": "absolute error", "higher_is_better": False}
+    # a registered oversampler with its options: two copies of each of the 300 training examples
+    oversampled = robx_here("oversample", "--method", "duplicate", "--dataset", "stripes", "--set",
+                            "duplicate.times=2", "--classifiers", "linearsvc", "--out", "dup")
+    assert oversampled.returncode == 0, oversampled.stderr
+    assert json.loads((tmp_path / "dup" / "report.json").read_text())["generated"] == 2 * 300
+    # a registered crowd learner: believes worker 0, predicts one class of the balanced test set
+    crowd = robx_here("crowd", "--method", "first-worker", "--out", "crowd")
+    assert crowd.returncode == 0, crowd.stderr
+    assert json.loads((tmp_path / "crowd" / "report.json").read_text())["accuracy"] == 0.5
+    # a registered command
+    (tmp_path / "notes.txt").write_text("robust for whom? robust minority, fair majority\n")
+    counted = robx_here("tally", "notes.txt", "--word", "robust")
+    assert counted.returncode == 0 and counted.stdout.strip() == "robust: 2"
