@@ -82,7 +82,7 @@ def linked_checkout(source: Path, folder: Path) -> Path:
     """``folder``/robx: the package made of links to the copy's folders (as the installed
     robx maps them), for ``PYTHONPATH``."""
     package = folder / "robx"
-    package.mkdir()
+    package.mkdir(parents=True)
     for name in ("__init__.py", "__main__.py"):
         (package / name).symlink_to(source / "robx" / name)
     for name in ("core", "plugins", "kernels", "cli"):
@@ -103,8 +103,14 @@ def run_mutation(name: str) -> dict:
             target.write_text(text.replace(original, mutated))
             path = linked_checkout(copy, Path(scratch) / "path")
             env = dict(os.environ, PYTHONPATH=str(path))
+            # -P: the copy's own robx/ folder (beside its tests) must not shadow the linked
+            # package, or its submodules come from the installed checkout, unmutated
+            where = subprocess.run([sys.executable, "-P", "-c", f"import robx.{Path(file).with_suffix('').as_posix().replace('/', '.')} as m; print(m.__file__)"],
+                                   cwd=copy, env=env, capture_output=True, text=True, check=True).stdout.strip()
+            if not where.startswith(str(path)):
+                return {"mutation": name, "error": f"robx was imported from {where}, not from the mutated copy"}
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            done = subprocess.run([sys.executable, "-P", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                                   cwd=copy, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - started
             failed = [line.split(" ")[1] for line in done.stdout.splitlines() if line.startswith("FAILED ")]
