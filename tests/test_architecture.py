@@ -10,6 +10,9 @@ import pytest
 from robx.core.plugins import BUILTIN_ORIGIN, available_plugins
 from robx.core.registry import registry
 
+# checks of the source text, counted apart from the behaviour tests: pytest -m source
+pytestmark = pytest.mark.source
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_FILES = sorted(p for p in (ROOT / "plugins").rglob("*.py") if p.name not in ("__init__.py", "common.py"))
 CORE_FILES = sorted((ROOT / "core").glob("*.py"))
