@@ -9,7 +9,8 @@ from that copy (a package of links first on ``PYTHONPATH``). pytest then runs th
 named for the mutation (``-x``: the first failure is enough) with the default markers. A
 mutation is *caught* when a test fails. Writes benchmarks/results/mutation/cpu.json with,
 per mutation, caught or not, the first failing test and the seconds it took; a finished
-mutation is skipped when its result is already there for this commit (resumable).
+mutation is skipped when its result is already there for this commit (resumable); each
+result names the commit it ran at.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ MUTATIONS: dict[str, tuple[str, str, str, str, list[str]]] = {
     "resample": ("plugins/resample.py", "return per_class[labels.cpu()]", "return per_class.sqrt()[labels.cpu()]",
                  "the sampling probability", ["tests/test_formulas.py", "tests/test_baselines.py"]),
     "pgd": ("plugins/pgd.py", "start_scale=self.options.start_scale)", "start_scale=1.0)",
-            "the start radius option (STPGD's 0.1)", ["tests/test_attacks.py", "tests/test_crime.py",
-                                                       "tests/test_engine.py"]),
+            "the start radius option (STPGD's 0.1)", ["tests/test_formulas.py", "tests/test_attacks.py",
+                                                       "tests/test_crime.py"]),
     "fairtat": ("plugins/fairtat.py", "softmax(temperature * cfps", "softmax(cfps", "the target temperature",
                 ["tests/test_formulas.py", "tests/test_fairness.py"]),
     "ema": ("plugins/ema.py", "(1 + averaged) / (10 + averaged)", "(1 + averaged) / (5 + averaged)",
@@ -127,11 +128,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(MUTATIONS))
     options = parser.parse_args()
     done = json.loads(OUT.read_text()) if OUT.exists() else {}
-    results = {r["mutation"]: r for r in done.get("mutations", [])} if done.get("commit") == STARTED_AT_COMMIT else {}
+    results = {r["mutation"]: {"commit": done.get("commit"), **r} for r in done.get("mutations", [])}
     for name in options.only or list(MUTATIONS):
-        if name in results:
+        if name in results and results[name]["commit"] == STARTED_AT_COMMIT:
             continue
-        results[name] = run_mutation(name)
+        results[name] = {"commit": STARTED_AT_COMMIT, **run_mutation(name)}
         result = results[name]
         print(f"{name}: {'caught by ' + str(result.get('first_failure')) if result.get('caught') else 'NOT caught'} "
               f"({result.get('seconds')} s) {result.get('error', '')}", flush=True)

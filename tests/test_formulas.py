@@ -214,3 +214,12 @@ def test_the_gaussian_start_stays_unclamped_unless_asked(batch):
     assert steps.max_abs(free, batch["x"] + 0.001 * batch["normal"]) == 0
     assert float(free.min()) < 0 and float(free.max()) > 1  # saturated pixels moved out of the box
     assert steps.max_abs(boxed, (batch["x"] + 0.001 * batch["normal"]).clamp(0, 1)) == 0
+
+
+def test_the_pgd_plugin_starts_where_its_start_scale_says(weights, batch):
+    """``--set pgd.start_scale=0.1`` reaches the attack: one step of 1e-9 from the start
+    leaves x' at clamp(x + 0.1 eps (2u - 1), 0, 1), the start drawn from u."""
+    found = steps.robx_step(batch, weights, ["pgd"], plugin_options={"pgd": {"start_scale": 0.1}}, steps=1,
+                            alpha=1e-9)
+    expected = (batch["x"] + 0.1 * steps.EPS * (2 * batch["uniform"] - 1)).clamp(0, 1)
+    assert steps.max_abs(found["x_adv"], expected) < 1e-6
