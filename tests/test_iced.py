@@ -220,6 +220,15 @@ def test_ds_baselines_hold_the_uniform_prior_and_dsck_is_crowd_kits():
     crowd_kit = learners.crowd_learner("dsck-lr").build({}, 0).fit(x, crowd, 2).inferred_labels
     assert held.tolist() == dawid_skene_em(crowd, 2, 100)[0].argmax(axis=1).tolist()
     assert crowd_kit.tolist() == dawid_skene(crowd).tolist()
+    # and that is crowd-kit's answer, asked here without robx's wrapper: a (task, worker, label)
+    # table of the given labels (-1: a worker did not label the example)
+    import pandas as pd
+    from crowdkit.aggregation import DawidSkene
+
+    tasks, workers = np.nonzero(crowd >= 0)
+    frame = pd.DataFrame({"task": tasks, "worker": workers, "label": crowd[tasks, workers]})
+    answered = DawidSkene(n_iter=100).fit_predict(frame).sort_index()
+    assert crowd_kit.tolist() == answered.loc[range(len(crowd))].astype(int).tolist()
 
 
 def test_crowd_sets_have_table_3_1s_workers():
