@@ -75,7 +75,7 @@ MUTATIONS: dict[str, tuple[str, str, str, str, list[str]]] = {
     "copies": ("plugins/copies.py", "int(round(n_max / max(n, 1))) - 1", "int(round(n_max / max(n, 1)))",
                "Imb-Mix's t_c", ["tests/test_srat_imbmix.py"]),
     "topk": ("plugins/topk.py", "return grad.norm(dim=1).flatten(1)", "return grad.abs().sum(dim=1).flatten(1)",
-             "the unit saliency's L2 norm", ["tests/test_crime.py", "tests/test_mingre.py", "tests/test_plugins.py"]),
+             "the unit saliency's L2 norm", ["tests/test_formulas.py", "tests/test_crime.py", "tests/test_plugins.py"]),
     "mingre": ("plugins/mingre.py", "return mu + mu * mu / alpha", "return mu + mu / alpha",
                "the negative binomial's variance", ["tests/test_mingre.py"]),
     "glgan": ("plugins/glgan.py", "return (real_scores - 1).pow(2).mean() + fake_weight * fake_scores.pow(2).mean()",

@@ -223,3 +223,16 @@ def test_the_pgd_plugin_starts_where_its_start_scale_says(weights, batch):
                             alpha=1e-9)
     expected = (batch["x"] + 0.1 * steps.EPS * (2 * batch["uniform"] - 1)).clamp(0, 1)
     assert steps.max_abs(found["x_adv"], expected) < 1e-6
+
+
+def test_topk_pixel_saliency_is_the_l2_norm_of_the_positive_gradient_over_channels():
+    """STPGD (Liu et al. 2022): s_u = ||ReLU(dL/dx_u)||_2 over a pixel's channels. Pixel A's
+    gradient (2.5, 0, -4) gives 2.5; pixel B's (1, 1, 1) gives sqrt(3) (an L1 norm would rank
+    B first, 3 > 2.5); the top-1 victim is A."""
+    from robx.kernels import topk_victims
+    from robx.plugins.topk import unit_saliency
+
+    grad = torch.tensor([[2.5, 0.0, -4.0], [1.0, 1.0, 1.0]]).T.reshape(1, 3, 1, 2)  # (batch, channels, H, W)
+    saliency = unit_saliency(grad, "pixel")
+    assert saliency.tolist() == [[pytest.approx(2.5), pytest.approx(math.sqrt(3))]]
+    assert topk_victims(saliency, 1).tolist() == [[True, False]]
