@@ -30,7 +30,7 @@ structure and the data's global distribution:
 Choices the chapter leaves open (ours): two-layer MLPs (``hidden`` units, LeakyReLU); the
 latent passes through tanh, because eq. 2.2's separation term is otherwise unbounded below
 (scaling every latent up lowers L_clu without end). Bounded by tanh alone it still
-collapses the latent (issue 30, measured: with Lambda_1 = 1, 89-99 % of the coordinates
+collapses the latent (measured: with Lambda_1 = 1, 89-99 % of the coordinates
 saturate at +-1 and the minority's latents, hence every synthetic example, fall onto one
 point), so robx rewards the distance between class means only up to ``separation_margin``
 (min(||zbar_a - zbar_b||, m)^2; 0 restores eq. 2.2's unbounded term) and weights L_clu by

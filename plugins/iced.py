@@ -32,7 +32,7 @@ Two modules augment each other, after a warm-up:
      is trained on is ours). ``synthesis = "autoencoder"`` (the default): the embeddings of
      steps 1-2 are those of an autoencoder (E, Q) pre-trained after the warm-up on the real
      inputs for ``decoder_epochs`` (reconstruction MSE), as chapter 2's autoencoder, so Q
-     inverts the space the interpolation happens in. ``"classifier"`` (robx before issue 30):
+     inverts the space the interpolation happens in. ``"classifier"`` (robx before commit 703e196, 2026-12-06):
      z = G(x), the classifier's own features, and Q trained to map G(x) back to x, then
      ``decoder_refresh`` epochs per iteration because G moves; G keeps what separates the
      classes and drops the rest, so Q's images of interpolated features are poor (measured:
