@@ -154,3 +154,26 @@ def test_a_model_that_does_not_normalise_its_inputs_is_said_not_silent(monkeypat
     assert "model 'raw' has no robx.core.models.Normalize" in capsys.readouterr().err  # mean ~0.25: not trivial
     build_run(tiny_config(dataset=f"npz:{tmp_path / 'dark.npz'}", model="mlp"), tmp_path / "run2")
     assert "Normalize" not in capsys.readouterr().err
+
+
+def test_audit_standard_accuracy_is_the_models_predictions_counted_by_hand(robx_here, trained_run, tmp_path):
+    """Independent of robx's evaluation: the audited model's standard accuracy per class on
+    the whole digits test split equals its argmax predictions counted here with torch."""
+    from safetensors.torch import save_file
+
+    from robx.core.engine import load_run
+
+    payload = torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in payload["model"].items()}, str(tmp_path / "model.safetensors"))
+    arch = json.loads((trained_run / "config.json").read_text())["config"]["model"]
+    result = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--dataset", "digits",
+                       "--attacks", "pgd", "--steps", "1", "--out", tmp_path / "audit")
+    assert result.returncode == 0, result.stderr
+    (report,) = json.loads((tmp_path / "audit" / "audit.json").read_text())["attacks"].values()
+    run = load_run(trained_run)
+    model, test = run.state.model.eval(), run.data.test
+    with torch.no_grad():
+        predicted = model(run.task.inputs(test.x))[1].argmax(dim=1)
+    by_hand = [float((predicted[test.labels == c] == c).double().mean()) for c in range(run.data.num_classes)]
+    assert report["per_class"]["standard"] == pytest.approx(by_hand, abs=1e-9)
+    assert len(set(by_hand)) > 1  # a model that learnt something: the classes differ
