@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,13 +16,11 @@ def robx(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(ROBX + list(args), capture_output=True, text=True, cwd=cwd)
 
 
-def test_default_train_is_the_digits_demo_under_a_minute(tmp_path):
-    """Acceptance: `robx train` with no options, under 60 s, minority robust < majority robust."""
-    started = time.perf_counter()
+def test_default_train_is_the_digits_demo(tmp_path):
+    """Acceptance: `robx train` with no options trains the digits demo, minority robust <
+    majority robust (its time is measured by benchmarks/digits_demo.py, not here)."""
     result = robx("train", cwd=tmp_path)
-    elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
-    assert elapsed < 60, f"robx train took {elapsed:.1f}s"
     assert "minority" in result.stdout and "robust" in result.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     report = json.loads((run_dir / "report.json").read_text())
