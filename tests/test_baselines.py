@@ -192,17 +192,26 @@ def test_swa_and_ema_in_training_evaluate_the_average(tmp_path):
 def test_swa_can_average_batchnorm_statistics_with_the_weights(tmp_path, monkeypatch):
     """``batchnorm = "average"``: the evaluated model's BN statistics are the mean of the
     last iterate's running statistics at the averaged epochs, not recomputed."""
+    from robx import hookimpl
+    from robx.core import plugins as plugin_module
+    from robx.core.plugins import PluginSpec, available_plugins
+
     snapshots: list[dict[str, torch.Tensor]] = []
-    real_epoch = engine.train_epoch
 
-    def recorded(run, progress):
-        stats = real_epoch(run, progress)
-        snapshots.append({name: b.detach().clone() for name, b in run.state.model.named_buffers()
-                          if b.is_floating_point()})
-        return stats
+    class Snapshots:
+        """Each epoch's running statistics, as SWA's own epoch_end sees them."""
 
-    monkeypatch.setattr(engine, "train_epoch", recorded)
-    engine.train(tiny_config(epochs=3, plugins=["swa"], plugin_options={"swa": {"start": 0.3, "batchnorm": "average"}}),
+        name = "snapshots"
+
+        @hookimpl
+        def epoch_end(self, state):
+            snapshots.append({name: b.detach().clone() for name, b in state.model.named_buffers()
+                              if b.is_floating_point()})
+
+    monkeypatch.setattr(plugin_module, "available_plugins",
+                        lambda: {**available_plugins(), "snapshots": PluginSpec("snapshots", "test", Snapshots)})
+    engine.train(tiny_config(epochs=3, plugins=["swa", "snapshots"],
+                             plugin_options={"swa": {"start": 0.3, "batchnorm": "average"}}),
                  tmp_path / "swa")  # averages epochs 1 and 2
     evaluated = load_checkpoint(tmp_path / "swa" / "checkpoint.pt")["eval_model"]
     assert snapshots and all(name in evaluated for name in snapshots[0])
