@@ -40,6 +40,7 @@ and optionally ``moved_state``, and no hooks: :func:`expand_recipes` replaces it
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
 import types
@@ -63,6 +64,14 @@ from robx.core.state import VIEWS, Step, TrainState, check_plain
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 DEFAULT_LOSS = "ce"  # the task's own loss: no loss plugin
 BUILTIN_ORIGIN = "built-in"
+
+
+#: what a plugin class may declare (module docstring), with the types a declaration takes
+DECLARATIONS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "reads": (tuple, list), "trains_on": str, "identity_adversary": bool, "policy": (tuple, list),
+    "yields": (tuple, list), "fallback": bool, "weighted_mean": bool, "head": str, "parts": (tuple, list),
+    "routes": dict, "moved_state": dict,
+}
 
 
 @dataclass(frozen=True)
@@ -151,9 +160,28 @@ class PluginSpec:
             raise PluginError(f"recipe '{self.name}' ({self.origin}): every option must route to a part "
                               f"({', '.join(sorted(fields - set(self.routes)))} do not)")
 
+    @property
+    def misspelled_declarations(self) -> list[tuple[str, str]]:
+        """``(attribute, declaration)`` for each class attribute that looks like a misspelt
+        declaration (``read = ("clean",)`` for ``reads``): close to a declaration's name and
+        of its type. Read with defaults, a misspelt one would be silently ignored."""
+        if not inspect.isclass(self.target):
+            return []
+        found = []
+        for attribute, value in vars(self.target).items():
+            if attribute.startswith("_") or attribute in DECLARATIONS or callable(value):
+                continue
+            for close in difflib.get_close_matches(attribute, list(DECLARATIONS), n=1, cutoff=0.75):
+                if isinstance(value, DECLARATIONS[close]):
+                    found.append((attribute, close))
+        return found
+
     def check_hooks(self) -> None:
-        """One-line error for a hook name robx does not define (pluggy would ignore it) or
-        a declaration outside the ones the engine knows."""
+        """One-line error for a hook name robx does not define (pluggy would ignore it), a
+        misspelt declaration, or a declaration outside the ones the engine knows."""
+        for attribute, declaration in self.misspelled_declarations:
+            raise PluginError(f"plugin '{self.name}' ({self.origin}) declares '{attribute}', which robx does not "
+                              f"read; did you mean '{declaration}'?")
         if self.unknown_hooks:
             raise PluginError(
                 f"plugin '{self.name}' ({self.origin}) implements unknown hook "

@@ -601,3 +601,27 @@ def test_per_class_quantities_are_owned_one_by_one_through_one_hook(monkeypatch)
     # 21 hooks: the three per-class hooks are one, epoch_start and train_end (no built-in used them) are gone,
     # register_commands is new (data-level tools are registered commands)
     assert len(hookspecs.HOOK_NAMES) == 21 and "class_policy" in hookspecs.HOOK_NAMES
+
+
+@pytest.mark.parametrize(("attribute", "value", "meant"), [
+    ("read", ("clean", "adversarial"), "reads"), ("train_on", "clean", "trains_on"), ("yield", ("generate_adversary",), "yields"),
+    ("weighted_means", True, "weighted_mean"), ("polices", ("class_weights",), "policy"),
+])
+def test_a_misspelt_declaration_is_one_line_naming_the_one_meant(monkeypatch, attribute, value, meant):
+    """Declarations are read with defaults, so ``read = ...`` would be silently ignored."""
+    plugin = type("Typo", (), {"name": "typo", attribute: value,
+                               "weight_samples": hookimpl(lambda self, step, state: None)})
+    monkeypatch.setattr(plugin_module, "available_plugins",
+                        lambda: {**available_plugins(), "typo": PluginSpec("typo", "test", plugin)})
+    with pytest.raises(RobxError, match=f"plugin 'typo' \\(test\\) declares '{attribute}', which robx does not "
+                                        f"read; did you mean '{meant}'\\?"):
+        PluginHost(["typo"], {})
+
+
+def test_attributes_that_only_resemble_a_declaration_are_left_alone(monkeypatch):
+    # a list of names is not a plugin's name (a str); a helper method is not a declaration
+    plugin = type("Fine", (), {"name": "fine", "names": ["a", "b"], "heads": 3, "readers": staticmethod(len),
+                               "weight_samples": hookimpl(lambda self, step, state: None)})
+    monkeypatch.setattr(plugin_module, "available_plugins",
+                        lambda: {**available_plugins(), "fine": PluginSpec("fine", "test", plugin)})
+    assert PluginHost(["fine"], {}).names == ["fine", "pgd"]
