@@ -463,12 +463,15 @@ def audit(
     with tempfile.TemporaryDirectory() as unused:
         run = build_run(config, Path(unused) / "run")
     console.print(f"robx: {load_initial_weights(run.state.model, model_file, with_head=True)}")
-    prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
-    reports = {}
-    for name in names:
+    prepared = []
+    for name in names:  # every attack checked (installed, options, budget) before any work
         attack = default_eval_attack(run.config, name)
         run.task.prepare_attack(attack)
         check_budget(attack.eps, attack.norm, run.task.input_bounds, tuple(run.data.test.x.shape[1:]), "--eps")
+        prepared.append(attack)
+    prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
+    reports = {}
+    for attack in prepared:
         with RichProgress(console) as progress:
             report = evaluate_run(run, run.state.model, progress, attack, n_eval)
         for key in ("plugins", "epochs", "parts"):

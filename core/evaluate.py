@@ -31,6 +31,8 @@ class AttackKind:
     title: str
     iterative: bool = True
     options: Mapping[str, float] = field(default_factory=dict)
+    #: ``(module, how to install it)`` for an attack that runs another library's code
+    needs: tuple[str, str] | None = None
 
 
 @dataclass

@@ -17,6 +17,8 @@ too, and each labelled target counts once in the per-class quantities.
 
 from __future__ import annotations
 
+import importlib.util
+
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,6 +182,8 @@ class Task(ABC):
         if unknown:
             raise OptionError(f"attack '{attack.name}' takes no option '{unknown[0]}'"
                               + (f"; its options: {', '.join(kind.options)}" if kind.options else ""))
+        if kind.needs is not None and importlib.util.find_spec(kind.needs[0]) is None:
+            raise OptionError(f"attack '{attack.name}' needs {kind.needs[0]}, which is not installed: {kind.needs[1]}")
         attack.options = {**kind.options, **attack.options}
         attack.title, attack.iterative = kind.title, kind.iterative
 

@@ -177,3 +177,29 @@ def test_audit_standard_accuracy_is_the_models_predictions_counted_by_hand(robx_
     by_hand = [float((predicted[test.labels == c] == c).double().mean()) for c in range(run.data.num_classes)]
     assert report["per_class"]["standard"] == pytest.approx(by_hand, abs=1e-9)
     assert len(set(by_hand)) > 1  # a model that learnt something: the classes differ
+
+
+def test_audit_refuses_an_attack_whose_library_is_missing_before_any_work(robx_here, trained_run, tmp_path,
+                                                                           monkeypatch):
+    """AutoAttack is in audit's default attacks; without its library the command stops at
+    once, naming the install, not after the PGD evaluation."""
+    import importlib.util
+
+    from safetensors.torch import save_file
+
+    payload = torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in payload["model"].items()}, str(tmp_path / "model.safetensors"))
+    arch = json.loads((trained_run / "config.json").read_text())["config"]["model"]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "pyautoattack" else real_find_spec(name, *args))
+
+    def work_started(*args, **kwargs):
+        raise AssertionError("the evaluation started")
+
+    monkeypatch.setattr("robx.core.engine.evaluate_run", work_started)
+    result = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--out", tmp_path / "audit")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("robx: error: attack 'autoattack' needs pyautoattack, which is not installed: "
+                                     "pip install 'robx[autoattack]'")
+    assert not (tmp_path / "audit").exists()

@@ -108,7 +108,7 @@ def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
     try:
         from pyautoattack import AutoAttack
     except ImportError as error:
-        raise RobxError("--attack autoattack needs the reference AutoAttack: pip install 'robx[autoattack]'") from error
+        raise RobxError("the autoattack attack needs the reference AutoAttack: pip install 'robx[autoattack]'") from error
     wrapped = LogitsOnly(model).eval()
     norm = "Linf" if attack.norm == "linf" else "L2"
     if classes >= 4:
@@ -131,7 +131,8 @@ class Classification(Task):
     name = "classification"
     metric = Metric("accuracy", higher_is_better=True)
     attacks = {"pgd": AttackKind("PGD"), "cw": AttackKind("CW"),
-               "autoattack": AttackKind("AutoAttack (standard)", iterative=False)}
+               "autoattack": AttackKind("AutoAttack (standard)", iterative=False,
+                                        needs=("pyautoattack", "pip install 'robx[autoattack]'"))}
     #: a dataset's own class counts, and Madry et al.'s PGD-AT recipe (eps 8/255, step 2/255,
     #: 10 steps; PGD-20 evaluation) with SGD at lr 0.1, step decay, batch 128, no augmentation
     defaults = {"imbalance": "original", "ratio": 1.0, "epochs": 10, "batch_size": 128, "lr": 0.1,
