@@ -38,6 +38,7 @@ from robx.core.averaging import WeightAverage, add_to_average, restored_average,
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import ClassPolicy, TrainState
+from robx.plugins.common import warn_if_barely_used
 
 
 def calibrated_eps(robust_acc: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
@@ -84,6 +85,11 @@ class CFA:
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.calibration = saved.get("robust_acc")
         self.fawa = restored_average(saved.get("fawa"))
+
+    @hookimpl
+    def check_run(self, state: TrainState) -> None:
+        warn_if_barely_used(self.name, "the calibrated budgets and regulariser weights", self.options.start_epoch,
+                            state.num_epochs, f"{self.name}.start_epoch")
 
     @hookimpl
     def train_start(self, state: TrainState) -> None:

@@ -43,6 +43,22 @@ def deferred_start_epoch(epochs: int, start: float, start_epoch: int | None) -> 
     return start_epoch if start_epoch is not None else int(round(start * epochs))
 
 
+def warn_if_barely_used(plugin: str, what: str, first_epoch: int, epochs: int, option: str) -> None:
+    """One warning when a method's schedule leaves it (almost) unused in this run: ``what``
+    takes effect from ``first_epoch`` (from 0), so it shapes fewer than 2 of ``epochs``."""
+    from robx.core.errors import warn
+
+    active = max(0, epochs - first_epoch)
+    if active >= 2 or active == epochs:
+        return
+    if active == 0:
+        said = (f"{what} would take effect from epoch {first_epoch + 1}, after the run's {epochs} epoch(s): "
+                "this run trains without them")
+    else:
+        said = f"{what} take effect only in the last of the run's {epochs} epochs: this run barely trains with them"
+    warn(f"{plugin}: {said}; give more --epochs or set {option}")
+
+
 # ---------------------------------------------------------------------------
 # mixing (mixup, Remix, Imb-Mix)
 # ---------------------------------------------------------------------------

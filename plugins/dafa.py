@@ -42,6 +42,7 @@ import torch
 from robx.core.errors import RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.state import ClassPolicy, TrainState
+from robx.plugins.common import warn_if_barely_used
 
 
 def dafa_class_weights(mean_prob: torch.Tensor, lam: float) -> torch.Tensor:
@@ -89,6 +90,11 @@ class DAFA:
 
     def last_warmup_epoch(self, state: TrainState) -> int:
         return max(0, min(int(round(self.options.warmup * state.num_epochs)), state.num_epochs) - 1)
+
+    @hookimpl
+    def check_run(self, state: TrainState) -> None:
+        warn_if_barely_used(self.name, "the class weights and budgets", self.last_warmup_epoch(state) + 1,
+                            state.num_epochs, f"{self.name}.warmup")
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:

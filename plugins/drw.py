@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
 from robx.core.state import ClassPolicy, TrainState
-from robx.plugins.common import class_balanced_weights, deferred_start_epoch
+from robx.plugins.common import class_balanced_weights, deferred_start_epoch, warn_if_barely_used
 
 
 class DeferredReweighting:
@@ -42,6 +42,12 @@ class DeferredReweighting:
 
     def __init__(self, options: Options) -> None:
         self.options = options
+
+    @hookimpl
+    def check_run(self, state: TrainState) -> None:
+        o = self.options
+        warn_if_barely_used(self.name, "the deferred class-balanced weights", deferred_start_epoch(
+            state.num_epochs, o.start, o.start_epoch), state.num_epochs, f"{self.name}.start")
 
     @hookimpl
     def class_policy(self, state: TrainState) -> ClassPolicy:

@@ -189,3 +189,20 @@ def test_imbmix_s_average_from_before_it_was_a_recipe_resumes_in_its_swa_part(la
     host.load_state_dicts(saved_plugin_states(payload))
     average = host.manager.get_plugin("swa").average
     assert average.count == 4 and torch.equal(average.parameters["weight"], torch.full((2, 2), 3.0))
+
+
+def test_a_schedule_that_leaves_the_method_almost_unused_says_so(tmp_path, capsys):
+    """SRAT's deferred weights start at 0.8 x epochs: in a 5-epoch run only the last epoch
+    has them (the loss jumps there and two classes can end at 0), which the run now says."""
+    from robx.core.engine import build_run
+
+    build_run(tiny_config(epochs=5, plugins=["srat"], loss="ldam"), tmp_path / "short")
+    assert capsys.readouterr().err.strip() == (
+        "robx: warning: drw: the deferred class-balanced weights take effect only in the last of the run's 5 "
+        "epochs: this run barely trains with them; give more --epochs or set drw.start")
+    build_run(tiny_config(epochs=1, plugins=["dafa", "trades"]), tmp_path / "never")
+    assert capsys.readouterr().err.strip() == (
+        "robx: warning: dafa: the class weights and budgets would take effect from epoch 2, after the run's 1 "
+        "epoch(s): this run trains without them; give more --epochs or set dafa.warmup")
+    build_run(tiny_config(epochs=10, plugins=["srat"], loss="ldam"), tmp_path / "long")  # 2 of 10 epochs: fine
+    assert capsys.readouterr().err == ""
