@@ -66,8 +66,10 @@ def protocol_config(seed: int, overrides: dict[str, Any]) -> Any:
     return TrainConfig(**values)
 
 
-def authors_run(reference: Path, seed: int) -> torch.nn.Module:
-    """train.py as ``__main__`` on robx's subset and model (the replacements in the module docstring)."""
+def authors_run(reference: Path, seed: int, padding: str = "reflect") -> torch.nn.Module:
+    """train.py as ``__main__`` on robx's subset and model (the replacements in the module
+    docstring). ``padding``: the random crop's padding mode; ``"constant"`` (zeros, robx's)
+    is a hybrid that isolates the augmentation's part in a difference."""
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
@@ -76,7 +78,7 @@ def authors_run(reference: Path, seed: int) -> torch.nn.Module:
     data, _ = subset_and_model(config)
     images = data.train.x.permute(0, 2, 3, 1).numpy()
     labels = data.train.y.numpy()
-    train_transform = transforms.Compose([transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
+    train_transform = transforms.Compose([transforms.RandomCrop(32, padding=4, padding_mode=padding),
                                           transforms.RandomHorizontalFlip(), transforms.ToTensor()])
 
     class Train(Dataset):
@@ -139,28 +141,32 @@ def main() -> None:
     parser.add_argument("--side", nargs="+", choices=("authors", "robx"), default=["authors", "robx"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--table", action="store_true", help="print the per-class table of the results")
+    parser.add_argument("--hybrid", default="", choices=("", "zero-padding"),
+                        help="the authors' side with robx's zero padding in the crop (named in the results)")
     options = parser.parse_args()
     if options.table:
-        print(table("cfa", "", OUT))
+        print(table("cfa", options.hybrid, OUT))
         return
     torch.set_num_threads(2)
     commit = reference_commit(options.reference) if options.reference else None
     with tempfile.TemporaryDirectory() as scratch:
         for seed in options.seeds:
             for side in options.side:
-                path = OUT / f"{side}-cfa-seed{seed}.json"
+                tag = f"-{options.hybrid}" if side == "authors" and options.hybrid else ""
+                path = OUT / f"{side}-cfa{tag}-seed{seed}.json"
                 if path.exists():
                     continue
                 started = time.perf_counter()
                 if side == "authors":
                     assert options.reference is not None, "--reference PATH is needed for the authors' side"
-                    model = authors_run(options.reference, seed)
+                    model = authors_run(options.reference, seed, "constant" if options.hybrid else "reflect")
                 else:
                     model = robx_run(seed, Path(scratch))
                 seconds = time.perf_counter() - started
                 data, _ = subset_and_model(protocol_config(seed, {}))
                 scores = per_class_scores(model, data, seed)
-                write_result(path, {"side": side, "method": "cfa", "seed": seed, "epochs": EPOCHS, "begin": BEGIN,
+                write_result(path, {"side": side, "method": "cfa", "variant": tag.lstrip("-"), "seed": seed,
+                                    "epochs": EPOCHS, "begin": BEGIN,
                                     "reference": {"repository": "PKU-ML/CFA", "commit": commit},
                                     "class_names": data.classes, "train_seconds": round(seconds, 1), **scores})
                 print(f"{side} cfa seed {seed}: std {np.mean(scores['standard']):.3f} robust "
