@@ -87,15 +87,12 @@ class CFA:
         self.fawa = restored_average(saved.get("fawa"))
 
     @hookimpl
-    def check_run(self, state: TrainState) -> None:
-        warn_if_barely_used(self.name, "the calibrated budgets and regulariser weights", self.options.start_epoch,
-                            state.num_epochs, f"{self.name}.start_epoch")
-
-    @hookimpl
     def train_start(self, state: TrainState) -> None:
         if self.options.fawa and not state.config.val_fraction:
             raise RobxError("cfa's FAWA gates on validation robust accuracy: give --val-fraction "
                             "(the paper uses 0.02), or --set cfa.fawa=false")
+        warn_if_barely_used(self.name, "the calibrated budgets and regulariser weights", self.options.start_epoch,
+                            state.num_epochs, f"{self.name}.start_epoch")
 
     @hookimpl
     def epoch_end(self, state: TrainState) -> None:

@@ -92,7 +92,7 @@ class DAFA:
         return max(0, min(int(round(self.options.warmup * state.num_epochs)), state.num_epochs) - 1)
 
     @hookimpl
-    def check_run(self, state: TrainState) -> None:
+    def train_start(self, state: TrainState) -> None:
         warn_if_barely_used(self.name, "the class weights and budgets", self.last_warmup_epoch(state) + 1,
                             state.num_epochs, f"{self.name}.warmup")
 

@@ -44,7 +44,7 @@ class DeferredReweighting:
         self.options = options
 
     @hookimpl
-    def check_run(self, state: TrainState) -> None:
+    def train_start(self, state: TrainState) -> None:
         o = self.options
         warn_if_barely_used(self.name, "the deferred class-balanced weights", deferred_start_epoch(
             state.num_epochs, o.start, o.start_epoch), state.num_epochs, f"{self.name}.start")

@@ -196,13 +196,18 @@ def test_a_schedule_that_leaves_the_method_almost_unused_says_so(tmp_path, capsy
     has them (the loss jumps there and two classes can end at 0), which the run now says."""
     from robx.core.engine import build_run
 
-    build_run(tiny_config(epochs=5, plugins=["srat"], loss="ldam"), tmp_path / "short")
+    def started(config):  # the warning comes when training starts, not when a run is loaded to evaluate
+        run = build_run(config, tmp_path / "unused")
+        assert capsys.readouterr().err == ""
+        run.host.train_start(run.state)
+
+    started(tiny_config(epochs=5, plugins=["srat"], loss="ldam"))
     assert capsys.readouterr().err.strip() == (
         "robx: warning: drw: the deferred class-balanced weights take effect only in the last of the run's 5 "
         "epochs: this run barely trains with them; give more --epochs or set drw.start")
-    build_run(tiny_config(epochs=1, plugins=["dafa", "trades"]), tmp_path / "never")
+    started(tiny_config(epochs=1, plugins=["dafa", "trades"]))
     assert capsys.readouterr().err.strip() == (
         "robx: warning: dafa: the class weights and budgets would take effect from epoch 2, after the run's 1 "
         "epoch(s): this run trains without them; give more --epochs or set dafa.warmup")
-    build_run(tiny_config(epochs=10, plugins=["srat"], loss="ldam"), tmp_path / "long")  # 2 of 10 epochs: fine
+    started(tiny_config(epochs=10, plugins=["srat"], loss="ldam"))  # 2 of 10 epochs: fine
     assert capsys.readouterr().err == ""

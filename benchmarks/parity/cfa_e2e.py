@@ -127,12 +127,41 @@ def authors_run(reference: Path, seed: int, padding: str = "reflect") -> torch.n
     return finished["model"].model
 
 
-def robx_run(seed: int, scratch: Path) -> torch.nn.Module:
+class CleanBatchNormPasses:
+    """A diagnostic plugin (``--variant authors-bn``): after each step, two no-grad
+    train-mode passes over the clean batch, so that BatchNorm's running statistics take the
+    clean batch three times per step, as in the authors' loop (cw_trades_loss passes x twice,
+    train_epoch once more after the step to log clean accuracy). Nothing else changes."""
+
+    name = "authors-bn"
+
+    def after_step(self, step: Any, state: Any) -> None:
+        with torch.no_grad():
+            state.model.train()
+            for _ in range(2):
+                state.model(step.x)
+
+
+def robx_run(seed: int, scratch: Path, variant: str = "") -> torch.nn.Module:
+    from unittest import mock
+
+    from robx import hookimpl
+    from robx.core import plugins as plugin_module
     from robx.core.engine import load_run, train
+    from robx.core.plugins import PluginSpec, available_plugins
 
     run_dir = scratch / f"robx-cfa-{seed}-{time.time_ns()}"
-    train(protocol_config(seed, {"eval_steps": 1, "n_eval": 10}), run_dir)
-    return load_run(run_dir).state.model
+    overrides: dict[str, Any] = {"eval_steps": 1, "n_eval": 10}
+    extra = {}
+    if variant == "authors-bn":
+        plugin = type("CleanBatchNormPasses", (CleanBatchNormPasses,),
+                      {"after_step": hookimpl(CleanBatchNormPasses.after_step)})
+        extra = {"authors-bn": PluginSpec("authors-bn", "benchmark", plugin)}
+        overrides["plugins"] = ["trades", "cfa", "authors-bn"]
+    found = {**available_plugins(), **extra}
+    with mock.patch.object(plugin_module, "available_plugins", lambda: found):
+        train(protocol_config(seed, overrides), run_dir)
+        return load_run(run_dir).state.model
 
 
 def main() -> None:
@@ -141,18 +170,21 @@ def main() -> None:
     parser.add_argument("--side", nargs="+", choices=("authors", "robx"), default=["authors", "robx"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--table", action="store_true", help="print the per-class table of the results")
+    parser.add_argument("--variant", default="", choices=("", "authors-bn"),
+                        help="robx's side with a diagnostic change (named in the results)")
     parser.add_argument("--hybrid", default="", choices=("", "zero-padding"),
                         help="the authors' side with robx's zero padding in the crop (named in the results)")
     options = parser.parse_args()
     if options.table:
-        print(table("cfa", options.hybrid, OUT))
+        print(table("cfa", options.hybrid or options.variant, OUT))
         return
     torch.set_num_threads(2)
     commit = reference_commit(options.reference) if options.reference else None
     with tempfile.TemporaryDirectory() as scratch:
         for seed in options.seeds:
             for side in options.side:
-                tag = f"-{options.hybrid}" if side == "authors" and options.hybrid else ""
+                tag = (f"-{options.hybrid}" if side == "authors" and options.hybrid else
+                       f"-{options.variant}" if side == "robx" and options.variant else "")
                 path = OUT / f"{side}-cfa{tag}-seed{seed}.json"
                 if path.exists():
                     continue
@@ -161,7 +193,7 @@ def main() -> None:
                     assert options.reference is not None, "--reference PATH is needed for the authors' side"
                     model = authors_run(options.reference, seed, "constant" if options.hybrid else "reflect")
                 else:
-                    model = robx_run(seed, Path(scratch))
+                    model = robx_run(seed, Path(scratch), options.variant)
                 seconds = time.perf_counter() - started
                 data, _ = subset_and_model(protocol_config(seed, {}))
                 scores = per_class_scores(model, data, seed)
