@@ -58,6 +58,7 @@ def test_dafa_floors_weights_that_would_turn_negative():
 def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     """The authors' PGD-AT path drops the class margins; robx's adversary must see W_y * eps."""
     import robx.core.attacks as attacks
+    import robx.plugins.tasks.classification  # noqa: F401 -- its evaluation binds the real pgd first, run alone too
 
     seen = []
     real_pgd = attacks.pgd
