@@ -110,6 +110,8 @@ class TrainConfig:
     n_test_per_class: int | None = setting(None, "Cut the test set to this many examples per class (seeded).")
     val_fraction: float = setting(0.0, "Stratified validation split of the training subset (0: none).")
     augment: bool | None = setting(None, "Random crop and flip of image batches (default: the dataset's).")
+    crop_padding: str = setting("zeros", "How the random crop pads an image: zeros (torchvision's default, as the "
+                                         "TRADES, DAFA and LDAM-DRW authors' code) or reflect (CFA's authors' code).")
     data_seed: int = setting(0, "Seed of the imbalanced subset, the validation split and the test cut.")
     data_root: str | None = setting(None, "Where datasets are read (default: $ROBX_DATA, ../shared/data or the "
                                           "user cache).")
@@ -243,6 +245,7 @@ class TrainConfig:
              "momentum and weight_decay must be finite numbers >= 0"),
             (within(self.gamma, 0, math.inf, low_open=True), f"gamma must be a finite number > 0, got {self.gamma}"),
             (all(0 < m < 1 for m in self.milestones), "milestones are fractions of the epochs, in (0, 1)"),
+            (self.crop_padding in ("zeros", "reflect"), f"crop_padding must be zeros or reflect, got {self.crop_padding!r}"),
             (isinstance(self.warmup_epochs, int) and 0 <= self.warmup_epochs <= MAX_EPOCHS,
              f"warmup_epochs must be an integer in [0, {MAX_EPOCHS}], got {self.warmup_epochs!r}"),
             (not (self.warmup_epochs and self.schedule == "onecycle"),

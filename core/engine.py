@@ -561,7 +561,7 @@ def training_batch(run: Run, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     part = run.batch_source.subset(idx)
     x = run.task.inputs(part.x.to(device))
     if run.config.augment:
-        x = run.task.augment_batch(x)
+        x = run.task.augment_batch(x, run.config.crop_padding)
     if x.dim() == 4:
         x = x.contiguous(memory_format=run.layout)
     return x, part.y.to(device), part.labels.to(device)

@@ -108,8 +108,9 @@ class Task(ABC):
         """Stored examples -> float model inputs (the space attacks perturb)."""
         return stored.float()
 
-    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Random data augmentation of a training batch (when the config asks for it)."""
+    def augment_batch(self, x: torch.Tensor, crop_padding: str = "zeros") -> torch.Tensor:
+        """Random data augmentation of a training batch (when the config asks for it);
+        ``crop_padding`` is the config's (how an image crop pads; tasks without crops ignore it)."""
         return x
 
     def model_input(self) -> ModelInput:

@@ -92,6 +92,25 @@ def test_crop_flip_is_per_sample_and_keeps_shape():
     assert 0 < sum(unchanged) < 64  # some samples keep position, most are shifted
 
 
+def test_the_reflect_crop_is_torchvision_s_reflect_padding_then_a_window():
+    """CFA's authors crop with RandomCrop(32, padding=4, padding_mode="reflect"): the padded
+    image mirrors its border without repeating the edge pixel (row -1 is row 1). Each output
+    is a 4 x 4 window of that padding by hand (or its mirror image), and no zero comes in."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+
+    torch.manual_seed(1)
+    x = torch.rand(32, 1, 4, 4) + 0.5  # no zeros: a zero in the output would come from zero padding
+    out = crop_flip(x, padding=2, mode="reflect")
+    assert float(out.min()) >= 0.5
+    for image, result in zip(x, out):
+        padded = torch.from_numpy(np.pad(image.numpy(), ((0, 0), (2, 2), (2, 2)), mode="reflect"))
+        assert torch.equal(padded, TF.pad(image, [2], padding_mode="reflect"))  # numpy's reflect is torchvision's
+        windows = [padded[:, top:top + 4, left:left + 4] for top in range(5) for left in range(5)]
+        assert any(torch.equal(result, w) or torch.equal(result, w.flip(2)) for w in windows)
+    assert float(crop_flip(x, padding=2).min()) == 0.0  # zero padding, as before
+
+
 # graph inputs: test_crime; families named by an argument (torchvision:ARCH): test_own_model
 @pytest.mark.parametrize("name", sorted(m for m, spec in registry().models.items()
                                         if not m.startswith("stgnn") and not spec.takes_argument))

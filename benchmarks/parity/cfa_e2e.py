@@ -23,7 +23,7 @@ SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, the rate /10 at 50 % and
 75 % of the epochs (train.py's ``lr_schedule``); CCM and CCR (lambda 0.5 each) from epoch 2,
 calibrated by the previous epoch's training robust accuracy per class (``--begin 2``; the
 paper begins at 10 of 200). robx: ``--plugins trades,cfa --set cfa.start_epoch=2 --set
-cfa.fawa=false``, its own augmentation (zero padding; the authors pad by reflection).
+cfa.fawa=false --crop-padding reflect`` (the authors' crop pads by reflection).
 
 Each run writes ``benchmarks/results/parity/cfa-e2e/<side>-cfa-seed<k>.json`` and is
 skipped when that file exists (resumable).
@@ -60,7 +60,7 @@ def protocol_config(seed: int, overrides: dict[str, Any]) -> Any:
         dataset="cifar10", imbalance="none", n_max=200, n_test_per_class=100, data_seed=0, model="cnn4",
         plugins=["trades", "cfa"], epochs=EPOCHS, batch_size=128, lr=0.1, momentum=0.9, nesterov=False,
         weight_decay=5e-4, schedule="step", milestones=[0.5, 0.75], gamma=0.1, eps=EPS, alpha=ALPHA, steps=STEPS,
-        eval_steps=20, augment=True, seed=seed,
+        eval_steps=20, augment=True, crop_padding="reflect", seed=seed,
         plugin_options={"trades": {"beta": BETA}, "cfa": {"start_epoch": BEGIN, "fawa": False, "beta": BETA}})
     values.update(overrides)
     return TrainConfig(**values)
@@ -152,6 +152,8 @@ def robx_run(seed: int, scratch: Path, variant: str = "") -> torch.nn.Module:
 
     run_dir = scratch / f"robx-cfa-{seed}-{time.time_ns()}"
     overrides: dict[str, Any] = {"eval_steps": 1, "n_eval": 10}
+    if variant in ("authors-bn", "zero-padding"):  # the runs before robx had the reflect crop
+        overrides["crop_padding"] = "zeros"
     extra = {}
     if variant == "authors-bn":
         plugin = type("CleanBatchNormPasses", (CleanBatchNormPasses,),
@@ -170,7 +172,7 @@ def main() -> None:
     parser.add_argument("--side", nargs="+", choices=("authors", "robx"), default=["authors", "robx"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--table", action="store_true", help="print the per-class table of the results")
-    parser.add_argument("--variant", default="", choices=("", "authors-bn"),
+    parser.add_argument("--variant", default="", choices=("", "authors-bn", "zero-padding"),
                         help="robx's side with a diagnostic change (named in the results)")
     parser.add_argument("--hybrid", default="", choices=("", "zero-padding"),
                         help="the authors' side with robx's zero padding in the crop (named in the results)")

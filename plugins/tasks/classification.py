@@ -35,14 +35,16 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Per-sample random crop after zero padding, and random horizontal flip.
+def crop_flip(x: torch.Tensor, padding: int = 4, mode: str = "zeros") -> torch.Tensor:
+    """Per-sample random crop after padding, and random horizontal flip. ``mode``: pad with
+    zeros (torchvision's ``RandomCrop(32, padding=4)``) or by reflection
+    (``padding_mode="reflect"``, the edge pixel not repeated).
 
     Done on the batch tensor because torchvision's tensor transforms draw one set of
     parameters per call, i.e. one crop for the whole batch.
     """
     b, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
+    padded = F.pad(x, (padding,) * 4, mode="reflect") if mode == "reflect" else F.pad(x, (padding,) * 4)
     top = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
     left = torch.randint(0, 2 * padding + 1, (b,), device=x.device)
     rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -142,8 +144,8 @@ class Classification(Task):
     def inputs(self, stored: torch.Tensor) -> torch.Tensor:
         return to_unit_float(stored)
 
-    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return crop_flip(x) if x.dim() == 4 else x  # images only
+    def augment_batch(self, x: torch.Tensor, crop_padding: str = "zeros") -> torch.Tensor:
+        return crop_flip(x, mode=crop_padding) if x.dim() == 4 else x  # images only
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.is_floating_point():  # soft labels of shape (rows, classes)
