@@ -155,7 +155,7 @@ def robx_run(seed: int, scratch: Path, variant: str = "") -> torch.nn.Module:
     if variant in ("authors-bn", "zero-padding"):  # the runs before robx had the reflect crop
         overrides["crop_padding"] = "zeros"
     extra = {}
-    if variant == "authors-bn":
+    if variant in ("authors-bn", "authors-bn-reflect"):
         plugin = type("CleanBatchNormPasses", (CleanBatchNormPasses,),
                       {"after_step": hookimpl(CleanBatchNormPasses.after_step)})
         extra = {"authors-bn": PluginSpec("authors-bn", "benchmark", plugin)}
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--side", nargs="+", choices=("authors", "robx"), default=["authors", "robx"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--table", action="store_true", help="print the per-class table of the results")
-    parser.add_argument("--variant", default="", choices=("", "authors-bn", "zero-padding"),
+    parser.add_argument("--variant", default="", choices=("", "authors-bn", "authors-bn-reflect", "zero-padding"),
                         help="robx's side with a diagnostic change (named in the results)")
     parser.add_argument("--hybrid", default="", choices=("", "zero-padding"),
                         help="the authors' side with robx's zero padding in the crop (named in the results)")
