@@ -38,6 +38,7 @@ import argparse
 import copy
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -789,8 +790,12 @@ def main() -> None:
         "saturated_pixel_share": {b: float(((i["x"] == 0) | (i["x"] == 1)).double().mean()) for b, i in inputs.items()}})
     if args.write_fixture:
         FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+        # a unique file beside it, then a rename: an interrupted write never leaves half a fixture
+        handle, temporary = tempfile.mkstemp(dir=FIXTURE.parent, prefix=".parity.", suffix=".pt")
+        os.close(handle)
         torch.save(as_float32({"references": references, "weights": weights, "inputs": inputs, "cases": cases,
-                               "schedules": schedules}), FIXTURE)
+                               "schedules": schedules}), temporary)
+        os.replace(temporary, FIXTURE)
         print(f"wrote {FIXTURE.relative_to(ROOT)} ({FIXTURE.stat().st_size // 1024} KiB)")
 
 
