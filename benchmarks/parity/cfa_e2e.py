@@ -66,10 +66,15 @@ def protocol_config(seed: int, overrides: dict[str, Any]) -> Any:
     return TrainConfig(**values)
 
 
-def authors_run(reference: Path, seed: int, padding: str = "reflect") -> torch.nn.Module:
+Trace = dict[str, list[list[float]]]
+
+
+def authors_run(reference: Path, seed: int, padding: str = "reflect") -> tuple[torch.nn.Module, Trace]:
     """train.py as ``__main__`` on robx's subset and model (the replacements in the module
     docstring). ``padding``: the random crop's padding mode; ``"constant"`` (zeros, robx's)
-    is a hybrid that isolates the augmentation's part in a difference."""
+    is a hybrid that isolates the augmentation's part in a difference. Also returns train.py's
+    per-epoch training accuracies per class (its ``cw_tensor``: clean after the step, robust
+    on the step's x' in train mode, the numbers its calibration reads)."""
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
@@ -124,7 +129,8 @@ def authors_run(reference: Path, seed: int, padding: str = "reflect") -> torch.n
                 sys.argv = argv
     finally:
         sys.path.remove(str(reference))
-    return finished["model"].model
+    cw_tensor = finished["cw_tensor"]  # epochs x (train clean, train robust, valid..., test...) x classes
+    return finished["model"].model, {"train_clean": cw_tensor[:, 0].tolist(), "train_robust": cw_tensor[:, 1].tolist()}
 
 
 class CleanBatchNormPasses:
@@ -142,7 +148,11 @@ class CleanBatchNormPasses:
                 state.model(step.x)
 
 
-def robx_run(seed: int, scratch: Path, variant: str = "") -> torch.nn.Module:
+def robx_run(seed: int, scratch: Path, variant: str = "") -> tuple[torch.nn.Module, Trace]:
+    """robx train on the protocol; also returns its per-epoch training accuracies per class
+    (metrics.jsonl, the statistics CFA's calibration reads)."""
+    import json
+
     from unittest import mock
 
     from robx import hookimpl
@@ -163,7 +173,12 @@ def robx_run(seed: int, scratch: Path, variant: str = "") -> torch.nn.Module:
     found = {**available_plugins(), **extra}
     with mock.patch.object(plugin_module, "available_plugins", lambda: found):
         train(protocol_config(seed, overrides), run_dir)
-        return load_run(run_dir).state.model
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [record for record in epochs if "train" in record]
+    trace = {"train_clean": [record["train"]["clean"] for record in epochs],
+             "train_robust": [record["train"]["robust"] for record in epochs],
+             "train_counts": [record["train"]["counts"] for record in epochs]}
+    return load_run(run_dir).state.model, trace
 
 
 def main() -> None:
@@ -193,16 +208,17 @@ def main() -> None:
                 started = time.perf_counter()
                 if side == "authors":
                     assert options.reference is not None, "--reference PATH is needed for the authors' side"
-                    model = authors_run(options.reference, seed, "constant" if options.hybrid else "reflect")
+                    model, trace = authors_run(options.reference, seed, "constant" if options.hybrid else "reflect")
                 else:
-                    model = robx_run(seed, Path(scratch), options.variant)
+                    model, trace = robx_run(seed, Path(scratch), options.variant)
                 seconds = time.perf_counter() - started
                 data, _ = subset_and_model(protocol_config(seed, {}))
                 scores = per_class_scores(model, data, seed)
                 write_result(path, {"side": side, "method": "cfa", "variant": tag.lstrip("-"), "seed": seed,
                                     "epochs": EPOCHS, "begin": BEGIN,
                                     "reference": {"repository": "PKU-ML/CFA", "commit": commit},
-                                    "class_names": data.classes, "train_seconds": round(seconds, 1), **scores})
+                                    "class_names": data.classes, "train_seconds": round(seconds, 1), **scores,
+                                    "per_epoch": trace})
                 print(f"{side} cfa seed {seed}: std {np.mean(scores['standard']):.3f} robust "
                       f"{np.mean(scores['robust']):.3f} worst robust {min(scores['robust']):.2f} ({seconds:.0f} s)",
                       flush=True)
