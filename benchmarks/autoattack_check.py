@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
-from robx.core.engine import SilentProgress, default_eval_attack, evaluate_run, load_run  # noqa: E402
+from robx.core.engine import SilentProgress, eval_attack, evaluate_run, load_run  # noqa: E402
 
 
 def print_table(prefix: str) -> None:
@@ -44,8 +44,7 @@ def main() -> None:
     run = load_run(args.run_dir)
     results = {}
     for name in ("pgd", "autoattack"):
-        attack = default_eval_attack(run.config, run.task.default_attack)
-        attack.name = name
+        attack = eval_attack(run, name)
         started = time.perf_counter()
         report = evaluate_run(run, run.state.model, SilentProgress(), attack, args.n_eval)
         results[name] = {"seconds": round(time.perf_counter() - started, 1), "attack": report["attack"],

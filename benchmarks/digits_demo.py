@@ -24,14 +24,15 @@ def independent_pgd20(run_dir: Path) -> dict[str, float]:
     import torchattacks
 
     from robx.core.engine import load_run
-    from robx.core.evaluate import AttackSettings, evaluate
+    from robx.core.evaluate import evaluate
+    from robx.core.registry import registry
 
     run = load_run(run_dir, device="cpu")
     model = run.state.model.eval()
     x, y = run.task.inputs(run.data.test.x), run.data.test.y
     eps, alpha = run.config.eps, run.config.eval_alpha
     torch.manual_seed(123)
-    ours = evaluate(model, run.task, run.data.test, AttackSettings(eps=eps, alpha=alpha, steps=20),
+    ours = evaluate(model, run.task, run.data.test, registry().plan_attack(run.task, "pgd", eps=eps, alpha=alpha, steps=20),
                     device=torch.device("cpu"))
 
     class LogitsOnly(torch.nn.Module):

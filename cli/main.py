@@ -324,19 +324,89 @@ def score_format(rows: list[dict[str, Any]]) -> tuple[str, Callable[[float], str
     return metric_name(rows[0]), lambda value: f"{value:.3f}"
 
 
-@app.command("eval")
+def attack_parameters() -> list[inspect.Parameter]:
+    """One option per own setting of the registered attacks (``--victims`` of stpgd), named,
+    typed and explained by the attack's options dataclass, as ``robx train``'s options come
+    from the config: an installed attack's settings appear without a CLI edit."""
+    from robx.core.registry import registry
+
+    owners: dict[str, list[str]] = {}
+    found: dict[str, dataclasses.Field[Any]] = {}
+    for spec in registry().attacks.values():
+        for field in dataclasses.fields(spec.options) if spec.options is not None else ():
+            owners.setdefault(field.name, []).append(spec.name)
+            found.setdefault(field.name, field)
+    parameters = []
+    for name, field in found.items():
+        text = f"{field.metadata.get('help', '')} For {', '.join(owners[name])}.".strip()
+        if field.default is not dataclasses.MISSING:
+            text += f" (default: {field.default})"
+        option = typer.Option("--" + name.replace("_", "-"), help=text, show_default=False, metavar="VALUE",
+                              rich_help_panel="Attack settings")
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[Optional[str], option]))
+    return parameters
+
+
+#: the commands whose options include the registered attacks' settings, with their own signatures
+_ATTACK_COMMANDS: dict[Callable[..., None], tuple[inspect.Signature, dict[str, Any]]] = {}
+
+
+def with_attack_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` (taking ``**attack_options``) with one keyword parameter per registered
+    attack setting (:func:`attack_parameters`), added when the command line is read
+    (:func:`add_attack_options`), once the installed plugins are known."""
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    _ATTACK_COMMANDS[command] = (signature.replace(parameters=fixed),
+                                 typing.get_type_hints(command, include_extras=True))
+    command.__signature__ = _ATTACK_COMMANDS[command][0]  # type: ignore[attr-defined]
+    return command
+
+
+def add_attack_options() -> None:
+    """The registered attacks' settings as options of ``robx eval`` and ``robx audit``."""
+    added = attack_parameters()
+    for command, (signature, hints) in _ATTACK_COMMANDS.items():
+        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), *added])
+        command.__annotations__ = {**hints, **{p.name: p.annotation for p in added}}
+
+
+def _settings_of(attack: str) -> set[str]:
+    """The own settings of the registered attack ``attack`` (none for an unknown name)."""
+    from robx.core.registry import registry
+
+    spec = registry().attacks.get(attack)
+    return {f.name for f in dataclasses.fields(spec.options)} if spec is not None and spec.options else set()
+
+
+def attack_settings(names: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The attack settings given on the command line, by the attack of ``names`` they belong
+    to; one that none of them takes is an error naming the attacks that do."""
+    from robx.core.registry import registry
+
+    given = {key: value for key, value in given.items() if value is not None}
+    for key in given:
+        if not any(key in _settings_of(name) for name in names):
+            takers = [name for name in registry().attacks if key in _settings_of(name)]
+            raise OptionError(f"--{key.replace('_', '-')} is a setting of {', '.join(takers)}, not of "
+                              f"{', '.join(names)}")
+    return {name: {key: value for key, value in given.items() if key in _settings_of(name)} for name in names}
+
+
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `robx train`.")],
-    attack_name: Annotated[Optional[str], typer.Option("--attack", help="The task's attacks: pgd20 or pgd, cw, autoattack "
-                                                       "(classification), stpgd (crime); default: the task's.")] = None,
-    victims: Annotated[Optional[float], typer.Option(help="For an attack that chooses victim units (the crime task's stpgd): their fraction (default 0.1).")] = None,
-    eps: Annotated[Optional[str], typer.Option(help="Budget (default: the run's).")] = None,
+    attack_name: Annotated[Optional[str], typer.Option("--attack", help="A registered attack of the run's task "
+                                                       "(`robx plugins` lists them); default: the task's.")] = None,
+    eps: Annotated[Optional[str], typer.Option(help="Budget, e.g. 8/255 (default: the run's).")] = None,
     alpha: Annotated[Optional[str], typer.Option(help="Step size (default: the run's evaluation step).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="PGD steps (default 20).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Attack steps (default: the run's evaluation steps).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="linf or l2 (default: the run's).")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="Stratified test subset size.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Evaluation batch (default: the run's, 256); under torchrun the unit each process takes.")] = None,
+    **attack_options: Any,
 ) -> None:
     """Re-evaluate a run's checkpoint with chosen attack settings; writes eval-*.json in the run.
     Under ``torchrun`` the batches are shared by the processes (the same numbers)."""
@@ -350,15 +420,15 @@ def eval_(
     check_no_links(run_dir)
     with distributed.joined(device or saved_device(run_dir)) as processes, \
             run_dir_held(run_dir, "eval", processes):
-        _evaluate_on(processes, run_dir, attack_name, victims, eps, alpha, steps, norm, n_eval, device, batch_size)
+        _evaluate_on(processes, run_dir, attack_name, attack_options, eps, alpha, steps, norm, n_eval, device,
+                     batch_size)
 
 
-def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], victims: Optional[float],
+def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], attack_options: dict[str, Any],
                  eps: Optional[str], alpha: Optional[str], steps: Optional[int], norm: Optional[str],
                  n_eval: Optional[int], device: Optional[str], batch_size: Optional[int]) -> None:
     from robx.cli.display import RichProgress, print_report
-    from robx.core.attacks import check_budget
-    from robx.core.engine import SilentProgress, default_eval_attack, evaluate_run, load_run
+    from robx.core.engine import SilentProgress, eval_attack, evaluate_run, load_run
     from robx.core.files import write_json
 
     run = load_run(run_dir, device)
@@ -366,29 +436,19 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
         if not 1 <= batch_size <= MAX_BATCH:
             raise OptionError(f"--batch-size must be in 1..{MAX_BATCH}, got {batch_size}")
         run.config.eval_batch_size = batch_size
-    attack = default_eval_attack(run.config, run.task.default_attack)
-    if attack_name is not None:
-        attack.name = "pgd" if attack_name == "pgd20" else attack_name
-    if victims is not None:
-        attack.options["victims"] = victims
-    run.task.prepare_attack(attack)
     if norm is not None and norm != run.config.norm and eps is None:
         raise OptionError(f"the run was trained for {run.config.norm}; give --eps (and --alpha) for --norm {norm}")
-    if eps is not None:
-        attack.eps = _number(eps, "eps")  # type: ignore[assignment]
-    if alpha is not None:
-        attack.alpha = _number(alpha, "alpha")  # type: ignore[assignment]
-    if steps is not None:
-        if not 1 <= steps <= MAX_STEPS:
-            raise OptionError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
-        attack.steps = steps
     if norm is not None:
         if norm not in ("linf", "l2"):
             raise OptionError(f"--norm must be linf or l2, got {norm!r}")
-        attack.norm = norm  # type: ignore[assignment]
-    if not (math.isfinite(attack.eps) and math.isfinite(attack.alpha) and attack.eps >= 0 and attack.alpha >= 0):
-        raise OptionError(f"--eps and --alpha must be finite numbers >= 0, got {attack.eps:g} and {attack.alpha:g}")
-    check_budget(attack.eps, attack.norm, run.task.input_bounds, tuple(run.data.test.x.shape[1:]), "--eps")
+        run.config.norm = norm  # type: ignore[assignment]
+    from robx.core.registry import registry
+
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise OptionError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
+    name = registry().attack_name("pgd" if attack_name == "pgd20" else attack_name, run.task)
+    attack = eval_attack(run, name, eps=_number(eps, "eps"), alpha=_number(alpha, "alpha"), steps=steps,
+                         options=attack_settings([name], attack_options)[name])
     if n_eval is not None and n_eval < 1:
         raise OptionError("--n-eval must be >= 1")
     if not processes.main:
@@ -402,11 +462,13 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], vict
     console.print(f"written: {Path(run_dir) / name}")
 
 
+app.command("eval")(with_attack_options(eval_))
+
+
 #: what robx audit writes: the summary first (it names its writer, see prepare_output_dir)
 AUDIT_OUTPUTS = ("audit.json", "per-class.png")
 
 
-@app.command("audit")
 def audit(
     model_file: Annotated[Path, typer.Argument(help="The model's weights: .safetensors or a torch state dict "
                                                     "(read without unpickling code).")],
@@ -414,8 +476,8 @@ def audit(
                                            "torchvision:NAME or timm:NAME.")],
     dataset: Annotated[Optional[str], typer.Option(help="Test set and class counts: a registered dataset, "
                                                         "folder:PATH or npz:PATH (default: digits).")] = None,
-    attacks: Annotated[str, typer.Option(help="Comma-separated evaluation attacks of the task: pgd, cw, "
-                                              "autoattack (needs the autoattack extra).")] = "pgd,autoattack",
+    attacks: Annotated[str, typer.Option(help="Comma-separated registered attacks of the task (`robx plugins` lists "
+                                              "them; autoattack needs the autoattack extra).")] = "pgd,autoattack",
     eps: Annotated[Optional[str], typer.Option(help="Budget, e.g. 8/255 (default: the dataset's or task's).")] = None,
     alpha: Annotated[Optional[str], typer.Option(help="PGD step size (default: eps / 4).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="PGD steps (default: the dataset's evaluation steps).")] = None,
@@ -426,16 +488,16 @@ def audit(
     out: Annotated[Optional[Path], typer.Option(help="Write audit.json and per-class.png here (default: "
                                                      "runs/audit-<arch>-<dataset>-<time>).")] = None,
     force: Annotated[bool, typer.Option(help="Replace robx's outputs in an existing --out.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the attacks' random starts.")] = 0,
+    **attack_options: Any,
 ) -> None:
     """Robust for whom? Evaluate a model robx did not train, per class: standard and attacked
     accuracy, majority / minority / worst class, and where the attack pushes each class."""
     import tempfile
 
     from robx.cli.display import RichProgress, print_report
-    from robx.core.attacks import check_budget
-    from robx.core.engine import build_run, default_eval_attack, evaluate_run
+    from robx.core.engine import build_run, eval_attack, evaluate_run
     from robx.core.files import WRITTEN_BY, make_directory, prepare_output_dir, write_json
     from robx.core.models import load_initial_weights
     from robx.core.report import plot_per_class
@@ -464,11 +526,9 @@ def audit(
         run = build_run(config, Path(unused) / "run")
     console.print(f"robx: {load_initial_weights(run.state.model, model_file, with_head=True)}")
     prepared = []
+    settings = attack_settings(names, attack_options)
     for name in names:  # every attack checked (installed, options, budget) before any work
-        attack = default_eval_attack(run.config, name)
-        run.task.prepare_attack(attack)
-        check_budget(attack.eps, attack.norm, run.task.input_bounds, tuple(run.data.test.x.shape[1:]), "--eps")
-        prepared.append(attack)
+        prepared.append(eval_attack(run, name, options=settings[name]))
     prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
     reports = {}
     for attack in prepared:
@@ -485,6 +545,9 @@ def audit(
     write_json(target / "audit.json", {"model_file": str(model_file.resolve()), "arch": arch,
                                        "dataset": config.dataset, "attacks": reports, WRITTEN_BY: "robx audit"})
     console.print(f"written: {target / 'audit.json'}, {target / 'per-class.png'}")
+
+
+app.command("audit")(with_attack_options(audit))
 
 
 def _print_attacked_confusion(report: dict[str, Any]) -> None:
@@ -605,6 +668,10 @@ def plugins_(
             "detail": f"task {d.task}" + (", default" if d.name == found.default_dataset else "")}
            for d in found.datasets.values()]
         + [{"kind": "model", "name": m.name, "origin": m.origin, "detail": ""} for m in found.models.values()]
+        + [{"kind": "attack", "name": a.name, "origin": a.origin,
+            "detail": ", ".join([*(f"--{name.replace('_', '-')}" for name in sorted(_settings_of(a.name))),
+                                 *(["default"] if a.name == found.default_attack else [])])}
+           for a in found.attacks.values()]
         + [{"kind": "oversampler", "name": o.name, "origin": o.origin, "detail": "robx oversample"}
            for o in found.oversamplers.values()]
         + [{"kind": "crowd learner", "name": c.name, "origin": c.origin, "detail": "robx crowd"}
@@ -627,8 +694,8 @@ def plugins_(
         cells = [row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"])]
         table.add_row(*cells, *([row["summary"]] if wide else []))
     console.print(table)
-    listing = Table(title="registered tasks, datasets, models, oversamplers, crowd learners (--dataset, --model, "
-                          "--method) and commands",
+    listing = Table(title="registered tasks, datasets, models, attacks, oversamplers, crowd learners (--dataset, "
+                          "--model, --attack, --method) and commands",
                     title_justify="left")
     for column in ("kind", "name", "origin", "detail"):
         listing.add_column(column)
@@ -695,6 +762,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         with interrupts_raised():
             add_registered_commands()
+            add_attack_options()
             command = typer.main.get_command(app)
             code = command.main(args=argv, prog_name="robx", standalone_mode=False)
     except Interrupted as interruption:

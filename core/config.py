@@ -109,6 +109,9 @@ class TrainConfig:
     n_max: int | None = setting(None, "Training examples of the largest class.")
     n_test_per_class: int | None = setting(None, "Cut the test set to this many examples per class (seeded).")
     val_fraction: float = setting(0.0, "Stratified validation split of the training subset (0: none).")
+    val_budget: Literal["uniform", "run"] = setting(
+        "uniform", "The validation attack's budget: uniform (--eps for every class, as the test evaluation) or run "
+                   "(the per-class budgets the run trains with, where a plugin sets them).")
     augment: bool | None = setting(None, "Random crop and flip of image batches (default: the dataset's).")
     crop_padding: str = setting("zeros", "How the random crop pads an image: zeros (torchvision's default, as the "
                                          "TRADES, DAFA and LDAM-DRW authors' code) or reflect (CFA's authors' code).")

@@ -29,7 +29,7 @@ import torch
 
 from robx import __version__
 from robx.core import run as rundir
-from robx.core.attacks import Attack, check_budget, eval_mode, logits_of, pgd
+from robx.core.attacks import Attack, AttackPlan, check_budget, eval_mode, logits_of
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig, migrated
 from robx.core import distributed
@@ -37,7 +37,7 @@ from robx.core.data import Split, TaskData, apply_protocol, batch_indices, check
 from robx.core.distributed import BatchPasses, Processes
 from robx.core.errors import (CheckpointError, Interrupted, NonFiniteLossError, OptionError, PluginError, RobxError,
                               RunDirError, TrainingPaused, warn)
-from robx.core.evaluate import AttackSettings, evaluate, seeded_batches
+from robx.core.evaluate import evaluate, seeded_batches
 from robx.core.plugins import PluginHost, options_as_dict
 from robx.core.models import NormedLinear, load_initial_weights, normalises
 from robx.core.registry import Registry, registry
@@ -457,15 +457,30 @@ def statistics_views(model: torch.nn.Module, step: Step) -> tuple[torch.Tensor |
         return clean, logits_of(model, step.x_adv)
 
 
+def planned_attack(run: Run, name: str | None, *, alpha: float, steps: int,
+                   class_budget: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   options: dict[str, Any] | None = None, eps: float | None = None) -> AttackPlan:
+    """The registered attack ``name`` (``None``: the default attack) on the run's task with
+    the run's budget (or ``eps``), norm and seed: how training, validation and evaluation all
+    build their attack."""
+    config = run.config
+    assert config.eps is not None
+    found = registry()
+    return found.plan_attack(run.task, found.attack_name(name), eps=config.eps if eps is None else eps, alpha=alpha, steps=steps,
+                                  norm=config.norm, seed=config.seed, options=options, class_budget=class_budget,
+                                  example_shape=tuple(run.data.train.x.shape[1:]))
+
+
 def bound_attack(run: Run, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  labels: torch.Tensor) -> Attack:
-    """The run's attack on a batch: ``model``, each example's budget from the owner of the
-    per-class budget, the task's box and loss, the run's steps and norm (no victims yet)."""
+    """The run's attack on a batch: the default attack planned with the run's steps and norm, each
+    example's budget from the owner of the per-class budget, bound to ``model`` and the
+    batch (no victims yet). Adversaries choose the loss, start and targets when they call it."""
     config, state = run.config, run.state
-    assert config.steps is not None
-    eps, alpha = state.example_budget(labels)
-    return Attack(model=model, x=x, y=y, eps=eps, alpha=alpha, steps=config.steps, norm=config.norm,
-                  bounds=run.task.input_bounds, task_loss=run.task.attack_loss)
+    assert config.steps is not None and config.alpha is not None
+    plan = planned_attack(run, None, alpha=config.alpha, steps=config.steps,
+                          class_budget=(state.class_eps, state.class_alpha))
+    return plan.bind(model, run.task, x, y, labels)
 
 
 def prepared_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
@@ -533,19 +548,27 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
             loss_sums[name] = loss_sums.get(name, 0) + value.detach() * batch
 
 
-def split_stats(run: Run, split: Split) -> SplitStats:
-    """Clean and robust statistics of a held-out split under the training attack budget
-    (PGD on the task's attack loss, the model in eval mode). As in
-    :func:`robx.core.evaluate.evaluate`, batch k has a random stream seeded from (seed, k)
-    and runs on process k mod W; the processes' sums are added up."""
+def validation_attack(run: Run) -> AttackPlan:
+    """The default attack (PGD) with the run's steps and step size, at the budget ``config.val_budget`` states:
+    ``uniform``, the run's eps for every class (what the test evaluation measures, and the
+    CFA authors' FAWA gate reads), or ``run``, the per-class budgets of the run's budget owner."""
+    config, state = run.config, run.state
+    assert config.steps is not None and config.alpha is not None
+    budget = (state.class_eps.clone(), state.class_alpha.clone()) if config.val_budget == "run" else None
+    return planned_attack(run, None, alpha=config.alpha, steps=config.steps, class_budget=budget)
+
+
+def split_stats(run: Run, split: Split, attack: AttackPlan) -> SplitStats:
+    """Clean and robust statistics of a held-out split under ``attack`` (the model in eval
+    mode). As in :func:`robx.core.evaluate.evaluate`, batch k has a random stream seeded
+    from (seed, k) and runs on process k mod W; the processes' sums are added up."""
     config, state, processes = run.config, run.state, run.processes
     tracker = run.task.statistics(state.device)
     with eval_mode(state.model):
         for _, idx in seeded_batches(len(split), config.eval_batch_size, config.seed, processes, state.device):
             part = split.subset(idx)
             x, y, labels = run.task.inputs(part.x.to(state.device)), part.y.to(state.device), part.labels.to(state.device)
-            x_adv = pgd(state.model, x, y, eps=config.eps, alpha=config.alpha, steps=config.steps, norm=config.norm,
-                        loss_fn=run.task.attack_loss, bounds=run.task.input_bounds)
+            x_adv = attack(state.model, run.task, x, y, labels)
             with torch.no_grad():
                 tracker.update(labels, y, logits_of(state.model, x), logits_of(state.model, x_adv))
     distributed.sum_across(tracker.summed_tensors(), processes)
@@ -621,13 +644,15 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
             f"loss became non-finite in epoch {state.epoch} ({totals}); lower the learning rate "
             "or check the plugins' options (the last good checkpoint is kept)"
         )
-    val = None
+    val, val_attack = None, None
     if data.val is not None and len(data.val):
-        val = split_stats(run, data.val)
+        attack = validation_attack(run)
+        val, val_attack = split_stats(run, data.val, attack), attack.describe()
     return EpochStats(
         epoch=state.epoch,
         train=tracker.result(),
         val=val,
+        val_attack=val_attack,
         loss=totals.pop("loss"),
         loss_terms=totals,
         lr=state.optimizer.param_groups[0]["lr"],
@@ -965,24 +990,26 @@ def averaged_eval_model(run: Run, parameters: dict[str, torch.Tensor]) -> torch.
     return averaged.eval()
 
 
-def default_eval_attack(config: TrainConfig, name: str) -> AttackSettings:
-    """The run's evaluation attack: ``name`` (the task's ``default_attack``) with the
-    training budget, the evaluation step size and steps."""
-    assert config.eps is not None and config.eval_alpha is not None and config.eval_steps is not None
-    return AttackSettings(eps=config.eps, alpha=config.eval_alpha, steps=config.eval_steps, norm=config.norm,
-                          name=name, seed=config.seed)
+def eval_attack(run: Run, name: str | None = None, *, eps: float | None = None, alpha: float | None = None,
+                steps: int | None = None, options: dict[str, Any] | None = None) -> AttackPlan:
+    """The run's evaluation attack: ``name`` (default: the task's ``default_attack``) at the
+    training budget with the evaluation step size and steps, unless given."""
+    config = run.config
+    assert config.eval_alpha is not None and config.eval_steps is not None
+    return planned_attack(run, registry().attack_name(name, run.task), eps=eps,
+                          alpha=config.eval_alpha if alpha is None else alpha,
+                          steps=config.eval_steps if steps is None else steps, options=options)
 
 
 def evaluate_run(
     run: Run,
     model: torch.nn.Module,
     progress: Progress,
-    attack: AttackSettings | None = None,
+    attack: AttackPlan | None = None,
     n_eval: int | None = None,
 ) -> dict[str, Any]:
     config, data = run.config, run.data
-    attack = attack or default_eval_attack(config, run.task.default_attack)
-    run.task.prepare_attack(attack)
+    attack = attack or eval_attack(run)
     test = data.test
     n_eval = n_eval or config.n_eval
     check_subset_size(n_eval, test.labels, data.num_classes)

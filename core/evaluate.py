@@ -1,68 +1,24 @@
 """Per-class clean and robust scores of a model on a labelled split (docs/protocols.md, Metrics).
 
-Every example gets the task's metric on its clean input and on its adversarial input; the
-task declares which evaluation attacks exist (``Task.attacks``, name -> :class:`AttackKind`)
-and runs them (``Task.adversarial_examples``); this module names none of them.
+Every example gets the task's metric on its clean input and on its adversarial input, the
+attack a registered one (:class:`robx.core.attacks.AttackPlan`); this module names none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from robx.core.attacks import Norm, eval_mode, logits_of
+from robx.core.attacks import AttackPlan, eval_mode, logits_of
 from robx.core.distributed import SINGLE, Processes, gather_objects, owned_batches, rank_seed
 
 if TYPE_CHECKING:
     from robx.core.data import Split
     from robx.core.task import Task
-
-
-@dataclass(frozen=True)
-class AttackKind:
-    """An evaluation attack as a task declares it: the ``title`` reports give it, whether it
-    is ``iterative`` (``steps`` and ``alpha`` apply), and its own settings with their
-    defaults (``options``, e.g. the fraction of victim units of an attack that chooses them)."""
-
-    title: str
-    iterative: bool = True
-    options: Mapping[str, float] = field(default_factory=dict)
-    #: ``(module, how to install it)`` for an attack that runs another library's code
-    needs: tuple[str, str] | None = None
-
-
-@dataclass
-class AttackSettings:
-    """Evaluation attack ``name`` (one of the task's ``attacks``); the task's
-    ``prepare_attack`` checks it and fills in ``title``, ``iterative`` and the attack's own
-    ``options``."""
-
-    eps: float
-    alpha: float
-    steps: int = 20
-    norm: Norm = "linf"
-    name: str = "pgd"
-    seed: int = 0
-    options: dict[str, float] = field(default_factory=dict)
-    title: str = ""
-    iterative: bool = True
-
-    def describe(self) -> str:
-        own = "".join(f" {key} {value:.4g}" for key, value in self.options.items())
-        title = self.title or self.name.upper()
-        if not self.iterative:
-            return f"{title} {self.norm} eps={self.eps:.4g}{own}"
-        return f"{title}-{self.steps}{own} {self.norm} eps={self.eps:.4g} alpha={self.alpha:.4g}"
-
-    @property
-    def tag(self) -> str:
-        steps = str(self.steps) if self.iterative else ""
-        own = "".join(f"-{key}{value:.4g}" for key, value in self.options.items())
-        return f"{self.name}{steps}{own}-{self.norm}-eps{self.eps:.4g}"
 
 
 @dataclass
@@ -105,7 +61,7 @@ def evaluate(
     model: nn.Module,
     task: Task,
     split: Split,
-    attack: AttackSettings,
+    attack: AttackPlan,
     *,
     device: torch.device,
     batch_size: int = 256,
@@ -119,7 +75,6 @@ def evaluate(
     processes, batch k runs on process k mod W and the scores are gathered in order, the
     same numbers as one process. The caller's random stream is left as it was.
     """
-    task.prepare_attack(attack)
     count = -(-len(split) // batch_size)
     results: dict[int, tuple[torch.Tensor, ...]] = {}
     with eval_mode(model):
@@ -128,7 +83,7 @@ def evaluate(
             x, y = task.inputs(part.x.to(device)), part.y.to(device)
             with torch.no_grad():
                 clean_outputs = logits_of(model, x)
-            x_adv = task.adversarial_examples(model, x, y, attack)
+            x_adv = attack(model, task, x, y, part.labels.to(device))
             with torch.no_grad():
                 robust_outputs = logits_of(model, x_adv)
                 results[k] = (task.scores(clean_outputs, y).cpu(), task.scores(robust_outputs, y).cpu(),

@@ -20,8 +20,8 @@ step; plugins only call the model in eval mode, inside attacks.
 
 Hooks come in three kinds (docs/hooks.md is the reference):
 
-* **Registration** hooks (``register_tasks``, ``register_datasets``, ``register_models``)
-  contribute tasks, datasets and models, the way simonw/llm's ``register_models(register)``
+* **Registration** hooks (``register_tasks``, ``register_datasets``, ``register_models``,
+  ``register_attacks``) contribute tasks, datasets, models and attacks, the way simonw/llm's ``register_models(register)``
   does. They run once per process for every installed plugin, selected or not; the
   built-in ones register through the same hooks (``robx.plugins.tasks``, ``.datasets``,
   ``.models``). They must be module-level functions (or static methods).
@@ -55,6 +55,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
+    from robx.core.attacks import RegisterAttack
     from robx.core.models import RegisterModel
     from robx.core.crowd import RegisterCrowdLearner
     from robx.core.data import Split
@@ -105,6 +106,23 @@ def register_models(register: RegisterModel) -> None:
     input normalisation) and returns an ``nn.Module`` whose forward returns
     ``(features, outputs)``; a builder that cannot serve the task's inputs raises a
     :class:`robx.core.errors.OptionError` saying why.
+    """
+
+
+@hookspec
+def register_attacks(register: RegisterAttack) -> None:
+    """Register evaluation attacks: ``register(name, run, title=..., iterative=True,
+    options=None, needs=None, tasks=())``.
+
+    ``run(attack, plan, task)`` returns x' for one batch: ``attack`` is the batch's
+    :class:`robx.core.attacks.Attack`, bound to the model, each example's budget, the task's
+    input box and attack loss and the number of steps (the object training's adversaries
+    call); ``plan`` the :class:`robx.core.attacks.AttackPlan` with the attack's own
+    ``options`` (a dataclass instance when ``options=`` names one) and ``seed``. A task names
+    the attacks that apply to it (``Task.attacks``); ``tasks`` adds this one to others.
+    ``needs``: ``(module, how to install it)`` when it runs another library's code, checked
+    before any work. Validation, ``robx eval``, ``robx audit`` and the Python API run every
+    attack the same way.
     """
 
 
@@ -198,7 +216,8 @@ def weight_samples(step: Step, state: TrainState) -> torch.Tensor | None:
     """Per-row loss weights, shape ``(len(step.inputs),)``, or ``None`` for no opinion.
 
     Shared: called after the forward passes; the engine multiplies the results of all
-    plugins and the per-class loss weights (:func:`class_weights`), so weights compose.
+    plugins and the per-class loss weights (``state.class_weights``, from the owner's
+    :func:`class_policy`), so weights compose.
     Weight by ``step.row_labels`` (not ``step.y``): rows that ``augment`` added or mixed
     have a class too. The loss is ``mean(w * per_sample_loss)``.
     """
@@ -353,8 +372,8 @@ POLICY: dict[str, str] = {
 }
 
 #: Hooks run for every installed plugin to build the registry (not per run).
-REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_oversamplers",
-                                  "register_crowd_learners", "register_commands")
+REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_attacks",
+                                  "register_oversamplers", "register_crowd_learners", "register_commands")
 
 
 def _all_hook_names() -> list[str]:

@@ -1,4 +1,4 @@
-"""The tasks, datasets, models, oversamplers, crowd learners and commands of every installed plugin (the registration hooks).
+"""The tasks, datasets, models, attacks, oversamplers, crowd learners and commands of every installed plugin (the registration hooks).
 
 Built once per process, lazily: every available plugin (built-in or from an entry point)
 that implements ``register_tasks``, ``register_datasets`` or ``register_models`` is asked
@@ -9,6 +9,8 @@ is an error naming both origins.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+import torch
 import torch.nn as nn
 
 from robx.core import hookspecs
+from robx.core.attacks import AttackPlan, AttackSpec, check_budget
+from robx.core.config import MAX_STEPS
 from robx.core.data import TaskData
 from robx.core.errors import OptionError, PluginError, RobxError, guarded
 from robx.core.models import ModelBuilder
@@ -107,10 +112,13 @@ class Registry:
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
+    attacks: dict[str, AttackSpec] = field(default_factory=dict)
     oversamplers: dict[str, MethodSpec] = field(default_factory=dict)
     crowd_learners: dict[str, MethodSpec] = field(default_factory=dict)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
     default_dataset: str | None = None
+    #: the attack training's adversaries bind and validation runs (``register(..., default=True)``)
+    default_attack: str | None = None
     #: third-party plugins left out, by "name (origin)": why
     skipped: dict[str, str] = field(default_factory=dict)
     #: the origins ("name (built-in)") of robx's own plugins, whose failures are robx's bugs
@@ -125,11 +133,13 @@ class Registry:
     def skip(self, origin: str, message: str) -> None:
         """Leave out the plugin ``origin`` names, with what it had registered so far."""
         self.skipped[origin] = message
-        for table in (self.tasks, self.datasets, self.models, self.oversamplers, self.crowd_learners, self.commands):
+        for table in (self.tasks, self.datasets, self.models, self.attacks, self.oversamplers, self.crowd_learners, self.commands):
             for name in [name for name, spec in table.items() if spec.origin == origin]:
                 del table[name]
         if self.default_dataset is not None and self.default_dataset not in self.datasets:
             self.default_dataset = None
+        if self.default_attack is not None and self.default_attack not in self.attacks:
+            self.default_attack = None
 
     def _unknown(self, kind: str, name: str, names: Any) -> OptionError:
         left_out = f" (left out: {'; '.join(self.skipped.values())})" if self.skipped else ""
@@ -165,6 +175,63 @@ class Registry:
         self._claim(self.models, "model", name, origin)
         self.models[name] = ModelSpec(name, self._guarded(build, origin, f"the builder of model '{name}'"), origin,
                                       takes_argument)
+
+    def add_attack(self, origin: str, name: str, run: Callable[..., Any], *, title: str | None = None,
+                   iterative: bool = True, options: type | None = None, needs: tuple[str, str] | None = None,
+                   tasks: tuple[str, ...] | list[str] = (), default: bool = False) -> None:
+        self._claim(self.attacks, "attack", name, origin)
+        if not callable(run):
+            raise PluginError(f"{origin} registered attack '{name}' as {run!r}; give a function")
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise PluginError(f"{origin} registered attack '{name}' with options={options!r}; give a dataclass")
+        self.attacks[name] = AttackSpec(name, self._guarded(run, origin, f"attack '{name}'"), title or name.upper(),
+                                        origin, iterative, options, needs, tuple(tasks))
+        if default:
+            if self.default_attack is not None:
+                raise PluginError(f"attack '{name}' from {origin} and '{self.default_attack}' both claim to be the "
+                                  "default attack")
+            self.default_attack = name
+
+    def attacks_for(self, task: type[Task] | Task) -> list[str]:
+        """The attacks that apply to ``task``: the default attack (every task's), those the
+        task names, then those registered for it."""
+        named = ([self.default_attack] if self.default_attack else []) + list(task.attacks)
+        named += [name for name, spec in self.attacks.items() if task.name in spec.tasks]
+        return [name for index, name in enumerate(named) if name in self.attacks and name not in named[:index]]
+
+    def attack_name(self, name: str | None, task: type[Task] | Task | None = None) -> str:
+        """``name``, else the task's ``default_attack``, else the default attack (the one
+        training's adversaries bind and validation runs)."""
+        chosen = name or (task.default_attack if task is not None else None) or self.default_attack
+        if chosen is None:
+            raise RobxError("no installed plugin registers the default attack (robx.plugins.attacks.pgd does)")
+        return chosen
+
+    def plan_attack(self, task: Task, name: str, *, eps: float, alpha: float, steps: int, norm: str = "linf",
+                    seed: int = 0, options: Mapping[str, Any] | None = None, example_shape: tuple[int, ...] = (),
+                    class_budget: tuple[torch.Tensor, torch.Tensor] | None = None, what: str = "--eps") -> AttackPlan:
+        """The attack ``name`` on ``task`` with these settings, every one checked (one line
+        each): the attack applies to the task and is installed, its own options, the budget,
+        steps and norm. The one way validation, ``robx eval``, ``robx audit`` and the Python
+        API build an attack."""
+        available = self.attacks_for(task)
+        if name not in available:
+            left_out = f" (left out: {'; '.join(self.skipped.values())})" if self.skipped else ""
+            raise OptionError(f"unknown attack '{name}' for task '{task.name}'; available: {', '.join(available)}"
+                              f"{left_out}")
+        spec = self.attacks[name]
+        if spec.needs is not None and importlib.util.find_spec(spec.needs[0]) is None:
+            raise OptionError(f"attack '{name}' needs {spec.needs[0]}, which is not installed: {spec.needs[1]}")
+        own = options_from(spec.options, options or {}, name, f"attack '{name}'")
+        if norm not in ("linf", "l2"):
+            raise OptionError(f"norm must be linf or l2, got {norm!r}")
+        if not (math.isfinite(eps) and math.isfinite(alpha) and eps >= 0 and alpha >= 0):
+            raise OptionError(f"eps and alpha must be finite numbers >= 0, got {eps:g} and {alpha:g}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise OptionError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
+        check_budget(eps, norm, task.input_bounds, example_shape, what)
+        return AttackPlan(spec, eps=float(eps), alpha=float(alpha), steps=int(steps), norm=norm,  # type: ignore[arg-type]
+                          seed=seed, options=own, class_budget=class_budget)
 
     def add_method(self, table: dict[str, MethodSpec], kind: str, origin: str, name: str,
                    make: Callable[..., Any], *, options: type | None = None) -> None:
@@ -275,6 +342,7 @@ def registry() -> Registry:
         "register_tasks": lambda origin: lambda task: found.add_task(task, origin),
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
         "register_models": lambda origin: lambda *args, **kwargs: found.add_model(origin, *args, **kwargs),
+        "register_attacks": lambda origin: lambda *args, **kwargs: found.add_attack(origin, *args, **kwargs),
         "register_oversamplers": lambda origin: lambda *args, **kwargs: found.add_method(
             found.oversamplers, "oversampler", origin, *args, **kwargs),
         "register_crowd_learners": lambda origin: lambda *args, **kwargs: found.add_method(

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from robx.core.attacks import AttackPlan
 from robx.core.errors import RobxError
+from robx.core.evaluate import EvalResult
 from robx.core.files import atomic_write
-from robx.core.evaluate import AttackSettings, EvalResult
 from robx.core.metrics import is_balanced, majority_classes, summarize
 from robx.core.task import Metric
 
@@ -19,7 +20,7 @@ def build_report(
     result: EvalResult,
     class_names: list[str],
     class_counts: list[int],
-    attack: AttackSettings,
+    attack: AttackPlan,
     metric: Metric,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -36,8 +37,7 @@ def build_report(
         "class_counts": class_counts,
         "test_counts": test_counts,
         "majority_classes": majority_classes(class_counts),
-        "attack": {"name": attack.name, "eps": attack.eps, "alpha": attack.alpha,
-                   "steps": attack.steps, "norm": attack.norm, "description": attack.describe()},
+        "attack": attack.to_json(),
         "per_class": {"standard": standard, "robust": robust},
         "summary": {"standard": summarize(standard, class_counts, better),
                     "robust": summarize(robust, class_counts, better)},

@@ -174,10 +174,9 @@ class TrainState:
         """Each example's (eps, alpha): its class's. Where the task labels every target of an
         example, the example has no one class; the budget is then the same for all classes
         (the engine refuses a per-class budget for such a task when it is set, each epoch)."""
-        if not self.task.labels_per_target:
-            return self.class_eps[labels], self.class_alpha[labels]
-        rows = labels.shape[0]
-        return self.class_eps[0].expand(rows), self.class_alpha[0].expand(rows)
+        from robx.core.attacks import per_example
+
+        return per_example(self.class_eps, self.class_alpha, labels, self.task.labels_per_target)
 
     @property
     def num_epochs(self) -> int:

@@ -65,6 +65,8 @@ class EpochStats:
     epoch: int
     train: SplitStats
     val: SplitStats | None = None
+    #: the validation attack, described (``val`` was measured under it)
+    val_attack: str | None = None
     loss: float = float("nan")
     loss_terms: dict[str, float] = field(default_factory=dict)
     lr: float = float("nan")
@@ -91,6 +93,7 @@ class EpochStats:
             "seconds": round(self.seconds, 3),
             "train": self.train.to_json(),
             "val": None if self.val is None else self.val.to_json(),
+            **({"val_attack": self.val_attack} if self.val_attack else {}),
         }
 
 

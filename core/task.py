@@ -17,8 +17,6 @@ too, and each labelled target counts once in the per-class quantities.
 
 from __future__ import annotations
 
-import importlib.util
-
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +25,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn as nn
 
-from robx.core.errors import OptionError, RobxError
-from robx.core.evaluate import AttackKind
+from robx.core.errors import RobxError
 
 if TYPE_CHECKING:
+    from robx.core.attacks import AttackPlan
     from robx.core.data import Split, TaskData
-    from robx.core.evaluate import AttackSettings
     from robx.core.stats import ScoreAccumulator
 
 
@@ -65,11 +62,13 @@ class Task(ABC):
 
     name: ClassVar[str]
     metric: ClassVar[Metric]
-    #: evaluation attacks this task offers (``robx eval --attack``), run by
-    #: :meth:`adversarial_examples`; ``pgd`` ascends :meth:`attack_loss`
-    attacks: ClassVar[dict[str, AttackKind]] = {"pgd": AttackKind("PGD")}
+    #: the registered attacks (``register_attacks``) that apply to this task beside the
+    #: default attack, which applies to every task (``robx eval --attack``); they ascend
+    #: :meth:`attack_loss` inside :attr:`input_bounds`
+    attacks: ClassVar[tuple[str, ...]] = ()
     #: the attack a run is evaluated with unless ``robx eval --attack`` names another
-    default_attack: ClassVar[str] = "pgd"
+    #: (``None``: the registry's default attack)
+    default_attack: ClassVar[str | None] = None
     #: the box every attack keeps inputs in: [0, 1] for pixels; (-inf, inf) for no box
     input_bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
     #: the unit victim selection (``topk``, MinGRE) ranks, when the task has one of its own
@@ -151,7 +150,7 @@ class Task(ABC):
         every target, shaped like the labels, when the labels are per target."""
 
     def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
-                       attack: AttackSettings) -> dict[str, Any]:
+                       attack: AttackPlan) -> dict[str, Any]:
         """Task-specific numbers for the report beside the per-class table (``report["details"]``),
         from the model's outputs on the evaluated split. ``tables``: a list of
         ``{"title", "columns", "rows"}`` the CLI prints; anything else is kept in the JSON."""
@@ -162,31 +161,6 @@ class Task(ABC):
         from robx.core.stats import ScoreAccumulator
 
         return ScoreAccumulator(self, device)
-
-    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                             attack: AttackSettings) -> torch.Tensor:
-        """Evaluation attack ``attack.name`` (one of :attr:`attacks`) on a batch."""
-        from robx.core.attacks import pgd
-
-        self.prepare_attack(attack)
-        return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm,
-                   loss_fn=self.attack_loss, bounds=self.input_bounds)
-
-    def prepare_attack(self, attack: AttackSettings) -> None:
-        """Check that ``attack`` is one of :attr:`attacks` with options it takes (one line
-        otherwise) and complete it with its kind's title and default options."""
-        kind = self.attacks.get(attack.name)
-        if kind is None:
-            raise OptionError(f"unknown attack '{attack.name}' for task '{self.name}'; available: pgd20, "
-                              f"{', '.join(self.attacks)}")
-        unknown = sorted(set(attack.options) - set(kind.options))
-        if unknown:
-            raise OptionError(f"attack '{attack.name}' takes no option '{unknown[0]}'"
-                              + (f"; its options: {', '.join(kind.options)}" if kind.options else ""))
-        if kind.needs is not None and importlib.util.find_spec(kind.needs[0]) is None:
-            raise OptionError(f"attack '{attack.name}' needs {kind.needs[0]}, which is not installed: {kind.needs[1]}")
-        attack.options = {**kind.options, **attack.options}
-        attack.title, attack.iterative = kind.title, kind.iterative
 
 
 #: ``register(TaskClass)`` inside a ``register_tasks`` hook

@@ -36,7 +36,6 @@ __all__ = ["pgd_step", "supcon", "topk_victims", "implementation_name", "dispatc
 
 Implementation = Literal["triton", "numba", "torch-reference"]
 OPS = ("pgd_step", "supcon", "topk_victims")
-IMPLEMENTATIONS: tuple[Implementation, ...] = ("torch-reference", "numba", "triton")
 
 #: (op, device type) -> ((from size, implementation), ...): from each size up, until the next
 #: entry, the implementation measured fastest there among those that keep the op's contract

@@ -1,5 +1,6 @@
 """Built-in plugins: one module per method or baseline, and one registration module per
-task (``tasks/``), dataset (``datasets/``), model family (``models/``) and command-line
+task (``tasks/``), dataset (``datasets/``), model family (``models/``), evaluation attack
+(``attacks/``) and command-line
 command beside train / eval / report (``commands/``).
 
 :data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.plugins.available_plugins` (the
@@ -51,6 +52,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.models.mlp",
     "robx.plugins.models.stgnn",
     "robx.plugins.models.external",
+    "robx.plugins.attacks.pgd",
+    "robx.plugins.attacks.cw",
+    "robx.plugins.attacks.autoattack",
+    "robx.plugins.attacks.stpgd",
     "robx.plugins.oversamplers",
     "robx.plugins.crowd_baselines",
     "robx.plugins.iced",

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from robx.core.engine import load_run
-from robx.core.evaluate import AttackSettings, evaluate
+from robx.core.evaluate import evaluate
+from robx.core.registry import registry
 
 torchattacks = pytest.importorskip("torchattacks", reason="torchattacks (dev extra) is the independent reference")
 
@@ -27,7 +28,7 @@ def test_pgd20_robust_accuracy_agrees_with_torchattacks(trained_run):
     y = run.data.test.y
     eps, alpha = run.config.eps, run.config.eval_alpha
     torch.manual_seed(0)
-    ours = evaluate(model, run.task, run.data.test, AttackSettings(eps=eps, alpha=alpha, steps=20),
+    ours = evaluate(model, run.task, run.data.test, registry().plan_attack(run.task, "pgd", eps=eps, alpha=alpha, steps=20),
                     device=torch.device("cpu"))
     # torchattacks restores the wrapper's own train/eval flag after attacking, so the
     # wrapper must be in eval mode too, or BatchNorm would score in train mode.

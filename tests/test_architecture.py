@@ -74,19 +74,16 @@ def test_plugins_save_and_restore_their_own_state():
 
 
 #: Strings that coincide with a plugin name but mean something else in that core file.
-HOMONYMS = {"evaluate.py": {"pgd"}, "task.py": {"pgd"}}  # the evaluation attack (PGD-20), not the plugin
-
-
 def test_the_core_names_no_method_task_dataset_model_or_attack():
     """No `if` on a method, a task or a task's evaluation attack in the engine: core code
     holds none of their names."""
     found = registry()
-    attacks = {name for registered in found.tasks.values() for name in registered.task.attacks}
+    attacks = set(found.attacks)
     names = ({spec.name for spec in available_plugins().values() if spec.origin == BUILTIN_ORIGIN}
              | set(found.tasks) | set(found.datasets) | set(found.models) | attacks)
     assert {"classification", "regression", "digits", "synthetic", "smallcnn", "mlp", "stpgd", "autoattack"} <= names
     for path in CORE_FILES:
-        named = _code_strings(_tree(path)) & names - HOMONYMS.get(path.name, set())
+        named = _code_strings(_tree(path)) & names
         assert not named, f"core/{path.name} names {sorted(named)}"
 
 

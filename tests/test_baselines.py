@@ -15,7 +15,8 @@ from robx.core.run import load_checkpoint
 from robx.core.attacks import margin_loss
 from robx.core.errors import OptionError, PluginConflictError
 from robx.core.data import Split, TaskData
-from robx.core.evaluate import AttackSettings, evaluate
+from robx.core.evaluate import evaluate
+from robx.core.registry import registry
 from robx.core.plugins import PluginHost
 from robx.core.report import aggregate, load_reports
 from robx.plugins.balanced_softmax import balanced_softmax_loss
@@ -297,8 +298,8 @@ def test_autoattack_wrapper_on_a_tiny_model():
     split = Split(x, y, y)
     task = Classification(TaskData("tiny", [str(c) for c in range(10)], split, split))
     settings = dict(eps=0.05, alpha=0.01, steps=20)
-    pgd_result = evaluate(model, task, split, AttackSettings(**settings), device=torch.device("cpu"))
-    aa_result = evaluate(model, task, split, AttackSettings(**settings, name="autoattack", seed=0),
+    pgd_result = evaluate(model, task, split, registry().plan_attack(task, "pgd", **settings), device=torch.device("cpu"))
+    aa_result = evaluate(model, task, split, registry().plan_attack(task, "autoattack", **settings, seed=0),
                          device=torch.device("cpu"))
     assert aa_result.clean_scores.all()
     assert aa_result.robust_scores.mean() <= pgd_result.robust_scores.mean()

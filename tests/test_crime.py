@@ -307,12 +307,12 @@ def test_topk_victims_of_the_crime_task_are_stpgds_most_salient_nodes():
 @given(seed=st.integers(0, 2**16), eps=st.floats(0.05, 1.0), victims=st.sampled_from([0.1, 0.25, 0.5]),
        steps=st.integers(1, 4))
 def test_stpgd_moves_only_victim_nodes_and_stays_in_the_ball(seed, eps, victims, steps):
-    from robx.core.evaluate import AttackSettings
+    from robx.core.registry import registry
 
     task, model, x, y = toy_crime_task(nodes_side=4, seed=seed)
     torch.manual_seed(seed)
-    x_adv = task.adversarial_examples(model, x, y, AttackSettings(eps=eps, alpha=eps / 4, steps=steps, name="stpgd",
-                                                                  options={"victims": victims}))
+    stpgd = registry().plan_attack(task, "stpgd", eps=eps, alpha=eps / 4, steps=steps, options={"victims": victims})
+    x_adv = stpgd(model, task, x, y, y)
     delta = x_adv - x
     assert delta.abs().max() <= eps + 1e-6
     moved_nodes = (delta != 0).any(dim=0).any(dim=0).any(dim=1)  # any day, step or category of the node
@@ -407,20 +407,21 @@ def test_a_task_declares_per_target_labels_and_checks_its_datasets_labels():
 
 
 def test_the_task_declares_its_attacks_and_their_options():
-    """The crime task's STPGD carries its victims option (default 0.1, range checked by the
-    task); an option an attack does not take is one line; names and file tags as before."""
+    """The crime task names its attacks; STPGD carries its victims option (default 0.1, range
+    checked by the attack); an option an attack does not take is one line; names and file
+    tags as before."""
     from robx.core.errors import OptionError
-    from robx.core.evaluate import AttackSettings
+    from robx.core.registry import registry
 
     task, _, _, _ = toy_crime_task(nodes_side=4, seed=0)
-    stpgd = AttackSettings(eps=0.5, alpha=0.125, steps=20, name="stpgd")
-    task.prepare_attack(stpgd)
-    assert stpgd.options == {"victims": 0.1}
+    assert registry().attacks_for(task) == ["pgd", "stpgd"]
+    stpgd = registry().plan_attack(task, "stpgd", eps=0.5, alpha=0.125, steps=20)
+    assert stpgd.options.victims == 0.1
     assert stpgd.tag == "stpgd20-victims0.1-linf-eps0.5"
     assert stpgd.describe() == "STPGD-20 victims 0.1 linf eps=0.5 alpha=0.125"
-    with pytest.raises(OptionError, match="attack 'pgd' takes no option 'victims'"):
-        task.prepare_attack(AttackSettings(eps=0.5, alpha=0.1, name="pgd", options={"victims": 0.2}))
-    with pytest.raises(OptionError, match=r"--victims must be in \(0, 1\], got 1.5"):
-        task.prepare_attack(AttackSettings(eps=0.5, alpha=0.1, name="stpgd", options={"victims": 1.5}))
-    with pytest.raises(OptionError, match="unknown attack 'autoattack' for task 'crime'; available: pgd20, stpgd, pgd"):
-        task.prepare_attack(AttackSettings(eps=0.5, alpha=0.1, name="autoattack"))
+    with pytest.raises(OptionError, match=r"attack 'pgd' takes no options \(got victims\)"):
+        registry().plan_attack(task, "pgd", eps=0.5, alpha=0.1, steps=20, options={"victims": 0.2})
+    with pytest.raises(OptionError, match=r"victims must be in \(0, 1\], got 1.5"):
+        registry().plan_attack(task, "stpgd", eps=0.5, alpha=0.1, steps=20, options={"victims": 1.5})
+    with pytest.raises(OptionError, match="unknown attack 'autoattack' for task 'crime'; available: pgd, stpgd"):
+        registry().plan_attack(task, "autoattack", eps=0.5, alpha=0.1, steps=20)

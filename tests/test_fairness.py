@@ -58,16 +58,25 @@ def test_dafa_floors_weights_that_would_turn_negative():
 def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     """The authors' PGD-AT path drops the class margins; robx's adversary must see W_y * eps."""
     import robx.core.attacks as attacks
-    import robx.plugins.tasks.classification  # noqa: F401 -- its evaluation binds the real pgd first, run alone too
 
     seen = []
-    real_pgd = attacks.pgd
+    real_pgd, real_epoch = attacks.pgd, engine.train_epoch
+    training = [False]
 
     def spy(model, x, y, **kwargs):
-        seen.append((y.clone(), kwargs["eps"].clone(), kwargs["alpha"].clone()))
+        if training[0]:
+            seen.append((y.clone(), kwargs["eps"].clone(), kwargs["alpha"].clone()))
         return real_pgd(model, x, y, **kwargs)
 
-    monkeypatch.setattr(attacks, "pgd", spy)  # the step's bound attack calls it; evaluation has its own
+    def epoch(*args, **kwargs):
+        training[0] = True
+        try:
+            return real_epoch(*args, **kwargs)
+        finally:
+            training[0] = False
+
+    monkeypatch.setattr(attacks, "pgd", spy)  # every attack calls it: record the training steps' only
+    monkeypatch.setattr(engine, "train_epoch", epoch)
     config = tiny_config(epochs=3, plugins=["dafa"], plugin_options={"dafa": {"warmup": 0.34}}, n_eval=20)
     engine.train(config, tmp_path / "run")
     weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["plugins"]["dafa"]["weights"]

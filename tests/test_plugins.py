@@ -30,8 +30,8 @@ from conftest import tiny_config
 TESTS_DIR = Path(__file__).parent
 
 
-REGISTRATION_HOOKS = {"register_tasks", "register_datasets", "register_models", "register_oversamplers",
-                      "register_crowd_learners", "register_commands"}
+REGISTRATION_HOOKS = {"register_tasks", "register_datasets", "register_models", "register_attacks",
+                      "register_oversamplers", "register_crowd_learners", "register_commands"}
 
 
 def test_every_hook_is_documented_and_its_effect_tested():
@@ -188,14 +188,26 @@ def test_the_adversary_follows_declared_rules_not_listing_order(plugins, adversa
 def test_both_orders_of_trades_and_pgd_train_on_cross_entropy_pgd(tmp_path, monkeypatch, plugins):
     import robx.core.attacks as attacks
 
+    import robx.core.engine as engine
+
     starts = []
-    real = attacks.pgd
+    real, real_epoch = attacks.pgd, engine.train_epoch
+    training = [False]
 
     def spy(*args, **kwargs):
-        starts.append("uniform" if kwargs["random_init"] and kwargs["x_init"] is None else "other")
+        if training[0]:
+            starts.append("uniform" if kwargs["random_init"] and kwargs["x_init"] is None else "other")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attacks, "pgd", spy)  # the training attacks (evaluation imports its own)
+    def epoch(*args, **kwargs):
+        training[0] = True
+        try:
+            return real_epoch(*args, **kwargs)
+        finally:
+            training[0] = False
+
+    monkeypatch.setattr(attacks, "pgd", spy)  # every attack calls it: record the training steps' only
+    monkeypatch.setattr(engine, "train_epoch", epoch)
     train(tiny_config(epochs=1, plugins=plugins, n_eval=20), tmp_path / "run")
     # 720 images / batch 128: every batch by pgd (a uniform start), none by TRADES' KL attack
     # (which starts from x + 0.001 N(0, 1))
@@ -598,9 +610,9 @@ def test_per_class_quantities_are_owned_one_by_one_through_one_hook(monkeypatch)
         PluginHost(["sneaky"], {}).class_policy(state=None)
     with pytest.raises(PluginError, match="must both implement class_policy and declare"):
         PluginHost(["undeclared"], {})
-    # 21 hooks: the three per-class hooks are one, epoch_start and train_end (no built-in used them) are gone,
-    # register_commands is new (data-level tools are registered commands)
-    assert len(hookspecs.HOOK_NAMES) == 21 and "class_policy" in hookspecs.HOOK_NAMES
+    # 22 hooks: the three per-class hooks are one, epoch_start and train_end (no built-in used them) are gone,
+    # register_commands (data-level tools are registered commands) and register_attacks are new
+    assert len(hookspecs.HOOK_NAMES) == 22 and "class_policy" in hookspecs.HOOK_NAMES
 
 
 @pytest.mark.parametrize(("attribute", "value", "meant"), [

@@ -8,26 +8,26 @@
 * Score: 1 for a correct prediction (argmax), so per-class scores are per-class accuracy.
 * Statistics add the confusion matrices of clean and adversarial predictions and the mean
   adversarial class probabilities (DAFA's p_i(j), FAIR-TAT's CFPS).
-* Evaluation attacks: ``pgd`` (cross-entropy PGD, random start, final iterate), ``cw`` (the
-  same PGD on the Carlini-Wagner margin) and ``autoattack`` (the standard version of Croce &
-  Hein's reference implementation, package ``pyautoattack``, extra ``robx[autoattack]``).
+* Evaluation attacks (registered in ``robx.plugins.attacks``): ``pgd`` (cross-entropy PGD,
+  random start, final iterate), ``cw`` (the same PGD on the Carlini-Wagner margin) and
+  ``autoattack`` (the standard version of Croce & Hein's reference implementation).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robx.core.attacks import logits_of, margin_loss, pgd
 from robx.core.data import Split
-from robx.core.errors import RobxError
-from robx.core.evaluate import AttackKind, AttackSettings
 from robx.core.hookspecs import hookimpl
 from robx.core.stats import ScoreAccumulator, SplitStats
 from robx.core.task import Metric, RegisterTask, Task
+
+if TYPE_CHECKING:
+    from robx.core.attacks import AttackPlan
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -94,47 +94,12 @@ class ClassStatsAccumulator(ScoreAccumulator):
         return stats
 
 
-class LogitsOnly(nn.Module):
-    """Adapter for attack libraries that expect ``model(x) -> logits``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model, x)
-
-
-def autoattack_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings,
-                        classes: int) -> torch.Tensor:
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError as error:
-        raise RobxError("the autoattack attack needs the reference AutoAttack: pip install 'robx[autoattack]'") from error
-    wrapped = LogitsOnly(model).eval()
-    norm = "Linf" if attack.norm == "linf" else "L2"
-    if classes >= 4:
-        adversary = AutoAttack(wrapped, norm=norm, eps=attack.eps, version="standard", seed=attack.seed,
-                               device=x.device)
-    else:
-        # the standard version's targeted DLR loss reads the 4th-largest logit (its authors' code
-        # fails below 4 classes) and the untargeted DLR the 3rd: run the attacks that are defined
-        adversary = AutoAttack(wrapped, norm=norm, eps=attack.eps, version="custom", seed=attack.seed,
-                               device=x.device, attacks=["apgd-ce", "square"] + (["apgd-dlr"] if classes == 3
-                                                                                      else []))
-    adversary.verbose = False
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(y))  # (examples, their predictions)
-    return x_adv
-
-
 class Classification(Task):
     """Multi-class classification: cross-entropy, accuracy, per-class confusion."""
 
     name = "classification"
     metric = Metric("accuracy", higher_is_better=True)
-    attacks = {"pgd": AttackKind("PGD"), "cw": AttackKind("CW"),
-               "autoattack": AttackKind("AutoAttack (standard)", iterative=False,
-                                        needs=("pyautoattack", "pip install 'robx[autoattack]'"))}
+    attacks = ("cw", "autoattack")
     #: a dataset's own class counts, and Madry et al.'s PGD-AT recipe (eps 8/255, step 2/255,
     #: 10 steps; PGD-20 evaluation) with SGD at lr 0.1, step decay, batch 128, no augmentation
     defaults = {"imbalance": "original", "ratio": 1.0, "epochs": 10, "batch_size": 128, "lr": 0.1,
@@ -153,7 +118,7 @@ class Classification(Task):
         return F.cross_entropy(outputs, targets, reduction="none")
 
     def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
-                       attack: AttackSettings) -> dict[str, Any]:
+                       attack: AttackPlan) -> dict[str, Any]:
         """Where the attack pushes each class: ``attacked_confusion[i][j]``, the share of class
         i's attacked test examples predicted as class j (the diagonal is robust accuracy)."""
         c = self.num_classes
@@ -174,15 +139,6 @@ class Classification(Task):
 
     def statistics(self, device: torch.device) -> ClassStatsAccumulator:
         return ClassStatsAccumulator(self, device)
-
-    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                             attack: AttackSettings) -> torch.Tensor:
-        self.prepare_attack(attack)
-        if attack.name == "autoattack":
-            return autoattack_examples(model, x, y, attack, self.num_classes)
-        loss_fn = margin_loss if attack.name == "cw" else self.attack_loss
-        return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm,
-                   loss_fn=loss_fn)
 
 
 @hookimpl

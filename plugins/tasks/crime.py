@@ -46,16 +46,16 @@ which is scipy's ``nbinom(n=alpha, p=alpha / (alpha + mu))``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from robx.core.attacks import pgd, salient_unit_mask
 from robx.core.data import Split
-from robx.core.errors import OptionError
-from robx.core.evaluate import AttackKind, AttackSettings
 from robx.core.hookspecs import hookimpl
 from robx.core.task import Metric, ModelInput, RegisterTask, Task
+
+if TYPE_CHECKING:
+    from robx.core.attacks import AttackPlan
 
 #: cells ranked per day and category for event detection
 TOP_K = 20
@@ -63,9 +63,6 @@ TOP_K = 20
 EVENT_REGION_RATE = 0.5
 #: the long-window and weekly trivial predictors: days averaged, weeks of the same weekday
 LONG_WINDOW_DAYS, SAME_WEEKDAY_WEEKS = 90, 4
-#: STPGD (Adv-ST): whole-input PGD iterations before the node saliency is read, and the
-#: random start's radius as a fraction of eps
-SALIENCY_STEPS, START_SCALE = 5, 0.1
 
 
 def nb_nll(mu: torch.Tensor, alpha: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -135,7 +132,7 @@ class Crime(Task):
 
     name = "crime"
     metric = Metric("absolute error", higher_is_better=False)
-    attacks = {"stpgd": AttackKind("STPGD", options={"victims": 0.1}), "pgd": AttackKind("PGD")}
+    attacks = ("stpgd",)
     default_attack = "stpgd"
     # z-scores have no box (Adv-ST, STPGD's code, clamps to [0, 1] because it min-max scales its inputs)
     input_bounds = (-math.inf, math.inf)
@@ -199,26 +196,6 @@ class Crime(Task):
     def scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs[..., 0] - targets.to(outputs.dtype)).abs()
 
-    def adversarial_examples(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                             attack: AttackSettings) -> torch.Tensor:
-        """``stpgd``: Liu et al.'s STPGD as their code runs it (Adv-ST): node saliency after 5
-        whole-input iterations, the top ``victims`` fraction of the nodes of the batch move,
-        from U(-eps/10, eps/10); ``pgd``: every node moves."""
-        self.prepare_attack(attack)
-        mask = None
-        if attack.name == "stpgd":
-            mask = salient_unit_mask(self, model, x, y, eps=attack.eps, alpha=attack.alpha,
-                                     fraction=attack.options["victims"], saliency_steps=SALIENCY_STEPS)
-        return pgd(model, x, y, eps=attack.eps, alpha=attack.alpha, steps=attack.steps, norm=attack.norm, mask=mask,
-                   loss_fn=self.attack_loss, bounds=self.input_bounds,
-                   start_scale=START_SCALE if attack.name == "stpgd" else 1.0)
-
-    def prepare_attack(self, attack: AttackSettings) -> None:
-        super().prepare_attack(attack)
-        victims = attack.options.get("victims")
-        if victims is not None and not 0 < victims <= 1:
-            raise OptionError(f"--victims must be in (0, 1], got {victims:g}")
-
     def trivial_predictions(self, split: Split) -> dict[str, torch.Tensor]:
         """The predictors every crime result is read against (module docstring); the
         long-window and weekday ones where the split's days are known."""
@@ -239,7 +216,7 @@ class Crime(Task):
         return predictors
 
     def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
-                       attack: AttackSettings) -> dict[str, Any]:
+                       attack: AttackPlan) -> dict[str, Any]:
         counts = split.y.float()
         predictors = {"model, clean": clean_outputs[..., 0], f"model, {attack.name}": robust_outputs[..., 0],
                       **self.trivial_predictions(split)}

@@ -1,0 +1,21 @@
+"""The evaluation attack CW-Linf (Carlini & Wagner 2017), for classification.
+
+PGD on their margin loss, the form Madry et al. and the robustness literature report: it
+ascends max_{k != y} z_k - z_y instead of the cross-entropy (``robx eval --attack cw``)."""
+
+from __future__ import annotations
+
+import torch
+
+from robx.core.attacks import Attack, AttackPlan, RegisterAttack, margin_loss
+from robx.core.hookspecs import hookimpl
+from robx.core.task import Task
+
+
+def cw_examples(attack: Attack, plan: AttackPlan, task: Task) -> torch.Tensor:
+    return attack(loss=margin_loss)
+
+
+@hookimpl
+def register_attacks(register: RegisterAttack) -> None:
+    register("cw", cw_examples, title="CW")
