@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -222,3 +223,32 @@ def test_attack_starts_and_targets():
     targets = (y + 1) % 3
     towards = Attack(**{**attack.__dict__, "steps": 10, "alpha": torch.full((16,), 0.01)})(targets=targets)
     assert cross_entropy(model(towards), targets).mean() < cross_entropy(model(x), targets).mean()
+
+
+def test_budgets_are_written_as_people_write_them():
+    from robx.core.attacks import budget_text
+
+    assert [budget_text(v) for v in (8 / 255, 2 / 255, 16 / 255, 0.1, 0.5, 0.0)] == \
+        ["8/255", "2/255", "16/255", "0.1", "0.5", "0"]
+
+
+def test_a_plan_binds_each_example_to_its_class_budget():
+    """Validation under the run's budgets: example i gets class y_i's eps and alpha (read off
+    the per-class tensors by hand); without per-class budgets, every example the plan's."""
+    from robx.core.data import Split, TaskData
+    from robx.core.registry import registry
+    from robx.plugins.tasks.classification import Classification
+
+    x, labels = torch.rand(4, 1, 2, 2), torch.tensor([2, 0, 1, 2])
+    task = Classification(TaskData("tiny", ["a", "b", "c"], Split(x, labels, labels), Split(x, labels, labels)))
+    class_eps, class_alpha = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.01, 0.02, 0.03])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    plan = registry().plan_attack(task, "pgd", eps=0.5, alpha=0.05, steps=3, class_budget=(class_eps, class_alpha))
+    bound = plan.bind(model, task, x, labels, labels)
+    assert bound.eps.tolist() == pytest.approx([0.3, 0.1, 0.2, 0.3]) and bound.alpha.tolist() == pytest.approx(
+        [0.03, 0.01, 0.02, 0.03])
+    assert plan.describe() == "PGD-3 linf eps=per-class alpha=per-class"
+    uniform = registry().plan_attack(task, "pgd", eps=0.5, alpha=0.05, steps=3).bind(model, task, x, labels, labels)
+    assert uniform.eps.tolist() == [0.5] * 4 and uniform.alpha.tolist() == pytest.approx([0.05] * 4)
+    x_adv = plan(model, task, x, labels, labels)
+    assert ((x_adv - x).abs().flatten(1).amax(1) <= class_eps[labels] + 1e-6).all()

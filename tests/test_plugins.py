@@ -637,3 +637,34 @@ def test_attributes_that_only_resemble_a_declaration_are_left_alone(monkeypatch)
     monkeypatch.setattr(plugin_module, "available_plugins",
                         lambda: {**available_plugins(), "fine": PluginSpec("fine", "test", plugin)})
     assert PluginHost(["fine"], {}).names == ["fine", "pgd"]
+
+
+class ZeroBudget:
+    """Owns the per-class attack budget and sets it to 0 for every class."""
+
+    name = "zero-budget"
+    policy = ("attack_budget",)
+
+    @hookimpl
+    def class_policy(self, state):
+        zeros = torch.zeros(state.num_classes)
+        return ClassPolicy(attack_budget=(zeros, zeros))
+
+
+@pytest.mark.parametrize("val_budget", ["run", "uniform"])
+def test_validation_attacks_with_the_budget_the_config_states_and_says_which(tmp_path, monkeypatch, val_budget):
+    """Under the run's per-class budgets (all 0 here) the validation attack cannot move an
+    input, so robust accuracy is clean accuracy class by class; under the uniform budget it
+    attacks at --eps and bites. metrics.jsonl names the attack either way."""
+    found = {**available_plugins(), "zero-budget": PluginSpec("zero-budget", "test", ZeroBudget)}
+    monkeypatch.setattr(plugin_module, "available_plugins", lambda: found)
+    train(tiny_config(epochs=5, imbalance="none", plugins=["pgd", "zero-budget"], val_fraction=0.3,
+                      val_budget=val_budget, n_eval=20), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    clean, robust = record["val"]["clean"], record["val"]["robust"]
+    if val_budget == "run":
+        assert robust == clean
+        assert record["val_attack"] == "PGD-2 linf eps=per-class alpha=per-class"
+    else:
+        assert sum(clean) > 5 and sum(robust) < sum(clean) - 1  # ten classes: the attack at eps bites
+        assert record["val_attack"] == "PGD-2 linf eps=0.1 alpha=0.025"
