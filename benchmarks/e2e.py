@@ -130,7 +130,7 @@ def robx_step_maker(model_name: str, device: torch.device, **overrides: Any) -> 
     model = build_model(registry(), model_name, spec)
     run.state.model, run.layout = placed_model(run.config, device, model)
     run.state.optimizer = build_optimizer(run.config, run.state.model)
-    run.trainer = distributed.data_parallel(run.state.model, device, distributed.SINGLE)
+    run.passes = distributed.data_parallel(run.state.model, device, distributed.SINGLE)
     tracker = run.task.statistics(device)
 
     def step(_model: torch.nn.Module, _optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -317,7 +317,7 @@ def install(site: Path, module: str, source: str, entries: dict[str, str]) -> No
 
 def prepare(setup: str, case: Path, finished: Path, env: dict[str, str]) -> subprocess.Popen | None:
     """Make the case's directory; returns a process holding the run's lock for "held"."""
-    from robx.core.run import load_checkpoint, save_checkpoint
+    from robx.core.rundir import load_checkpoint, save_checkpoint
 
     def run_copy() -> Path:
         return Path(shutil.copytree(finished, case / "run"))
@@ -350,7 +350,7 @@ def prepare(setup: str, case: Path, finished: Path, env: dict[str, str]) -> subp
             (run / detail).unlink(missing_ok=True)
             (run / detail).symlink_to(case / "outside.txt")
         elif kind == "held":
-            holder = subprocess.Popen([sys.executable, "-c", "import time; from robx.core.run import RunDirLock\n"
+            holder = subprocess.Popen([sys.executable, "-c", "import time; from robx.core.rundir import RunDirLock\n"
                                        f"with RunDirLock({str(run)!r}, 'train'):\n"
                                        "    print('held', flush=True); time.sleep(300)"],
                                       stdout=subprocess.PIPE, text=True, env=env)
@@ -506,7 +506,7 @@ def own_folder(case: Path, kind: str, env: dict[str, str]) -> None:
 
 
 def own_weights(case: Path, kind: str, finished: Path) -> None:
-    from robx.core.run import load_checkpoint
+    from robx.core.rundir import load_checkpoint
 
     if kind in ("empty", "garbage", "header"):
         content = {"empty": b"", "garbage": b"garbage, not a safetensors file",
@@ -560,7 +560,7 @@ def run_case(index: int, setup: str, args: list[str], expected: str, finished: P
     elif expected.startswith("signal:"):
         number = getattr(signal, expected.partition(":")[2])
         said = bool(lines) and lines[-1].startswith(f"robx: interrupted by {expected.partition(':')[2]}; ")
-        from robx.core.run import is_held
+        from robx.core.rundir import is_held
 
         released = not any(is_held(lock.parent) for lock in case.rglob(".robx.lock"))
         resumed = True

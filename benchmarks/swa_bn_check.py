@@ -35,7 +35,7 @@ from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
-from robx.core import run as rundir  # noqa: E402
+from robx.core import rundir  # noqa: E402
 from robx.core.averaging import with_parameters  # noqa: E402
 from robx.core.engine import Run, SilentProgress, averaged_eval_model, evaluate_run, load_run  # noqa: E402
 from robx.core.errors import RobxError  # noqa: E402

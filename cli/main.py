@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import inspect
 import json
-import math
 import os
 import signal
 import sys
@@ -236,7 +235,7 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
 
     from robx.core import distributed
     from robx.core.plugins import PluginHost
-    from robx.core.run import check_new_run_dir, load_checkpoint
+    from robx.core.rundir import check_new_run_dir, load_checkpoint
 
     if not 1 <= nproc <= MAX_PROCESSES:
         raise OptionError(f"--nproc must be in 1..{MAX_PROCESSES}, got {nproc}")
@@ -274,7 +273,7 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
 
 def kept_after_job(nproc: int, run_dir: Path) -> str:
     """What a stopped ``robx train --nproc`` job left in its run directory."""
-    from robx.core.run import finished_epoch
+    from robx.core.rundir import finished_epoch
 
     epoch = finished_epoch(run_dir)
     if epoch is None:
@@ -413,7 +412,7 @@ def eval_(
     from robx.core import distributed
 
     from robx.core.engine import run_dir_held
-    from robx.core.run import CONFIG_FILE, check_no_links
+    from robx.core.rundir import CONFIG_FILE, check_no_links
 
     if not (run_dir / CONFIG_FILE).is_file():
         raise RobxError(f"{run_dir} is not a robx run directory (no {CONFIG_FILE})")

@@ -99,7 +99,7 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
     the file, and with ``with_head`` (an audit: the model is used as it is) the head's too;
     the normalisation stays the task's. Otherwise, or when a shape differs, an
     :class:`OptionError`: a file of another architecture is never half loaded."""
-    from robx.core.run import RefusedFile, load_plain
+    from robx.core.rundir import RefusedFile, load_plain
 
     if path.is_dir():
         raise OptionError(f"--weights {path} is a directory; give a .safetensors file or a torch state dict")

@@ -643,7 +643,7 @@ class PluginHost:
                            and loss.shape[0] == rows)
         return loss
 
-    def sample_weights(self, step: Step, state: TrainState) -> torch.Tensor | None:
+    def weight_samples(self, step: Step, state: TrainState) -> torch.Tensor | None:
         """Product of all plugins' per-row weights (each of the per-row losses' shape), or
         None when no plugin weighs."""
         expected = tuple(step.per_sample_loss.shape)

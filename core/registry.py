@@ -71,7 +71,7 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class DataMethodSpec:
     """A registered data-level method (an oversampler, a crowd learner): ``make(options,
     seed)`` builds it from its options dataclass."""
 
@@ -113,8 +113,8 @@ class Registry:
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     attacks: dict[str, AttackSpec] = field(default_factory=dict)
-    oversamplers: dict[str, MethodSpec] = field(default_factory=dict)
-    crowd_learners: dict[str, MethodSpec] = field(default_factory=dict)
+    oversamplers: dict[str, DataMethodSpec] = field(default_factory=dict)
+    crowd_learners: dict[str, DataMethodSpec] = field(default_factory=dict)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
     default_dataset: str | None = None
     #: the attack training's adversaries bind and validation runs (``register(..., default=True)``)
@@ -233,12 +233,12 @@ class Registry:
         return AttackPlan(spec, eps=float(eps), alpha=float(alpha), steps=int(steps), norm=norm,  # type: ignore[arg-type]
                           seed=seed, options=own, class_budget=class_budget)
 
-    def add_method(self, table: dict[str, MethodSpec], kind: str, origin: str, name: str,
+    def add_method(self, table: dict[str, DataMethodSpec], kind: str, origin: str, name: str,
                    make: Callable[..., Any], *, options: type | None = None) -> None:
         self._claim(table, kind, name, origin)
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"{origin} registered {kind} '{name}' with options={options!r}; give a dataclass")
-        table[name] = MethodSpec(kind, name, self._guarded(make, origin, f"{kind} '{name}'"), origin, options)
+        table[name] = DataMethodSpec(kind, name, self._guarded(make, origin, f"{kind} '{name}'"), origin, options)
 
     def add_command(self, origin: str, name: str, function: Callable[..., None]) -> None:
         self._claim(self.commands, "command", name, origin)
@@ -275,15 +275,15 @@ class Registry:
     def task_for(self, dataset: str) -> type[Task]:
         return self.tasks[self.dataset(dataset).task].task
 
-    def method(self, table: dict[str, MethodSpec], kind: str, name: str) -> MethodSpec:
+    def method(self, table: dict[str, DataMethodSpec], kind: str, name: str) -> DataMethodSpec:
         if name not in table:
             raise self._unknown(kind, name, table)
         return table[name]
 
-    def oversampler(self, name: str) -> MethodSpec:
+    def oversampler(self, name: str) -> DataMethodSpec:
         return self.method(self.oversamplers, "oversampler", name)
 
-    def crowd_learner(self, name: str) -> MethodSpec:
+    def crowd_learner(self, name: str) -> DataMethodSpec:
         return self.method(self.crowd_learners, "crowd learner", name)
 
     def build_model(self, name: str, spec: ModelInput) -> nn.Module:

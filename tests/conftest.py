@@ -54,10 +54,10 @@ def train_killed_and_resumed(config: TrainConfig, tmp_path: Path, monkeypatch: p
             raise KeyboardInterrupt
         return real_epoch(run, progress)
 
-    monkeypatch.setattr(engine, "train_epoch", killed)
+    monkeypatch.setattr(engine.loop, "train_epoch", killed)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "killed")
-    monkeypatch.setattr(engine, "train_epoch", real_epoch)
+    monkeypatch.setattr(engine.loop, "train_epoch", real_epoch)
     train(config, tmp_path / "killed", resume=True)
     return tmp_path / "straight", tmp_path / "killed"
 

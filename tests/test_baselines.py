@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robx.core import engine
-from robx.core.run import load_checkpoint
+from robx.core.rundir import load_checkpoint
 from robx.core.attacks import margin_loss
 from robx.core.errors import OptionError, PluginConflictError
 from robx.core.data import Split, TaskData

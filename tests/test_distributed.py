@@ -26,7 +26,7 @@ from robx.core.config import TrainConfig
 from robx.core.distributed import SINGLE, Processes, rank_shards
 from robx.core.engine import train
 from robx.core.errors import OptionError
-from robx.core.run import load_checkpoint
+from robx.core.rundir import load_checkpoint
 from test_plugins import install_distribution
 
 # the README's `torchrun` (the console script torch installs beside this Python), else its module
@@ -271,7 +271,7 @@ def test_a_single_process_run_resumes_under_two_processes(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_epoch(run, progress)
 
-    monkeypatch.setattr(engine, "train_epoch", killed)
+    monkeypatch.setattr(engine.loop, "train_epoch", killed)
     config = TrainConfig(dataset="digits", epochs=2, steps=2, eval_steps=2, n_eval=60, batch_size=64)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "run")

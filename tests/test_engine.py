@@ -9,7 +9,7 @@ import torch
 
 import robx.core.engine as engine
 from robx.core.errors import CheckpointError, NonFiniteLossError, RunDirError
-from robx.core.run import load_checkpoint, save_checkpoint
+from robx.core.rundir import load_checkpoint, save_checkpoint
 from robx.core.data import Split, TaskData
 from robx.plugins.tasks.classification import Classification
 

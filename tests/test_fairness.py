@@ -7,7 +7,7 @@ import torch
 from scipy.stats import chisquare
 
 from robx.core import engine
-from robx.core.run import load_checkpoint
+from robx.core.rundir import load_checkpoint
 from robx.core.stats import SplitStats
 from robx.plugins.dafa import dafa_class_weights
 from robx.plugins.fairtat import class_false_positive_scores, target_distribution
@@ -76,7 +76,7 @@ def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
             training[0] = False
 
     monkeypatch.setattr(attacks, "pgd", spy)  # every attack calls it: record the training steps' only
-    monkeypatch.setattr(engine, "train_epoch", epoch)
+    monkeypatch.setattr(engine.loop, "train_epoch", epoch)
     config = tiny_config(epochs=3, plugins=["dafa"], plugin_options={"dafa": {"warmup": 0.34}}, n_eval=20)
     engine.train(config, tmp_path / "run")
     weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["plugins"]["dafa"]["weights"]

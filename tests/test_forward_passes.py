@@ -38,13 +38,13 @@ def one_recorded_step(tmp_path, plugins, options=None):
         steps.append(real_prepared(run_, *args))
         return steps[-1]
 
-    engine.prepared_step = keep
+    engine.step.prepared_step = keep
     tracked = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
     before = int(tracked.num_batches_tracked)
     try:
         engine.train_step(run, x, y, y, run.task.statistics(torch.device("cpu")), {})
     finally:
-        engine.prepared_step = real_prepared
+        engine.step.prepared_step = real_prepared
     return passes, steps[0], int(tracked.num_batches_tracked) - before
 
 

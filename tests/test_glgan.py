@@ -16,7 +16,7 @@ from robx.core.engine import build_run, train
 from robx.core.errors import OptionError, RobxError
 from robx.core.hookspecs import hookimpl
 from robx.core.oversample import OversampleJob, check_minority_neighbours, interleaving_share, run_oversample
-from robx.core.run import load_checkpoint
+from robx.core.rundir import load_checkpoint
 from robx.plugins.glgan import brier, clustering_loss, latent_smote, least_squares_discriminator_loss
 
 from conftest import tiny_config, train_killed_and_resumed

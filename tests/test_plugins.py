@@ -22,7 +22,7 @@ from robx.core import plugins as plugin_module
 from robx.core.engine import train
 from robx.core.errors import OptionError, PluginConflictError, RobxError, UnknownPluginError
 from robx.core.plugins import PluginHost, PluginSpec, available_plugins, parse_set_overrides, select_plugins
-from robx.core.run import load_checkpoint
+from robx.core.rundir import load_checkpoint
 from robx.core.state import ClassPolicy, Step
 
 from conftest import tiny_config
@@ -207,7 +207,7 @@ def test_both_orders_of_trades_and_pgd_train_on_cross_entropy_pgd(tmp_path, monk
             training[0] = False
 
     monkeypatch.setattr(attacks, "pgd", spy)  # every attack calls it: record the training steps' only
-    monkeypatch.setattr(engine, "train_epoch", epoch)
+    monkeypatch.setattr(engine.loop, "train_epoch", epoch)
     train(tiny_config(epochs=1, plugins=plugins, n_eval=20), tmp_path / "run")
     # 720 images / batch 128: every batch by pgd (a uniform start), none by TRADES' KL attack
     # (which starts from x + 0.001 N(0, 1))
@@ -374,7 +374,7 @@ def test_hooks_run_in_order_and_combine(test_plugins, tmp_path):
     step.per_sample_loss = torch.zeros(8)
     host.augment(step, state=None)
     assert CALLS == ["augment:recorder", "augment:second"]  # the order the user listed
-    weights = host.sample_weights(step, state=None)
+    weights = host.weight_samples(step, state=None)
     assert torch.equal(weights, torch.full((8,), 6.0))  # product over plugins
     assert set(host.extra_losses(step, state=None)) == {"recorder.zero", "second"}
 

@@ -53,7 +53,7 @@ def test_channels_last_follows_the_config_the_device_default_and_the_model(tmp_p
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_a_run_resumes_bit_exactly_in_either_layout(tmp_path, monkeypatch, channels_last):
     from conftest import train_killed_and_resumed
-    from robx.core.run import load_checkpoint
+    from robx.core.rundir import load_checkpoint
 
     straight, killed = train_killed_and_resumed(tiny_config(epochs=3, channels_last=channels_last), tmp_path,
                                                 monkeypatch, kill_in_epoch=2)
@@ -126,7 +126,7 @@ def test_on_a_gpu_the_split_is_on_the_device_as_uint8_and_a_step_never_waits_for
 
 @pytest.mark.slow
 def test_a_compiled_model_trains_like_the_eager_one_and_checkpoints_under_the_same_names(tmp_path):
-    from robx.core.run import load_checkpoint
+    from robx.core.rundir import load_checkpoint
 
     config = dict(model="mlp", epochs=1)  # a small graph: inductor compiles it in seconds
     train(tiny_config(**config), tmp_path / "eager")

@@ -14,7 +14,7 @@ import robx.core.engine as engine
 from robx.core.errors import OptionError
 from robx.core.plugins import PluginHost
 from robx.core.registry import registry
-from robx.core.run import load_checkpoint
+from robx.core.rundir import load_checkpoint
 
 from conftest import tiny_config, train_killed_and_resumed
 from test_plugins import _cli_env, install_distribution

@@ -25,7 +25,7 @@ from robx.core.config import TrainConfig
 from robx.core.engine import train
 from robx.core.errors import WriteError
 from robx.core.files import atomic_write, write_text_atomically
-from robx.core.run import is_held, load_checkpoint, save_checkpoint
+from robx.core.rundir import is_held, load_checkpoint, save_checkpoint
 
 from conftest import tiny_config
 from test_plugins import _cli_env, install_distribution
@@ -328,7 +328,7 @@ def test_eval_refuses_a_run_with_a_planted_link_and_the_target_stays(tmp_path, f
 def test_a_held_run_directory_refuses_eval_resume_and_force_naming_the_holder(tmp_path, finished_run):
     run = copy_run(finished_run, tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from robx.core.run import RunDirLock\n"
+        [sys.executable, "-c", "import sys, time; from robx.core.rundir import RunDirLock\n"
                                f"with RunDirLock({str(run)!r}, 'train'):\n"
                                "    print('held', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
@@ -814,7 +814,7 @@ def test_an_interrupted_command_exits_128_plus_the_signal_and_writes_nothing_hal
             "oversample": ["oversample", "--method", "random", "--classifiers", "linearsvc", "--out", "out"],
             "crowd": ["crowd", "--method", "mv-lr", "--out", "out"],
             "train": ["train", "--epochs", "3", "--steps", "1", "--eval-steps", "1", "--n-eval", "50", "--out", "new"]}
-    where = {"eval": (engine, "evaluate_run"), "audit": (engine, "evaluate_run"), "train": (engine, "train_epoch"),
+    where = {"eval": (engine, "evaluate_run"), "audit": (engine, "evaluate_run"), "train": (engine.loop, "train_epoch"),
              "oversample": (oversample, "run_oversample"), "crowd": (crowd, "run_crowd")}[command]
     _signal_during(monkeypatch, *where, signal_number)
     before = snapshot(tmp_path)

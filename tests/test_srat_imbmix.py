@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robx.core import engine
-from robx.core.run import load_checkpoint
+from robx.core.rundir import load_checkpoint
 from robx.core.state import Step
 from robx.kernels import supcon
 from robx.core.plugins import PluginHost

@@ -154,7 +154,7 @@ def authors_run(reference: Path, method: str, seed: int, epochs: int,
 def robx_run(method: str, seed: int, epochs: int, overrides: dict[str, Any],
              scratch: Path) -> tuple[torch.nn.Module, list[float] | None]:
     from robx.core.engine import load_run, train
-    from robx.core.run import load_checkpoint
+    from robx.core.rundir import load_checkpoint
 
     run_dir = scratch / f"robx-{method}-{seed}-{time.time_ns()}"
     # robx's own end-of-run evaluation is cut to a token one: the evaluator below scores the model
