@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
 from benchmarks.run_protocol import PROTOCOLS, RUNS, continue_or_start, parse_value  # noqa: E402
+from robx.core.registry import resolved_config
 from robx.core.config import TrainConfig, tomllib  # noqa: E402
 from robx.core.engine import train  # noqa: E402
 from robx.core.errors import TrainingPaused  # noqa: E402
@@ -136,7 +137,7 @@ def run(budget_s: float, dry_run: bool, overrides: list[str], reserve_s: float) 
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         epoch_s = max(m["seconds"] for m in metrics)
         payload = {"protocol": PROTOCOL, "method": method, "seed": 0, "dry_run": dry_run,
-                   "config": config.resolved().to_dict(), "epoch_seconds": [m["seconds"] for m in metrics],
+                   "config": resolved_config(config).to_dict(), "epoch_seconds": [m["seconds"] for m in metrics],
                    "bf16_autocast": cuda, "report": report}
         write_result(result_path, payload)
         if os.environ.get("OUT"):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
+from robx.core.registry import resolved_config
 from robx.core.config import TrainConfig, tomllib  # noqa: E402
 from robx.core.engine import train  # noqa: E402
 from robx.core.options import parse_number  # noqa: E402
@@ -34,7 +35,7 @@ def continue_or_start(config: TrainConfig, run_dir: Path) -> dict[str, bool]:
     """Continue an interrupted run of the same config from its checkpoint; else start over."""
     saved = run_dir / "config.json"
     if (run_dir / "checkpoint.pt").exists() and saved.exists():
-        if json.loads(saved.read_text()).get("config") == config.resolved().to_dict():
+        if json.loads(saved.read_text()).get("config") == resolved_config(config).to_dict():
             print(f"continue {run_dir} from its checkpoint", flush=True)
             return {"resume": True}
     return {"force": True}
@@ -84,7 +85,7 @@ def main() -> None:
             write_result(result_path, {
                 "protocol": args.protocol, "variant": variant, "method": method, "seed": seed,
                 "wall_seconds": round(seconds, 1), "continued_from_checkpoint": "resume" in how,
-                "config": config.resolved().to_dict(), "run_dir": str(run_dir),
+                "config": resolved_config(config).to_dict(), "run_dir": str(run_dir),
                 "epoch_seconds": [m["seconds"] for m in metrics], "final_train_loss": metrics[-1]["loss"],
                 **({"diagnostics": [m["diagnostics"] for m in metrics]} if "diagnostics" in metrics[0] else {}),
                 "report": report,

@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from robx.core.registry import resolved_config
 from robx.core.config import MAX_BATCH, MAX_SEED, MAX_STEPS, TrainConfig, load_toml
 from robx.core.errors import Interrupted, OptionError, RobxError
 from robx.core.options import coerce, parse_number
@@ -243,7 +244,7 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
         raise OptionError("--nproc starts torchrun itself; under torchrun give --nproc_per_node to torchrun instead")
     args = forwarded_options(context, skip=("nproc", "out", "force"))
     if config is not None:  # bad input is one line here, not N processes' tracebacks
-        resolved = config.resolved()
+        resolved = resolved_config(config)
         PluginHost(resolved.plugins, resolved.plugin_options, resolved.loss)
         if resolved.batch_size is not None and resolved.batch_size < nproc:
             raise OptionError(f"--batch-size {resolved.batch_size} is the global batch: it leaves some of the "
@@ -445,7 +446,7 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], atta
 
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise OptionError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
-    name = registry().attack_name("pgd" if attack_name == "pgd20" else attack_name, run.task)
+    name = registry().attack_name(attack_name, run.task)
     attack = eval_attack(run, name, eps=_number(eps, "eps"), alpha=_number(alpha, "alpha"), steps=steps,
                          options=attack_settings([name], attack_options)[name])
     if n_eval is not None and n_eval < 1:
@@ -516,9 +517,9 @@ def audit(
     budget = {key: _number(value, key) for key, value in (("eps", eps), ("alpha", alpha)) if value is not None}
     if "eps" in budget and "alpha" not in budget:
         budget["alpha"] = budget["eps"] / 4
-    config = TrainConfig(dataset=dataset, model=arch, plugins=["natural"], epochs=1,
+    config = resolved_config(TrainConfig(dataset=dataset, model=arch, plugins=[], epochs=1,
                          seed=seed, device=device, norm=norm, dataset_options=overrides.get("dataset", {}),
-                         **budget, **({"eval_steps": steps} if steps is not None else {})).resolved()
+                         **budget, **({"eval_steps": steps} if steps is not None else {})))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     target = out or Path("runs") / f"audit-{_name_part(arch)}-{_name_part(config.dataset or '')}-{stamp}"
     with tempfile.TemporaryDirectory() as unused:

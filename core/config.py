@@ -57,26 +57,8 @@ def retired_key_hint(key: str) -> str | None:
     fallback adversary alone, which has an option of the same name."""
     if key != "random_start":
         return None
-    from robx.core.plugins import fallback_adversary
-
-    name = fallback_adversary()
-    return (f"the start is the adversary's choice; for {name} use --set {name}.random_start=false "
-            f"(TOML: [{name}] random_start = false)")
-
-
-def migrated(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved run's config with retired keys moved to where they live now (``random_start``:
-    to the fallback adversary's option, where that adversary ran)."""
-    from robx.core.plugins import fallback_adversary, resolve_plugin_names
-
-    saved = dict(saved)
-    name = fallback_adversary()
-    if saved.pop("random_start", True) is False and name in resolve_plugin_names(saved.get("plugins", []),
-                                                                                 saved.get("loss", "ce")):
-        options = {plugin: dict(table) for plugin, table in saved.get("plugin_options", {}).items()}
-        options.setdefault(name, {})["random_start"] = False
-        saved["plugin_options"] = options
-    return saved
+    return ("the start is the adversary's choice: set the fallback adversary's own option, --set "
+            "ADVERSARY.random_start=false (TOML: [ADVERSARY] random_start = false; robx plugins lists the options)")
 
 
 def setting(default: Any = None, help: str = "", *, factory: Any = None, flag: str | None = None,
@@ -101,7 +83,7 @@ class TrainConfig:
 
     # data
     task: str | None = setting(None, "A registered task (default: the dataset's); checked against the dataset.")
-    dataset: str | None = setting(None, "A registered dataset (robx plugins lists them; default: digits).")
+    dataset: str | None = setting(None, "A registered dataset (robx plugins lists them and marks the default).")
     dataset_options: dict[str, Any] = setting(help="The dataset's own settings (--set dataset.KEY=VALUE).",
                                               factory=dict)
     imbalance: Imbalance | None = setting(None, "step, exp, none (balanced) or original (the dataset as it is).")
@@ -148,7 +130,7 @@ class TrainConfig:
     # method
     plugins: list[str] = setting(help="Comma-separated plugins, e.g. srat,imbmix (default: pgd).", factory=list,
                                  items="plugin names")
-    loss: str = setting("ce", "ce, focal, ldam or balanced_softmax (a loss plugin).")
+    loss: str = setting("ce", "ce (cross-entropy) or a loss plugin (robx plugins lists them).")
     plugin_options: dict[str, dict[str, Any]] = setting(help="Plugin options (--set PLUGIN.KEY=VALUE).", factory=dict)
     seed: int = setting(0, "Seed of initialisation, batches and attacks.")
     # where and how the step runs
@@ -167,48 +149,6 @@ class TrainConfig:
                                    "(SyncBatchNorm).")
     dist_bn: BatchNormSync = setting("reduce", "Several processes: BN running statistics at epoch end, reduce "
                                                "(mean) or broadcast (process 0's).")
-
-    def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` filled from the dataset's registered defaults, validated."""
-        from robx.core.registry import registry
-
-        found = registry()
-        values = dataclasses.asdict(self)
-        task = values["task"]
-        if task is not None and task not in found.tasks:
-            raise OptionError(f"unknown task '{task}'; available: {', '.join(sorted(found.tasks))}")
-        default = found.datasets.get(found.default_dataset or "")
-        if values["dataset"] is None and task is not None and (default is None or default.task != task):
-            names = sorted(name for name, spec in found.datasets.items() if spec.task == task)
-            raise OptionError(f"task '{task}' needs a dataset: give --dataset ({', '.join(names) or 'none registered'})")
-        if values["dataset"] is None:
-            if found.default_dataset is None:
-                raise OptionError("no dataset given and no installed plugin registers a default dataset")
-            values["dataset"] = found.default_dataset
-        spec = found.dataset(values["dataset"])
-        values["dataset"] = spec.name  # folder:PATH with PATH made absolute
-        if task is not None and spec.task != task:
-            raise OptionError(f"dataset '{spec.name}' is for task '{spec.task}', not '{task}'")
-        values["task"] = spec.task
-        for key, value in spec.defaults.items():
-            if key not in values:
-                raise OptionError(f"dataset '{values['dataset']}' has a default for unknown config key '{key}'")
-            if values.get(key) is None:
-                values[key] = value
-        for key, value in found.tasks[spec.task].task.defaults.items():
-            if values.get(key) is None:
-                values[key] = value
-        if values["eval_alpha"] is None:
-            values["eval_alpha"] = values["alpha"]
-        if values["optimizer"] is None:
-            values["optimizer"] = "sgd"
-        config = TrainConfig.from_dict(values)
-        missing = [key for key in REQUIRED_AFTER_DEFAULTS if getattr(config, key) is None]
-        if missing:
-            flags = " ".join(f"--{key.replace('_', '-')}" for key in missing)
-            raise OptionError(f"dataset '{config.dataset}' sets no {', '.join(missing)}; give them in the config "
-                              f"or on the command line ({flags})")
-        return config
 
     def validate(self) -> None:
         """Every value in its documented range (docs/reliability.md, "Ranges"), checked before

@@ -17,13 +17,13 @@ there every list of training labels under a key ``<name>_labels`` becomes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from robx.core.hookspecs import RegisterCrowdLearner  # noqa: F401 -- where plugins have imported it from
 from robx.core.errors import OptionError, RobxError
 from robx.core.files import WRITTEN_BY, make_directory, write_json
 from robx.core.options import check_ranges
@@ -171,8 +171,6 @@ class CrowdLearner(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
 
-#: ``register(name, make, options=None)``, the argument of ``register_crowd_learners``
-RegisterCrowdLearner = Callable[..., None]
 
 
 @dataclass

@@ -48,6 +48,7 @@ declares ``fallback = True`` (``pgd``) is added.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -56,15 +57,22 @@ if TYPE_CHECKING:
     import torch
 
     from robx.core.attacks import RegisterAttack
-    from robx.core.models import RegisterModel
-    from robx.core.crowd import RegisterCrowdLearner
     from robx.core.data import Split
-    from robx.core.oversample import RegisterOversampler
-    from robx.core.registry import RegisterCommand, RegisterDataset
+    from robx.core.models import RegisterModel
     from robx.core.state import ClassPolicy, Step, TrainState
     from robx.core.task import RegisterTask
 
 PROJECT_NAME = "robx"
+
+#: ``register(name, load, task=..., defaults=..., default=False, options=None)``, the argument of
+#: ``register_datasets``
+RegisterDataset = Callable[..., None]
+#: ``register(name, make, options=None)``, the argument of ``register_oversamplers``
+RegisterOversampler = Callable[..., None]
+#: ``register(name, make, options=None)``, the argument of ``register_crowd_learners``
+RegisterCrowdLearner = Callable[..., None]
+#: ``register(name, function)``, the argument of ``register_commands``
+RegisterCommand = Callable[[str, Callable[..., None]], None]
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from robx.core.hookspecs import RegisterOversampler  # noqa: F401 -- where plugins have imported it from
 from robx.core.data import apply_protocol
 from robx.core.errors import OptionError
 from robx.core.files import WRITTEN_BY, atomic_write, make_directory, write_json
@@ -34,8 +34,6 @@ class Oversampler(Protocol):
     def fit_resample(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-#: ``register(name, make, options=None)``, the argument of ``register_oversamplers``
-RegisterOversampler = Callable[..., None]
 
 
 def check_minority_neighbours(labels: np.ndarray, k_neighbors: int, who: str) -> None:

@@ -22,8 +22,9 @@ import torch
 import torch.nn as nn
 
 from robx.core import hookspecs
+from robx.core.hookspecs import RegisterCommand, RegisterDataset  # noqa: F401 -- where plugins have imported it from
 from robx.core.attacks import AttackPlan, AttackSpec, check_budget
-from robx.core.config import MAX_STEPS
+from robx.core.config import MAX_STEPS, REQUIRED_AFTER_DEFAULTS, TrainConfig
 from robx.core.data import TaskData
 from robx.core.errors import OptionError, PluginError, RobxError, guarded
 from robx.core.models import ModelBuilder
@@ -96,12 +97,6 @@ class CommandSpec:
     origin: str
 
 
-#: ``register(name, load, task=..., defaults=..., default=False, options=None)``, the argument of
-#: ``register_datasets``
-RegisterDataset = Callable[..., None]
-
-#: ``register(name, function)``, the argument of ``register_commands``
-RegisterCommand = Callable[[str, Callable[..., None]], None]
 
 #: robx's own commands (robx.cli.main), which no plugin may replace
 OWN_COMMANDS = ("train", "eval", "audit", "report", "plugins")
@@ -286,6 +281,47 @@ class Registry:
     def crowd_learner(self, name: str) -> DataMethodSpec:
         return self.method(self.crowd_learners, "crowd learner", name)
 
+    def resolved(self, config: TrainConfig) -> TrainConfig:
+        """A copy of ``config`` with every ``None`` filled from the dataset's registered
+        defaults (then the task's), validated."""
+        found = self
+        values = dataclasses.asdict(config)
+        task = values["task"]
+        if task is not None and task not in found.tasks:
+            raise OptionError(f"unknown task '{task}'; available: {', '.join(sorted(found.tasks))}")
+        default = found.datasets.get(found.default_dataset or "")
+        if values["dataset"] is None and task is not None and (default is None or default.task != task):
+            names = sorted(name for name, spec in found.datasets.items() if spec.task == task)
+            raise OptionError(f"task '{task}' needs a dataset: give --dataset ({', '.join(names) or 'none registered'})")
+        if values["dataset"] is None:
+            if found.default_dataset is None:
+                raise OptionError("no dataset given and no installed plugin registers a default dataset")
+            values["dataset"] = found.default_dataset
+        spec = found.dataset(values["dataset"])
+        values["dataset"] = spec.name  # folder:PATH with PATH made absolute
+        if task is not None and spec.task != task:
+            raise OptionError(f"dataset '{spec.name}' is for task '{spec.task}', not '{task}'")
+        values["task"] = spec.task
+        for key, value in spec.defaults.items():
+            if key not in values:
+                raise OptionError(f"dataset '{values['dataset']}' has a default for unknown config key '{key}'")
+            if values.get(key) is None:
+                values[key] = value
+        for key, value in found.tasks[spec.task].task.defaults.items():
+            if values.get(key) is None:
+                values[key] = value
+        if values["eval_alpha"] is None:
+            values["eval_alpha"] = values["alpha"]
+        if values["optimizer"] is None:
+            values["optimizer"] = "sgd"
+        config = TrainConfig.from_dict(values)
+        missing = [key for key in REQUIRED_AFTER_DEFAULTS if getattr(config, key) is None]
+        if missing:
+            flags = " ".join(f"--{key.replace('_', '-')}" for key in missing)
+            raise OptionError(f"dataset '{config.dataset}' sets no {', '.join(missing)}; give them in the config "
+                              f"or on the command line ({flags})")
+        return config
+
     def build_model(self, name: str, spec: ModelInput) -> nn.Module:
         family, colon, argument = name.partition(":")
         if colon and name not in self.models:
@@ -369,3 +405,9 @@ def registry() -> Registry:
     for message in found.skipped.values():
         warn_skipped(message)
     return found
+
+
+def resolved_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with every ``None`` filled from its dataset's and task's registered defaults,
+    validated (:meth:`Registry.resolved` on the installed plugins' registry)."""
+    return registry().resolved(config)

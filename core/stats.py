@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from robx.core.task import Task
+
+class Named(Protocol):
+    name: str
+
+
+class ScoredTask(Protocol):
+    """What the statistics need of a task (:class:`robx.core.task.Task` has it): its classes
+    and its per-example (or per-target) metric."""
+
+    metric: Named
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -100,7 +113,7 @@ class EpochStats:
 class ScoreAccumulator:
     """Per-class example counts and sums of the task's metric, on the device of the outputs."""
 
-    def __init__(self, task: Task, device: torch.device) -> None:
+    def __init__(self, task: ScoredTask, device: torch.device) -> None:
         self.task = task
         self.num_classes = task.num_classes
         self.counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)

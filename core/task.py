@@ -27,7 +27,6 @@ import torch
 from robx.core.errors import RobxError
 
 if TYPE_CHECKING:
-    from robx.core.attacks import AttackPlan
     from robx.core.data import Split, TaskData
     from robx.core.stats import ScoreAccumulator
 
@@ -149,7 +148,7 @@ class Task(ABC):
         every target, shaped like the labels, when the labels are per target."""
 
     def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
-                       attack: AttackPlan) -> dict[str, Any]:
+                       attack_name: str) -> dict[str, Any]:
         """Task-specific numbers for the report beside the per-class table (``report["details"]``),
         from the model's outputs on the evaluated split. ``tables``: a list of
         ``{"title", "columns", "rows"}`` the CLI prints; anything else is kept in the JSON."""

@@ -170,3 +170,70 @@ def test_data_level_tools_are_registered_commands():
     assert {"oversample", "crowd"} <= set(registered)
     assert all(spec.origin.endswith("(built-in)") for spec in registered.values() if spec.name in ("oversample", "crowd"))
     assert {info.name for info in app.registered_commands} - set(registered) == set(OWN_COMMANDS)
+
+
+#: core's floors, lowest first: a module imports only from its own floor or one below
+#: (docs/engine.md, "Layers"); within a floor the imports form no cycle either
+CORE_FLOORS: tuple[frozenset[str], ...] = (
+    frozenset({"errors", "options", "files", "metrics", "config", "stats", "data", "averaging", "rundir",
+               "distributed"}),  # values, errors and I/O
+    frozenset({"task", "attacks", "models", "state", "evaluate", "report", "hookspecs"}),  # contracts
+    frozenset({"plugins", "registry"}),  # the plugin host and the registries
+    frozenset({"engine", "engine.build", "engine.step", "engine.checkpoints", "engine.evaluation", "engine.loop",
+               "oversample", "crowd"}),  # the engine and the data-level products
+)
+
+
+def _core_imports() -> dict[str, set[str]]:
+    """Every import between core modules, at the top, inside functions (lazy) or under
+    TYPE_CHECKING alike: a lazy import is still a dependency."""
+    modules = {".".join(path.relative_to(ROOT / "core").with_suffix("").parts).removesuffix(".__init__")
+               .removesuffix("__init__") or "core": path for path in CORE_FILES}
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(_tree(path)):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("robx.core"):
+                base = node.module.removeprefix("robx.core").lstrip(".")
+                targets = [base] + [f"{base}.{alias.name}".lstrip(".") for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name.removeprefix("robx.core.") for alias in node.names
+                           if alias.name.startswith("robx.core.")]
+            edges[name] |= {target for target in targets if target in modules and target != name}
+    return edges
+
+
+def test_core_reads_as_floors_without_cycles():
+    edges = _core_imports()
+    floor = {module: level for level, members in enumerate(CORE_FLOORS) for module in members}
+    assert set(edges) - {"core"} == set(floor), f"core modules not in a floor: {sorted(set(edges) - set(floor))}"
+    for module, imported in edges.items():
+        for target in imported:
+            if module in floor:
+                assert floor[target] <= floor[module], f"core/{module} imports {target}, a floor above it"
+    seen: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:  # depth-first: a module met again on its own path is a cycle
+        seen[module] = 1
+        for target in edges[module]:
+            assert seen.get(target) != 1, f"import cycle: {' -> '.join(path + [module, target])}"
+            if target not in seen:
+                visit(target, path + [module])
+        seen[module] = 2
+
+    for module in edges:
+        if module not in seen:
+            visit(module, [])
+
+
+def test_core_imports_no_plugin_and_no_command_line():
+    """The host loads the built-in plugin list by name (robx.plugins.DEFAULT_PLUGINS, as
+    pytest's and llm's default plugins); nothing else in core imports a plugin or the CLI."""
+    for path in CORE_FILES:
+        for node in ast.walk(_tree(path)):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [module or ""]
+            for name in names:
+                if name.startswith("robx.cli") or (name.startswith("robx.plugins") and not (
+                        path.name == "plugins.py" and name == "robx.plugins")):
+                    raise AssertionError(f"{path.relative_to(ROOT)} imports {name}")

@@ -198,34 +198,41 @@ def test_a_dataset_without_defaults_is_told_every_missing_key_at_once(monkeypatc
 
     from robx.core.config import TrainConfig
     from robx.core.errors import OptionError
-    from robx.core.registry import registry
+    from robx.core.registry import registry, resolved_config
 
     found = registry()
     bare = dataclasses.replace(found.datasets["digits"], name="bare", defaults={})
     monkeypatch.setitem(found.datasets, "bare", bare)
     # the classification task fills in its recipe: only the model is left to name
     with pytest.raises(OptionError) as raised:
-        TrainConfig(dataset="bare", epochs=1).resolved()
+        resolved_config(TrainConfig(dataset="bare", epochs=1))
     assert str(raised.value) == "dataset 'bare' sets no model; give them in the config or on the command line (--model)"
-    config = TrainConfig(dataset="bare", model="smallcnn").resolved()
+    config = resolved_config(TrainConfig(dataset="bare", model="smallcnn"))
     assert (config.imbalance, config.epochs, config.steps, config.eval_steps) == ("original", 10, 10, 20)
     assert config.eps == pytest.approx(8 / 255) and config.alpha == pytest.approx(2 / 255)
     # a task without defaults: every missing key at once
     monkeypatch.setattr(found.tasks["classification"].task, "defaults", {})
     with pytest.raises(OptionError) as raised:
-        TrainConfig(dataset="bare", epochs=1).resolved()
+        resolved_config(TrainConfig(dataset="bare", epochs=1))
     message = str(raised.value)
     assert message.startswith("dataset 'bare' sets no imbalance, ratio, model, batch_size, lr, schedule, eps, alpha, "
                               "steps, eval_steps, augment;")
     assert "(--imbalance --ratio --model --batch-size" in message and "epochs" not in message.split(";")[0]
 
 
-def test_the_retired_random_start_key_is_one_line_and_old_runs_keep_their_meaning():
-    from robx.core.config import TrainConfig, migrated
+def test_the_retired_random_start_key_is_one_line_and_old_runs_keep_their_meaning(robx_here, tmp_path):
+    from robx.core.config import TrainConfig
+    from robx.core.engine.checkpoints import migrated
     from robx.core.errors import OptionError
 
-    with pytest.raises(OptionError, match=r"config key 'random_start' is gone: .*--set pgd.random_start=false"):
+    with pytest.raises(OptionError, match=r"config key 'random_start' is gone: .*ADVERSARY.random_start=false"):
         TrainConfig.from_dict({"random_start": False})
+    (tmp_path / "old.toml").write_text("random_start = false\n")
+    refused = robx_here("train", "--config", "old.toml")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "robx: error: config key 'random_start' is gone: the start is the adversary's choice: set the fallback "
+        "adversary's own option, --set ADVERSARY.random_start=false (TOML: [ADVERSARY] random_start = false; robx "
+        "plugins lists the options)")
     old = {"dataset": "digits", "plugins": ["srat"], "random_start": False}  # pgd is srat's fallback adversary
     assert migrated(old) == {"dataset": "digits", "plugins": ["srat"], "plugin_options": {"pgd": {"random_start": False}}}
     assert migrated({"plugins": ["trades"], "random_start": False}) == {"plugins": ["trades"]}  # pgd never ran

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from robx.core.registry import resolved_config
 from robx.core.data import data_roots
 from robx.core.errors import DataError, DataNotFoundError, OptionError
 from robx.plugins.datasets import city_crime as crime
@@ -195,15 +196,15 @@ def test_the_crime_task_trains_attacks_and_reports_zero_and_non_zero_errors(tmp_
 def test_the_task_is_implied_by_the_dataset_and_checked_against_it():
     from robx.core.config import TrainConfig
 
-    assert TrainConfig(task="crime", dataset="nyc-crime").resolved().task == "crime"
-    assert TrainConfig(dataset="chicago-crime").resolved().task == "crime"  # the dataset implies it
+    assert resolved_config(TrainConfig(task="crime", dataset="nyc-crime")).task == "crime"
+    assert resolved_config(TrainConfig(dataset="chicago-crime")).task == "crime"  # the dataset implies it
     with pytest.raises(OptionError, match=r"^task 'crime' needs a dataset: give --dataset \(chicago-crime, nyc-crime\)$"):
-        TrainConfig(task="crime").resolved()
+        resolved_config(TrainConfig(task="crime"))
     with pytest.raises(OptionError, match="^dataset 'cifar10' is for task 'classification', not 'crime'$"):
-        TrainConfig(task="crime", dataset="cifar10").resolved()
+        resolved_config(TrainConfig(task="crime", dataset="cifar10"))
     with pytest.raises(OptionError, match="^unknown task 'traffic'; available: classification, crime, "
                                           "crowd-classification, regression$"):
-        TrainConfig(task="traffic", dataset="nyc-crime").resolved()
+        resolved_config(TrainConfig(task="traffic", dataset="nyc-crime"))
 
 
 @needs_crime_data

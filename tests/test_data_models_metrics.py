@@ -9,7 +9,7 @@ from robx.core import data as data_module
 from robx.core.data import apply_protocol, imbalanced_class_sizes, per_class_subset, stratified_split, stratified_subset
 from robx.core.errors import DataNotFoundError, OptionError
 from robx.core.metrics import majority_classes, summarize
-from robx.core.registry import registry
+from robx.core.registry import registry, resolved_config
 from robx.core.task import ModelInput
 from robx.plugins.datasets import cifar as cifar_module
 from robx.plugins.tasks.classification import crop_flip
@@ -154,7 +154,7 @@ def test_imbalance_none_from_a_file_means_balanced_not_the_dataset_default(tmp_p
     from robx.core.config import TrainConfig, load_toml
 
     (tmp_path / "fair.toml").write_text('dataset = "digits"\nimbalance = "none"\nn_max = 13\n')
-    config = TrainConfig.from_dict(load_toml(tmp_path / "fair.toml")).resolved()
+    config = resolved_config(TrainConfig.from_dict(load_toml(tmp_path / "fair.toml")))
     assert config.imbalance == "none"
     data = prepare_data(config.dataset, config.imbalance, config.ratio, config.n_max, None, 0.0, 0)
     assert data.class_counts() == [13] * 10

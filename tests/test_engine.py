@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from robx.core.registry import resolved_config
 import robx.core.engine as engine
 from robx.core.errors import CheckpointError, NonFiniteLossError, RunDirError
 from robx.core.rundir import load_checkpoint, save_checkpoint
@@ -22,7 +23,7 @@ def test_run_directory_holds_config_metrics_checkpoint_report_and_plot(tmp_path)
     assert {"config.json", "metrics.jsonl", "checkpoint.pt", "report.json", "per_class.png"} <= files
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
-    eps = tiny_config().resolved().eps
+    eps = resolved_config(tiny_config()).eps
     assert json.loads(lines[-1])["class_eps"] == pytest.approx([eps] * 10, abs=1e-6)  # budgets per epoch
     on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
     assert on_disk["summary"] == report["summary"]
@@ -200,4 +201,4 @@ def test_a_warmup_the_schedule_cannot_take_is_one_clear_error(bad):
     from robx.core.errors import OptionError
 
     with pytest.raises(OptionError, match="warmup_epochs"):
-        TrainConfig(dataset="digits", epochs=10, lr=0.1, **bad).resolved()
+        resolved_config(TrainConfig(dataset="digits", epochs=10, lr=0.1, **bad))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from robx.core.registry import resolved_config
 from robx.core import engine
 from robx.core.rundir import load_checkpoint
 from robx.core.stats import SplitStats
@@ -81,7 +82,7 @@ def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     engine.train(config, tmp_path / "run")
     weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["plugins"]["dafa"]["weights"]
     assert not torch.allclose(weights, torch.ones_like(weights))
-    eps, alpha = config.resolved().eps, config.resolved().alpha
+    eps, alpha = resolved_config(config).eps, resolved_config(config).alpha
     warmup_batches = len(seen) // 3
     y, eps_seen, alpha_seen = seen[-1]  # an epoch after warm-up
     assert torch.allclose(eps_seen, weights[y] * eps) and torch.allclose(alpha_seen, weights[y] * alpha)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from robx.core.registry import resolved_config
 from robx import hookimpl
 from robx.core import hookspecs
 from robx.core import plugins as plugin_module
@@ -396,7 +397,7 @@ def test_every_hook_runs_in_a_real_training(test_plugins, tmp_path):
     assert CALLS.index("trained_class_counts") < CALLS.index("train_start")
     # asked before the epoch's first step
     assert CALLS.index("class_policy:1") < CALLS.index("select_victims", CALLS.index("epoch_end:0"))
-    eps = tiny_config().resolved().eps
+    eps = resolved_config(tiny_config()).eps
     assert metrics[0]["class_eps"] == pytest.approx([eps] * 10, abs=1e-6)  # None: the global budget
     assert metrics[1]["class_eps"] == pytest.approx([eps / 2] * 10, abs=1e-6)  # the budget used in epoch 1
     evaluated = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["eval_model"]

@@ -13,7 +13,7 @@ import torch
 import robx.core.engine as engine
 from robx.core.errors import OptionError
 from robx.core.plugins import PluginHost
-from robx.core.registry import registry
+from robx.core.registry import registry, resolved_config
 from robx.core.rundir import load_checkpoint
 
 from conftest import tiny_config, train_killed_and_resumed
@@ -226,7 +226,7 @@ def test_registration_plugins_are_not_training_plugins():
                                             "cifar10-pair, cifar10-pair-crowd, cifar100, digits, digits-binary, "
                                             "digits-crowd, folder, madelon, npz, nyc-crime, synthetic, "
                                             "tabular-binary"):
-        tiny_config(dataset="mnist").resolved()
+        resolved_config(tiny_config(dataset="mnist"))
     with pytest.raises(OptionError, match="unknown model 'vgg'; available: .*smallcnn"):
         engine.build_run(tiny_config(model="vgg"), None)
 

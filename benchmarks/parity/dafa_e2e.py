@@ -66,10 +66,10 @@ def protocol_config(method: str, seed: int, epochs: int, overrides: dict[str, An
 def subset_and_model(config: Any) -> tuple[Any, torch.nn.Module]:
     """robx's subset (TaskData after the protocol) and a fresh cnn4 for it."""
     from robx.core.data import apply_protocol
-    from robx.core.registry import registry
+    from robx.core.registry import registry, resolved_config
     from robx.core.task import ModelInput
 
-    resolved = config.resolved()
+    resolved = resolved_config(config)
     found = registry()
     data = found.dataset(resolved.dataset).read(resolved.data_root, resolved.data_seed, resolved.dataset_options)
     data = apply_protocol(data, resolved.imbalance, resolved.ratio, resolved.n_max, resolved.n_test_per_class,

@@ -71,9 +71,9 @@ def protocol_config(seed: int, overrides: dict[str, Any]) -> Any:
 
 def subset(config: Any) -> Any:
     from robx.core.data import apply_protocol
-    from robx.core.registry import registry
+    from robx.core.registry import registry, resolved_config
 
-    resolved = config.resolved()
+    resolved = resolved_config(config)
     data = registry().dataset(resolved.dataset).read(resolved.data_root, resolved.data_seed,
                                                      resolved.dataset_options)
     return apply_protocol(data, resolved.imbalance, resolved.ratio, resolved.n_max, resolved.n_test_per_class,
@@ -83,7 +83,7 @@ def subset(config: Any) -> Any:
 def cnn4_without_normalisation(num_classes: int = 10, use_norm: bool = False) -> torch.nn.Module:
     """robx's cnn4 as the authors' resnet32 is built: inputs come normalised, the head is
     cosine with ``use_norm``."""
-    from robx.core.registry import registry
+    from robx.core.registry import registry, resolved_config
     from robx.core.task import ModelInput
 
     spec = ModelInput(shape=(3, 32, 32), outputs=num_classes, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),

@@ -22,7 +22,7 @@ from robx.core.distributed import Processes
 from robx.core.errors import OptionError, PluginError, RobxError, warn
 from robx.core.models import NormedLinear, load_initial_weights, normalises
 from robx.core.plugins import PluginHost
-from robx.core.registry import Registry, registry
+from robx.core.registry import Registry, registry, resolved_config
 from robx.core.state import TrainState
 from robx.core.stats import EpochStats
 from robx.core.task import ModelInput, Task
@@ -211,7 +211,7 @@ def step_precision(config: TrainConfig, device: torch.device) -> torch.autocast:
 
 
 def build_run(config: TrainConfig, run_dir: Path) -> Run:
-    config = config.resolved()
+    config = resolved_config(config)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     host = PluginHost(config.plugins, config.plugin_options, config.loss)

@@ -14,12 +14,26 @@ from typing import Any
 from robx import __version__
 from robx.core import distributed
 from robx.core import rundir
-from robx.core.config import TrainConfig, migrated
+from robx.core.config import TrainConfig
 from robx.core.distributed import Processes
 from robx.core.errors import CheckpointError, RobxError, RunDirError
 from robx.core.files import write_text_atomically
 from robx.core.stats import EpochStats
+from robx.core.plugins import fallback_adversary, resolve_plugin_names
 from robx.core.engine.build import Run, build_run, rng_state, set_rng_state
+
+
+def migrated(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config with retired keys moved to where they live now (``random_start``:
+    to the fallback adversary's option, where that adversary ran)."""
+    saved = dict(saved)
+    name = fallback_adversary()
+    if saved.pop("random_start", True) is False and name in resolve_plugin_names(saved.get("plugins", []),
+                                                                                 saved.get("loss", "ce")):
+        options = {plugin: dict(table) for plugin, table in saved.get("plugin_options", {}).items()}
+        options.setdefault(name, {})["random_start"] = False
+        saved["plugin_options"] = options
+    return saved
 
 
 def checkpoint_payload(run: Run) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def evaluate_run(
                       batch_size=config.eval_batch_size, on_batch=progress.advance_eval, processes=run.processes)
     progress.end_eval()
     assert result.clean_outputs is not None and result.robust_outputs is not None
-    details = run.task.report_details(test, result.clean_outputs, result.robust_outputs, attack)
+    details = run.task.report_details(test, result.clean_outputs, result.robust_outputs, attack.name)
     trained = data.class_counts()
     return build_report(result, data.classes, run.real_class_counts or trained, attack, run.task.metric, extra={
         **({"details": details} if details else {}),
