@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,6 @@ from robx.core.hookspecs import hookimpl
 from robx.core.stats import ScoreAccumulator, SplitStats
 from robx.core.task import Metric, RegisterTask, Task
 
-if TYPE_CHECKING:
-    from robx.core.attacks import AttackPlan
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +115,7 @@ class Classification(Task):
         return F.cross_entropy(outputs, targets, reduction="none")
 
     def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
-                       attack: AttackPlan) -> dict[str, Any]:
+                       attack_name: str) -> dict[str, Any]:
         """Where the attack pushes each class: ``attacked_confusion[i][j]``, the share of class
         i's attacked test examples predicted as class j (the diagonal is robust accuracy)."""
         c = self.num_classes

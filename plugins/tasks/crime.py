@@ -46,7 +46,7 @@ which is scipy's ``nbinom(n=alpha, p=alpha / (alpha + mu))``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -54,8 +54,6 @@ from robx.core.data import Split
 from robx.core.hookspecs import hookimpl
 from robx.core.task import Metric, ModelInput, RegisterTask, Task
 
-if TYPE_CHECKING:
-    from robx.core.attacks import AttackPlan
 
 #: cells ranked per day and category for event detection
 TOP_K = 20
@@ -216,11 +214,11 @@ class Crime(Task):
         return predictors
 
     def report_details(self, split: Split, clean_outputs: torch.Tensor, robust_outputs: torch.Tensor,
-                       attack: AttackPlan) -> dict[str, Any]:
+                       attack_name: str) -> dict[str, Any]:
         counts = split.y.float()
-        predictors = {"model, clean": clean_outputs[..., 0], f"model, {attack.name}": robust_outputs[..., 0],
+        predictors = {"model, clean": clean_outputs[..., 0], f"model, {attack_name}": robust_outputs[..., 0],
                       **self.trivial_predictions(split)}
-        dispersions = {"model, clean": clean_outputs[..., 1], f"model, {attack.name}": robust_outputs[..., 1]}
+        dispersions = {"model, clean": clean_outputs[..., 1], f"model, {attack_name}": robust_outputs[..., 1]}
         non_zero = counts > 0
         rows: dict[str, dict[str, float | None]] = {}
         for name, predicted in predictors.items():
