@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,24 @@ def tiny_config(**overrides) -> TrainConfig:
     values = dict(dataset="digits", epochs=2, steps=2, eval_steps=5, n_eval=120, batch_size=128)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def while_training(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """A flag, ``[True]`` while an epoch trains (``engine.loop.train_epoch`` runs): a spy on
+    the attacks records the training steps' calls only, not validation's or evaluation's."""
+    import robx.core.engine as engine
+
+    flag, real_epoch = [False], engine.loop.train_epoch
+
+    def epoch(*args: Any, **kwargs: Any) -> Any:
+        flag[0] = True
+        try:
+            return real_epoch(*args, **kwargs)
+        finally:
+            flag[0] = False
+
+    monkeypatch.setattr(engine.loop, "train_epoch", epoch)
+    return flag
 
 
 def train_killed_and_resumed(config: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -13,7 +13,7 @@ from robx.core.stats import SplitStats
 from robx.plugins.dafa import dafa_class_weights
 from robx.plugins.fairtat import class_false_positive_scores, target_distribution
 
-from conftest import tiny_config
+from conftest import tiny_config, while_training
 
 
 def test_dafa_weights_on_a_hand_made_matrix():
@@ -61,23 +61,14 @@ def test_dafa_margins_reach_the_attack(tmp_path, monkeypatch):
     import robx.core.attacks as attacks
 
     seen = []
-    real_pgd, real_epoch = attacks.pgd, engine.train_epoch
-    training = [False]
+    real_pgd, training = attacks.pgd, while_training(monkeypatch)
 
     def spy(model, x, y, **kwargs):
         if training[0]:
             seen.append((y.clone(), kwargs["eps"].clone(), kwargs["alpha"].clone()))
         return real_pgd(model, x, y, **kwargs)
 
-    def epoch(*args, **kwargs):
-        training[0] = True
-        try:
-            return real_epoch(*args, **kwargs)
-        finally:
-            training[0] = False
-
     monkeypatch.setattr(attacks, "pgd", spy)  # every attack calls it: record the training steps' only
-    monkeypatch.setattr(engine.loop, "train_epoch", epoch)
     config = tiny_config(epochs=3, plugins=["dafa"], plugin_options={"dafa": {"warmup": 0.34}}, n_eval=20)
     engine.train(config, tmp_path / "run")
     weights = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["plugins"]["dafa"]["weights"]

@@ -26,7 +26,7 @@ from robx.core.plugins import PluginHost, PluginSpec, available_plugins, parse_s
 from robx.core.rundir import load_checkpoint
 from robx.core.state import ClassPolicy, Step
 
-from conftest import tiny_config
+from conftest import tiny_config, while_training
 
 TESTS_DIR = Path(__file__).parent
 
@@ -189,26 +189,15 @@ def test_the_adversary_follows_declared_rules_not_listing_order(plugins, adversa
 def test_both_orders_of_trades_and_pgd_train_on_cross_entropy_pgd(tmp_path, monkeypatch, plugins):
     import robx.core.attacks as attacks
 
-    import robx.core.engine as engine
-
     starts = []
-    real, real_epoch = attacks.pgd, engine.train_epoch
-    training = [False]
+    real, training = attacks.pgd, while_training(monkeypatch)
 
     def spy(*args, **kwargs):
         if training[0]:
             starts.append("uniform" if kwargs["random_init"] and kwargs["x_init"] is None else "other")
         return real(*args, **kwargs)
 
-    def epoch(*args, **kwargs):
-        training[0] = True
-        try:
-            return real_epoch(*args, **kwargs)
-        finally:
-            training[0] = False
-
     monkeypatch.setattr(attacks, "pgd", spy)  # every attack calls it: record the training steps' only
-    monkeypatch.setattr(engine.loop, "train_epoch", epoch)
     train(tiny_config(epochs=1, plugins=plugins, n_eval=20), tmp_path / "run")
     # 720 images / batch 128: every batch by pgd (a uniform start), none by TRADES' KL attack
     # (which starts from x + 0.001 N(0, 1))
