@@ -348,6 +348,13 @@ def train_start(state: TrainState) -> None:
 
 
 @hookspec
+def train_end(state: TrainState) -> None:
+    """Called once after the last epoch, before the evaluated model is chosen and evaluated
+    (as Lightning's ``on_train_end``; also when a resumed run had no epoch left). A plugin
+    releases or finalises its own state here."""
+
+
+@hookspec
 def epoch_end(state: TrainState) -> None:
     """Called after every epoch's last step, once ``state.epoch_stats`` holds the
     epoch's class statistics (train, and validation when a split exists). Plugins
@@ -384,8 +391,30 @@ REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "registe
                                   "register_oversamplers", "register_crowd_learners", "register_commands")
 
 
+# ---------------------------------------------------------------------------
+# retired hooks: robx no longer calls them; a plugin that implements one still loads, with
+# one warning naming the hook and what replaced it (pluggy's ``warn_on_impl``), for one release
+# ---------------------------------------------------------------------------
+
+
+class RetiredHookWarning(FutureWarning):
+    """A plugin implements a hook robx no longer calls (shown by default, unlike a
+    DeprecationWarning: the user running the plugin is the one who needs to know)."""
+
+
+@hookspec(warn_on_impl=RetiredHookWarning(
+    "robx no longer calls epoch_start (retired 2026-12-06, no built-in plugin used it): the plugin's "
+    "epoch_start does nothing; do its work in epoch_end of the epoch before, or in train_start"))
+def epoch_start(state: TrainState) -> None:
+    """Retired: not called."""
+
+
+#: hooks robx no longer calls (specs kept only so that an implementation warns)
+RETIRED: tuple[str, ...] = ("epoch_start",)
+
+
 def _all_hook_names() -> list[str]:
-    return [name for name, obj in globals().items() if hasattr(obj, "robx_spec")]
+    return [name for name, obj in globals().items() if hasattr(obj, "robx_spec") and name not in RETIRED]
 
 
 HOOK_NAMES: tuple[str, ...] = tuple(_all_hook_names())

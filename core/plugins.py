@@ -103,7 +103,7 @@ class PluginSpec:
     @property
     def unknown_hooks(self) -> tuple[str, ...]:
         """Members marked ``@hookimpl`` whose name is no robx hook (a misspelling)."""
-        return tuple(sorted(self._marked - set(hookspecs.HOOK_NAMES)))
+        return tuple(sorted(self._marked - set(hookspecs.HOOK_NAMES) - set(hookspecs.RETIRED)))
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -749,6 +749,9 @@ class PluginHost:
 
     def train_start(self, state: TrainState) -> None:
         self.hook.train_start(state=state)
+
+    def train_end(self, state: TrainState) -> None:
+        self.hook.train_end(state=state)
 
     def epoch_end(self, state: TrainState) -> None:
         self.hook.epoch_end(state=state)

@@ -66,6 +66,10 @@ class Probe:
         self._saw("train_start", state.epoch)
 
     @hookimpl
+    def train_end(self, state):
+        self._saw("train_end", (state.epoch, len(state.history)))
+
+    @hookimpl
     def training_set(self, state, train):
         keep = torch.arange(0, len(train.labels), 2)  # every other example
         self._saw("training_set", len(keep))
@@ -135,6 +139,7 @@ def test_each_training_hook_has_its_effect_on_a_run(monkeypatch, tmp_path):
     report = train(tiny_config(plugins=["probe"], epochs=2, n_eval=40, eval_steps=1), tmp_path / "run")
     seen = Probe.seen
     assert seen["check_run"] == [0] and seen["train_start"] == [0] and seen["epoch_end"] == [0, 1]
+    assert seen["train_end"] == [(1, 2)]  # once, after the last of the 2 epochs
     kept = seen["training_set"][0]
     assert kept == 360  # every other of the 720 digits examples
     (dataset_counts,) = seen["trained_class_counts"]
@@ -600,9 +605,10 @@ def test_per_class_quantities_are_owned_one_by_one_through_one_hook(monkeypatch)
         PluginHost(["sneaky"], {}).class_policy(state=None)
     with pytest.raises(PluginError, match="must both implement class_policy and declare"):
         PluginHost(["undeclared"], {})
-    # 22 hooks: the three per-class hooks are one, epoch_start and train_end (no built-in used them) are gone,
-    # register_commands (data-level tools are registered commands) and register_attacks are new
-    assert len(hookspecs.HOOK_NAMES) == 22 and "class_policy" in hookspecs.HOOK_NAMES
+    # 23 hooks: the three per-class hooks are one, epoch_start is retired (it warns), train_end is back (the
+    # lifecycle is symmetric), register_commands (data-level tools are registered commands) and register_attacks
+    # are new
+    assert len(hookspecs.HOOK_NAMES) == 23 and "class_policy" in hookspecs.HOOK_NAMES
 
 
 @pytest.mark.parametrize(("attribute", "value", "meant"), [
@@ -658,3 +664,29 @@ def test_validation_attacks_with_the_budget_the_config_states_and_says_which(tmp
     else:
         assert sum(clean) > 5 and sum(robust) < sum(clean) - 1  # ten classes: the attack at eps bites
         assert record["val_attack"] == "PGD-2 linf eps=0.1 alpha=0.025"
+
+
+class OldStyle:
+    """A plugin written for an earlier robx: it implements the retired epoch_start."""
+
+    name = "old-style"
+    calls: list[int] = []
+
+    @hookimpl
+    def epoch_start(self, state):
+        OldStyle.calls.append(state.epoch)
+
+    @hookimpl
+    def epoch_end(self, state):
+        OldStyle.calls.append(-1)
+
+
+def test_a_retired_hook_warns_and_the_plugin_still_runs(tmp_path, monkeypatch):
+    from robx.core.hookspecs import RetiredHookWarning
+
+    found = {**available_plugins(), "old-style": PluginSpec("old-style", "test", OldStyle)}
+    monkeypatch.setattr(plugin_module, "available_plugins", lambda: found)
+    OldStyle.calls = []
+    with pytest.warns(RetiredHookWarning, match="robx no longer calls epoch_start .* epoch_end of the epoch before"):
+        train(tiny_config(epochs=2, plugins=["pgd", "old-style"], n_eval=20), tmp_path / "run")
+    assert OldStyle.calls == [-1, -1]  # its epoch_end ran each epoch; epoch_start never

@@ -222,6 +222,7 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
 
         distributed.on_main(write_epoch, processes, "the checkpoint")
         progress.end_epoch(stats)
+    run.host.train_end(state)
     model = state.model
     parameters = run.host.averaged_weights(state)
     if parameters is not None:
