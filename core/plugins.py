@@ -384,6 +384,8 @@ class Selection:
     owners: dict[str, str]
     part_of: dict[str, str] = dataclasses.field(default_factory=dict)
     listed: list[str] = dataclasses.field(default_factory=list)
+    #: the raw options with each recipe's routed to its parts (:func:`expand_recipes`)
+    routed: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def expand_recipes(selected: Sequence[str], raw_options: Mapping[str, Mapping[str, Any]]
@@ -462,7 +464,7 @@ def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS,
     duplicates = {n for n in listed if listed.count(n) > 1}
     if duplicates:
         raise OptionError(f"plugin listed twice: {', '.join(sorted(duplicates))}")
-    names, _, part_of = expand_recipes(listed, raw_options or {})
+    names, routed, part_of = expand_recipes(listed, raw_options or {})
     if loss != DEFAULT_LOSS:
         spec = get_plugin_spec(loss)
         if "training_loss" not in spec.hooks:
@@ -487,7 +489,7 @@ def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS,
     if len(heads) > 1:
         needing = [f"'{s.name}' ({s.head})" for s in specs if s.head is not None]
         raise PluginConflictError(f"plugins {' and '.join(needing)} need different model heads; select one of them")
-    return Selection(names, _owners(specs, part_of), part_of, listed)
+    return Selection(names, _owners(specs, part_of), part_of, listed, routed)
 
 
 def resolve_plugin_names(selected: Sequence[str], loss: str = DEFAULT_LOSS) -> list[str]:
@@ -534,9 +536,7 @@ class PluginHost:
                     f"options given for plugin '{plugin_name}', which is not selected "
                     f"(selected: {', '.join(self.listed)})"
                 )
-        _, routed, _ = expand_recipes([name for name in self.listed if name in selection.part_of.values()],
-                                      raw_options)
-        raw_options = {**raw_options, **routed}
+        raw_options = {**raw_options, **selection.routed}  # the recipes expanded once, by the selection
         self.specs = {name: get_plugin_spec(name) for name in self.names}
         #: each selected recipe's own options (its parts hold the values the run uses)
         self.recipe_options = {name: build_options(get_plugin_spec(name), raw_options.get(name, {}))
