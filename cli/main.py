@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robx.core.registry import resolved_config
+from robx.core.registry import registry, resolved_config
 from robx.core.config import MAX_BATCH, MAX_SEED, MAX_STEPS, TrainConfig, load_toml
 from robx.core.errors import Interrupted, OptionError, RobxError
 from robx.core.options import coerce, parse_number
@@ -51,8 +51,6 @@ def _number(value: Optional[str], name: str) -> Optional[float]:
 
 def _default_run_dir(config: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    from robx.core.registry import registry
-
     names = "+".join(resolve_plugin_names(config.plugins, config.loss))
     dataset = config.dataset or registry().default_dataset
     return Path("runs") / f"{_name_part(dataset)}-{names}-seed{config.seed}-{stamp}"
@@ -134,15 +132,26 @@ def config_values(given: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``command`` (taking ``**settings``) with one keyword parameter per config option, for
-    Typer to turn into options."""
+def _own_parameters(command: Callable[..., None]) -> tuple[inspect.Signature, dict[str, Any]]:
+    """``command``'s signature without its ``**`` parameter, and its type hints."""
     signature = inspect.signature(command, eval_str=True)
     fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    added = config_parameters()
-    command.__signature__ = signature.replace(parameters=fixed + added)  # type: ignore[attr-defined]
-    command.__annotations__ = {**typing.get_type_hints(command, include_extras=True),
-                               **{p.name: p.annotation for p in added}}
+    return signature.replace(parameters=fixed), typing.get_type_hints(command, include_extras=True)
+
+
+def _with_parameters(command: Callable[..., None], own: tuple[inspect.Signature, dict[str, Any]],
+                     added: list[inspect.Parameter]) -> None:
+    """Give ``command`` its own parameters and ``added`` ones (received through its ``**``
+    parameter), for Typer to turn into options."""
+    signature, hints = own
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *added])
+    command.__annotations__ = {**hints, **{p.name: p.annotation for p in added}}
+
+
+def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` (taking ``**settings``) with one keyword parameter per config option."""
+    _with_parameters(command, _own_parameters(command), config_parameters())
     return command
 
 
@@ -328,8 +337,6 @@ def attack_parameters() -> list[inspect.Parameter]:
     """One option per own setting of the registered attacks (``--victims`` of stpgd), named,
     typed and explained by the attack's options dataclass, as ``robx train``'s options come
     from the config: an installed attack's settings appear without a CLI edit."""
-    from robx.core.registry import registry
-
     owners: dict[str, list[str]] = {}
     found: dict[str, dataclasses.Field[Any]] = {}
     for spec in registry().attacks.values():
@@ -356,27 +363,20 @@ def with_attack_options(command: Callable[..., None]) -> Callable[..., None]:
     """``command`` (taking ``**attack_options``) with one keyword parameter per registered
     attack setting (:func:`attack_parameters`), added when the command line is read
     (:func:`add_attack_options`), once the installed plugins are known."""
-    signature = inspect.signature(command, eval_str=True)
-    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    _ATTACK_COMMANDS[command] = (signature.replace(parameters=fixed),
-                                 typing.get_type_hints(command, include_extras=True))
-    command.__signature__ = _ATTACK_COMMANDS[command][0]  # type: ignore[attr-defined]
+    _ATTACK_COMMANDS[command] = _own_parameters(command)
+    _with_parameters(command, _ATTACK_COMMANDS[command], [])
     return command
 
 
 def add_attack_options() -> None:
     """The registered attacks' settings as options of ``robx eval`` and ``robx audit``."""
     added = attack_parameters()
-    for command, (signature, hints) in _ATTACK_COMMANDS.items():
-        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=[*signature.parameters.values(), *added])
-        command.__annotations__ = {**hints, **{p.name: p.annotation for p in added}}
+    for command, own in _ATTACK_COMMANDS.items():
+        _with_parameters(command, own, added)
 
 
 def _settings_of(attack: str) -> set[str]:
     """The own settings of the registered attack ``attack`` (none for an unknown name)."""
-    from robx.core.registry import registry
-
     spec = registry().attacks.get(attack)
     return {f.name for f in dataclasses.fields(spec.options)} if spec is not None and spec.options else set()
 
@@ -384,8 +384,6 @@ def _settings_of(attack: str) -> set[str]:
 def attack_settings(names: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The attack settings given on the command line, by the attack of ``names`` they belong
     to; one that none of them takes is an error naming the attacks that do."""
-    from robx.core.registry import registry
-
     given = {key: value for key, value in given.items() if value is not None}
     for key in given:
         if not any(key in _settings_of(name) for name in names):
@@ -442,8 +440,6 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], atta
         if norm not in ("linf", "l2"):
             raise OptionError(f"--norm must be linf or l2, got {norm!r}")
         run.config.norm = norm  # type: ignore[assignment]
-    from robx.core.registry import registry
-
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise OptionError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
     name = registry().attack_name(attack_name, run.task)
@@ -648,8 +644,6 @@ def plugins_(
 ) -> None:
     """List every available plugin, where it comes from and the hooks it implements, and the
     tasks, datasets and models they register."""
-    from robx.core.registry import registry
-
     specs = available_plugins()
     if markdown:
         from robx.cli.reference import methods_reference
@@ -707,8 +701,6 @@ def plugins_(
 def add_registered_commands() -> None:
     """Add the commands plugins register (``register_commands``) to the app (once per
     process; the registry refuses robx's own names)."""
-    from robx.core.registry import registry
-
     present = {info.name for info in app.registered_commands}
     for spec in registry().commands.values():
         if spec.name not in present:

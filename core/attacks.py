@@ -176,7 +176,7 @@ Start = Literal["uniform", "gaussian", "none"]
 class Attack:
     """The run's attack on one batch, bound by the engine to everything that is not the
     adversary's choice: the model it attacks, the batch, each example's budget (the owner of
-    the per-class budget decides it: ``state.example_budget``), the victims (the owner of
+    the per-class budget decides it: ``state.class_eps``, ``state.class_alpha``), the victims (the owner of
     ``select_victims``), the input box and loss of the task, the run's steps and norm. An
     adversary chooses only what makes it the method it is: the loss it ascends, the start,
     and whether it is targeted::
@@ -274,11 +274,10 @@ class AttackSpec:
 
 
 def budget_text(value: float) -> str:
-    """A budget as people write it: 8/255 where it is one (within float rounding), else %.4g."""
-    for denominator in (255,):
-        numerator = value * denominator
-        if numerator >= 0.5 and abs(numerator - round(numerator)) < 1e-6:
-            return f"{round(numerator)}/{denominator}"
+    """A budget as people write it: k/255 where it is one (within float rounding), else %.4g."""
+    levels = value * 255
+    if levels >= 0.5 and abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
     return f"{value:.4g}"
 
 

@@ -136,9 +136,9 @@ class Registry:
         if self.default_attack is not None and self.default_attack not in self.attacks:
             self.default_attack = None
 
-    def _unknown(self, kind: str, name: str, names: Any) -> OptionError:
+    def _unknown(self, kind: str, name: str, names: Any, where: str = "") -> OptionError:
         left_out = f" (left out: {'; '.join(self.skipped.values())})" if self.skipped else ""
-        return OptionError(f"unknown {kind} '{name}'; available: {', '.join(sorted(names))}{left_out}")
+        return OptionError(f"unknown {kind} '{name}'{where}; available: {', '.join(sorted(names))}{left_out}")
 
     def _claim(self, table: dict[str, Any], kind: str, name: str, origin: str) -> None:
         if not isinstance(name, str) or not name:
@@ -199,7 +199,8 @@ class Registry:
         training's adversaries bind and validation runs)."""
         chosen = name or (task.default_attack if task is not None else None) or self.default_attack
         if chosen is None:
-            raise RobxError("no installed plugin registers the default attack (robx.plugins.attacks.pgd does)")
+            raise RobxError("no installed plugin registers a default attack (register_attacks: register(..., "
+                            "default=True))")
         return chosen
 
     def plan_attack(self, task: Task, name: str, *, eps: float, alpha: float, steps: int, norm: str = "linf",
@@ -211,9 +212,7 @@ class Registry:
         API build an attack."""
         available = self.attacks_for(task)
         if name not in available:
-            left_out = f" (left out: {'; '.join(self.skipped.values())})" if self.skipped else ""
-            raise OptionError(f"unknown attack '{name}' for task '{task.name}'; available: {', '.join(available)}"
-                              f"{left_out}")
+            raise self._unknown("attack", name, available, f" for task '{task.name}'")
         spec = self.attacks[name]
         if spec.needs is not None and importlib.util.find_spec(spec.needs[0]) is None:
             raise OptionError(f"attack '{name}' needs {spec.needs[0]}, which is not installed: {spec.needs[1]}")
@@ -284,20 +283,19 @@ class Registry:
     def resolved(self, config: TrainConfig) -> TrainConfig:
         """A copy of ``config`` with every ``None`` filled from the dataset's registered
         defaults (then the task's), validated."""
-        found = self
         values = dataclasses.asdict(config)
         task = values["task"]
-        if task is not None and task not in found.tasks:
-            raise OptionError(f"unknown task '{task}'; available: {', '.join(sorted(found.tasks))}")
-        default = found.datasets.get(found.default_dataset or "")
+        if task is not None and task not in self.tasks:
+            raise OptionError(f"unknown task '{task}'; available: {', '.join(sorted(self.tasks))}")
+        default = self.datasets.get(self.default_dataset or "")
         if values["dataset"] is None and task is not None and (default is None or default.task != task):
-            names = sorted(name for name, spec in found.datasets.items() if spec.task == task)
+            names = sorted(name for name, spec in self.datasets.items() if spec.task == task)
             raise OptionError(f"task '{task}' needs a dataset: give --dataset ({', '.join(names) or 'none registered'})")
         if values["dataset"] is None:
-            if found.default_dataset is None:
+            if self.default_dataset is None:
                 raise OptionError("no dataset given and no installed plugin registers a default dataset")
-            values["dataset"] = found.default_dataset
-        spec = found.dataset(values["dataset"])
+            values["dataset"] = self.default_dataset
+        spec = self.dataset(values["dataset"])
         values["dataset"] = spec.name  # folder:PATH with PATH made absolute
         if task is not None and spec.task != task:
             raise OptionError(f"dataset '{spec.name}' is for task '{spec.task}', not '{task}'")
@@ -307,7 +305,7 @@ class Registry:
                 raise OptionError(f"dataset '{values['dataset']}' has a default for unknown config key '{key}'")
             if values.get(key) is None:
                 values[key] = value
-        for key, value in found.tasks[spec.task].task.defaults.items():
+        for key, value in self.tasks[spec.task].task.defaults.items():
             if values.get(key) is None:
                 values[key] = value
         if values["eval_alpha"] is None:

@@ -128,8 +128,8 @@ class TrainState:
     * ``class_counts``: the examples of each class the model trains on per epoch (the
       training set's counts, or those of the plugin that grows them), fixed for the run;
     * ``class_eps``/``class_alpha``: the per-class attack budget of the current epoch
-      (length ``num_classes``); every adversary uses :meth:`example_budget` (``class_eps[y]``
-      per example);
+      (length ``num_classes``); the engine binds each example's (``class_eps[y]``) to the
+      step's attack, which every adversary calls;
     * ``class_weights``: per-class weights of the main loss this epoch, or ``None``;
     * ``regularizer_weights``: per-class weights b_c of a regulariser this epoch, or ``None``.
 
@@ -169,14 +169,6 @@ class TrainState:
         means = {name: float(total) / count for name, (total, count) in sorted(self.diagnostics.items())}
         self.diagnostics = {}
         return means
-
-    def example_budget(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each example's (eps, alpha): its class's. Where the task labels every target of an
-        example, the example has no one class; the budget is then the same for all classes
-        (the engine refuses a per-class budget for such a task when it is set, each epoch)."""
-        from robx.core.attacks import per_example
-
-        return per_example(self.class_eps, self.class_alpha, labels, self.task.labels_per_target)
 
     @property
     def num_epochs(self) -> int:

@@ -152,7 +152,6 @@ def test_reweighted_victims_move_toward_the_minority_nodes_plain_topk_leaves_out
     state = SimpleNamespace(
         model=model, task=task, num_classes=2, class_counts=torch.tensor([3000, 1000]), device=torch.device("cpu"),
         config=SimpleNamespace(dataset="toy", seed=0),
-        example_budget=lambda labels: (torch.full((8,), 0.5), torch.full((8,), 0.1)),
         log_diagnostic=lambda name, value: logged.setdefault(name, []).append(float(value)))
     torch.manual_seed(0)
     plugin = MinGRE(MinGRE.Options(fraction=0.25, saliency_steps=1, encoder_lr=1e-2))

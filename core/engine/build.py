@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from robx.core import distributed
-from robx.core.attacks import eval_mode
+from robx.core.attacks import AttackPlan, eval_mode
 from robx.core.config import TrainConfig
 from robx.core.data import Split, TaskData, apply_protocol, check_subset_size
 from robx.core.distributed import Processes
@@ -131,6 +131,9 @@ class Run:
     #: the fewest examples a training batch (each process's slice) may hold: 2 for a model
     #: with BatchNorm, whose training statistics need two (:func:`smallest_slice`)
     smallest_batch: int = 1
+    #: the default attack with the run's budget, step size, steps and norm, planned (and
+    #: checked) once; each step binds it with the current per-class budgets
+    training_attack: AttackPlan | None = None
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -254,8 +257,11 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
             state.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     passes = distributed.data_parallel(state.model, device, processes)
     batch_source = data.train.to(device) if keeps_data_on_device(config, device, data.train) else data.train
+    training_attack = found.plan_attack(task, found.attack_name(None), eps=config.eps, alpha=config.alpha,
+                                        steps=config.steps, norm=config.norm, seed=config.seed,
+                                        example_shape=tuple(data.train.x.shape[1:]), what="eps")
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, passes,
-               batch_source, layout, real_class_counts, smallest)
+               batch_source, layout, real_class_counts, smallest, training_attack)
 
 
 def checked_model(config: TrainConfig, found: Registry, task: Task, head: str, processes: Processes) -> torch.nn.Module:

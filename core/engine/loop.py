@@ -15,7 +15,7 @@ from robx import __version__
 from robx.core import distributed
 from robx.core.distributed import Processes
 from robx.core import rundir
-from robx.core.attacks import AttackPlan, check_budget, eval_mode, logits_of
+from robx.core.attacks import AttackPlan, eval_mode, logits_of
 from robx.core.config import TrainConfig
 from robx.core.data import Split
 from robx.core.errors import Interrupted, NonFiniteLossError, RobxError, TrainingPaused
@@ -140,8 +140,7 @@ def train(
             raise RobxError(f"cannot resume: {config_path} does not exist")
         rundir.check_no_links(run_dir)
     else:
-        run = build_run(config, run_dir)  # validate everything before touching the disk
-        check_budget(config.eps, config.norm, run.task.input_bounds, tuple(run.data.train.x.shape[1:]), "eps")
+        run = build_run(config, run_dir)  # validate everything (the budget in the input box too) before the disk
         distributed.on_main(lambda: rundir.check_new_run_dir(run_dir, force), processes, "the run directory")
     created = not run_dir.exists()
     with run_dir_held(run_dir, "train --resume" if resume else "train", processes):

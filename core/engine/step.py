@@ -3,6 +3,7 @@ the optimiser step (docs/engine.md, the data path)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,25 +95,25 @@ def planned_attack(run: Run, name: str | None, *, alpha: float, steps: int,
                    class_budget: tuple[torch.Tensor, torch.Tensor] | None = None,
                    options: dict[str, Any] | None = None, eps: float | None = None) -> AttackPlan:
     """The registered attack ``name`` (``None``: the default attack) on the run's task with
-    the run's budget (or ``eps``), norm and seed: how training, validation and evaluation all
-    build their attack."""
+    the run's budget (or ``eps``), norm and seed: how validation and evaluation build their
+    attack (training's is planned once, :attr:`Run.training_attack`)."""
     config = run.config
     assert config.eps is not None
     found = registry()
-    return found.plan_attack(run.task, found.attack_name(name), eps=config.eps if eps is None else eps, alpha=alpha, steps=steps,
-                                  norm=config.norm, seed=config.seed, options=options, class_budget=class_budget,
-                                  example_shape=tuple(run.data.train.x.shape[1:]))
+    return found.plan_attack(run.task, found.attack_name(name), eps=config.eps if eps is None else eps, alpha=alpha,
+                             steps=steps, norm=config.norm, seed=config.seed, options=options,
+                             class_budget=class_budget, example_shape=tuple(run.data.train.x.shape[1:]))
 
 
 def bound_attack(run: Run, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  labels: torch.Tensor) -> Attack:
-    """The run's attack on a batch: the default attack planned with the run's steps and norm, each
-    example's budget from the owner of the per-class budget, bound to ``model`` and the
-    batch (no victims yet). Adversaries choose the loss, start and targets when they call it."""
-    config, state = run.config, run.state
-    assert config.steps is not None and config.alpha is not None
-    plan = planned_attack(run, None, alpha=config.alpha, steps=config.steps,
-                          class_budget=(state.class_eps, state.class_alpha))
+    """The run's attack on a batch: the training plan (the default attack with the run's
+    steps and norm), each example's budget from the owner of the per-class budget, bound to
+    ``model`` and the batch (no victims yet). Adversaries choose the loss, start and targets
+    when they call it."""
+    state = run.state
+    assert run.training_attack is not None
+    plan = dataclasses.replace(run.training_attack, class_budget=(state.class_eps, state.class_alpha))
     return plan.bind(model, run.task, x, y, labels)
 
 
