@@ -1,6 +1,6 @@
 """Run a data-level protocol (``benchmarks/protocols/<name>.toml`` with ``kind =
-"oversample"``, through ``robx.core.oversample``, or ``kind = "crowd"``, through
-``robx.core.crowd``): every dataset x method x seed, one JSON per run under
+"oversample"``, through ``robx.plugins.oversampling.evaluation``, or ``kind = "crowd"``, through
+``robx.plugins.crowd.evaluation``): every dataset x method x seed, one JSON per run under
 ``benchmarks/results/<name>/<dataset>/<method>-seed<k>.json``, with command, commit and
 machine. Finished runs are skipped, so an interrupted sweep resumes.
 
@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS, write_result  # noqa: E402
 from robx.core.config import tomllib  # noqa: E402
 from robx.core.errors import RobxError  # noqa: E402
-from robx.core.crowd import CrowdJob, run_crowd  # noqa: E402
-from robx.core.oversample import OversampleJob, run_oversample  # noqa: E402
+from robx.plugins.crowd.evaluation import CrowdJob, run_crowd  # noqa: E402
+from robx.plugins.oversampling.evaluation import OversampleJob, run_oversample  # noqa: E402
 
 PROTOCOLS = Path(__file__).resolve().parent / "protocols"
 

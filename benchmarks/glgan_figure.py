@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from robx.core.oversample import OversampleJob, run_oversample  # noqa: E402
+from robx.plugins.oversampling.evaluation import OversampleJob, run_oversample  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

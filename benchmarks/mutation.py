@@ -78,10 +78,10 @@ MUTATIONS: dict[str, tuple[str, str, str, str, list[str]]] = {
              "the unit saliency's L2 norm", ["tests/test_formulas.py", "tests/test_crime.py", "tests/test_plugins.py"]),
     "mingre": ("plugins/mingre.py", "return mu + mu * mu / alpha", "return mu + mu / alpha",
                "the negative binomial's variance", ["tests/test_mingre.py"]),
-    "glgan": ("plugins/glgan.py", "return (real_scores - 1).pow(2).mean() + fake_weight * fake_scores.pow(2).mean()",
+    "glgan": ("plugins/oversampling/glgan.py", "return (real_scores - 1).pow(2).mean() + fake_weight * fake_scores.pow(2).mean()",
               "return (real_scores - 1).pow(2).mean() + fake_scores.pow(2).mean()",
               "the discriminator's weight on the synthetic examples", ["tests/test_glgan.py"]),
-    "iced": ("plugins/iced.py", "return 1.0 / (1.0 - (shares ** 2).sum(axis=1) + epsilon)",
+    "iced": ("plugins/crowd/iced.py", "return 1.0 / (1.0 - (shares ** 2).sum(axis=1) + epsilon)",
              "return 1.0 / (1.0 - (shares ** 2).mean(axis=1) + epsilon)", "ICED's per-example agreement weight",
              ["tests/test_iced.py"]),
 }

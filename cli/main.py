@@ -666,10 +666,8 @@ def plugins_(
             "detail": ", ".join([*(f"--{name.replace('_', '-')}" for name in sorted(_settings_of(a.name))),
                                  *(["default"] if a.name == found.default_attack else [])])}
            for a in found.attacks.values()]
-        + [{"kind": "oversampler", "name": o.name, "origin": o.origin, "detail": "robx oversample"}
-           for o in found.oversamplers.values()]
-        + [{"kind": "crowd learner", "name": c.name, "origin": c.origin, "detail": "robx crowd"}
-           for c in found.crowd_learners.values()]
+        + [{"kind": kind, "name": e.name, "origin": e.origin, "detail": found.kinds[kind].used_with}
+           for kind, entries in found.entries.items() for e in entries.values()]
         + [{"kind": "command", "name": c.name, "origin": c.origin, "detail": f"robx {c.name}"}
            for c in found.commands.values()]
     )
@@ -688,9 +686,8 @@ def plugins_(
         cells = [row["name"], row["origin"], ", ".join(row["hooks"]), ", ".join(row["options"])]
         table.add_row(*cells, *([row["summary"]] if wide else []))
     console.print(table)
-    listing = Table(title="registered tasks, datasets, models, attacks, oversamplers, crowd learners (--dataset, "
-                          "--model, --attack, --method) and commands",
-                    title_justify="left")
+    kinds = ", ".join(["tasks", "datasets", "models", "attacks", *(f"{kind}s" for kind in found.kinds), "commands"])
+    listing = Table(title=f"registered {kinds} (detail: where to use one)", title_justify="left")
     for column in ("kind", "name", "origin", "detail"):
         listing.add_column(column)
     for row in registered:
@@ -698,11 +695,25 @@ def plugins_(
     console.print(listing)
 
 
+#: robx's own commands, the ones this module defines (read before any plugin's is added)
+OWN_COMMANDS: frozenset[str] = frozenset(info.name for info in app.registered_commands if info.name)
+
+
 def add_registered_commands() -> None:
     """Add the commands plugins register (``register_commands``) to the app (once per
-    process; the registry refuses robx's own names)."""
+    process). A plugin that registers one of robx's own names is left out, with one warning."""
+    from robx.core.plugins import warn_skipped
+
+    found = registry()
+    for spec in list(found.commands.values()):
+        if spec.name in OWN_COMMANDS:
+            message = f"command name '{spec.name}' from {spec.origin} is robx's own"
+            if spec.origin in found.builtin:
+                raise RobxError(message)
+            found.skip(spec.origin, message)
+            warn_skipped(message)
     present = {info.name for info in app.registered_commands}
-    for spec in registry().commands.values():
+    for spec in found.commands.values():
         if spec.name not in present:
             app.command(spec.name)(spec.function)
 

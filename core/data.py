@@ -65,11 +65,6 @@ class TaskData:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     val: Split | None = None
-    graph: torch.Tensor | None = None  # (nodes, nodes) adjacency of graph-structured examples
-    target_names: list[str] | None = None  # names along the targets' last axis (crime categories)
-    #: the true classes of the training examples where the learner sees noisy ones (crowd labels);
-    #: for diagnostics (inferred-label accuracy) only, never for training
-    train_truth: torch.Tensor | None = None
     #: what the data was read from, ``{part: short description}`` (a dataset of the user's files:
     #: their counts and digests), kept in a run's config.json so that a resumed or re-evaluated
     #: run refuses changed data, naming the parts that differ

@@ -21,8 +21,9 @@ step; plugins only call the model in eval mode, inside attacks.
 Hooks come in three kinds (docs/hooks.md is the reference):
 
 * **Registration** hooks (``register_tasks``, ``register_datasets``, ``register_models``,
-  ``register_attacks``) contribute tasks, datasets, models and attacks, the way simonw/llm's ``register_models(register)``
-  does. They run once per process for every installed plugin, selected or not; the
+  ``register_attacks``, ``register_commands``, and those a plugin package adds through
+  ``add_hookspecs``) contribute tasks, datasets, models, attacks, commands and a package's
+  own entries, the way simonw/llm's ``register_models(register)`` does. They run once per process for every installed plugin, selected or not; the
   built-in ones register through the same hooks (``robx.plugins.tasks``, ``.datasets``,
   ``.models``). They must be module-level functions (or static methods).
 * **Shared** hooks combine the answers of every selected plugin (``augment`` in the order
@@ -49,6 +50,7 @@ declares ``fallback = True`` (``pgd``) is added.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -67,10 +69,11 @@ PROJECT_NAME = "robx"
 #: ``register(name, load, task=..., defaults=..., default=False, options=None)``, the argument of
 #: ``register_datasets``
 RegisterDataset = Callable[..., None]
-#: ``register(name, make, options=None)``, the argument of ``register_oversamplers``
-RegisterOversampler = Callable[..., None]
-#: ``register(name, make, options=None)``, the argument of ``register_crowd_learners``
-RegisterCrowdLearner = Callable[..., None]
+#: ``register(name, make, options=None)``, the argument of a registration hook a plugin package
+#: adds (:func:`add_hookspecs`)
+RegisterEntry = Callable[..., None]
+#: ``add(module)``, the argument of :func:`add_hookspecs`
+AddHookspecs = Callable[[object], None]
 #: ``register(name, function)``, the argument of ``register_commands``
 RegisterCommand = Callable[[str, Callable[..., None]], None]
 
@@ -135,26 +138,18 @@ def register_attacks(register: RegisterAttack) -> None:
 
 
 @hookspec
-def register_oversamplers(register: RegisterOversampler) -> None:
-    """Register data-level oversamplers: ``register(name, make, options=None)``.
+def add_hookspecs(add: AddHookspecs) -> None:
+    """Add a plugin package's own registration hooks: ``add(module)``, as pytest's
+    ``pytest_addhooks`` adds a plugin's hook specifications.
 
-    ``make(options, seed)`` returns an object with imbalanced-learn's
-    ``fit_resample(X, y) -> (X_res, y_res)`` (the original rows first, then the synthetic
-    ones); ``options`` is a dataclass of its settings (``--set NAME.KEY=VALUE``).
-    ``robx oversample --method NAME`` evaluates it (:mod:`robx.core.oversample`).
-    """
-
-
-@hookspec
-def register_crowd_learners(register: RegisterCrowdLearner) -> None:
-    """Register learners from crowd-labelled data: ``register(name, make, options=None)``.
-
-    ``make(options, seed)`` returns an object with ``fit(x, crowd_labels, num_classes)``
-    (``crowd_labels``: examples x workers, -1 where missing), ``predict(x)`` and
-    ``inferred_labels`` (its estimate of the training examples' classes), optionally
-    ``history`` and ``details`` for the report (lists under ``<name>_labels`` keys are
-    scored against the truth as ``<name>_accuracy``). ``robx crowd --method NAME`` evaluates it
-    (:mod:`robx.core.crowd`).
+    ``module`` (a module or class) holds ``@robx.hookspec`` functions, each named
+    ``register_<things>(register)``, and ``REGISTERS``: ``{hook name: Collects(kind,
+    used_with)}``. robx runs every such hook with the other registration hooks and collects
+    what each installed plugin registers, ``register(name, make, options=None)``, as entries
+    of that kind (``robx plugins`` lists them; ``registry().entry(kind, name)`` finds one and
+    builds it from its options dataclass). The package's own code (a command, an evaluation)
+    is what uses them: the core knows only that a package added them. Hooks a package adds
+    are registration hooks; the training hooks are robx's own.
     """
 
 
@@ -166,9 +161,8 @@ def register_commands(register: RegisterCommand) -> None:
     ``robx NAME`` runs ``function``; Typer turns its typed parameters into arguments and
     options (``Annotated[..., typer.Option(help=...)]``) and its docstring into the help. A
     :class:`robx.core.errors.RobxError` it raises is one line on stderr and exit status 2.
-    Data-level tools are commands (``robx oversample``, ``robx crowd``); a name must be
-    unique and not one of robx's own (``robx.core.registry.OWN_COMMANDS``: train, eval,
-    audit, report, plugins).
+    A plugin package's own tool is a command; a name must be unique and not one of the
+    commands robx's CLI defines itself (``robx --help`` lists them).
     """
 
 
@@ -387,8 +381,18 @@ POLICY: dict[str, str] = {
 }
 
 #: Hooks run for every installed plugin to build the registry (not per run).
-REGISTRATION: tuple[str, ...] = ("register_tasks", "register_datasets", "register_models", "register_attacks",
-                                  "register_oversamplers", "register_crowd_learners", "register_commands")
+REGISTRATION: tuple[str, ...] = ("add_hookspecs", "register_tasks", "register_datasets", "register_models",
+                                  "register_attacks", "register_commands")
+
+
+@dataclass(frozen=True)
+class Collects:
+    """What a registration hook a plugin package adds collects (its module's ``REGISTERS``)."""
+
+    #: the entries' kind, a singular noun for listings and errors ("oversampler")
+    kind: str
+    #: where a user uses one ("robx oversample --method")
+    used_with: str
 
 
 # ---------------------------------------------------------------------------

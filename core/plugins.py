@@ -48,7 +48,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 import torch
@@ -98,12 +98,12 @@ class PluginSpec:
         marked = self._marked
         for part in self.parts:
             marked |= set(get_plugin_spec(part).hooks)
-        return tuple(h for h in hookspecs.HOOK_NAMES if h in marked)
+        return tuple(h for h in hook_names() if h in marked)
 
     @property
     def unknown_hooks(self) -> tuple[str, ...]:
         """Members marked ``@hookimpl`` whose name is no robx hook (a misspelling)."""
-        return tuple(sorted(self._marked - set(hookspecs.HOOK_NAMES) - set(hookspecs.RETIRED)))
+        return tuple(sorted(self._marked - set(hook_names()) - set(hookspecs.RETIRED)))
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -185,7 +185,7 @@ class PluginSpec:
         if self.unknown_hooks:
             raise PluginError(
                 f"plugin '{self.name}' ({self.origin}) implements unknown hook "
-                f"'{self.unknown_hooks[0]}'; robx hooks: {', '.join(hookspecs.HOOK_NAMES)}"
+                f"'{self.unknown_hooks[0]}'; robx hooks: {', '.join(hook_names())}"
             )
         unknown_views = [view for view in self.reads if view not in VIEWS]
         if unknown_views:
@@ -249,10 +249,27 @@ def _plugin_name(target: Any, reference: str) -> str:
     return str(getattr(target, "name", reference.partition(":")[0].rpartition(".")[2]))
 
 
+@dataclass(frozen=True)
+class AddedHooks:
+    """Registration hooks a plugin package added (``add_hookspecs``): the module holding their
+    specs and what each collects."""
+
+    module: Any
+    origin: str
+    registers: Mapping[str, hookspecs.Collects]
+
+
+class Discovery(NamedTuple):
+    plugins: dict[str, PluginSpec]
+    #: entry points and plugins left out, by name: why
+    skipped: dict[str, str]
+    added: tuple[AddedHooks, ...]
+
+
 @lru_cache(maxsize=1)
-def _discovered() -> tuple[dict[str, PluginSpec], dict[str, str]]:
-    """(usable plugins, skipped entry points by name with why): built-in plugins, then those
-    of installed distributions (entry-point group ``robx``)."""
+def _discovered() -> Discovery:
+    """Usable plugins, those left out with why, and the registration hooks plugin packages
+    add: built-in plugins, then those of installed distributions (entry-point group ``robx``)."""
     from robx.plugins import DEFAULT_PLUGINS
 
     found: dict[str, PluginSpec] = {}
@@ -272,7 +289,66 @@ def _discovered() -> tuple[dict[str, PluginSpec], dict[str, str]]:
             warn_skipped(problem)
             continue
         found[entry_point.name] = PluginSpec(entry_point.name, origin, problem)
-    return found, skipped
+    added: list[AddedHooks] = []
+    for spec in [spec for spec in found.values() if "add_hookspecs" in spec._marked]:
+        try:
+            added.extend(_added_hooks(spec, added))
+        except RobxError as error:
+            if spec.origin == BUILTIN_ORIGIN:
+                raise
+            skipped[spec.name] = str(error)
+            del found[spec.name]
+            warn_skipped(str(error))
+    return Discovery(found, skipped, tuple(added))
+
+
+def _added_hooks(spec: PluginSpec, earlier: Sequence[AddedHooks]) -> list[AddedHooks]:
+    """The hook modules ``spec``'s ``add_hookspecs`` adds, each checked: its ``@hookspec``
+    functions are the registration hooks its ``REGISTERS`` lists, each taking ``register``,
+    named like no robx hook and no hook or kind another package added."""
+    origin = f"{spec.name} ({spec.origin})"
+    modules: list[Any] = []
+    try:
+        spec.target.add_hookspecs(add=modules.append)
+    except Exception as error:
+        raise PluginError(f"{origin}: add_hookspecs failed: {type(error).__name__}: {error}") from error
+    taken = {*hookspecs.HOOK_NAMES, *hookspecs.RETIRED, *(hook for a in earlier for hook in a.registers)}
+    kinds = {collects.kind for a in earlier for collects in a.registers.values()}
+    found = []
+    for module in modules:
+        label = f"{origin} adds hooks from {getattr(module, '__name__', module)!s}"
+        registers = getattr(module, "REGISTERS", None)
+        if not isinstance(registers, Mapping) or not all(isinstance(c, hookspecs.Collects) for c in registers.values()):
+            raise PluginError(f"{label} without REGISTERS = {{hook: robx.Collects(kind, used_with)}}")
+        specs = {name for name in dir(module) if hasattr(getattr(module, name), f"{hookspecs.PROJECT_NAME}_spec")}
+        if specs != set(registers):
+            raise PluginError(f"{label}: its hook specs ({', '.join(sorted(specs)) or 'none'}) and REGISTERS "
+                              f"({', '.join(sorted(registers)) or 'none'}) must name the same hooks")
+        for hook, collects in registers.items():
+            if hook in taken or collects.kind in kinds:
+                raise PluginError(f"{label}: hook '{hook}' or kind '{collects.kind}' is already robx's or another "
+                                  "package's")
+            if list(inspect.signature(getattr(module, hook)).parameters) != ["register"]:
+                raise PluginError(f"{label}: {hook} must take one argument, register")
+            taken.add(hook)
+            kinds.add(collects.kind)
+        found.append(AddedHooks(module, origin, dict(registers)))
+    return found
+
+
+def added_hookspecs() -> tuple[AddedHooks, ...]:
+    """The registration hooks installed plugin packages add (``add_hookspecs``)."""
+    return _discovered().added
+
+
+def hook_names() -> tuple[str, ...]:
+    """robx's hooks, then those plugin packages add."""
+    return hookspecs.HOOK_NAMES + tuple(hook for added in added_hookspecs() for hook in added.registers)
+
+
+def registration_hooks() -> tuple[str, ...]:
+    """The hooks run once per process to build the registry: robx's, then those packages add."""
+    return hookspecs.REGISTRATION + tuple(hook for added in added_hookspecs() for hook in added.registers)
 
 
 def _entry_point_problem(entry_point: Any, origin: str, found: dict[str, PluginSpec]) -> Any:
@@ -308,11 +384,11 @@ def available_plugins() -> dict[str, PluginSpec]:
     """Every usable plugin by name. An installed plugin that cannot be one (see
     :func:`_entry_point_problem`) is reported once on stderr and left out, so the others stay
     usable; selecting it is the error (:func:`get_plugin_spec`)."""
-    return _discovered()[0]
+    return _discovered().plugins
 
 
 def skipped_plugins() -> dict[str, str]:
-    return _discovered()[1]
+    return _discovered().skipped
 
 
 def get_plugin_spec(name: str) -> PluginSpec:
@@ -478,9 +554,9 @@ def select_plugins(selected: Sequence[str], loss: str = DEFAULT_LOSS,
     specs = [get_plugin_spec(name) for name in names]
     for spec in specs:
         spec.check_hooks()
-        if spec.hooks and set(spec.hooks) <= set(hookspecs.REGISTRATION):
-            raise OptionError(f"plugin '{spec.name}' only registers tasks, datasets, models, oversamplers or crowd "
-                              "learners; use them with --dataset, --model, robx oversample or robx crowd, not --plugins")
+        if spec.hooks and set(spec.hooks) <= set(registration_hooks()):
+            raise OptionError(f"plugin '{spec.name}' only registers what other options and commands use (robx "
+                              "plugins lists where: --dataset, --model, --attack, a command); not for --plugins")
     if not any("generate_adversary" in s.hooks for s in specs):
         names.append(fallback_adversary())
         listed.append(names[-1])

@@ -1,9 +1,9 @@
-"""The tasks, datasets, models, attacks, oversamplers, crowd learners and commands of every installed plugin (the registration hooks).
+"""The tasks, datasets, models, attacks and commands of every installed plugin, and the entries
+of the kinds plugin packages add (the registration hooks).
 
 Built once per process, lazily: every available plugin (built-in or from an entry point)
-that implements ``register_tasks``, ``register_datasets`` or ``register_models`` is asked
-for its contributions, the way simonw/llm collects ``register_models``. A name taken twice
-is an error naming both origins.
+that implements a registration hook is asked for its contributions, the way simonw/llm
+collects ``register_models``. A name taken twice is an error naming both origins.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from robx.core import hookspecs
-from robx.core.hookspecs import RegisterCommand, RegisterDataset  # noqa: F401 -- where plugins have imported it from
+from robx.core.hookspecs import RegisterCommand, RegisterDataset  # noqa: F401 -- where plugins import them from
 from robx.core.attacks import AttackPlan, AttackSpec, check_budget
 from robx.core.config import MAX_STEPS, REQUIRED_AFTER_DEFAULTS, TrainConfig
 from robx.core.data import TaskData
@@ -72,9 +72,9 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class DataMethodSpec:
-    """A registered data-level method (an oversampler, a crowd learner): ``make(options,
-    seed)`` builds it from its options dataclass."""
+class EntrySpec:
+    """An entry of a kind a plugin package added (``add_hookspecs``): ``make(options, seed)``
+    builds it from its options dataclass."""
 
     kind: str
     name: str
@@ -98,19 +98,17 @@ class CommandSpec:
 
 
 
-#: robx's own commands (robx.cli.main), which no plugin may replace
-OWN_COMMANDS = ("train", "eval", "audit", "report", "plugins")
-
-
 @dataclass
 class Registry:
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     attacks: dict[str, AttackSpec] = field(default_factory=dict)
-    oversamplers: dict[str, DataMethodSpec] = field(default_factory=dict)
-    crowd_learners: dict[str, DataMethodSpec] = field(default_factory=dict)
+    #: entries of the kinds plugin packages add, by kind, then name
+    entries: dict[str, dict[str, EntrySpec]] = field(default_factory=dict)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
+    #: the kinds plugin packages added, by kind
+    kinds: dict[str, hookspecs.Collects] = field(default_factory=dict)
     default_dataset: str | None = None
     #: the attack training's adversaries bind and validation runs (``register(..., default=True)``)
     default_attack: str | None = None
@@ -128,7 +126,7 @@ class Registry:
     def skip(self, origin: str, message: str) -> None:
         """Leave out the plugin ``origin`` names, with what it had registered so far."""
         self.skipped[origin] = message
-        for table in (self.tasks, self.datasets, self.models, self.attacks, self.oversamplers, self.crowd_learners, self.commands):
+        for table in (self.tasks, self.datasets, self.models, self.attacks, self.commands, *self.entries.values()):
             for name in [name for name, spec in table.items() if spec.origin == origin]:
                 del table[name]
         if self.default_dataset is not None and self.default_dataset not in self.datasets:
@@ -227,17 +225,18 @@ class Registry:
         return AttackPlan(spec, eps=float(eps), alpha=float(alpha), steps=int(steps), norm=norm,  # type: ignore[arg-type]
                           seed=seed, options=own, class_budget=class_budget)
 
-    def add_method(self, table: dict[str, DataMethodSpec], kind: str, origin: str, name: str,
-                   make: Callable[..., Any], *, options: type | None = None) -> None:
+    def add_entry(self, kind: str, origin: str, name: str, make: Callable[..., Any], *,
+                  options: type | None = None) -> None:
+        table = self.entries.setdefault(kind, {})
         self._claim(table, kind, name, origin)
+        if not callable(make):
+            raise PluginError(f"{origin} registered {kind} '{name}' as {make!r}; give a function")
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"{origin} registered {kind} '{name}' with options={options!r}; give a dataclass")
-        table[name] = DataMethodSpec(kind, name, self._guarded(make, origin, f"{kind} '{name}'"), origin, options)
+        table[name] = EntrySpec(kind, name, self._guarded(make, origin, f"{kind} '{name}'"), origin, options)
 
     def add_command(self, origin: str, name: str, function: Callable[..., None]) -> None:
         self._claim(self.commands, "command", name, origin)
-        if name in OWN_COMMANDS:
-            raise PluginError(f"command name '{name}' from {origin} is robx's own")
         if not callable(function):
             raise PluginError(f"{origin} registered command '{name}' as {function!r}; give a function")
         self.commands[name] = CommandSpec(name, self._guarded(function, origin, f"command 'robx {name}'"), origin)
@@ -269,16 +268,12 @@ class Registry:
     def task_for(self, dataset: str) -> type[Task]:
         return self.tasks[self.dataset(dataset).task].task
 
-    def method(self, table: dict[str, DataMethodSpec], kind: str, name: str) -> DataMethodSpec:
+    def entry(self, kind: str, name: str) -> EntrySpec:
+        """The registered ``kind`` (a kind a plugin package added) called ``name``."""
+        table = self.entries.get(kind, {})
         if name not in table:
             raise self._unknown(kind, name, table)
         return table[name]
-
-    def oversampler(self, name: str) -> DataMethodSpec:
-        return self.method(self.oversamplers, "oversampler", name)
-
-    def crowd_learner(self, name: str) -> DataMethodSpec:
-        return self.method(self.crowd_learners, "crowd learner", name)
 
     def resolved(self, config: TrainConfig) -> TrainConfig:
         """A copy of ``config`` with every ``None`` filled from the dataset's registered
@@ -346,14 +341,16 @@ def registry() -> Registry:
     registered, so the rest stays usable; a name it would have given is then unknown, and
     the error says which plugin was left out. A built-in plugin's failure is robx's bug and
     raises."""
-    from robx.core.plugins import BUILTIN_ORIGIN, available_plugins, warn_skipped
+    from robx.core.plugins import BUILTIN_ORIGIN, added_hookspecs, available_plugins, registration_hooks, warn_skipped
 
     found = Registry()
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
+    for added in added_hookspecs():
+        manager.add_hookspecs(added.module)
     origins, builtin = {}, set()
     for spec in available_plugins().values():
-        if not set(spec.hooks) & set(hookspecs.REGISTRATION):
+        if not set(spec.hooks) & set(registration_hooks()):
             continue
         try:
             spec.check_hooks()
@@ -377,13 +374,15 @@ def registry() -> Registry:
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
         "register_models": lambda origin: lambda *args, **kwargs: found.add_model(origin, *args, **kwargs),
         "register_attacks": lambda origin: lambda *args, **kwargs: found.add_attack(origin, *args, **kwargs),
-        "register_oversamplers": lambda origin: lambda *args, **kwargs: found.add_method(
-            found.oversamplers, "oversampler", origin, *args, **kwargs),
-        "register_crowd_learners": lambda origin: lambda *args, **kwargs: found.add_method(
-            found.crowd_learners, "crowd learner", origin, *args, **kwargs),
         "register_commands": lambda origin: lambda *args, **kwargs: found.add_command(origin, *args, **kwargs),
     }
-    for hook in hookspecs.REGISTRATION:  # tasks first, so datasets can name them
+    for added in added_hookspecs():
+        for hook, collects in added.registers.items():
+            found.kinds[collects.kind] = collects
+            found.entries[collects.kind] = {}
+            adders[hook] = lambda origin, kind=collects.kind: lambda *args, **kwargs: found.add_entry(
+                kind, origin, *args, **kwargs)
+    for hook in [hook for hook in registration_hooks() if hook in adders]:  # tasks first: datasets name them
         implementations = getattr(manager.hook, hook).get_hookimpls()
         for impl in sorted(implementations, key=lambda impl: impl.plugin_name not in builtin):  # ours first
             origin = origins[impl.plugin_name]

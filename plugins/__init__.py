@@ -1,12 +1,13 @@
 """Built-in plugins: one module per method or baseline, and one registration module per
-task (``tasks/``), dataset (``datasets/``), model family (``models/``), evaluation attack
-(``attacks/``) and command-line
-command beside train / eval / report (``commands/``).
+task (``tasks/``), dataset (``datasets/``), model family (``models/``) and evaluation attack
+(``attacks/``); and two plugin packages, each a product of its own that adds its own
+registration hook, command, and what they use: ``oversampling/`` (``robx oversample``, GL-GAN)
+and ``crowd/`` (``robx crowd``, ICED).
 
 :data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.plugins.available_plugins` (the
 plugins package names its own members, so the core names no method, task, dataset or
 model). Helpers that several plugins share live in :mod:`robx.plugins.common`, which is not
-a plugin; no plugin imports another plugin. A method that is a composition is a recipe
+a plugin; no plugin imports another plugin (a package's modules import their own package). A method that is a composition is a recipe
 (``parts`` and ``routes``, as ``srat`` and ``imbmix``), not a second implementation.
 """
 
@@ -34,12 +35,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.cfa:CFA",
     "robx.plugins.topk:TopK",
     "robx.plugins.mingre:MinGRE",
-    "robx.plugins.glgan:GLGANPlugin",
+    "robx.plugins.oversampling.glgan:GLGANPlugin",
     # registrations: selected with --dataset / --model, not --plugins
     "robx.plugins.tasks.classification",
     "robx.plugins.tasks.regression",
     "robx.plugins.tasks.crime",
-    "robx.plugins.tasks.crowd",
     "robx.plugins.datasets.digits",
     "robx.plugins.datasets.cifar",
     "robx.plugins.datasets.synthetic",
@@ -56,9 +56,14 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.attacks.cw",
     "robx.plugins.attacks.autoattack",
     "robx.plugins.attacks.stpgd",
-    "robx.plugins.oversamplers",
-    "robx.plugins.crowd_baselines",
-    "robx.plugins.iced",
-    "robx.plugins.commands.oversample",
-    "robx.plugins.commands.crowd",
+    # plugin packages: each adds its own registration hook (add_hookspecs), then what uses it
+    "robx.plugins.oversampling",
+    "robx.plugins.oversampling.samplers",
+    "robx.plugins.oversampling.command",
+    "robx.plugins.crowd",
+    "robx.plugins.crowd.task",
+    "robx.plugins.crowd.datasets",
+    "robx.plugins.crowd.baselines",
+    "robx.plugins.crowd.iced",
+    "robx.plugins.crowd.command",
 )

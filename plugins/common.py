@@ -1,4 +1,4 @@
-"""Formulas several built-in plugins share. Not a plugin: it registers no hook.
+"""Formulas and data types several built-in plugins share. Not a plugin: it registers no hook.
 
 Plugins import these instead of importing each other, so each plugin file stands alone
 and no plugin depends on another plugin's module, options or state.
@@ -6,8 +6,28 @@ and no plugin depends on another plugin's module, options or state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from robx.core.data import TaskData
+
+# ---------------------------------------------------------------------------
+# data a task and its datasets share
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class GraphData(TaskData):
+    """Task data whose examples are signals on a graph's nodes (the crime task's grids): what
+    its datasets return and the task reads beyond :class:`robx.core.data.TaskData`."""
+
+    #: (nodes, nodes) adjacency, handed to the model (``ModelInput.graph``)
+    graph: torch.Tensor | None = None
+    #: names along the targets' last axis (crime categories), for the report
+    target_names: list[str] | None = None
+
 
 # ---------------------------------------------------------------------------
 # attack starts, targets and divergences

@@ -6,7 +6,7 @@ Write a plugin with :data:`hookimpl`; the hooks are documented in
 
 __version__ = "0.1.0"
 
-from robx.core.hookspecs import hookimpl, hookspec  # noqa: E402
+from robx.core.hookspecs import Collects, hookimpl, hookspec  # noqa: E402
 from robx.core.state import Step, TrainState  # noqa: E402
 
-__all__ = ["__version__", "hookimpl", "hookspec", "Step", "TrainState"]
+__all__ = ["__version__", "Collects", "hookimpl", "hookspec", "Step", "TrainState"]

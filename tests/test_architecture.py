@@ -32,14 +32,24 @@ def _code_strings(tree: ast.Module) -> set[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
 
 
+#: plugin packages (a product each, with hooks of its own): their modules may import their package
+PLUGIN_PACKAGES = ("oversampling", "crowd")
+
+
 @pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.name)
 def test_no_plugin_imports_another_plugin(path):
+    """Except its own package's modules, for a module of a plugin package."""
+    own = f"robx.plugins.{path.parent.name}" if path.parent.name in PLUGIN_PACKAGES else None
+
+    def allowed(module: str) -> bool:
+        return module == "robx.plugins.common" or (own is not None and (module == own or module.startswith(own + ".")))
+
     for node in ast.walk(_tree(path)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("robx.plugins"):
-            assert node.module == "robx.plugins.common", f"{path.name} imports {node.module}"
+            assert allowed(node.module), f"{path.name} imports {node.module}"
         if isinstance(node, ast.Import):
             for alias in node.names:
-                assert not alias.name.startswith("robx.plugins."), f"{path.name} imports {alias.name}"
+                assert not alias.name.startswith("robx.plugins.") or allowed(alias.name), f"{path.name} imports {alias.name}"
 
 
 def test_a_method_that_is_a_composition_is_a_recipe_and_each_primitive_has_one_implementation():
@@ -100,7 +110,7 @@ def test_no_plugin_runs_the_model_in_train_mode(path):
                 f"{path.name}:{node.lineno} calls state.model(...)")
 
 
-METHOD_PLUGINS = [p for p in PLUGIN_FILES if p.parent.name == "plugins"]
+METHOD_PLUGINS = [p for p in PLUGIN_FILES if p.parent.name in ("plugins", *PLUGIN_PACKAGES)]
 
 
 @pytest.mark.parametrize("path", METHOD_PLUGINS, ids=lambda p: p.name)
@@ -123,7 +133,7 @@ def test_the_core_asks_the_task_whether_it_labels_targets():
     guess from the labels' shape in the engine, the state or the oversampler (it stood for
     "the crime task"); only the data protocol, which sees data alone, reads the shape."""
     for path in [*sorted((ROOT / "core" / "engine").glob("*.py")), ROOT / "core" / "state.py",
-                 ROOT / "core" / "oversample.py"]:
+                 ROOT / "plugins" / "oversampling" / "evaluation.py"]:
         source, name = path.read_text(), path.name
         assert "labels.dim() > 1" not in source and "labels.dim() == 1" not in source and \
             "labels.dim() != 1" not in source, f"core/{name} infers per-target labels from a shape"
@@ -160,16 +170,31 @@ def test_every_source_package_is_in_the_distribution():
     assert expected == set(setup["packages"])
 
 
-def test_data_level_tools_are_registered_commands():
+def test_data_level_tools_are_plugin_packages_with_their_own_hooks():
     """The CLI defines robx's own commands only (the ones no plugin may take); oversample and
-    crowd arrive through register_commands like any third-party command."""
-    from robx.cli.main import app
-    from robx.core.registry import OWN_COMMANDS, registry
+    crowd arrive through register_commands like any third-party command, from plugin packages
+    that add their own registration hooks (add_hookspecs); the core imports neither package
+    nor scikit-learn, imbalanced-learn or crowd-kit at module level."""
+    from robx.cli.main import OWN_COMMANDS, app
+    from robx.core.plugins import added_hookspecs
 
     registered = registry().commands
     assert {"oversample", "crowd"} <= set(registered)
     assert all(spec.origin.endswith("(built-in)") for spec in registered.values() if spec.name in ("oversample", "crowd"))
-    assert {info.name for info in app.registered_commands} - set(registered) == set(OWN_COMMANDS)
+    assert {info.name for info in app.registered_commands} - set(registered) == set(OWN_COMMANDS) == {
+        "train", "eval", "audit", "report", "plugins"}
+    added = {hook: (collects.kind, origin.origin) for origin in added_hookspecs()
+             for hook, collects in origin.registers.items()}
+    assert added == {"register_oversamplers": ("oversampler", "oversampling (built-in)"),
+                     "register_crowd_learners": ("crowd learner", "crowd (built-in)")}
+    assert {"glgan", "smote"} <= set(registry().entries["oversampler"])
+    assert {"iced", "mv-lr"} <= set(registry().entries["crowd learner"])
+    for path in CORE_FILES:
+        for node in ast.walk(_tree(path)):
+            modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for module in modules:
+                assert module.split(".")[0] not in ("sklearn", "imblearn", "crowdkit"), f"core/{path.name} imports {module}"
 
 
 #: core's floors, lowest first: a module imports only from its own floor or one below
@@ -179,8 +204,8 @@ CORE_FLOORS: tuple[frozenset[str], ...] = (
                "distributed"}),  # values, errors and I/O
     frozenset({"task", "attacks", "models", "state", "evaluate", "report", "hookspecs"}),  # contracts
     frozenset({"plugins", "registry"}),  # the plugin host and the registries
-    frozenset({"engine", "engine.build", "engine.step", "engine.checkpoints", "engine.evaluation", "engine.loop",
-               "oversample", "crowd"}),  # the engine and the data-level products
+    frozenset({"engine", "engine.build", "engine.step", "engine.checkpoints", "engine.evaluation", "engine.loop"}),
+    # the engine
 )
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from robx.core.registry import resolved_config
 from robx.core.data import data_roots
 from robx.core.errors import DataError, DataNotFoundError, OptionError
+from robx.plugins.common import GraphData
 from robx.plugins.datasets import city_crime as crime
 from robx.plugins.datasets.city_crime import CrimeOptions, grid_adjacency, grid_events, load_crime
 
@@ -264,7 +265,7 @@ def test_error_summary_and_trivial_predictors_by_hand():
 
 
 def toy_crime_task(nodes_side: int = 3, days: int = 12, history: int = 4, seed: int = 0):
-    from robx.core.data import Split, TaskData
+    from robx.core.data import Split
     from robx.plugins.models.stgnn import STGNN
     from robx.plugins.tasks.crime import Crime
 
@@ -273,8 +274,8 @@ def toy_crime_task(nodes_side: int = 3, days: int = 12, history: int = 4, seed: 
     x = torch.poisson(torch.full((days, history, nodes, 2), 0.7), generator=generator)
     y = torch.poisson(torch.full((days, nodes, 2), 0.7), generator=generator)
     split = Split(x, y, (y > 0).long())
-    task = Crime(TaskData("toy", ["zero", "non-zero"], split, split, (0.7, 0.7), (0.8, 0.8),
-                          graph=grid_adjacency(nodes_side, nodes_side)))
+    task = Crime(GraphData("toy", ["zero", "non-zero"], split, split, (0.7, 0.7), (0.8, 0.8),
+                           graph=grid_adjacency(nodes_side, nodes_side)))
     torch.manual_seed(seed)
     model = STGNN(grid_adjacency(nodes_side, nodes_side), 2, 2, hidden=8).eval()
     return task, model, task.inputs(x), y

@@ -15,9 +15,10 @@ from robx.core.data import Split
 from robx.core.engine import build_run, train
 from robx.core.errors import OptionError, RobxError
 from robx.core.hookspecs import hookimpl
-from robx.core.oversample import OversampleJob, check_minority_neighbours, interleaving_share, run_oversample
+from robx.plugins.oversampling import check_minority_neighbours
+from robx.plugins.oversampling.evaluation import OversampleJob, interleaving_share, run_oversample
 from robx.core.rundir import load_checkpoint
-from robx.plugins.glgan import brier, clustering_loss, latent_smote, least_squares_discriminator_loss
+from robx.plugins.oversampling.glgan import brier, clustering_loss, latent_smote, least_squares_discriminator_loss
 
 from conftest import tiny_config, train_killed_and_resumed
 
@@ -94,7 +95,7 @@ def test_glgan_oversampling_is_balanced_keeps_the_originals_and_is_evaluated():
 def test_glgan_is_a_function_of_its_seed():
     x = np.random.default_rng(1).random((30, 5)).astype(np.float32)
     y = np.array([0] * 24 + [1] * 6)
-    from robx.plugins.glgan import GLGAN, GLGANOptions
+    from robx.plugins.oversampling.glgan import GLGAN, GLGANOptions
 
     first = GLGAN(GLGANOptions(**FAST), seed=3).fit_resample(x, y)[0]
     torch.manual_seed(99)  # the global stream does not matter
@@ -208,7 +209,8 @@ def test_the_separation_term_stops_rewarding_distance_at_the_margin():
 
 
 def test_oversampling_spreads_by_hand():
-    from robx.core.oversample import centroid_spread, spreads
+    from robx.plugins.oversampling import centroid_spread
+    from robx.plugins.oversampling.evaluation import spreads
 
     square = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])  # every corner sqrt(2) from (1, 1)
     assert centroid_spread(square) == pytest.approx(math.sqrt(2)) and centroid_spread(square[:1]) == 0.0
@@ -220,7 +222,7 @@ def test_oversampling_spreads_by_hand():
 def test_glgan_v2_keeps_the_minority_latents_apart_where_v1_collapses_them():
     """The issue-30 measurement in small: eq. 2.2 unbounded with weight 1 saturates the tanh
     latents and piles the minority onto one point; the margin and Lambda_1 = 0.01 do not."""
-    from robx.plugins.glgan import GLGAN, GLGANOptions
+    from robx.plugins.oversampling.glgan import GLGAN, GLGANOptions
 
     rng = np.random.default_rng(0)
     x = np.r_[rng.normal(0.3, 0.1, (200, 6)), rng.normal(0.6, 0.1, (12, 6))].astype(np.float32)
@@ -239,7 +241,7 @@ def test_the_discriminator_sees_class_balanced_real_batches(monkeypatch):
     """With ``discriminator_real = "balanced"`` D's real examples are drawn with weight
     1 / n_class, so a 200 : 12 set gives each class half of them; with ``"all"`` there is
     no weighted draw (D sees the batch's real examples, drawn uniformly)."""
-    from robx.plugins.glgan import GLGAN, GLGANOptions
+    from robx.plugins.oversampling.glgan import GLGAN, GLGANOptions
 
     rng = np.random.default_rng(0)
     x = (np.r_[np.zeros((200, 4)), np.ones((12, 4))] + rng.normal(0, 0.01, (212, 4))).astype(np.float32)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from robx.core.crowd import (MISSING, CrowdJob, check_crowd_labels, crowd_frame, dawid_skene_em, run_crowd,
-                             simulate_workers)
+from robx.plugins.crowd.evaluation import CrowdJob, run_crowd
+from robx.plugins.crowd.labels import MISSING, check_crowd_labels, crowd_frame, dawid_skene_em, simulate_workers
 from robx.core.engine import train
 from robx.core.errors import OptionError
-from robx.plugins.iced import certainty_groups, label_certainty
-from robx.plugins.tasks.crowd import row_majority_vote
+from robx.plugins.crowd.iced import certainty_groups, label_certainty
+from robx.plugins.crowd.task import row_majority_vote
 
 from conftest import tiny_config
 
@@ -58,7 +58,7 @@ def test_estimated_prior_dawid_skene_agrees_with_crowd_kit_on_balanced_labels():
     assert np.mean(ours.argmax(axis=1) == theirs.argmax(axis=1)) >= 0.99
     # crowd-kit stops on its ELBO (tol 1e-5), ours on the posteriors: ambiguous items may differ a little
     assert np.abs(ours - theirs).mean() < 0.02 and prior == pytest.approx([0.5, 0.5], abs=0.05)
-    from robx.core.crowd import majority_vote
+    from robx.plugins.crowd.labels import majority_vote
 
     # workers of unequal skill: weighting them (D&S) recovers more true labels than counting them
     assert np.mean(ours.argmax(axis=1) == truth) > np.mean(majority_vote(crowd) == truth)
@@ -143,7 +143,7 @@ def test_bad_crowd_labels_are_one_line():
 
 
 def test_cli_crowd_bad_input_is_one_line_exit_2(monkeypatch, capsys):
-    import robx.plugins.datasets.digits as digits
+    import robx.plugins.crowd.datasets as crowd_datasets
     from robx.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
@@ -153,14 +153,14 @@ def test_cli_crowd_bad_input_is_one_line_exit_2(monkeypatch, capsys):
     assert len(err) == 1 and err[0].startswith("robx: error: iced: the minority has ")
     assert err[0].endswith("majority-vote examples, but k_neighbors=100 needs more than that; lower iced.k_neighbors")
 
-    real = digits.crowd_dataset
+    real = crowd_datasets.crowd_dataset
 
     def without_worker_two(*args, **kwargs):
         data = real(*args, **kwargs)
         data.train.y[:, 2] = MISSING
         return data
 
-    monkeypatch.setattr(digits, "crowd_dataset", without_worker_two)
+    monkeypatch.setattr(crowd_datasets, "crowd_dataset", without_worker_two)
     with pytest.raises(SystemExit) as exit_info:
         main(["crowd", "--method", "mv-lr"])
     assert exit_info.value.code == 2
@@ -172,8 +172,8 @@ def test_warmup_lengths_in_epochs_and_in_trad_i_steps():
     """Table 3.3 as written: 5 epochs per certainty group vs 15 for Trad-I; ``warmup_length
     = "steps"``: every warm-up takes Trad-I's optimiser steps, 3 x 5 x ceil(n / 32)."""
     from robx.core.registry import registry
-    from robx.core.crowd import majority_vote
-    from robx.plugins.iced import ICED, ICEDOptions, certainty_groups
+    from robx.plugins.crowd.labels import majority_vote
+    from robx.plugins.crowd.iced import ICED, ICEDOptions, certainty_groups
 
     data = registry().dataset("digits-crowd").read(None, 0)
     x, crowd = data.train.x.numpy(), data.train.y.numpy()
@@ -197,7 +197,7 @@ def test_warmup_lengths_in_epochs_and_in_trad_i_steps():
 
 def test_iced_decodes_with_a_trained_autoencoder_and_records_its_synthetic_labels():
     from robx.core.registry import registry
-    from robx.plugins.iced import ICED, ICEDOptions
+    from robx.plugins.crowd.iced import ICED, ICEDOptions
 
     data = registry().dataset("digits-crowd").read(None, 0)
     x, crowd = data.train.x.numpy(), data.train.y.numpy()
@@ -210,14 +210,14 @@ def test_iced_decodes_with_a_trained_autoencoder_and_records_its_synthetic_label
 
 
 def test_ds_baselines_hold_the_uniform_prior_and_dsck_is_crowd_kits():
-    from robx.core.crowd import dawid_skene
+    from robx.plugins.crowd.labels import dawid_skene
     from robx.core.registry import registry
 
     data = registry().dataset("digits-crowd").read(None, 0)
     x, crowd = data.train.x.numpy(), data.train.y.numpy()
     learners = registry()
-    held = learners.crowd_learner("ds-lr").build({}, 0).fit(x, crowd, 2).inferred_labels
-    crowd_kit = learners.crowd_learner("dsck-lr").build({}, 0).fit(x, crowd, 2).inferred_labels
+    held = learners.entry("crowd learner", "ds-lr").build({}, 0).fit(x, crowd, 2).inferred_labels
+    crowd_kit = learners.entry("crowd learner", "dsck-lr").build({}, 0).fit(x, crowd, 2).inferred_labels
     assert held.tolist() == dawid_skene_em(crowd, 2, 100)[0].argmax(axis=1).tolist()
     assert crowd_kit.tolist() == dawid_skene(crowd).tolist()
     # and that is crowd-kit's answer, asked here without robx's wrapper: a (task, worker, label)

@@ -137,7 +137,6 @@ class FirstWorker:
 def register_crowd_learners(register):
     register("first-worker", lambda options, seed: FirstWorker())
 
-
 @hookimpl
 def register_oversamplers(register):
     register("duplicate", lambda options, seed: Duplicate(options.times), options=DuplicateOptions)
@@ -218,7 +217,7 @@ def register_datasets(register):
 
 
 def test_registration_plugins_are_not_training_plugins():
-    with pytest.raises(OptionError, match="plugin 'digits' only registers tasks, datasets, models, oversamplers or"):
+    with pytest.raises(OptionError, match="plugin 'digits' only registers what other options and commands use"):
         PluginHost(["digits"], {})
     with pytest.raises(OptionError, match="plugin 'oversamplers' only registers"):
         PluginHost(["oversamplers"], {})
@@ -283,27 +282,61 @@ def test_every_registered_model_builds_for_the_tasks_that_fit_it():
 
 
 EXTERNAL_COMMAND = '''
-"""A package that adds a data-level command."""
+"""A package that adds a data-level command, and a registration hook of its own that other
+packages can fill (add_hookspecs): word counters."""
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from robx import hookimpl
+from robx import Collects, hookimpl, hookspec
 from robx.core.errors import OptionError
+from robx.core.registry import registry
+
+
+class CounterHooks:
+    REGISTERS = {"register_counters": Collects("counter", "robx tally --counter")}
+
+    @staticmethod
+    @hookspec
+    def register_counters(register):
+        """Register word counters: register(name, make); make(options, seed)(words, word) -> int."""
+
+
+@hookimpl
+def add_hookspecs(add):
+    add(CounterHooks)
+
+
+@hookimpl
+def register_counters(register):
+    register("exact", lambda options, seed: lambda words, word: words.count(word))
 
 
 def tally(path: Annotated[Path, typer.Argument(help="A text file.")],
-          word: Annotated[str, typer.Option(help="The word to count.")] = "robust") -> None:
+          word: Annotated[str, typer.Option(help="The word to count.")] = "robust",
+          counter: Annotated[str, typer.Option(help="A registered counter.")] = "exact") -> None:
     """Count a word in a text file."""
+    count = registry().entry("counter", counter).build({}, 0)
     words = path.read_text().split()
     if not words:
         raise OptionError(f"{path.name} is empty")
-    print(f"{word}: {words.count(word)}")
+    print(f"{word}: {count(words, word)}")
 
 
 @hookimpl
 def register_commands(register):
     register("tally", tally)
+'''
+
+PREFIX_COUNTER = '''
+"""A package that fills a registration hook another package (robx_tally) added."""
+from robx import hookimpl
+
+
+@hookimpl
+def register_counters(register):
+    register("prefix", lambda options, seed: lambda words, word: sum(w.startswith(word) for w in words))
 '''
 
 SHADOWING_COMMAND = '''
@@ -347,6 +380,7 @@ def installed_here(tmp_path, monkeypatch):
     site = install_distribution(tmp_path / "site", "robx_group_extras", EXTERNAL_PACKAGE,
                                 {"group-extras": "", "halve": "Halve"}, version="1.2")
     install_distribution(site, "robx_tally", EXTERNAL_COMMAND, {"tally": ""})
+    install_distribution(site, "robx_prefix", PREFIX_COUNTER, {"prefix-counter": ""})
     monkeypatch.syspath_prepend(str(site))
 
     def rebuilt() -> None:
@@ -355,19 +389,22 @@ def installed_here(tmp_path, monkeypatch):
 
     rebuilt()
     yield site
-    for module in ("robx_group_extras", "robx_tally"):
+    for module in ("robx_group_extras", "robx_tally", "robx_prefix"):
         sys.modules.pop(module, None)
     monkeypatch.undo()
     rebuilt()
 
 
 def test_each_registration_hook_adds_what_the_run_then_uses(installed_here, robx_here, tmp_path):
-    """register_tasks, _datasets, _models, _attacks, _oversamplers, _crowd_learners and _commands, in
-    this process (the slow tests above do the same through a real `robx` process)."""
+    """register_tasks, _datasets, _models, _attacks and _commands, the hooks robx's packages add
+    (register_oversamplers, _crowd_learners) and one a third-party package adds
+    (register_counters, filled by another package), in this process (the slow tests above do the
+    same through a real `robx` process)."""
     listing = json.loads(robx_here("plugins", "--json").stdout)
     registered = {(row["kind"], row["name"]) for row in listing["registered"]}
     assert {("task", "huber"), ("dataset", "ramp"), ("model", "tinynet"), ("attack", "shift"), ("oversampler", "duplicate"),
-            ("crowd learner", "first-worker"), ("command", "tally")} <= registered
+            ("crowd learner", "first-worker"), ("command", "tally"), ("counter", "exact"), ("counter", "prefix")} \
+        <= registered
     # a registered task, dataset and model: the run trains the model on the data and scores it as the task says
     trained = robx_here("train", "--dataset", "ramp", "--epochs", "1", "--eval-steps", "1", "--out", "ramp")
     assert trained.returncode == 0, trained.stderr
@@ -405,3 +442,10 @@ def test_each_registration_hook_adds_what_the_run_then_uses(installed_here, robx
     (tmp_path / "notes.txt").write_text("robust for whom? robust minority, fair majority\n")
     counted = robx_here("tally", "notes.txt", "--word", "robust")
     assert counted.returncode == 0 and counted.stdout.strip() == "robust: 2"
+    # a counter registered through the hook robx_tally added, by the other package: "robust" and
+    # "robustness" start with "robust" (counted by hand)
+    (tmp_path / "notes.txt").write_text("robust robustness fair robust? minority\n")
+    prefixed = robx_here("tally", "notes.txt", "--word", "robust", "--counter", "prefix")
+    assert prefixed.returncode == 0 and prefixed.stdout.strip() == "robust: 3", prefixed.stderr
+    unknown = robx_here("tally", "notes.txt", "--counter", "fuzzy")
+    assert unknown.returncode == 2 and "unknown counter 'fuzzy'; available: exact, prefix" in unknown.stderr

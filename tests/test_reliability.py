@@ -221,8 +221,8 @@ def test_an_unwritable_destination_is_refused_before_the_work(args, tmp_path, fi
         raise AssertionError("the command started its work before checking where it writes")
 
     # refused up front: neither the classifiers, the crowd learner nor the report loading run
-    monkeypatch.setattr("robx.core.oversample.run_oversample", work_started)
-    monkeypatch.setattr("robx.core.crowd.run_crowd", work_started)
+    monkeypatch.setattr("robx.plugins.oversampling.evaluation.run_oversample", work_started)
+    monkeypatch.setattr("robx.plugins.crowd.evaluation.run_crowd", work_started)
     monkeypatch.setattr("robx.core.report.load_reports", work_started)
     code, err = run_cli(args, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write" in err, err
@@ -804,8 +804,8 @@ def _signal_during(monkeypatch, module: object, name: str, signal_number: int) -
 def test_an_interrupted_command_exits_128_plus_the_signal_and_writes_nothing_half(command, signal_number, tmp_path,
                                                                                  finished_run, monkeypatch, capsys):
     import robx.core.engine as engine
-    import robx.core.crowd as crowd
-    import robx.core.oversample as oversample
+    import robx.plugins.crowd.evaluation as crowd
+    import robx.plugins.oversampling.evaluation as oversample
 
     monkeypatch.chdir(tmp_path)
     run = copy_run(finished_run, tmp_path)

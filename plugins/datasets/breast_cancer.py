@@ -3,18 +3,13 @@ features) as GL-GAN's chapter builds its binary sets (2.4.1.1): benign (majority
 malignant (minority) balanced at 212 each, 80 % training candidates and a balanced 20 % test
 split; features min-max scaled to [0, 1] with the training candidates' range (the test
 split clipped to it). The protocol keeps 1 minority candidate in 20 (8 of 170).
-``breast-cancer-crowd``: the candidates labelled by synthetic crowd workers, 90 % of the
-malignant ones removed (ICED's construction, dissertation 3.3.1.1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from robx.core.crowd import CrowdDataOptions, crowd_dataset
 from robx.core.data import Split, TaskData, balanced_pair
 from robx.core.hookspecs import hookimpl
 from robx.core.registry import RegisterDataset
@@ -36,22 +31,6 @@ def load_breast_cancer_pair(data_root: str | None, seed: int) -> TaskData:
     return TaskData("breast-cancer", ["benign", "malignant"], scaled(train), scaled(test))
 
 
-@dataclass
-class BreastCancerCrowdOptions(CrowdDataOptions):
-    """Table 3.1's GSAD-Syn (the tabular set it stands for): 11 workers; errors from 0.2 to
-    0.5 put about 19 % of the candidates in the three highest certainty groups (GSAD-Syn:
-    507 of 2,575, 20 %)."""
-
-    workers: int = 11
-    easiest_error: float = 0.2
-    hardest_error: float = 0.5
-
-
-def load_breast_cancer_crowd(data_root: str | None, seed: int, options: BreastCancerCrowdOptions) -> TaskData:
-    pair = load_breast_cancer_pair(data_root, seed)
-    return crowd_dataset("breast-cancer-crowd", pair.classes, pair.train, pair.test, seed, options)
-
-
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register("breast-cancer", load_breast_cancer_pair, task="classification", defaults=dict(
@@ -59,8 +38,3 @@ def register_datasets(register: RegisterDataset) -> None:
         eps=0.05, alpha=0.0125, steps=10, eval_steps=20,
         imbalance="step", ratio=20.0, augment=False,
     ))
-    # ICED's construction on the table: 170 benign and 17 malignant training examples, 11 workers
-    register("breast-cancer-crowd", load_breast_cancer_crowd, task="crowd-classification",
-             options=BreastCancerCrowdOptions,
-             defaults=dict(model="mlp", epochs=30, batch_size=32, lr=0.05, schedule="onecycle", eps=0.05,
-                           alpha=0.0125, steps=10, eval_steps=20, imbalance="original", ratio=1.0, augment=False))

@@ -6,8 +6,7 @@ Defaults: ``cifar10`` is the cifar10-lt-cpu protocol (Step-10, n_max 1000, 200 t
 per class, cnn4, 30 one-cycle epochs, PGD-5 training at eps 8/255); ``cifar100`` the
 paper setting (Exp-10, ResNet-18, PGD-10, step schedule). ``cifar10-pair``: two classes (cat
 majority, dog minority by default) built as GL-GAN's chapter builds its binary sets, at
-its r = 0.01; ``cifar10-pair-crowd`` the pair labelled by synthetic crowd workers with 90 %
-of the minority removed (ICED's construction).
+its r = 0.01.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robx.core.crowd import CrowdDataOptions, crowd_dataset
 from robx.core.data import Split, TaskData, balanced_pair, data_roots, user_cache_dir
 from robx.core.errors import DataError, DataNotFoundError, OptionError
 from robx.core.hookspecs import hookimpl
@@ -106,25 +104,6 @@ def load_cifar10_pair(data_root: str | None, seed: int, options: PairOptions) ->
     return TaskData("cifar10-pair", [options.majority, options.minority], train, test, full.mean, full.std)
 
 
-@dataclass
-class PairCrowdOptions(CrowdDataOptions):
-    """Table 3.1's Gisette-Syn: 7 workers; errors from 0.15 to 0.5 put about 64 % of the
-    candidates in the three highest certainty groups (Gisette-Syn: 2,043 of 3,080, 66 %)."""
-
-    majority: str = "cat"
-    minority: str = "dog"
-    per_class: int = 1000
-    workers: int = 7
-    easiest_error: float = 0.15
-    hardest_error: float = 0.5
-
-
-def load_cifar10_pair_crowd(data_root: str | None, seed: int, options: PairCrowdOptions) -> TaskData:
-    """ICED's construction on a CIFAR-10 pair: 800 majority, 80 minority training images."""
-    pair = load_cifar10_pair(data_root, seed, PairOptions(options.majority, options.minority, options.per_class))
-    return crowd_dataset("cifar10-pair-crowd", pair.classes, pair.train, pair.test, seed, options)
-
-
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register("cifar10", lambda root, seed: load_cifar("cifar10", root), task="classification", defaults=dict(
@@ -143,6 +122,3 @@ def register_datasets(register: RegisterDataset) -> None:
         eps=8 / 255, alpha=2 / 255, steps=5, eval_steps=20,
         imbalance="step", ratio=100.0, augment=True,
     ))
-    register("cifar10-pair-crowd", load_cifar10_pair_crowd, task="crowd-classification", options=PairCrowdOptions,
-             defaults=dict(model="mlp", epochs=30, batch_size=128, lr=0.05, schedule="onecycle",
-                           eps=8 / 255, alpha=2 / 255, steps=5, eval_steps=20, imbalance="original", ratio=1.0, augment=False))

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData, data_roots
+from robx.core.data import Split, data_roots
 from robx.core.errors import DataError, DataNotFoundError, OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.registry import RegisterDataset
+from robx.plugins.common import GraphData
 
 GROUPS = ["zero", "non-zero"]
 SPLITS = ("train", "val", "test")
@@ -169,7 +170,7 @@ def grid_adjacency(rows: int, cols: int) -> torch.Tensor:
     return (((r[:, None] - r[None, :]).abs() <= 1) & ((c[:, None] - c[None, :]).abs() <= 1)).float()
 
 
-def load_crime(name: str, data_root: str | None, options: CrimeOptions) -> TaskData:
+def load_crime(name: str, data_root: str | None, options: CrimeOptions) -> GraphData:
     """The city's grid as next-day examples (module docstring), inputs z-scored per category
     with the training days' statistics."""
     where = city(name)
@@ -189,8 +190,8 @@ def load_crime(name: str, data_root: str | None, options: CrimeOptions) -> TaskD
     training = series[:train_days].double()
     mean = tuple(training.mean(dim=(0, 1)).tolist())
     std = tuple(training.std(dim=(0, 1)).clamp(min=1e-6).tolist())
-    return TaskData(f"{where.name}-crime", GROUPS, split(history, train_days), split(train_days + val_days, days),
-                    mean, std, val=split(train_days, train_days + val_days), graph=grid_adjacency(rows, cols),
+    return GraphData(f"{where.name}-crime", GROUPS, split(history, train_days), split(train_days + val_days, days),
+                     mean, std, val=split(train_days, train_days + val_days), graph=grid_adjacency(rows, cols),
                     target_names=list(where.categories))
 
 

@@ -8,8 +8,6 @@ Linf eps 0.1, PGD-10 training, PGD-20 evaluation, 25 one-cycle epochs.
 ``digits-binary``: two of its digits (options ``majority``, ``minority``; 4 and 7 by
 default) as GL-GAN's chapter builds its binary sets: balanced, 80 % training candidates, a
 balanced 20 % test split; the protocol keeps 1 minority candidate in 20 (7 of 144).
-``digits-crowd``: that pair labelled by synthetic crowd workers, 90 % of the minority
-candidates removed (ICED's USPS-Syn, dissertation 3.3.1.1; ``robx.core.crowd``).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robx.core.crowd import CrowdDataOptions, crowd_dataset
 from robx.core.data import Split, TaskData, balanced_pair
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
@@ -60,26 +57,6 @@ def load_digits_pair(data_root: str | None, seed: int, options: DigitsPairOption
     return TaskData("digits-binary", [str(options.majority), str(options.minority)], train, test)
 
 
-@dataclass
-class DigitsCrowdOptions(CrowdDataOptions):
-    """Table 3.1's USPS-Syn: 9 workers. Its three highest certainty groups hold 103 of 734
-    examples (14 %); errors from 0.35 to 0.5 put 38 % there with a majority vote right on
-    66 % of the candidates (heavier noise takes the vote toward chance before the share
-    falls further: 0.45-0.5 gives 30 % at 53 %; issue 30's calibration)."""
-
-    majority: int = 4
-    minority: int = 7
-    workers: int = 9
-    easiest_error: float = 0.35
-    hardest_error: float = 0.5
-
-
-def load_digits_crowd(data_root: str | None, seed: int, options: DigitsCrowdOptions) -> TaskData:
-    """ICED's USPS-Syn, made from the bundled digits (dissertation 3.3.1.1)."""
-    pair = load_digits_pair(data_root, seed, DigitsPairOptions(options.majority, options.minority))
-    return crowd_dataset("digits-crowd", pair.classes, pair.train, pair.test, seed, options)
-
-
 @hookimpl
 def register_datasets(register: RegisterDataset) -> None:
     register("digits", load_digits_data, task="classification", default=True, defaults=dict(
@@ -94,7 +71,3 @@ def register_datasets(register: RegisterDataset) -> None:
         eps=0.1, alpha=0.025, steps=10, eval_steps=20,
         imbalance="step", ratio=20.0, augment=False,
     ))
-    # ICED's USPS-Syn: 143 majority and 14 minority training examples (90 % removed), 5 workers
-    register("digits-crowd", load_digits_crowd, task="crowd-classification", options=DigitsCrowdOptions,
-             defaults=dict(model="mlp", epochs=30, batch_size=32, lr=0.05, schedule="onecycle", eps=0.1,
-                           alpha=0.025, steps=10, eval_steps=20, imbalance="original", ratio=1.0, augment=False))

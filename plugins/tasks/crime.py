@@ -53,6 +53,7 @@ import torch
 from robx.core.data import Split
 from robx.core.hookspecs import hookimpl
 from robx.core.task import Metric, ModelInput, RegisterTask, Task
+from robx.plugins.common import GraphData
 
 
 #: cells ranked per day and category for event detection
@@ -175,7 +176,7 @@ class Crime(Task):
         data = self.data
         categories = data.train.y.shape[-1]
         return ModelInput(tuple(data.train.x.shape[1:]), categories, (0.0,) * categories, (1.0,) * categories,
-                          graph=data.graph, target_mean=data.train.y.float().mean(dim=0))
+                          graph=data.graph if isinstance(data, GraphData) else None, target_mean=data.train.y.float().mean(dim=0))
 
     victim_unit = "node"
     labels_per_target = True
@@ -238,7 +239,7 @@ class Crime(Task):
             rows[name] = row
         columns = ["mae zero", "mae non-zero", "mae disparity", "nll", "nll non-zero", "rmse non-zero", "mae overall",
                    f"recall@{TOP_K}", f"map@{TOP_K}", "rec-d", "map-d"]
-        names = self.data.target_names or [str(c) for c in range(counts.shape[-1])]
+        names = (self.data.target_names if isinstance(self.data, GraphData) else None) or [str(c) for c in range(counts.shape[-1])]
         per_category = {
             name: [((predicted - counts).abs()[..., c][non_zero[..., c]]).mean().item() for c in range(len(names))]
             for name, predicted in predictors.items()}

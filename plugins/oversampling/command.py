@@ -1,7 +1,7 @@
 """``robx oversample``: GL-GAN's evaluation protocol for any registered oversampler.
 
 Oversample an imbalanced training set with a registered oversampler (GL-GAN, SMOTE, ...,
-:mod:`robx.core.oversample`) and score scikit-learn classifiers trained on the result on a
+:mod:`.evaluation`) and score scikit-learn classifiers trained on the result on a
 balanced test split (macro-F1, micro-F1, MCC, as the chapter's Tables 2.2-2.6).
 """
 
@@ -36,7 +36,7 @@ def oversample(
     """Oversample an imbalanced training set and score scikit-learn classifiers trained on it
     (GL-GAN's evaluation: macro-F1, micro-F1 and MCC on a balanced test split)."""
     from robx.core.files import prepare_output_dir
-    from robx.core.oversample import OUTPUTS, WRITER, OversampleJob, run_oversample, write_outputs
+    from robx.plugins.oversampling.evaluation import OUTPUTS, WRITER, OversampleJob, run_oversample, write_outputs
     from robx.core.plugins import method_set_overrides
 
     method_options, dataset_options = method_set_overrides(method, set_ or [])

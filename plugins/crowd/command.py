@@ -1,7 +1,7 @@
 """``robx crowd``: ICED's evaluation protocol for any registered crowd learner.
 
 Learn a classifier from imbalanced crowd labels with a registered crowd learner (ICED, MV
-or D&S with a classifier, :mod:`robx.core.crowd`) and score it on the true test labels
+or D&S with a classifier, :mod:`.evaluation`) and score it on the true test labels
 (accuracy, F1, and the share of training labels inferred right, as Tables 3.2-3.3).
 """
 
@@ -33,7 +33,7 @@ def crowd(
 ) -> None:
     """Learn a classifier from imbalanced crowd labels and score it on the true test labels
     (ICED's evaluation: accuracy, F1, and how many training labels it inferred right)."""
-    from robx.core.crowd import OUTPUTS, WRITER, CrowdJob, run_crowd, write_crowd_report
+    from robx.plugins.crowd.evaluation import OUTPUTS, WRITER, CrowdJob, run_crowd, write_crowd_report
     from robx.core.files import prepare_output_dir
     from robx.core.plugins import method_set_overrides
 

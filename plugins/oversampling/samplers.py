@@ -14,7 +14,11 @@ import numpy as np
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.oversample import Oversampler, RegisterOversampler, check_minority_neighbours
+from robx.plugins.oversampling import Oversampler, RegisterOversampler, check_minority_neighbours
+
+
+#: the plugin's name (its module's, "samplers", would not say what they sample)
+name = "oversamplers"
 
 
 class NoResampling:

@@ -67,7 +67,7 @@ from robx.core.data import Split
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
-from robx.core.oversample import RegisterOversampler, centroid_spread, check_minority_neighbours
+from robx.plugins.oversampling import RegisterOversampler, centroid_spread, check_minority_neighbours
 from robx.core.state import TrainState
 
 

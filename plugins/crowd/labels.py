@@ -1,32 +1,17 @@
-"""Crowd-labelled data: label matrices, synthetic workers, and the evaluation of crowd
-learners (``robx crowd``; ICED's protocol, dissertation 3.3).
+"""Crowd label matrices: checks, majority vote and Dawid-Skene, and synthetic workers.
 
 A crowd label matrix has one row per example and one column per worker; entries are class
 indices, or :data:`MISSING` where the worker did not label the example. Majority vote and
 Dawid-Skene come from crowd-kit (extra ``robx[crowd]``), imported only where used.
-
-A crowd learner is registered through ``register_crowd_learners`` as
-``register(name, make, options=OptionsDataclass)``; ``make(options, seed)`` returns an
-object with ``fit(x, crowd_labels, num_classes) -> self``, ``predict(x) -> classes`` and
-``inferred_labels`` (its estimate of the training examples' true classes), and may fill
-``history`` (a list of dicts, one per iteration) and ``details`` (a dict) for the report;
-there every list of training labels under a key ``<name>_labels`` becomes
-``<name>_accuracy``, its accuracy against the truth.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from robx.core.hookspecs import RegisterCrowdLearner  # noqa: F401 -- where plugins have imported it from
 from robx.core.errors import OptionError, RobxError
-from robx.core.files import WRITTEN_BY, make_directory, write_json
-from robx.core.options import check_ranges
 
 MISSING = -1
 
@@ -157,134 +142,3 @@ def simulate_workers(x: np.ndarray, truth: np.ndarray, workers: int, seed: int, 
         worker = rng.integers(workers)
         labels[row, worker] = truth[row] if not wrong[row, worker] else (truth[row] + shift[row, worker]) % classes
     return labels.astype(np.int64), error
-
-
-# ---------------------------------------------------------------------------
-# learners and their evaluation
-# ---------------------------------------------------------------------------
-
-
-class CrowdLearner(Protocol):
-    inferred_labels: np.ndarray
-
-    def fit(self, x: np.ndarray, crowd_labels: np.ndarray, num_classes: int) -> CrowdLearner: ...
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
-
-
-
-
-@dataclass
-class CrowdJob:
-    """One evaluation: a crowd-labelled dataset, one learner, one seed."""
-
-    dataset: str
-    method: str
-    seed: int = 0
-    method_options: dict[str, Any] = field(default_factory=dict)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    data_root: str | None = None
-
-
-def run_crowd(job: CrowdJob) -> dict[str, Any]:
-    """Fit the learner on the training features and crowd labels; score its predictions on
-    the test split (true labels) and its inferred training labels against the truth."""
-    from sklearn.metrics import f1_score
-
-    from robx.core.registry import registry
-
-    found = registry()
-    spec = found.crowd_learner(job.method)
-    data = found.dataset(job.dataset).read(job.data_root, job.seed, job.dataset_options)
-    if data.train.y.dim() != 2 or data.train_truth is None:
-        raise OptionError(f"dataset '{job.dataset}' has no crowd labels (an examples x workers label matrix as its "
-                          "training targets, and the true training labels)")
-    x = data.train.x.reshape(len(data.train.x), -1).float().numpy()
-    x_test = data.test.x.reshape(len(data.test.x), -1).float().numpy()
-    crowd, truth, y_test = data.train.y.numpy(), data.train_truth.numpy(), data.test.y.numpy()
-    check_crowd_labels(crowd, data.num_classes)
-    started = time.perf_counter()
-    learner = spec.build(job.method_options, job.seed).fit(x, crowd, data.num_classes)
-    seconds = time.perf_counter() - started
-    predicted = learner.predict(x_test)
-    return {
-        "dataset": job.dataset, "method": job.method, "seed": job.seed, "classes": data.classes,
-        "method_options": job.method_options, "dataset_options": job.dataset_options,
-        "train_counts": np.bincount(truth, minlength=data.num_classes).tolist(),
-        "workers": int(crowd.shape[1]), "test_counts": np.bincount(y_test, minlength=data.num_classes).tolist(),
-        "accuracy": float(np.mean(predicted == y_test)),
-        "f1": float(f1_score(y_test, predicted, average="macro")),
-        "inferred_label_accuracy": float(np.mean(learner.inferred_labels == truth)),
-        "majority_vote_accuracy": float(np.mean(majority_vote(crowd) == truth)),
-        "fit_seconds": round(seconds, 2),
-        "history": [_scored(entry, truth) for entry in getattr(learner, "history", [])],
-        "details": _scored(getattr(learner, "details", {}), truth),
-    }
-
-
-def _scored(record: dict[str, Any], truth: np.ndarray) -> dict[str, Any]:
-    """A learner's record with every list of inferred training labels (a key ending in
-    ``_labels``) replaced by its accuracy against the truth (``<name>_accuracy``)."""
-    scored = {}
-    for key, value in record.items():
-        if key.endswith("_labels") and isinstance(value, list) and len(value) == len(truth):
-            scored[key.removesuffix("_labels") + "_accuracy"] = float(np.mean(np.asarray(value) == truth))
-        else:
-            scored[key] = value
-    return scored
-
-
-#: What ``robx crowd --out`` writes, naming its writer (``--force`` checks it)
-OUTPUTS = ("report.json",)
-WRITER = "robx crowd"
-
-
-def write_crowd_report(out: Path, report: dict[str, Any]) -> None:
-    make_directory(out)
-    write_json(out / "report.json", {**report, WRITTEN_BY: WRITER})
-
-
-@dataclass
-class CrowdDataOptions:
-    """How a crowd-labelled binary set is made from a balanced pair (dissertation 3.3.1.1)."""
-
-    workers: int = 5
-    minority_removed: float = 0.9  # share of the minority's training candidates removed
-    missing: float = 0.0  # share of missing labels
-    easiest_error: float = 0.05
-    hardest_error: float = 0.45
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("workers",), fractions=("easiest_error", "hardest_error"))
-        if not 0 <= self.minority_removed < 1 or not 0 <= self.missing < 1:
-            raise ValueError(f"minority_removed and missing must be in [0, 1), got {self.minority_removed} and "
-                             f"{self.missing}")
-        if self.easiest_error > self.hardest_error:
-            raise ValueError(f"easiest_error {self.easiest_error} is above hardest_error {self.hardest_error}")
-
-
-def crowd_dataset(name: str, classes: list[str], train: Any, test: Any, seed: int,
-                  options: CrowdDataOptions) -> Any:
-    """A :class:`robx.core.data.TaskData` of crowd-labelled training examples from a balanced
-    pair's training candidates (label 1 = the minority): synthetic workers label every
-    candidate (:func:`simulate_workers`, difficulty from a network trained on the balanced
-    candidates), then ``minority_removed`` of the minority candidates are dropped by their
-    true label. Inputs become float features in [0, 1]; the test split keeps true labels."""
-    import torch
-
-    from robx.core.data import Split, TaskData
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).reshape(len(x), -1)
-
-    x, truth = features(train.x), train.labels.numpy()
-    crowd, _ = simulate_workers(x.numpy(), truth, options.workers, seed, options.easiest_error,
-                                options.hardest_error, missing=options.missing)
-    rng = np.random.default_rng(seed)
-    minority = rng.permutation(np.flatnonzero(truth == 1))
-    dropped = minority[:int(round(options.minority_removed * len(minority)))]
-    kept = torch.from_numpy(np.setdiff1d(np.arange(len(truth)), dropped))
-    crowd_t = torch.from_numpy(crowd)[kept]
-    voted = torch.from_numpy(majority_vote(crowd_t.numpy()).copy())
-    x_test = features(test.x)
-    return TaskData(name, classes, Split(x[kept], crowd_t, voted), Split(x_test, test.labels, test.labels),
-                    train_truth=train.labels[kept])

@@ -1,10 +1,4 @@
-"""Data-level oversampling and its evaluation (``robx oversample``; GL-GAN's protocol).
-
-An oversampler is registered through ``register_oversamplers`` as
-``register(name, make, options=OptionsDataclass)``; ``make(options, seed)`` returns an
-object with imbalanced-learn's ``fit_resample(X, y) -> (X_res, y_res)`` whose result holds
-the original rows first, then the synthetic ones. Built-ins: imbalanced-learn's samplers
-(``robx.plugins.oversamplers``) and GL-GAN (``robx.plugins.glgan``).
+"""The evaluation of a registered oversampler (``robx oversample``; GL-GAN's protocol).
 
 The evaluation is the chapter's (dissertation 2.4.1): a registered classification dataset
 with its protocol (imbalanced training split, balanced test split), each oversampler's
@@ -20,32 +14,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from robx.core.hookspecs import RegisterOversampler  # noqa: F401 -- where plugins have imported it from
 from robx.core.data import apply_protocol
 from robx.core.errors import OptionError
 from robx.core.files import WRITTEN_BY, atomic_write, make_directory, write_json
-
-
-class Oversampler(Protocol):
-    def fit_resample(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-
-
-def check_minority_neighbours(labels: np.ndarray, k_neighbors: int, who: str) -> None:
-    """One-line errors for data an interpolating oversampler cannot serve: one class only,
-    or a class with no more than ``k_neighbors`` examples (SMOTE's neighbours are its own)."""
-    classes, counts = np.unique(labels, return_counts=True)
-    if len(classes) < 2:
-        raise OptionError(f"{who}: the training set has one class only ({classes.tolist()}); nothing to oversample")
-    smallest = int(counts.argmin())
-    if counts[smallest] <= k_neighbors:
-        raise OptionError(f"{who}: class {classes[smallest]} has {counts[smallest]} training examples, but "
-                          f"k_neighbors={k_neighbors} needs more than that; lower {who}.k_neighbors")
+from robx.core.registry import registry
+from robx.plugins.oversampling import KIND, centroid_spread
 
 
 #: The chapter's classifiers (scikit-learn defaults; ``random_state`` the seed)
@@ -83,13 +60,6 @@ def interleaving_share(real_x: np.ndarray, real_y: np.ndarray, synthetic_x: np.n
     return float(np.mean(real_y[nearest] != synthetic_y))
 
 
-def centroid_spread(points: np.ndarray) -> float:
-    """Mean Euclidean distance of the points to their centroid (0 for one point or none)."""
-    if len(points) < 2:
-        return 0.0
-    return float(np.linalg.norm(points - points.mean(axis=0), axis=1).mean())
-
-
 def spreads(real_x: np.ndarray, real_y: np.ndarray, synthetic_x: np.ndarray,
             synthetic_y: np.ndarray) -> dict[str, float | None]:
     """How far the synthetic examples of each minority class spread, beside its real ones:
@@ -119,8 +89,6 @@ class OversampleJob:
 def prepared_arrays(job: OversampleJob) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(task data, train x, train y, test x, test y): the dataset under its protocol with the
     job's seed (so every seed draws its own imbalanced subset), inputs flattened."""
-    from robx.core.registry import registry
-
     found = registry()
     spec = found.dataset(job.dataset)
     task = found.task_for(job.dataset)
@@ -141,9 +109,7 @@ def prepared_arrays(job: OversampleJob) -> tuple[Any, np.ndarray, np.ndarray, np
 
 def run_oversample(job: OversampleJob) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(report, arrays): the augmented training set and every classifier's scores."""
-    from robx.core.registry import registry
-
-    spec = registry().oversampler(job.method)
+    spec = registry().entry(KIND, job.method)
     for name in job.classifiers:
         make_classifier(name, 0)  # unknown names fail before any work
     data, x_train, y_train, x_test, y_test = prepared_arrays(job)

@@ -38,7 +38,7 @@ Two modules augment each other, after a warm-up:
      classes and drops the rest, so Q's images of interpolated features are poor (measured:
      55-65 % of them inferred minority; docs/results.md).
   4. *True-label inference* (eq. 3.1-3.2): Dawid-Skene EM on the real and synthetic crowd
-     labels together (``robx.core.crowd.dawid_skene_em``), started from the majority-vote
+     labels together (``robx.plugins.crowd.labels.dawid_skene_em``), started from the majority-vote
      posteriors, with the class prior Phi held uniform (``prior = "uniform"``: the
      "conventional uniform prior" the chapter says makes D&S fail on imbalanced labels, and
      which the balanced synthetic set makes right); ``"estimated"`` re-estimates Phi each
@@ -61,11 +61,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from robx.core.crowd import MISSING, RegisterCrowdLearner, dawid_skene_em, majority_vote
 from robx.core.errors import OptionError
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
 from robx.plugins.common import FeatureClassifier, fit_epochs
+from robx.plugins.crowd import RegisterCrowdLearner
+from robx.plugins.crowd.labels import MISSING, dawid_skene_em, majority_vote
 
 
 def label_certainty(matrix: np.ndarray, num_classes: int, epsilon: float = 1e-3) -> np.ndarray:

@@ -5,9 +5,9 @@ instead of one class; the test split has true classes.
 Through the engine (``robx train --dataset digits-crowd``) a run trains on the majority
 vote of each row (ties to the lowest class), i.e. the MV+DNN baseline, adversarially if an
 adversary is selected; every example's label for the per-class statistics is that vote
-(the learner cannot know the truth; ``TaskData.train_truth`` keeps it for diagnostics).
+(the learner cannot know the truth; ``CrowdData.train_truth`` keeps it for diagnostics).
 Learners that infer labels their own way (Dawid-Skene, ICED) are evaluated with
-``robx crowd`` (``robx.core.crowd``).
+``robx crowd``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from robx.core.hookspecs import hookimpl
 from robx.core.task import Metric, RegisterTask, Task
+
+#: the plugin's name (its module's, "task", would not say which)
+name = "crowd-task"
 
 
 def row_majority_vote(crowd: torch.Tensor, num_classes: int) -> torch.Tensor:

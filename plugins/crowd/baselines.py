@@ -6,7 +6,7 @@ scikit-learn's logistic regression (LR) or the DNN (``robx.plugins.common.Featur
 Adam 1e-3, ``epochs`` passes, batch 32).
 
 ``ds-lr`` / ``ds-dnn`` run D&S as the chapter describes it, with the conventional uniform
-class prior held fixed (``robx.core.crowd.dawid_skene_em``, 100 steps): the D&S whose failure
+class prior held fixed (``robx.plugins.crowd.labels.dawid_skene_em``, 100 steps): the D&S whose failure
 on imbalanced true labels ICED's premise is. ``dsck-lr`` / ``dsck-dnn`` use crowd-kit's
 ``DawidSkene``, which re-estimates the class prior every step (a stronger baseline than the
 chapter's; docs/results.md reports both). ``mv-lr``, ``mv-dnn`` as before.
@@ -19,10 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robx.core.crowd import RegisterCrowdLearner, dawid_skene, dawid_skene_em, majority_vote
 from robx.core.hookspecs import hookimpl
 from robx.core.options import check_ranges
 from robx.plugins.common import FeatureClassifier, fit_epochs
+from robx.plugins.crowd import RegisterCrowdLearner
+from robx.plugins.crowd.labels import dawid_skene, dawid_skene_em, majority_vote
+
+#: the plugin's name (its module's, "baselines", would not say whose)
+name = "crowd-baselines"
 
 
 @dataclass
