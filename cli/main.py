@@ -28,7 +28,9 @@ from robx.core.registry import registry, resolved_config
 from robx.core.config import MAX_BATCH, MAX_SEED, MAX_STEPS, TrainConfig, load_toml
 from robx.core.errors import Interrupted, OptionError, RobxError
 from robx.core.options import coerce, parse_number
-from robx.core.plugins import available_plugins, parse_set_overrides, resolve_plugin_names
+from robx.core.discovery import available_plugins
+from robx.core.options import parse_set_overrides
+from robx.core.selection import resolve_plugin_names
 
 app = typer.Typer(
     name="robx",
@@ -702,7 +704,7 @@ OWN_COMMANDS: frozenset[str] = frozenset(info.name for info in app.registered_co
 def add_registered_commands() -> None:
     """Add the commands plugins register (``register_commands``) to the app (once per
     process). A plugin that registers one of robx's own names is left out, with one warning."""
-    from robx.core.plugins import warn_skipped
+    from robx.core.discovery import warn_skipped
 
     found = registry()
     for spec in list(found.commands.values()):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 
 from robx.core import hookspecs
-from robx.core.plugins import PluginSpec
+from robx.core.discovery import PluginSpec
 
 # Plugins that only register tasks, datasets or models are not methods.
 _NOT_METHOD_HOOKS = {"register_tasks", "register_datasets", "register_models", "register_commands"}

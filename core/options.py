@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from robx.core.errors import OptionError
@@ -136,3 +136,30 @@ def check_ranges(options: Any, *, at_least_one: tuple[str, ...] = (), positive: 
             value = getattr(options, name)
             if not ok(value):
                 raise ValueError(f"{name} must be {wanted}, got {value}")
+
+
+def parse_set_overrides(assignments: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["srat.lam=0.5"]`` -> ``{"srat": {"lam": "0.5"}}``."""
+    result: dict[str, dict[str, str]] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        plugin, dot, option = key.strip().partition(".")
+        if not sep or not dot or not plugin or not option:
+            raise OptionError(f"--set expects PLUGIN.KEY=VALUE, got {assignment!r}")
+        result.setdefault(plugin, {})[option] = value.strip()
+    return result
+
+
+def method_set_overrides(method: str, assignments: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(method options, dataset options) of ``--set`` for a data-level command whose
+    ``--method`` is ``method``; another plugin's options are a one-line error."""
+    overrides = parse_set_overrides(assignments)
+    dataset_options = overrides.pop("dataset", {})
+    unknown = [name for name in overrides if name != method]
+    if unknown:
+        raise OptionError(f"--set {unknown[0]}.KEY: only {method}.KEY or dataset.KEY apply to --method {method}")
+    return overrides.get(method, {}), dataset_options
+
+
+def options_as_dict(options: Any) -> dict[str, Any]:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}

@@ -341,7 +341,8 @@ def registry() -> Registry:
     registered, so the rest stays usable; a name it would have given is then unknown, and
     the error says which plugin was left out. A built-in plugin's failure is robx's bug and
     raises."""
-    from robx.core.plugins import BUILTIN_ORIGIN, added_hookspecs, available_plugins, registration_hooks, warn_skipped
+    from robx.core.declarations import marked_hooks
+    from robx.core.discovery import BUILTIN_ORIGIN, added_hookspecs, available_plugins, registration_hooks, warn_skipped
 
     found = Registry()
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
@@ -350,7 +351,9 @@ def registry() -> Registry:
         manager.add_hookspecs(added.module)
     origins, builtin = {}, set()
     for spec in available_plugins().values():
-        if not set(spec.hooks) & set(registration_hooks()):
+        # every plugin with a registration hook, or one whose name says it means one (a
+        # misspelt register_dataset is then one line, not silently nothing)
+        if not any(name.startswith("register_") or name in registration_hooks() for name in marked_hooks(spec.target)):
             continue
         try:
             spec.check_hooks()

@@ -4,11 +4,13 @@ task (``tasks/``), dataset (``datasets/``), model family (``models/``) and evalu
 registration hook, command, and what they use: ``oversampling/`` (``robx oversample``, GL-GAN)
 and ``crowd/`` (``robx crowd``, ICED).
 
-:data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.plugins.available_plugins` (the
+:data:`DEFAULT_PLUGINS` lists them for :func:`robx.core.discovery.available_plugins` (the
 plugins package names its own members, so the core names no method, task, dataset or
-model). Helpers that several plugins share live in :mod:`robx.plugins.common`, which is not
-a plugin; no plugin imports another plugin (a package's modules import their own package). A method that is a composition is a recipe
-(``parts`` and ``routes``, as ``srat`` and ``imbmix``), not a second implementation.
+model). They import only from ``robx``, as a third-party plugin does, and helpers that
+several plugins share from :mod:`robx.plugins.common`, which is not a plugin; no plugin
+imports another plugin (a package's modules import their own package). A method that is a
+composition is a recipe (``parts`` and ``routes``, as ``srat`` and ``imbmix``), not a second
+implementation.
 """
 
 DEFAULT_PLUGINS: tuple[str, ...] = (

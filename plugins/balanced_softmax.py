@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robx.core.hookspecs import hookimpl
-from robx.core.state import Step, TrainState
+from robx import Plugin, Step, TrainState, hookimpl
 from robx.plugins.common import soft_targets
 
 
@@ -19,7 +18,7 @@ def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, class_cou
     return -(soft_targets(targets, logits.shape[1]) * F.log_softmax(shifted, dim=1)).sum(dim=1)
 
 
-class BalancedSoftmax:
+class BalancedSoftmax(Plugin):
     """Balanced softmax: cross-entropy on logits + log n_c (Ren et al. 2020)."""
 
     name = "balanced_softmax"

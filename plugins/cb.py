@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from robx.core.hookspecs import hookimpl
-from robx.core.state import ClassPolicy, TrainState
+from robx import ClassPolicy, Plugin, TrainState, hookimpl
 from robx.plugins.common import class_balanced_weights
 
 
-class ClassBalanced:
+class ClassBalanced(Plugin):
     """Class-balanced loss weights from the effective number of samples (Cui et al. 2019)."""
 
     name = "cb"

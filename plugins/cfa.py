@@ -39,10 +39,8 @@ from typing import Any
 
 import torch
 
-from robx.core.averaging import WeightAverage, add_to_average, restored_average, saved_average
-from robx.core.errors import RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.state import ClassPolicy, TrainState
+from robx import (Plugin, ClassPolicy, RobxError, TrainState, WeightAverage, add_to_average, hookimpl, restored_average,
+                  saved_average)
 from robx.plugins.common import warn_if_barely_used
 
 
@@ -57,7 +55,7 @@ def calibrated_beta(robust_acc: torch.Tensor, beta: float, lam: float) -> torch.
     return scaled / (1.0 + scaled)
 
 
-class CFA:
+class CFA(Plugin):
     """CFA: class-wise calibrated margins, TRADES regularisation and FAWA (Wei et al. 2023)."""
 
     name = "cfa"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robx.core.data import TaskData
+from robx import TaskData
 
 # ---------------------------------------------------------------------------
 # data a task and its datasets share
@@ -66,7 +66,7 @@ def deferred_start_epoch(epochs: int, start: float, start_epoch: int | None) -> 
 def warn_if_barely_used(plugin: str, what: str, first_epoch: int, epochs: int, option: str) -> None:
     """One warning when a method's schedule leaves it (almost) unused in this run: ``what``
     takes effect from ``first_epoch`` (from 0), so it shapes fewer than 2 of ``epochs``."""
-    from robx.core.errors import warn
+    from robx import warn
 
     active = max(0, epochs - first_epoch)
     if active >= 2 or active == epochs:

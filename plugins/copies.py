@@ -22,10 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.hookspecs import hookimpl
-from robx.core.metrics import majority_classes
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, Step, TrainState, check_ranges, hookimpl, majority_classes
 from robx.plugins.common import soft_targets
 
 
@@ -55,7 +52,7 @@ def supplementary_examples(
     return extra, y[source]
 
 
-class Copies:
+class Copies(Plugin):
     """Adversarial copies x + a (x' - x) N(0, 1) of every minority example (Wang, eq. 5.2)."""
 
     name = "copies"

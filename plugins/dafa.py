@@ -39,9 +39,7 @@ from typing import Any
 
 import torch
 
-from robx.core.errors import RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.state import ClassPolicy, TrainState
+from robx import ClassPolicy, Plugin, RobxError, TrainState, hookimpl
 from robx.plugins.common import warn_if_barely_used
 
 
@@ -61,7 +59,7 @@ def dafa_class_weights(mean_prob: torch.Tensor, lam: float) -> torch.Tensor:
     return weights.float()
 
 
-class DAFA:
+class DAFA(Plugin):
     """DAFA: class weights and margins from inter-class similarity after warm-up (Lee et al. 2024)."""
 
     name = "dafa"

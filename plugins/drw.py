@@ -16,13 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import ClassPolicy, TrainState
+from robx import ClassPolicy, Plugin, TrainState, check_ranges, hookimpl
 from robx.plugins.common import class_balanced_weights, deferred_start_epoch, warn_if_barely_used
 
 
-class DeferredReweighting:
+class DeferredReweighting(Plugin):
     """Deferred re-weighting: class-balanced weights from epoch T_d on (Cao et al. 2019)."""
 
     name = "drw"

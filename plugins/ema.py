@@ -20,14 +20,11 @@ from typing import Any
 
 import torch
 
-from robx.core.averaging import (BatchNormSource, WeightAverage, add_to_average, evaluated_average,
-                                 restored_average, saved_average)
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import (BatchNormSource, Plugin, Step, TrainState, WeightAverage, add_to_average, check_ranges,
+                  evaluated_average, hookimpl, restored_average, saved_average)
 
 
-class EMA:
+class EMA(Plugin):
     """Exponential moving average of the weights."""
 
     name = "ema"

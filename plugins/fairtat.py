@@ -27,11 +27,7 @@ from typing import Any, Literal
 import torch
 
 
-from robx.core.errors import RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import ClassPolicy, Step, TrainState
-from robx.core.stats import SplitStats
+from robx import ClassPolicy, Plugin, RobxError, SplitStats, Step, TrainState, check_ranges, hookimpl
 
 
 def class_false_positive_scores(stats: SplitStats) -> torch.Tensor:
@@ -59,7 +55,7 @@ def target_distribution(labels: torch.Tensor, cfps: torch.Tensor | None, num_cla
     return probs / probs.sum(dim=1, keepdim=True)
 
 
-class FairTAT:
+class FairTAT(Plugin):
     """FAIR-TAT: targeted PGD toward the classes most falsely predicted (Medi et al. 2025)."""
 
     name = "fairtat"

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, Step, TrainState, check_ranges, hookimpl
 from robx.plugins.common import soft_targets
 
 
@@ -27,7 +25,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> tor
     return (1.0 - p_target).clamp(min=0.0).pow(gamma) * cross_entropy
 
 
-class Focal:
+class Focal(Plugin):
     """Focal loss (1 - p_t)^gamma * CE (Lin et al. 2017)."""
 
     name = "focal"

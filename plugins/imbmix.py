@@ -46,11 +46,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robx.core.averaging import BatchNormSource
-from robx.core.options import check_ranges
+from robx import BatchNormSource, Plugin, check_ranges
 
 
-class ImbMix:
+class ImbMix(Plugin):
     """Imb-Mix: minority adversarial copies (eq. 5.2), Remix mixing, SWA (Wang, ch. 5)."""
 
     name = "imbmix"

@@ -22,9 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, Step, TrainState, check_ranges, hookimpl
 from robx.plugins.common import soft_targets
 
 
@@ -40,7 +38,7 @@ def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor
     return -(target_probs * F.log_softmax(scale * adjusted, dim=1)).sum(dim=1)
 
 
-class LDAM:
+class LDAM(Plugin):
     """LDAM loss: class-dependent margins m_c ~ n_c^(-1/4) (Cao et al. 2019)."""
 
     name = "ldam"

@@ -20,10 +20,7 @@ import torch
 import torch.nn.functional as F
 
 
-from robx.core.errors import RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, RobxError, Step, TrainState, check_ranges, hookimpl
 from robx.plugins.common import kl_per_sample
 
 
@@ -33,7 +30,7 @@ def boosted_cross_entropy(adv_logits: torch.Tensor, labels: torch.Tensor) -> tor
     return F.cross_entropy(adv_logits, labels, reduction="none") - torch.log(1.0001 - others.amax(dim=1))
 
 
-class MART:
+class MART(Plugin):
     """MART: boosted CE on x' + beta * KL weighted by 1 - p_y(x) (Wang et al. 2020)."""
 
     name = "mart"

@@ -72,11 +72,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robx.core.attacks import attack_mode, logits_of
-from robx.core.distributed import average_gradients
-from robx.core.errors import RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.state import Step, TrainState
+from robx import Plugin, RobxError, Step, TrainState, attack_mode, average_gradients, hookimpl, logits_of
 from robx.kernels import supcon, topk_victims
 
 #: the random start's radius as a fraction of eps (STPGD: U(-eps/10, eps/10))
@@ -121,7 +117,7 @@ class CrossSegmentEncoder(nn.Module):
         return self.event(pooled), time_attention.view(batch, nodes, steps).transpose(1, 2)
 
 
-class MinGRE:
+class MinGRE(Plugin):
     """MinGRE (arXiv 2504.00721), reconstructed: reweighted STPGD victims + UCL."""
 
     name = "mingre"

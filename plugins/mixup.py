@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, Step, TrainState, check_ranges, hookimpl
 from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets
 
 
-class Mixup:
+class Mixup(Plugin):
     """Mixup of adversarial examples and their labels (Zhang et al. 2018)."""
 
     name = "mixup"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from robx.core.hookspecs import hookimpl
-from robx.core.state import Step
+from robx import Plugin, Step, hookimpl
 
 
-class Natural:
+class Natural(Plugin):
     """Natural training: the model trains on clean inputs (the adversary is the identity)."""
 
     name = "natural"

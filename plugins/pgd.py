@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.hookspecs import hookimpl
-from robx.core.state import Step
+from robx import Plugin, Step, hookimpl
 
 
-class PGD:
+class PGD(Plugin):
     """PGD adversarial training (Madry et al. 2018); the fallback adversary."""
 
     name = "pgd"

@@ -18,14 +18,11 @@ from typing import Literal
 
 import torch
 
-from robx.core.errors import RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, RobxError, Step, TrainState, check_ranges, hookimpl
 from robx.plugins.common import draw_mix, mix_inputs, mix_labels, mix_targets, remix_label_factor
 
 
-class Remix:
+class Remix(Plugin):
     """Remix: mixup with minority-favouring labels (Chou et al. 2020)."""
 
     name = "remix"

@@ -9,13 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import TrainState
+from robx import Plugin, TrainState, check_ranges, hookimpl
 from robx.plugins.common import class_balanced_weights
 
 
-class Resample:
+class Resample(Plugin):
     """Class-balanced sampler: example probability ~ 1 / effective number of its class."""
 
     name = "resample"

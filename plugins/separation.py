@@ -20,13 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, Step, TrainState, check_ranges, hookimpl
 from robx.kernels import supcon
 
 
-class Separation:
+class Separation(Plugin):
     """Feature separation: supervised contrastive loss on adversarial features (Wang, eq. 4.12)."""
 
     name = "separation"

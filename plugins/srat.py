@@ -41,10 +41,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robx.core.options import check_ranges
+from robx import Plugin, check_ranges
 
 
-class SRAT:
+class SRAT(Plugin):
     """SRAT: deferred class-balanced weights + feature separation loss (Wang, ch. 4)."""
 
     name = "srat"

@@ -19,14 +19,11 @@ from typing import Any
 
 import torch
 
-from robx.core.averaging import (BatchNormSource, WeightAverage, add_to_average, evaluated_average,
-                                 restored_average, saved_average)
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import TrainState
+from robx import (BatchNormSource, Plugin, TrainState, WeightAverage, add_to_average, check_ranges, evaluated_average,
+                  hookimpl, restored_average, saved_average)
 
 
-class SWA:
+class SWA(Plugin):
     """Stochastic weight averaging from a start epoch (Izmailov et al. 2018)."""
 
     name = "swa"

@@ -29,9 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.errors import RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.state import Step, TrainState
+from robx import Plugin, RobxError, Step, TrainState, hookimpl
 from robx.kernels import topk_victims
 
 GRANULARITIES = ("auto", "unit", "pixel", "element")
@@ -45,7 +43,7 @@ def unit_saliency(grad: torch.Tensor, granularity: str) -> torch.Tensor:
     return grad.reshape(grad.shape[0], -1)
 
 
-class TopK:
+class TopK(Plugin):
     """Top-k input-gradient saliency victims (Liu et al. 2022, STPGD)."""
 
     name = "topk"

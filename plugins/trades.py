@@ -32,14 +32,11 @@ from dataclasses import dataclass
 
 import torch
 
-from robx.core.attacks import eval_mode, logits_of
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.state import Step, TrainState
+from robx import Plugin, Step, TrainState, check_ranges, eval_mode, hookimpl, logits_of
 from robx.plugins.common import kl_per_sample
 
 
-class TRADES:
+class TRADES(Plugin):
     """TRADES: natural loss + beta * KL(f(x) || f(x')) with a KL attack (Zhang et al. 2019)."""
 
     name = "trades"

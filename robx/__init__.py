@@ -1,12 +1,55 @@
 """robx: adversarial training for imbalanced data and class-fair robustness.
 
-Write a plugin with :data:`hookimpl`; the hooks are documented in
-:mod:`robx.core.hookspecs`.
+Every name a plugin needs is here (docs/hooks.md): the hook markers and :class:`Plugin`, the
+step and state the hooks receive, the registration contracts (tasks, datasets, models,
+attacks, commands), and the errors, option checks and file helpers the built-in plugins use.
+A plugin imports from ``robx`` (and, for the built-in ones, ``robx.plugins.common``); the
+modules under ``robx.core`` are where these live, not an interface.
 """
 
 __version__ = "0.1.0"
 
+# the hook markers, the optional plugin base class, what a plugin package adds
+from robx.core.declarations import Plugin  # noqa: E402
 from robx.core.hookspecs import Collects, hookimpl, hookspec  # noqa: E402
-from robx.core.state import Step, TrainState  # noqa: E402
 
-__all__ = ["__version__", "Collects", "hookimpl", "hookspec", "Step", "TrainState"]
+# what the training hooks receive and answer
+from robx.core.state import ClassPolicy, Step, TrainState  # noqa: E402
+
+# registration: tasks, datasets, models, attacks, commands, and the registry
+from robx.core.attacks import (Attack, AttackPlan, RegisterAttack, attack_mode, eval_mode, logits_of,  # noqa: E402
+                               margin_loss)
+from robx.core.data import (Split, TaskData, apply_protocol, balanced_pair, data_roots,  # noqa: E402
+                            user_cache_dir)
+from robx.core.models import RegisterModel, classifier  # noqa: E402
+from robx.core.registry import RegisterCommand, RegisterDataset, registry  # noqa: E402
+from robx.core.stats import ScoreAccumulator, SplitStats  # noqa: E402
+from robx.core.task import Metric, ModelInput, RegisterTask, Task  # noqa: E402
+
+# helpers: weight averages, distributed gradients, class groups
+from robx.core.averaging import (BatchNormSource, WeightAverage, add_to_average, evaluated_average,  # noqa: E402
+                                 restored_average, saved_average)
+from robx.core.distributed import average_gradients  # noqa: E402
+from robx.core.metrics import majority_classes  # noqa: E402
+
+# errors, options, files
+from robx.core.config import MAX_SEED  # noqa: E402
+from robx.core.errors import (DataError, DataNotFoundError, OptionError, PluginError, RobxError,  # noqa: E402
+                              WriteError, first_line, warn)
+from robx.core.files import WRITTEN_BY, atomic_write, make_directory, prepare_output_dir, write_json  # noqa: E402
+from robx.core.options import check_ranges, method_set_overrides  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "Plugin", "Collects", "hookimpl", "hookspec",
+    "ClassPolicy", "Step", "TrainState",
+    "Attack", "AttackPlan", "RegisterAttack", "attack_mode", "eval_mode", "logits_of", "margin_loss",
+    "Split", "TaskData", "apply_protocol", "balanced_pair", "data_roots", "user_cache_dir",
+    "RegisterModel", "classifier", "RegisterCommand", "RegisterDataset", "registry",
+    "ScoreAccumulator", "SplitStats", "Metric", "ModelInput", "RegisterTask", "Task",
+    "BatchNormSource", "WeightAverage", "add_to_average", "evaluated_average", "restored_average", "saved_average",
+    "average_gradients", "majority_classes",
+    "MAX_SEED", "DataError", "DataNotFoundError", "OptionError", "PluginError", "RobxError", "WriteError",
+    "first_line", "warn", "WRITTEN_BY", "atomic_write", "make_directory", "prepare_output_dir", "write_json",
+    "check_ranges", "method_set_overrides",
+]

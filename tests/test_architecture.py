@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from robx.core.plugins import BUILTIN_ORIGIN, available_plugins
+from robx.core.discovery import BUILTIN_ORIGIN, available_plugins
 from robx.core.registry import registry
 
 # checks of the source text, counted apart from the behaviour tests: pytest -m source
@@ -67,20 +67,37 @@ def test_a_method_that_is_a_composition_is_a_recipe_and_each_primitive_has_one_i
                      "supplementary_examples": ["copies"], "deferred_start_epoch": ["drw"]}
 
 
+#: hooks and helpers that run while a run is built or started: what they set on the plugin is
+#: derived again from the run's data and configuration on every resume, so it is not saved
+BUILD_TIME = {"__init__", "load_state_dict", "check_run", "train_start", "trained_class_counts", "pair_counts"}
+
+
 def test_plugins_save_and_restore_their_own_state():
     """No shared stash: a plugin keeps its state on itself and saves it through
-    state_dict() / load_state_dict() (both or neither)."""
+    state_dict() / load_state_dict() (both or neither); a plugin whose hooks change its own
+    attributes while it trains (beyond what is derived again at build time) saves them."""
+    from robx.core.declarations import Plugin, saves_state
+
     stateful = set()
     for spec in available_plugins().values():
         if spec.origin != BUILTIN_ORIGIN:
             continue
-        saves, loads = (callable(getattr(spec.target, method, None)) for method in ("state_dict", "load_state_dict"))
-        assert saves == loads, f"plugin '{spec.name}' defines only one of state_dict / load_state_dict"
-        if saves:
+        loads = getattr(getattr(spec.target, "load_state_dict", None), "__func__",
+                        getattr(spec.target, "load_state_dict", None)) not in (None, Plugin.load_state_dict)
+        assert saves_state(spec.target) == loads, f"plugin '{spec.name}' overrides only one of state_dict / load_state_dict"
+        if saves_state(spec.target):
             stateful.add(spec.name)
     assert stateful == {"swa", "ema", "dafa", "fairtat", "cfa", "mingre"}
     for path in PLUGIN_FILES:
         assert "stash" not in path.read_text(), f"{path.name} mentions a stash"
+        for cls in [node for node in _tree(path).body if isinstance(node, ast.ClassDef)
+                    and any(isinstance(base, ast.Name) and base.id == "Plugin" for base in node.bases)]:
+            changed = {(method.name, node.attr) for method in cls.body if isinstance(method, ast.FunctionDef)
+                       and method.name not in BUILD_TIME for node in ast.walk(method)
+                       if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                       and isinstance(node.value, ast.Name) and node.value.id == "self"}
+            saves = any(isinstance(method, ast.FunctionDef) and method.name == "state_dict" for method in cls.body)
+            assert not changed or saves, f"{path.name}: {cls.name} changes {sorted(changed)} while training, unsaved"
 
 
 #: Strings that coincide with a plugin name but mean something else in that core file.
@@ -176,7 +193,7 @@ def test_data_level_tools_are_plugin_packages_with_their_own_hooks():
     that add their own registration hooks (add_hookspecs); the core imports neither package
     nor scikit-learn, imbalanced-learn or crowd-kit at module level."""
     from robx.cli.main import OWN_COMMANDS, app
-    from robx.core.plugins import added_hookspecs
+    from robx.core.discovery import added_hookspecs
 
     registered = registry().commands
     assert {"oversample", "crowd"} <= set(registered)
@@ -202,8 +219,8 @@ def test_data_level_tools_are_plugin_packages_with_their_own_hooks():
 CORE_FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "options", "files", "metrics", "config", "stats", "data", "averaging", "rundir",
                "distributed"}),  # values, errors and I/O
-    frozenset({"task", "attacks", "models", "state", "evaluate", "report", "hookspecs"}),  # contracts
-    frozenset({"plugins", "registry"}),  # the plugin host and the registries
+    frozenset({"task", "attacks", "models", "state", "evaluate", "report", "hookspecs", "declarations"}),  # contracts
+    frozenset({"discovery", "selection", "plugins", "registry"}),  # discovery, selection, the host, the registries
     frozenset({"engine", "engine.build", "engine.step", "engine.checkpoints", "engine.evaluation", "engine.loop"}),
     # the engine
 )
@@ -260,5 +277,5 @@ def test_core_imports_no_plugin_and_no_command_line():
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [module or ""]
             for name in names:
                 if name.startswith("robx.cli") or (name.startswith("robx.plugins") and not (
-                        path.name == "plugins.py" and name == "robx.plugins")):
+                        path.name == "discovery.py" and name == "robx.plugins")):
                     raise AssertionError(f"{path.relative_to(ROOT)} imports {name}")

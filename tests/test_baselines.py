@@ -194,8 +194,8 @@ def test_swa_can_average_batchnorm_statistics_with_the_weights(tmp_path, monkeyp
     """``batchnorm = "average"``: the evaluated model's BN statistics are the mean of the
     last iterate's running statistics at the averaged epochs, not recomputed."""
     from robx import hookimpl
-    from robx.core import plugins as plugin_module
-    from robx.core.plugins import PluginSpec, available_plugins
+    from robx.core import discovery as plugin_module
+    from robx.core.discovery import PluginSpec, available_plugins
 
     snapshots: list[dict[str, torch.Tensor]] = []
 

@@ -41,19 +41,25 @@ def test_the_kind_of_every_hook_is_stated():
             assert body.strip().startswith(("Shared", "Lifecycle")), f"docs/hooks.md: {name} has no kind"
 
 
-def test_every_declaration_the_plugin_host_reads_is_documented():
-    """Each class attribute core/plugins.py looks up on a plugin has a row in the table."""
-    source = (Path(__file__).resolve().parent.parent / "core" / "plugins.py").read_text()
+def test_every_declaration_the_plugin_host_reads_is_documented_and_typed():
+    """Each class attribute discovery looks up on a plugin is a declaration robx checks, has a
+    row in docs/hooks.md's table and a typed default on robx.Plugin."""
+    from robx import Plugin
+    from robx.core.declarations import DECLARATIONS
+
+    source = (ROOT / "core" / "discovery.py").read_text() + (ROOT / "core" / "declarations.py").read_text()
     read = set(re.findall(r'getattr\(self\.target, "(\w+)"', source)) | set(re.findall(r'getattr\(target, "(\w+)"', source))
     assert read >= {"name", "Options", "reads", "trains_on", "yields", "fallback", "policy", "identity_adversary"}
+    assert read <= set(DECLARATIONS) | {"Options", "state_dict"}  # state_dict: a method, docs/hooks.md "Plugin state"
     text = DOCS.read_text()
-    for attribute in sorted(read):
+    for attribute in sorted(set(DECLARATIONS) | {"Options"}):
         assert f"| `{attribute}` |" in text, f"docs/hooks.md does not document the declaration {attribute!r}"
+        assert attribute in Plugin.__annotations__, f"robx.Plugin does not type {attribute!r}"
 
 
 def test_the_method_reference_is_generated_from_the_built_in_plugins():
     from robx.cli.reference import methods_reference
-    from robx.core.plugins import BUILTIN_ORIGIN, available_plugins
+    from robx.core.discovery import BUILTIN_ORIGIN, available_plugins
 
     text = (ROOT / "docs" / "methods.md").read_text()
     marker = "<!-- method reference -->\n"

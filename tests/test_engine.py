@@ -67,34 +67,35 @@ def test_resume_after_a_kill_is_bit_exact(tmp_path, monkeypatch):
             == json.loads((killed_dir / "report.json").read_text())["per_class"])
 
 
-def test_plugins_resume_their_own_state_also_from_a_checkpoint_with_the_old_shared_stash(tmp_path, monkeypatch):
-    """SWA's running average and FAIR-TAT's class scores are the plugins' own state. A
-    checkpoint written before that kept them in one stash keyed '<plugin>.<what>'; rewritten
-    into that layout, the killed run resumes to the straight run's average and results."""
+def test_a_checkpoint_with_the_old_shared_stash_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Plugins' states were kept in one stash keyed '<plugin>.<what>' before 2026-12-06 (a run
+    of 0d61491, the layout after it, still resumes: tests/test_plugin_api.py). Rewritten into
+    the stash layout, a killed run's resume is one CheckpointError line, and the run directory
+    is left as it was."""
+    from robx.core.errors import CheckpointError
+
     config = tiny_config(epochs=3, plugins=["swa", "fairtat"], plugin_options={"swa": {"start": 0.3}}, n_eval=40)
-    real_train = engine.train
-    rewritten = []
+    real_epoch = engine.train_epoch
 
-    def to_old_layout_then_resume(config, run_dir, resume=False, **kwargs):
-        if resume:
-            rewritten.append(run_dir)
-            payload = load_checkpoint(run_dir / "checkpoint.pt")
-            states = payload.pop("plugins")
-            assert set(states) == {"swa", "fairtat"} and states["swa"]["average"]["count"] == 1
-            payload["stash"] = {f"{plugin}.{key}": value for plugin, saved in states.items()
-                                for key, value in saved.items() if value is not None}
-            save_checkpoint(run_dir / "checkpoint.pt", payload)
-        return real_train(config, run_dir, resume=resume, **kwargs)
+    def killed(run, progress):
+        if run.state.epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, progress)
 
-    monkeypatch.setattr("conftest.train", to_old_layout_then_resume)
-    straight_dir, killed_dir = train_killed_and_resumed(config, tmp_path, monkeypatch, kill_in_epoch=2)
-    straight, resumed = (load_checkpoint(run / "checkpoint.pt") for run in (straight_dir, killed_dir))
-    assert rewritten == [killed_dir] and "stash" not in resumed and resumed["plugins"]["swa"]["average"]["count"] == 2
-    for key, value in straight["eval_model"].items():
-        assert torch.equal(value, resumed["eval_model"][key]), key
-    torch.testing.assert_close(straight["plugins"]["fairtat"]["cfps"], resumed["plugins"]["fairtat"]["cfps"])
-    assert (json.loads((straight_dir / "report.json").read_text())["per_class"]
-            == json.loads((killed_dir / "report.json").read_text())["per_class"])
+    monkeypatch.setattr(engine.loop, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(config, tmp_path / "killed")
+    monkeypatch.setattr(engine.loop, "train_epoch", real_epoch)
+    payload = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    states = payload.pop("plugins")
+    payload["stash"] = {f"{plugin}.{key}": value for plugin, saved in states.items() for key, value in saved.items()
+                        if value is not None}
+    save_checkpoint(tmp_path / "killed" / "checkpoint.pt", payload)
+    before = (tmp_path / "killed" / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"keeps its plugins' state in one shared stash, the layout of robx "
+                                              r"before 2026-12-06, which this robx no longer reads"):
+        engine.train(config, tmp_path / "killed", resume=True)
+    assert (tmp_path / "killed" / "checkpoint.pt").read_bytes() == before
 
 
 def test_a_deadline_pauses_between_epochs_and_the_run_continues_to_the_same_result(tmp_path):

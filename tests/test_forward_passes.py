@@ -163,7 +163,7 @@ def test_the_views_follow_the_declared_provenance_not_tensor_identity():
 
 def test_trains_on_has_one_owner():
     from robx.core.errors import PluginConflictError
-    from robx.core.plugins import select_plugins
+    from robx.core.selection import select_plugins
 
     with pytest.raises(PluginConflictError, match=r"plugins 'trades' and 'imbmix' \(its part 'copies'\) both decide which rows the step "
                                                    "trains on"):

@@ -180,8 +180,8 @@ class Reshapes:
 
 
 def test_training_set_hook_replaces_the_split_and_is_checked(tmp_path, monkeypatch):
-    from robx.core import plugins as plugin_module
-    from robx.core.plugins import PluginSpec
+    from robx.core import discovery as plugin_module
+    from robx.core.discovery import PluginSpec
 
     specs = dict(plugin_module.available_plugins())
     specs["halves"] = PluginSpec("halves", "test", Halves)

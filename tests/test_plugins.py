@@ -19,10 +19,13 @@ import torch
 from robx.core.registry import resolved_config
 from robx import hookimpl
 from robx.core import hookspecs
-from robx.core import plugins as plugin_module
+from robx.core import discovery as plugin_module
 from robx.core.engine import train
 from robx.core.errors import OptionError, PluginConflictError, RobxError, UnknownPluginError
-from robx.core.plugins import PluginHost, PluginSpec, available_plugins, parse_set_overrides, select_plugins
+from robx.core.discovery import PluginSpec, available_plugins
+from robx.core.options import parse_set_overrides
+from robx.core.plugins import PluginHost
+from robx.core.selection import select_plugins
 from robx.core.rundir import load_checkpoint
 from robx.core.state import ClassPolicy, Step
 
@@ -490,7 +493,8 @@ class WrongArgument:
 
 
 @pytest.mark.parametrize(("plugin", "message"), [
-    ("typo", "plugin 'typo' (robx-misfit-plugins 0.3) implements unknown hook 'weight_sample'; robx hooks:"),
+    ("typo", "plugin 'typo' (robx-misfit-plugins 0.3) implements unknown hook 'weight_sample'; did you mean "
+             "'weight_samples'?"),
     ("wrongarg", "plugin 'wrongarg' (robx-misfit-plugins 0.3) does not fit robx's hooks: "),
 ])
 def test_a_plugin_with_an_unknown_hook_or_argument_is_one_line(tmp_path, plugin, message):

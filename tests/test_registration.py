@@ -375,7 +375,7 @@ def test_an_external_package_adds_a_command_and_none_replaces_robx_s_own(tmp_pat
 def installed_here(tmp_path, monkeypatch):
     """The external package and the command package installed on this process's path, with
     robx's registries rebuilt around them (and again after the test, without them)."""
-    from robx.core import plugins as plugin_module
+    from robx.core import discovery as plugin_module
 
     site = install_distribution(tmp_path / "site", "robx_group_extras", EXTERNAL_PACKAGE,
                                 {"group-extras": "", "halve": "Halve"}, version="1.2")

@@ -886,8 +886,8 @@ class NoAdversary:
 
 @pytest.fixture
 def misbehaving_plugins(monkeypatch):
-    import robx.core.plugins as plugin_module
-    from robx.core.plugins import PluginSpec, available_plugins
+    import robx.core.discovery as plugin_module
+    from robx.core.discovery import PluginSpec, available_plugins
 
     extra = {cls.name: PluginSpec(cls.name, "robx-misbehaving 0.1", cls)
              for cls in (RaisingHook, ListWeights, TextLoss, VectorLoss, ShortWeights, NoAdversary)}

@@ -54,9 +54,10 @@ def test_eval_and_resume_refuse_a_code_running_checkpoint(robx_here, trained_run
 def test_a_plugin_state_that_is_not_plain_data_is_named_when_saving(monkeypatch):
     import pytest
 
-    import robx.core.plugins as plugin_module
+    import robx.core.discovery as plugin_module
     from robx.core.errors import RobxError
-    from robx.core.plugins import PluginHost, PluginSpec, available_plugins
+    from robx.core.discovery import PluginSpec, available_plugins
+    from robx.core.plugins import PluginHost
 
     class Keeper:
         name = "keeper"

@@ -179,14 +179,10 @@ def test_supplementary_copies_scale_the_perturbation_by_a_times_standard_normal(
     assert abs(noise.mean().item()) < 0.03 and noise.std().item() == pytest.approx(1.0, abs=0.03)
 
 
-@pytest.mark.parametrize("layout", ["stash", "plugins"])
-def test_imbmix_s_average_from_before_it_was_a_recipe_resumes_in_its_swa_part(layout):
-    from robx.core.engine import saved_plugin_states
-
+def test_imbmix_s_average_from_before_it_was_a_recipe_resumes_in_its_swa_part():
     saved = {"parameters": {"weight": torch.full((2, 2), 3.0)}, "count": 4}
-    payload = {"stash": {"imbmix.average": saved}} if layout == "stash" else {"plugins": {"imbmix": {"average": saved}}}
     host = PluginHost(["imbmix"], {})
-    host.load_state_dicts(saved_plugin_states(payload))
+    host.load_state_dicts({"imbmix": {"average": saved}})
     average = host.manager.get_plugin("swa").average
     assert average.count == 4 and torch.equal(average.parameters["weight"], torch.full((2, 2), 3.0))
 

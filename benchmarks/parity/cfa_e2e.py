@@ -156,9 +156,9 @@ def robx_run(seed: int, scratch: Path, variant: str = "") -> tuple[torch.nn.Modu
     from unittest import mock
 
     from robx import hookimpl
-    from robx.core import plugins as plugin_module
+    from robx.core import discovery as plugin_module
     from robx.core.engine import load_run, train
-    from robx.core.plugins import PluginSpec, available_plugins
+    from robx.core.discovery import PluginSpec, available_plugins
 
     run_dir = scratch / f"robx-cfa-{seed}-{time.time_ns()}"
     overrides: dict[str, Any] = {"eval_steps": 1, "n_eval": 10}

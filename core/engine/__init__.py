@@ -17,7 +17,7 @@ report). This package exports the names the CLI, the plugins and the tests use.
 from robx.core.engine.build import (CHANNELS_LAST_BY_DEVICE, DEVICE_DATA_SHARE, Progress, Run, SilentProgress,
                                     build_model, build_optimizer, build_run, build_scheduler, keeps_data_on_device,
                                     placed_model, refresh_class_quantities, step_precision)
-from robx.core.engine.checkpoints import load_run, run_dir_held, saved_config, saved_plugin_states
+from robx.core.engine.checkpoints import load_run, run_dir_held, saved_config
 from robx.core.engine.evaluation import averaged_eval_model, eval_attack, evaluate_run, plot_title
 from robx.core.engine.loop import split_stats, train, train_epoch, validation_attack
 from robx.core.engine.step import (bound_attack, epoch_batches, forward_passes, on_batch_source, planned_attack,
@@ -27,5 +27,5 @@ __all__ = ["CHANNELS_LAST_BY_DEVICE", "DEVICE_DATA_SHARE", "Progress", "Run", "S
            "bound_attack", "build_model", "build_optimizer", "build_run", "build_scheduler", "epoch_batches",
            "eval_attack", "evaluate_run", "forward_passes", "keeps_data_on_device", "load_run", "on_batch_source",
            "placed_model", "planned_attack", "plot_title", "prepared_step", "refresh_class_quantities",
-           "run_dir_held", "saved_config", "saved_plugin_states", "split_stats", "statistics_views", "step_precision",
+           "run_dir_held", "saved_config", "split_stats", "statistics_views", "step_precision",
            "train", "train_epoch", "train_step", "training_batch", "validation_attack"]

@@ -19,7 +19,8 @@ from robx.core.distributed import Processes
 from robx.core.errors import CheckpointError, RobxError, RunDirError
 from robx.core.files import write_text_atomically
 from robx.core.stats import EpochStats
-from robx.core.plugins import fallback_adversary, resolve_plugin_names
+from robx.core.discovery import fallback_adversary
+from robx.core.selection import resolve_plugin_names
 from robx.core.engine.build import Run, build_run, rng_state, set_rng_state
 
 
@@ -62,7 +63,10 @@ def restore(run: Run, payload: dict[str, Any], source: Path) -> None:
         state.optimizer.load_state_dict(payload["optimizer"])
         run.scheduler.load_state_dict(payload["scheduler"])
         try:
-            run.host.load_state_dicts(saved_plugin_states(payload))
+            if "plugins" not in payload:
+                raise RobxError("it keeps its plugins' state in one shared stash, the layout of robx before "
+                                "2026-12-06, which this robx no longer reads; train the run again")
+            run.host.load_state_dicts(payload["plugins"])
         except RobxError as error:
             raise CheckpointError(f"checkpoint {source}: {error}") from error
         state.history = [EpochStats.from_state(stats) for stats in payload["history"]]
@@ -75,19 +79,6 @@ def restore(run: Run, payload: dict[str, Any], source: Path) -> None:
         raise CheckpointError(f"checkpoint {source} does not fit the run configured in {source.parent / rundir.CONFIG_FILE}"
                               f" ({type(error).__name__}: {detail[:200]})") from error
     state.epoch_stats = state.history[-1] if state.history else None
-
-
-def saved_plugin_states(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The plugins' states in a checkpoint. Older checkpoints kept them in one shared
-    stash keyed ``"<plugin>.<what>"``; those keys become ``{plugin: {what: value}}``,
-    which is the layout each built-in plugin's ``state_dict()`` has."""
-    if "plugins" in payload:
-        return payload["plugins"]
-    states: dict[str, dict[str, Any]] = {}
-    for key, value in payload["stash"].items():
-        plugin, _, what = key.partition(".")
-        states.setdefault(plugin, {})[what] = value
-    return states
 
 
 def kept_metrics(path: Path, before_epoch: int) -> list[str]:

@@ -21,7 +21,7 @@ from robx.core.data import Split
 from robx.core.errors import Interrupted, NonFiniteLossError, RobxError, TrainingPaused
 from robx.core.evaluate import seeded_batches
 from robx.core.files import write_json
-from robx.core.plugins import options_as_dict
+from robx.core.options import options_as_dict
 from robx.core.report import plot_per_class
 from robx.core.stats import EpochStats, SplitStats
 from robx.kernels import OPS as KERNEL_OPS

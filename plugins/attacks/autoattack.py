@@ -9,10 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from robx.core.attacks import Attack, AttackPlan, RegisterAttack, logits_of
-from robx.core.errors import OptionError, RobxError
-from robx.core.hookspecs import hookimpl
-from robx.core.task import Task
+from robx import Attack, AttackPlan, OptionError, RegisterAttack, RobxError, Task, hookimpl, logits_of
 
 
 class LogitsOnly(nn.Module):

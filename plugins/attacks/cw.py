@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from robx.core.attacks import Attack, AttackPlan, RegisterAttack, margin_loss
-from robx.core.hookspecs import hookimpl
-from robx.core.task import Task
+from robx import Attack, AttackPlan, RegisterAttack, Task, hookimpl, margin_loss
 
 
 def cw_examples(attack: Attack, plan: AttackPlan, task: Task) -> torch.Tensor:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from robx.core.attacks import Attack, AttackPlan, RegisterAttack
-from robx.core.hookspecs import hookimpl
-from robx.core.task import Task
+from robx import Attack, AttackPlan, RegisterAttack, Task, hookimpl
 
 #: this module's plugin name: ``pgd`` is the training method (robx.plugins.pgd)
 name = "pgd-attack"

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robx.core.attacks import Attack, AttackPlan, RegisterAttack
-from robx.core.hookspecs import hookimpl
-from robx.core.task import Task
+from robx import Attack, AttackPlan, RegisterAttack, Task, hookimpl
 
 #: the authors' saliency iterations and random-start radius (a fraction of eps)
 SALIENCY_STEPS, START_SCALE = 5, 0.1

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from robx.core.hookspecs import Collects, hookimpl, hookspec
+from robx import Collects, hookimpl, hookspec
 
 name = "crowd"
 

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
+from robx import check_ranges, hookimpl
 from robx.plugins.common import FeatureClassifier, fit_epochs
 from robx.plugins.crowd import RegisterCrowdLearner
 from robx.plugins.crowd.labels import dawid_skene, dawid_skene_em, majority_vote

@@ -14,9 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robx.core.config import MAX_SEED
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterCommand
+from robx import MAX_SEED, RegisterCommand, hookimpl
 
 #: the plugin's name (its module's, "crowd", is the crowd task's)
 name = "crowd-command"
@@ -34,8 +32,8 @@ def crowd(
     """Learn a classifier from imbalanced crowd labels and score it on the true test labels
     (ICED's evaluation: accuracy, F1, and how many training labels it inferred right)."""
     from robx.plugins.crowd.evaluation import OUTPUTS, WRITER, CrowdJob, run_crowd, write_crowd_report
-    from robx.core.files import prepare_output_dir
-    from robx.core.plugins import method_set_overrides
+    from robx import prepare_output_dir
+    from robx import method_set_overrides
 
     method_options, dataset_options = method_set_overrides(method, set_ or [])
     if out is not None:

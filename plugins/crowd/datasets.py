@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
-from robx.core.registry import RegisterDataset, registry
+from robx import RegisterDataset, Split, TaskData, check_ranges, hookimpl, registry
 from robx.plugins.crowd.labels import majority_vote, simulate_workers
 
 #: the plugin's name (its module's, "datasets", would not say whose)

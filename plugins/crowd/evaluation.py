@@ -12,9 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from robx.core.errors import OptionError
-from robx.core.files import WRITTEN_BY, make_directory, write_json
-from robx.core.registry import registry
+from robx import OptionError, WRITTEN_BY, make_directory, registry, write_json
 from robx.plugins.crowd import KIND
 from robx.plugins.crowd.labels import check_crowd_labels, majority_vote
 

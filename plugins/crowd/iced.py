@@ -61,9 +61,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from robx.core.errors import OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
+from robx import OptionError, check_ranges, hookimpl
 from robx.plugins.common import FeatureClassifier, fit_epochs
 from robx.plugins.crowd import RegisterCrowdLearner
 from robx.plugins.crowd.labels import MISSING, dawid_skene_em, majority_vote

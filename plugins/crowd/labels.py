@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from robx.core.errors import OptionError, RobxError
+from robx import OptionError, RobxError
 
 MISSING = -1
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robx.core.hookspecs import hookimpl
-from robx.core.task import Metric, RegisterTask, Task
+from robx import Metric, RegisterTask, Task, hookimpl
 
 #: the plugin's name (its module's, "task", would not say which)
 name = "crowd-task"

@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData, balanced_pair
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterDataset
+from robx import RegisterDataset, Split, TaskData, balanced_pair, hookimpl
 
 
 def load_breast_cancer_pair(data_root: str | None, seed: int) -> TaskData:

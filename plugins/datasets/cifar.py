@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData, balanced_pair, data_roots, user_cache_dir
-from robx.core.errors import DataError, DataNotFoundError, OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterDataset
+from robx import (DataError, DataNotFoundError, OptionError, RegisterDataset, Split, TaskData, balanced_pair,
+                  data_roots, hookimpl, user_cache_dir)
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STATISTICS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),

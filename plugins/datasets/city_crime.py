@@ -31,10 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robx.core.data import Split, data_roots
-from robx.core.errors import DataError, DataNotFoundError, OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterDataset
+from robx import DataError, DataNotFoundError, OptionError, RegisterDataset, Split, data_roots, hookimpl
 from robx.plugins.common import GraphData
 
 GROUPS = ["zero", "non-zero"]

@@ -17,10 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData, balanced_pair
-from robx.core.errors import OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterDataset
+from robx import OptionError, RegisterDataset, Split, TaskData, balanced_pair, hookimpl
 
 
 def load_digits_data(data_root: str | None, seed: int) -> TaskData:

@@ -23,9 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData, balanced_pair
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterDataset
+from robx import RegisterDataset, Split, TaskData, balanced_pair, hookimpl
 
 SETS: dict[str, dict[str, Any]] = {
     "madelon": dict(n_samples=2600, n_features=500, n_informative=5, n_redundant=15, n_clusters_per_class=16),

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from robx.core.data import Split, TaskData
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterDataset
+from robx import RegisterDataset, Split, TaskData, hookimpl
 
 FEATURES, TRAIN, TEST = 8, 1200, 400
 

@@ -40,11 +40,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from robx.core.data import Split, TaskData, user_cache_dir
-from robx.core.errors import DataError, DataNotFoundError, OptionError, RobxError, WriteError, first_line, warn
-from robx.core.files import atomic_write
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterDataset
+from robx import (DataError, DataNotFoundError, OptionError, RegisterDataset, RobxError, Split, TaskData, WriteError,
+                  atomic_write, first_line, hookimpl, user_cache_dir, warn)
 
 #: what Pillow decodes that an image folder holds (anything else in a class folder is skipped)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from robx.core.errors import OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.models import RegisterModel, classifier
-from robx.core.task import ModelInput
+from robx import ModelInput, OptionError, RegisterModel, classifier, hookimpl
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:

@@ -22,10 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from robx.core.errors import OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.models import RegisterModel, classifier
-from robx.core.task import ModelInput
+from robx import ModelInput, OptionError, RegisterModel, classifier, hookimpl
 
 
 class RepeatChannels(nn.Module):

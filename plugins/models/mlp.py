@@ -7,9 +7,7 @@ import math
 
 import torch.nn as nn
 
-from robx.core.hookspecs import hookimpl
-from robx.core.models import RegisterModel, classifier
-from robx.core.task import ModelInput
+from robx import ModelInput, RegisterModel, classifier, hookimpl
 
 
 def mlp(spec: ModelInput, hidden: int = 64, depth: int = 2) -> nn.Module:

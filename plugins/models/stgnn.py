@@ -38,10 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robx.core.errors import OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.models import RegisterModel
-from robx.core.task import ModelInput
+from robx import ModelInput, OptionError, RegisterModel, hookimpl
 
 
 def normalized_adjacency(adjacency: torch.Tensor) -> torch.Tensor:

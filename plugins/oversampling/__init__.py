@@ -16,8 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from robx.core.errors import OptionError
-from robx.core.hookspecs import Collects, hookimpl, hookspec
+from robx import Collects, OptionError, hookimpl, hookspec
 
 name = "oversampling"
 

@@ -14,9 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robx.core.config import MAX_SEED
-from robx.core.hookspecs import hookimpl
-from robx.core.registry import RegisterCommand
+from robx import MAX_SEED, RegisterCommand, hookimpl
 
 #: the plugin's name (its module's, "oversample", would not say it is the command)
 name = "oversample-command"
@@ -35,9 +33,9 @@ def oversample(
 ) -> None:
     """Oversample an imbalanced training set and score scikit-learn classifiers trained on it
     (GL-GAN's evaluation: macro-F1, micro-F1 and MCC on a balanced test split)."""
-    from robx.core.files import prepare_output_dir
+    from robx import prepare_output_dir
     from robx.plugins.oversampling.evaluation import OUTPUTS, WRITER, OversampleJob, run_oversample, write_outputs
-    from robx.core.plugins import method_set_overrides
+    from robx import method_set_overrides
 
     method_options, dataset_options = method_set_overrides(method, set_ or [])
     if out is not None:

@@ -18,10 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from robx.core.data import apply_protocol
-from robx.core.errors import OptionError
-from robx.core.files import WRITTEN_BY, atomic_write, make_directory, write_json
-from robx.core.registry import registry
+from robx import OptionError, WRITTEN_BY, apply_protocol, atomic_write, make_directory, registry, write_json
 from robx.plugins.oversampling import KIND, centroid_spread
 
 

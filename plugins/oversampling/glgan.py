@@ -63,12 +63,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robx.core.data import Split
-from robx.core.errors import OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
+from robx import OptionError, Plugin, Split, TrainState, check_ranges, hookimpl
 from robx.plugins.oversampling import RegisterOversampler, centroid_spread, check_minority_neighbours
-from robx.core.state import TrainState
 
 
 @dataclass
@@ -238,7 +234,7 @@ class GLGAN:
         return synthetic * span + low, classes[z_labels[n_real:].numpy()]
 
 
-class GLGANPlugin:
+class GLGANPlugin(Plugin):
     """Replaces a classification run's training set with GL-GAN's balanced one."""
 
     name = "glgan"

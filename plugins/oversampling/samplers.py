@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robx.core.errors import OptionError
-from robx.core.hookspecs import hookimpl
-from robx.core.options import check_ranges
+from robx import OptionError, check_ranges, hookimpl
 from robx.plugins.oversampling import Oversampler, RegisterOversampler, check_minority_neighbours
 
 

@@ -20,10 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from robx.core.data import Split
-from robx.core.hookspecs import hookimpl
-from robx.core.stats import ScoreAccumulator, SplitStats
-from robx.core.task import Metric, RegisterTask, Task
+from robx import Metric, RegisterTask, ScoreAccumulator, Split, SplitStats, Task, hookimpl
 
 
 

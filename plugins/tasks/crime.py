@@ -50,9 +50,7 @@ from typing import Any
 
 import torch
 
-from robx.core.data import Split
-from robx.core.hookspecs import hookimpl
-from robx.core.task import Metric, ModelInput, RegisterTask, Task
+from robx import Metric, ModelInput, RegisterTask, Split, Task, hookimpl
 from robx.plugins.common import GraphData
 
 

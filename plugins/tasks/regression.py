@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from robx.core.hookspecs import hookimpl
-from robx.core.task import Metric, ModelInput, RegisterTask, Task
+from robx import Metric, ModelInput, RegisterTask, Task, hookimpl
 
 
 class Regression(Task):
