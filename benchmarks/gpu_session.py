@@ -59,7 +59,8 @@ def stage(source_root: str | None) -> None:
 
     base = tomllib.loads((PROTOCOLS / f"{PROTOCOL}.toml").read_text())["staging"]
     data = registry().dataset("cifar10").load(source_root, 0)
-    data = apply_protocol(data, base["imbalance"], base["ratio"], base["n_max"], base["n_test_per_class"], 0.0, 0)
+    data = apply_protocol(data, base["imbalance"], base["ratio"], base["n_max"], base["n_test_per_class"], 0.0, 0,
+                          per_target=False)
     chunks = []
     for split_name, split in (("train", data.train), ("test", data.test)):
         x = split.x.permute(0, 2, 3, 1).contiguous().numpy()  # CHW -> the npz layout's HWC

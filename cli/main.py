@@ -25,12 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 from robx.core.registry import registry, resolved_config
-from robx.core.config import MAX_BATCH, MAX_SEED, MAX_STEPS, TrainConfig, load_toml
+from robx.core.config import MAX_BATCH, MAX_SEED, TrainConfig, load_toml
 from robx.core.errors import Interrupted, OptionError, RobxError
 from robx.core.options import coerce, parse_number
 from robx.core.discovery import available_plugins
 from robx.core.options import parse_set_overrides
-from robx.core.selection import resolve_plugin_names
 
 app = typer.Typer(
     name="robx",
@@ -52,8 +51,14 @@ def _number(value: Optional[str], name: str) -> Optional[float]:
 
 
 def _default_run_dir(config: TrainConfig) -> Path:
+    """runs/DATASET-PLUGINS-seedS-TIME, the plugins as listed (with the loss), or the
+    fallback adversary's name when none is: a name, not a second resolution of the selection."""
+    from robx.core.discovery import fallback_adversary
+    from robx.core.selection import DEFAULT_LOSS
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    names = "+".join(resolve_plugin_names(config.plugins, config.loss))
+    listed = [*config.plugins, *([config.loss] if config.loss != DEFAULT_LOSS else [])]
+    names = "+".join(listed) or fallback_adversary()
     dataset = config.dataset or registry().default_dataset
     return Path("runs") / f"{_name_part(dataset)}-{names}-seed{config.seed}-{stamp}"
 
@@ -438,17 +443,13 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], atta
         run.config.eval_batch_size = batch_size
     if norm is not None and norm != run.config.norm and eps is None:
         raise OptionError(f"the run was trained for {run.config.norm}; give --eps (and --alpha) for --norm {norm}")
+    if n_eval is not None and n_eval < 1:
+        raise OptionError("--n-eval must be >= 1")
     if norm is not None:
-        if norm not in ("linf", "l2"):
-            raise OptionError(f"--norm must be linf or l2, got {norm!r}")
-        run.config.norm = norm  # type: ignore[assignment]
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise OptionError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
+        run.config.norm = norm  # type: ignore[assignment]  # checked with the rest where the attack is planned
     name = registry().attack_name(attack_name, run.task)
     attack = eval_attack(run, name, eps=_number(eps, "eps"), alpha=_number(alpha, "alpha"), steps=steps,
                          options=attack_settings([name], attack_options)[name])
-    if n_eval is not None and n_eval < 1:
-        raise OptionError("--n-eval must be >= 1")
     if not processes.main:
         evaluate_run(run, run.state.model, SilentProgress(), attack, n_eval)
         return
@@ -496,28 +497,15 @@ def audit(
 
     from robx.cli.display import RichProgress, print_report
     from robx.core.engine import build_run, eval_attack, evaluate_run
-    from robx.core.files import WRITTEN_BY, make_directory, prepare_output_dir, write_json
+    from robx.core.files import prepare_output_dir
     from robx.core.models import load_initial_weights
-    from robx.core.report import plot_per_class
 
-    overrides = parse_set_overrides(set_ or [])
-    if image_size is not None:
-        overrides.setdefault("dataset", {})["image_size"] = str(image_size)
-    if set(overrides) - {"dataset"}:
-        raise OptionError(f"--set {sorted(set(overrides) - {'dataset'})[0]}.KEY: robx audit takes dataset.KEY only")
     names = [name.strip() for name in attacks.split(",") if name.strip()]
     if not names:
         raise OptionError(f"--attacks expects comma-separated attack names, got {attacks!r}")
     if n_eval is not None and n_eval < 1:
         raise OptionError("--n-eval must be >= 1")
-    if norm not in ("linf", "l2"):
-        raise OptionError(f"--norm must be linf or l2, got {norm!r}")
-    budget = {key: _number(value, key) for key, value in (("eps", eps), ("alpha", alpha)) if value is not None}
-    if "eps" in budget and "alpha" not in budget:
-        budget["alpha"] = budget["eps"] / 4
-    config = resolved_config(TrainConfig(dataset=dataset, model=arch, plugins=[], epochs=1,
-                         seed=seed, device=device, norm=norm, dataset_options=overrides.get("dataset", {}),
-                         **budget, **({"eval_steps": steps} if steps is not None else {})))
+    config = _audit_config(arch, dataset, eps, alpha, steps, norm, set_ or [], image_size, device, seed)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     target = out or Path("runs") / f"audit-{_name_part(arch)}-{_name_part(config.dataset or '')}-{stamp}"
     with tempfile.TemporaryDirectory() as unused:
@@ -537,12 +525,37 @@ def audit(
         reports[attack.tag] = {**report, "model_file": str(model_file.resolve()), "arch": arch}
         print_report(console, report, f"{model_file.name} ({arch}) on {config.dataset}: {attack.describe()}")
         _print_attacked_confusion(report)
+    _write_audit(target, model_file, arch, config.dataset or "", reports)
+
+
+def _write_audit(target: Path, model_file: Path, arch: str, dataset: str, reports: dict[str, Any]) -> None:
+    """audit.json (every attack's report) and per-class.png (the first attack's)."""
+    from robx.core.files import WRITTEN_BY, make_directory, write_json
+    from robx.core.report import plot_per_class
+
     make_directory(target)
     first = next(iter(reports.values()))
     plot_per_class(first, target / "per-class.png", f"{model_file.name} ({arch}): {next(iter(reports))}")
     write_json(target / "audit.json", {"model_file": str(model_file.resolve()), "arch": arch,
-                                       "dataset": config.dataset, "attacks": reports, WRITTEN_BY: "robx audit"})
+                                       "dataset": dataset, "attacks": reports, WRITTEN_BY: "robx audit"})
     console.print(f"written: {target / 'audit.json'}, {target / 'per-class.png'}")
+
+
+def _audit_config(arch: str, dataset: Optional[str], eps: Optional[str], alpha: Optional[str], steps: Optional[int],
+                  norm: str, assignments: list[str], image_size: Optional[int], device: str, seed: int) -> TrainConfig:
+    """The configuration an audit evaluates with: the dataset's defaults, the given budget
+    (alpha eps / 4 where only eps is given), ``--set dataset.KEY=VALUE`` only."""
+    overrides = parse_set_overrides(assignments)
+    if image_size is not None:
+        overrides.setdefault("dataset", {})["image_size"] = str(image_size)
+    if set(overrides) - {"dataset"}:
+        raise OptionError(f"--set {sorted(set(overrides) - {'dataset'})[0]}.KEY: robx audit takes dataset.KEY only")
+    budget = {key: _number(value, key) for key, value in (("eps", eps), ("alpha", alpha)) if value is not None}
+    if "eps" in budget and "alpha" not in budget:
+        budget["alpha"] = budget["eps"] / 4
+    return resolved_config(TrainConfig(dataset=dataset, model=arch, plugins=[], epochs=1, seed=seed, device=device,
+                                       norm=norm, dataset_options=overrides.get("dataset", {}), **budget,  # type: ignore[arg-type]
+                                       **({"eval_steps": steps} if steps is not None else {})))
 
 
 app.command("audit")(with_attack_options(audit))

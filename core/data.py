@@ -174,16 +174,18 @@ def apply_protocol(
     n_test_per_class: int | None,
     val_fraction: float,
     data_seed: int,
+    *,
+    per_target: bool,
 ) -> TaskData:
     """The protocol on the labels: imbalanced training subset (``original``: every training
     example, the dataset's own class distribution), balanced test subset, stratified
     validation split taken from the training subset.
 
-    A dataset that labels every target of an example (``labels`` of more than one axis) has
-    no per-example class to subsample by: it keeps the dataset's own splits, and asking for
-    anything else is an :class:`OptionError`."""
+    A dataset whose task labels every target of an example (``per_target``, the task's
+    ``labels_per_target``) has no per-example class to subsample by: it keeps the dataset's
+    own splits, and asking for anything else is an :class:`OptionError`."""
     check_class_labels(data)
-    if data.train.labels.dim() > 1:
+    if per_target:
         asked = [what for what, given in (("imbalance=" + imbalance, imbalance != "original"),
                                           (f"n_test_per_class={n_test_per_class}", bool(n_test_per_class)),
                                           (f"val_fraction={val_fraction:g}", val_fraction > 0)) if given]
@@ -239,20 +241,21 @@ def check_class_labels(data: TaskData) -> None:
                         f"{'have' if len(missing) > 1 else 'has'} no training examples; every class needs some")
 
 
-def check_subset_size(n: int | None, labels: torch.Tensor, num_classes: int, flag: str = "--n-eval") -> None:
+def check_subset_size(n: int | None, num_classes: int, *, per_target: bool, flag: str = "--n-eval") -> None:
     """A stratified subset of ``n`` examples (``--n-eval``) scores every class only when ``n``
-    is at least the number of classes: refused in one line before any work otherwise."""
-    if n is not None and labels.dim() == 1 and n < num_classes:
+    is at least the number of classes: refused in one line before any work otherwise (where
+    the task labels every target, an example holds several classes)."""
+    if n is not None and not per_target and n < num_classes:
         raise OptionError(f"{flag} {n} is fewer than the {num_classes} classes; a per-class evaluation needs at "
                           f"least one test example of each (give {flag} {num_classes} or more)")
 
 
-def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+def stratified_subset(labels: torch.Tensor, n: int, seed: int, *, per_target: bool) -> torch.Tensor:
     """About ``n`` indices with the class proportions of ``labels`` (for ``--n-eval``);
-    a seeded uniform subset of the examples when every target is labelled."""
+    a seeded uniform subset of the examples when the task labels every target."""
     if n >= len(labels):
         return torch.arange(len(labels))
-    if labels.dim() > 1:
+    if per_target:
         return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(labels))[:n]))
     _, held = stratified_split(labels, n / len(labels), seed)
     return held

@@ -1,4 +1,5 @@
-"""What a plugin declares, and :class:`Plugin`, the optional base class that types it.
+"""What a plugin declares, :class:`Plugin`, the optional base class that types it, and
+:class:`Collects`, what a plugin package's registration hook collects.
 
 A plugin is a class (or a module) with ``@hookimpl`` methods, an ``Options`` dataclass and
 the declarations of :data:`DECLARATIONS`, read by the plugin host (docs/hooks.md, "Plugin
@@ -14,6 +15,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from robx.core import hookspecs
@@ -27,6 +29,16 @@ DECLARATIONS: dict[str, type | tuple[type, ...]] = {
     "yields": (tuple, list), "fallback": bool, "weighted_mean": bool, "head": str, "parts": (tuple, list),
     "routes": dict, "moved_state": dict,
 }
+
+
+@dataclass(frozen=True)
+class Collects:
+    """What a registration hook a plugin package adds collects (its module's ``REGISTERS``)."""
+
+    #: the entries' kind, a singular noun for listings and errors ("oversampler")
+    kind: str
+    #: where a user uses one ("robx oversample --method")
+    used_with: str
 
 
 def marked_hooks(target: Any) -> set[str]:

@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from typing import Any, NamedTuple
 
 from robx.core import hookspecs
-from robx.core.declarations import declaration_problem, marked_hooks
+from robx.core.declarations import Collects, declaration_problem, marked_hooks
 from robx.core.errors import PluginError, RobxError, UnknownPluginError, warn
 from robx.core.options import options_from
 
@@ -170,7 +170,7 @@ class AddedHooks:
 
     module: Any
     origin: str
-    registers: Mapping[str, hookspecs.Collects]
+    registers: Mapping[str, Collects]
 
 
 class Discovery(NamedTuple):
@@ -232,7 +232,7 @@ def _added_hooks(spec: PluginSpec, earlier: Sequence[AddedHooks]) -> list[AddedH
     for module in modules:
         label = f"{origin} adds hooks from {getattr(module, '__name__', module)!s}"
         registers = getattr(module, "REGISTERS", None)
-        if not isinstance(registers, Mapping) or not all(isinstance(c, hookspecs.Collects) for c in registers.values()):
+        if not isinstance(registers, Mapping) or not all(isinstance(c, Collects) for c in registers.values()):
             raise PluginError(f"{label} without REGISTERS = {{hook: robx.Collects(kind, used_with)}}")
         specs = {name for name in dir(module) if hasattr(getattr(module, name), f"{hookspecs.PROJECT_NAME}_spec")}
         if specs != set(registers):

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from robx.core.attacks import AttackPlan, eval_mode, logits_of
+from robx.core.attack_plans import AttackPlan
+from robx.core.attacks import eval_mode, logits_of
 from robx.core.distributed import SINGLE, Processes, gather_objects, owned_batches, rank_seed
 
 if TYPE_CHECKING:

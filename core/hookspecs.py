@@ -1,56 +1,32 @@
-"""Hook specifications of robx (pluggy project name ``"robx"``).
+"""Hook specifications of robx (pluggy project name ``"robx"``); docs/hooks.md is the reference.
 
-Every training step flows one way (see docs/engine.md)::
+Every training step flows one way (docs/engine.md)::
 
     select_victims -> generate_adversary -> augment -> the engine's forward passes
         -> loss = mean(w * per_row_loss) + sum(extra_loss) -> backward -> step
 
-Each hook receives the keyword arguments named in its spec; an implementation may
-take any subset of them (pluggy passes only what it asks for). ``step`` is the
-:class:`robx.core.state.Step` of the current batch, ``state`` the run-wide
-:class:`robx.core.state.TrainState`. A plugin keeps its own state on itself and saves it
-with the run's checkpoint through ``state_dict()`` / ``load_state_dict()`` methods (as
-Lightning's callbacks do; plain data only, see docs/hooks.md).
+Each hook receives the keyword arguments named in its spec; an implementation may take any
+subset of them. Only the plugins a run selects are registered, so a hook runs only for them;
+the engine owns every train-mode forward pass (plugins read the views they declare). Hooks
+come in three kinds:
 
-Only plugins the user selected are registered, so a hook runs only for them.
-
-The engine owns every train-mode forward pass (``robx.core.engine.forward_passes``): a plugin
-declares the views it reads (``reads = ("clean", "adversarial")``) and finds them on the
-step; plugins only call the model in eval mode, inside attacks.
-
-Hooks come in three kinds (docs/hooks.md is the reference):
-
-* **Registration** hooks (``register_tasks``, ``register_datasets``, ``register_models``,
-  ``register_attacks``, ``register_commands``, and those a plugin package adds through
-  ``add_hookspecs``) contribute tasks, datasets, models, attacks, commands and a package's
-  own entries, the way simonw/llm's ``register_models(register)`` does. They run once per process for every installed plugin, selected or not; the
-  built-in ones register through the same hooks (``robx.plugins.tasks``, ``.datasets``,
-  ``.models``). They must be module-level functions (or static methods).
-* **Shared** hooks combine the answers of every selected plugin (``augment`` in the order
-  the user listed them, ``weight_samples`` multiplied, ``extra_loss`` summed, the lifecycle
-  hooks called in turn).
-* **Owned** hooks (listed in :data:`OWNED`) each decide one part of the recipe: the
-  adversary, the victims, the training loss, the sampler, the training set, the class
-  counts the run trains on and the evaluated model. At most one selected plugin may
-  implement each; two are rejected when the run is built, with one line naming both. They
-  are ``firstresult`` hooks, called through pluggy on their owner alone
-  (``PluginManager.subset_hook_caller``). The per-class quantities (attack budget, loss
-  weights, regulariser weights: :data:`POLICY`) go through one hook, :func:`class_policy`,
-  owned per quantity as the plugin declares in ``policy``. The engine asks the owner and
-  hands the answer to everyone through ``state``, so no plugin writes a quantity another
-  plugin reads.
-
-The adversary has one declared exception to single ownership: a plugin may list
-``generate_adversary`` in its ``yields`` attribute (TRADES: its KL attack is only the
-default for its loss), and then gives way to any other selected adversary, whatever the
-listing order. When no selected plugin generates adversaries, the built-in plugin that
-declares ``fallback = True`` (``pgd``) is added.
+* **Registration** hooks (:data:`REGISTRATION`, and those a plugin package adds through
+  :func:`add_hookspecs`) contribute tasks, datasets, models, attacks, commands and a
+  package's own entries, as simonw/llm's ``register_models(register)``; they run once per
+  process for every installed plugin, selected or not, and must be module-level functions
+  (or static methods).
+* **Shared** hooks combine the answers of every selected plugin (``augment`` in listing
+  order, ``weight_samples`` multiplied, ``extra_loss`` summed, lifecycle hooks in turn).
+* **Owned** hooks (:data:`OWNED`; ``firstresult``, called on their owner alone) each decide
+  one part of the recipe, with at most one owner per run, and the per-class quantities
+  (:data:`POLICY`) go through :func:`class_policy`, owned per quantity. A plugin may yield
+  ``generate_adversary`` (TRADES), and the plugin that declares ``fallback = True`` (``pgd``)
+  is added when no selected plugin generates adversaries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -58,7 +34,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from robx.core.attacks import RegisterAttack
+    from robx.core.attack_plans import RegisterAttack
     from robx.core.data import Split
     from robx.core.models import RegisterModel
     from robx.core.state import ClassPolicy, Step, TrainState
@@ -384,15 +360,6 @@ POLICY: dict[str, str] = {
 REGISTRATION: tuple[str, ...] = ("add_hookspecs", "register_tasks", "register_datasets", "register_models",
                                   "register_attacks", "register_commands")
 
-
-@dataclass(frozen=True)
-class Collects:
-    """What a registration hook a plugin package adds collects (its module's ``REGISTERS``)."""
-
-    #: the entries' kind, a singular noun for listings and errors ("oversampler")
-    kind: str
-    #: where a user uses one ("robx oversample --method")
-    used_with: str
 
 
 # ---------------------------------------------------------------------------

@@ -99,6 +99,46 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
     the file, and with ``with_head`` (an audit: the model is used as it is) the head's too;
     the normalisation stays the task's. Otherwise, or when a shape differs, an
     :class:`OptionError`: a file of another architecture is never half loaded."""
+    state = _read_weights(path)
+    own = model.state_dict()
+    library_head = getattr(model, "library_head", None)
+    named_in_file = {key: key for key in state}
+    if library_head:
+        named_in_file = {(f"head.{key[len(library_head) + 1:]}" if key.startswith(library_head + ".") else key): key
+                         for key in state}
+        state = {mapped: state[key] for mapped, key in named_in_file.items()}
+    # the prefix under which the file's keys sit in the model: the one that places most
+    prefixes: dict[str, int] = {}
+    for name in own:
+        for key in state:
+            if name == key or name.endswith("." + key):
+                prefixes[name[: len(name) - len(key)]] = prefixes.get(name[: len(name) - len(key)], 0) + 1
+    prefix = max(prefixes, key=lambda candidate: (prefixes[candidate], -len(candidate)), default="")
+    matched: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        target = key if key.startswith("head.") and key in own else prefix + key
+        if target not in own:
+            continue
+        if own[target].shape != tensor.shape and target.startswith("head.") and not with_head:
+            continue  # another label set: the head starts as built
+        _check_fits(path, named_in_file[key], tensor, target, own[target])
+        matched[target] = tensor
+    needed = [name for name in own if not name.startswith("normalize.") and not name.endswith("num_batches_tracked")
+              and (with_head or not name.startswith("head."))]
+    missing = [name for name in needed if name not in matched]
+    if missing:
+        raise OptionError(f"--weights {path}: {len(missing)} of the model's {len(needed)} tensors are not in the "
+                          f"file (e.g. '{missing[0]}'): it holds another architecture's weights"
+                          + (" or no trained head" if with_head else ""))
+    model.load_state_dict({**own, **matched})
+    unused = len(state) - len(matched)
+    return (f"loaded {len(matched)} of the model's {len(own)} tensors from {path}"
+            + (f"; {unused} of the file's left out" if unused else ""))
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: safetensors, or a torch file read without unpickling
+    code (a robx checkpoint's ``model`` entry); one :class:`OptionError` line otherwise."""
     from robx.core.rundir import RefusedFile, load_plain
 
     if path.is_dir():
@@ -122,45 +162,18 @@ def load_initial_weights(model: nn.Module, path: Path, *, with_head: bool = Fals
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OptionError(f"--weights {path}: expected a mapping of names to tensors")
-    own = model.state_dict()
-    library_head = getattr(model, "library_head", None)
-    named_in_file = {key: key for key in state}
-    if library_head:
-        named_in_file = {(f"head.{key[len(library_head) + 1:]}" if key.startswith(library_head + ".") else key): key
-                         for key in state}
-        state = {mapped: state[key] for mapped, key in named_in_file.items()}
-    # the prefix under which the file's keys sit in the model: the one that places most
-    prefixes: dict[str, int] = {}
-    for name in own:
-        for key in state:
-            if name == key or name.endswith("." + key):
-                prefixes[name[: len(name) - len(key)]] = prefixes.get(name[: len(name) - len(key)], 0) + 1
-    prefix = max(prefixes, key=lambda candidate: (prefixes[candidate], -len(candidate)), default="")
-    matched: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        target = key if key.startswith("head.") and key in own else prefix + key
-        if target not in own:
-            continue
-        if own[target].shape != tensor.shape:
-            if target.startswith("head.") and not with_head:
-                continue  # another label set: the head starts as built
-            raise OptionError(f"--weights {path}: '{named_in_file[key]}' has shape {tuple(tensor.shape)}, the model's "
-                              f"'{target}' {tuple(own[target].shape)}")
-        if own[target].is_floating_point() and not tensor.is_floating_point():
-            raise OptionError(f"--weights {path}: '{named_in_file[key]}' holds {str(tensor.dtype).removeprefix('torch.')}"
-                              f" values where the model's '{target}' is {str(own[target].dtype).removeprefix('torch.')}"
-                              ": not weights of this model")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise OptionError(f"--weights {path}: '{named_in_file[key]}' holds NaN or infinite values")
-        matched[target] = tensor
-    needed = [name for name in own if not name.startswith("normalize.") and not name.endswith("num_batches_tracked")
-              and (with_head or not name.startswith("head."))]
-    missing = [name for name in needed if name not in matched]
-    if missing:
-        raise OptionError(f"--weights {path}: {len(missing)} of the model's {len(needed)} tensors are not in the "
-                          f"file (e.g. '{missing[0]}'): it holds another architecture's weights"
-                          + (" or no trained head" if with_head else ""))
-    model.load_state_dict({**own, **matched})
-    unused = len(state) - len(matched)
-    return (f"loaded {len(matched)} of the model's {len(own)} tensors from {path}"
-            + (f"; {unused} of the file's left out" if unused else ""))
+    return state
+
+
+def _check_fits(path: Path, name: str, tensor: torch.Tensor, target: str, own: torch.Tensor) -> None:
+    """One line when the file's tensor ``name`` cannot be the model's ``target``: another
+    shape, integers for weights, or values that are not finite."""
+    if own.shape != tensor.shape:
+        raise OptionError(f"--weights {path}: '{name}' has shape {tuple(tensor.shape)}, the model's "
+                          f"'{target}' {tuple(own.shape)}")
+    if own.is_floating_point() and not tensor.is_floating_point():
+        raise OptionError(f"--weights {path}: '{name}' holds {str(tensor.dtype).removeprefix('torch.')}"
+                          f" values where the model's '{target}' is {str(own.dtype).removeprefix('torch.')}"
+                          ": not weights of this model")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise OptionError(f"--weights {path}: '{name}' holds NaN or infinite values")

@@ -23,80 +23,15 @@ import torch.nn as nn
 
 from robx.core import hookspecs
 from robx.core.hookspecs import RegisterCommand, RegisterDataset  # noqa: F401 -- where plugins import them from
-from robx.core.attacks import AttackPlan, AttackSpec, check_budget
+from robx.core.attack_plans import AttackPlan, AttackSpec
+from robx.core.attacks import check_budget
 from robx.core.config import MAX_STEPS, REQUIRED_AFTER_DEFAULTS, TrainConfig
-from robx.core.data import TaskData
+from robx.core.declarations import Collects
 from robx.core.errors import OptionError, PluginError, RobxError, guarded
 from robx.core.models import ModelBuilder
 from robx.core.options import options_from
+from robx.core.registered import CommandSpec, DatasetLoader, DatasetSpec, EntrySpec, ModelSpec, TaskSpec
 from robx.core.task import ModelInput, Task
-
-#: ``load(data_root, seed) -> TaskData``, or ``load(data_root, seed, options)`` for a dataset
-#: registered with ``options=`` (a dataclass of its own settings, e.g. a history length)
-DatasetLoader = Callable[..., TaskData]
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    load: DatasetLoader
-    task: str
-    defaults: Mapping[str, Any]
-    origin: str
-    options: type | None = None
-    #: options the dataset's name gives (``folder:PATH``: the path)
-    given: Mapping[str, Any] = field(default_factory=dict)
-
-    def read(self, data_root: str | None, seed: int, raw_options: Mapping[str, Any] | None = None) -> TaskData:
-        """The dataset with its options (``--set dataset.KEY=VALUE``) validated and applied."""
-        raw = {**self.given, **(raw_options or {})}
-        options = options_from(self.options, raw, "dataset", f"dataset '{self.name}'")
-        return self.load(data_root, seed) if self.options is None else self.load(data_root, seed, options)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    build: ModelBuilder
-    origin: str
-    #: a family named by an argument: ``--model NAME:ARG`` calls ``build(spec, ARG)``
-    #: (``torchvision:resnet50``)
-    takes_argument: bool = False
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    task: type[Task]
-    origin: str
-
-
-@dataclass(frozen=True)
-class EntrySpec:
-    """An entry of a kind a plugin package added (``add_hookspecs``): ``make(options, seed)``
-    builds it from its options dataclass."""
-
-    kind: str
-    name: str
-    make: Callable[[Any, int], Any]
-    origin: str
-    options: type | None = None
-
-    def build(self, raw_options: Mapping[str, Any] | None, seed: int) -> Any:
-        options = options_from(self.options, raw_options or {}, self.name, f"{self.kind} '{self.name}'")
-        return self.make(options, seed)
-
-
-@dataclass(frozen=True)
-class CommandSpec:
-    """A registered command-line command: ``robx NAME`` runs ``function`` (typed parameters
-    that Typer turns into options, its docstring the help)."""
-
-    name: str
-    function: Callable[..., None]
-    origin: str
-
-
 
 @dataclass
 class Registry:
@@ -108,7 +43,7 @@ class Registry:
     entries: dict[str, dict[str, EntrySpec]] = field(default_factory=dict)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
     #: the kinds plugin packages added, by kind
-    kinds: dict[str, hookspecs.Collects] = field(default_factory=dict)
+    kinds: dict[str, Collects] = field(default_factory=dict)
     default_dataset: str | None = None
     #: the attack training's adversaries bind and validation runs (``register(..., default=True)``)
     default_attack: str | None = None
@@ -216,11 +151,11 @@ class Registry:
             raise OptionError(f"attack '{name}' needs {spec.needs[0]}, which is not installed: {spec.needs[1]}")
         own = options_from(spec.options, options or {}, name, f"attack '{name}'")
         if norm not in ("linf", "l2"):
-            raise OptionError(f"norm must be linf or l2, got {norm!r}")
+            raise OptionError(f"--norm must be linf or l2, got {norm!r}")
         if not (math.isfinite(eps) and math.isfinite(alpha) and eps >= 0 and alpha >= 0):
             raise OptionError(f"eps and alpha must be finite numbers >= 0, got {eps:g} and {alpha:g}")
         if not 1 <= steps <= MAX_STEPS:
-            raise OptionError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
+            raise OptionError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
         check_budget(eps, norm, task.input_bounds, example_shape, what)
         return AttackPlan(spec, eps=float(eps), alpha=float(alpha), steps=int(steps), norm=norm,  # type: ignore[arg-type]
                           seed=seed, options=own, class_budget=class_budget)
@@ -341,37 +276,10 @@ def registry() -> Registry:
     registered, so the rest stays usable; a name it would have given is then unknown, and
     the error says which plugin was left out. A built-in plugin's failure is robx's bug and
     raises."""
-    from robx.core.declarations import marked_hooks
-    from robx.core.discovery import BUILTIN_ORIGIN, added_hookspecs, available_plugins, registration_hooks, warn_skipped
+    from robx.core.discovery import added_hookspecs, registration_hooks, warn_skipped
 
     found = Registry()
-    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    manager.add_hookspecs(hookspecs)
-    for added in added_hookspecs():
-        manager.add_hookspecs(added.module)
-    origins, builtin = {}, set()
-    for spec in available_plugins().values():
-        # every plugin with a registration hook, or one whose name says it means one (a
-        # misspelt register_dataset is then one line, not silently nothing)
-        if not any(name.startswith("register_") or name in registration_hooks() for name in marked_hooks(spec.target)):
-            continue
-        try:
-            spec.check_hooks()
-            try:
-                manager.register(spec.target, name=spec.name)
-            except pluggy.PluginValidationError as error:
-                detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
-                raise PluginError(f"plugin '{spec.name}' ({spec.origin}) does not fit robx's hooks: {detail}") \
-                    from error
-        except RobxError as error:
-            if spec.origin == BUILTIN_ORIGIN:
-                raise
-            found.skip(f"{spec.name} ({spec.origin})", str(error))
-            continue
-        origins[spec.name] = f"{spec.name} ({spec.origin})"
-        if spec.origin == BUILTIN_ORIGIN:
-            builtin.add(spec.name)
-            found.builtin.add(origins[spec.name])
+    manager, origins = _registering(found)
     adders: dict[str, Callable[[str], Callable[..., None]]] = {
         "register_tasks": lambda origin: lambda task: found.add_task(task, origin),
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
@@ -387,7 +295,7 @@ def registry() -> Registry:
                 kind, origin, *args, **kwargs)
     for hook in [hook for hook in registration_hooks() if hook in adders]:  # tasks first: datasets name them
         implementations = getattr(manager.hook, hook).get_hookimpls()
-        for impl in sorted(implementations, key=lambda impl: impl.plugin_name not in builtin):  # ours first
+        for impl in sorted(implementations, key=lambda impl: origins[impl.plugin_name] not in found.builtin):  # ours first
             origin = origins[impl.plugin_name]
             if origin in found.skipped:
                 continue
@@ -399,12 +307,49 @@ def registry() -> Registry:
                 except Exception as error:  # e.g. an instance method, or register() called wrongly
                     raise PluginError(f"{origin}: {hook} failed: {type(error).__name__}: {error}") from error
             except RobxError as error:
-                if impl.plugin_name in builtin:
+                if origin in found.builtin:
                     raise
                 found.skip(origin, str(error))
     for message in found.skipped.values():
         warn_skipped(message)
     return found
+
+
+def _registering(found: Registry) -> tuple[pluggy.PluginManager, dict[str, str]]:
+    """A plugin manager with every plugin that registers something (robx's and the packages'
+    registration hooks), and each one's origin by name; a third-party plugin whose hooks do
+    not fit is left out of ``found`` (a built-in one raises)."""
+    from robx.core.declarations import marked_hooks
+    from robx.core.discovery import BUILTIN_ORIGIN, added_hookspecs, available_plugins, registration_hooks
+
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    for added in added_hookspecs():
+        manager.add_hookspecs(added.module)
+    origins: dict[str, str] = {}
+    for spec in available_plugins().values():
+        # every plugin with a registration hook, or one whose name says it means one (a
+        # misspelt register_dataset is then one line, not silently nothing)
+        if not any(name.startswith("register_") or name in registration_hooks() for name in marked_hooks(spec.target)):
+            continue
+        origin = f"{spec.name} ({spec.origin})"
+        try:
+            spec.check_hooks()
+            try:
+                manager.register(spec.target, name=spec.name)
+            except pluggy.PluginValidationError as error:
+                detail = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+                raise PluginError(f"plugin '{spec.name}' ({spec.origin}) does not fit robx's hooks: {detail}") \
+                    from error
+        except RobxError as error:
+            if spec.origin == BUILTIN_ORIGIN:
+                raise
+            found.skip(origin, str(error))
+            continue
+        origins[spec.name] = origin
+        if spec.origin == BUILTIN_ORIGIN:
+            found.builtin.add(origin)
+    return manager, origins
 
 
 def resolved_config(config: TrainConfig) -> TrainConfig:

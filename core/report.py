@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robx.core.attacks import AttackPlan
+from robx.core.attack_plans import AttackPlan
 from robx.core.errors import RobxError
 from robx.core.evaluate import EvalResult
 from robx.core.files import atomic_write

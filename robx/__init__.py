@@ -10,15 +10,15 @@ modules under ``robx.core`` are where these live, not an interface.
 __version__ = "0.1.0"
 
 # the hook markers, the optional plugin base class, what a plugin package adds
-from robx.core.declarations import Plugin  # noqa: E402
-from robx.core.hookspecs import Collects, hookimpl, hookspec  # noqa: E402
+from robx.core.declarations import Collects, Plugin  # noqa: E402
+from robx.core.hookspecs import hookimpl, hookspec  # noqa: E402
 
 # what the training hooks receive and answer
 from robx.core.state import ClassPolicy, Step, TrainState  # noqa: E402
 
 # registration: tasks, datasets, models, attacks, commands, and the registry
-from robx.core.attacks import (Attack, AttackPlan, RegisterAttack, attack_mode, eval_mode, logits_of,  # noqa: E402
-                               margin_loss)
+from robx.core.attack_plans import AttackPlan, RegisterAttack  # noqa: E402
+from robx.core.attacks import Attack, attack_mode, eval_mode, logits_of, margin_loss  # noqa: E402
 from robx.core.data import (Split, TaskData, apply_protocol, balanced_pair, data_roots,  # noqa: E402
                             user_cache_dir)
 from robx.core.models import RegisterModel, classifier  # noqa: E402

@@ -226,7 +226,7 @@ def test_attack_starts_and_targets():
 
 
 def test_budgets_are_written_as_people_write_them():
-    from robx.core.attacks import budget_text
+    from robx.core.attack_plans import budget_text
 
     assert [budget_text(v) for v in (8 / 255, 2 / 255, 16 / 255, 0.1, 0.5, 0.0)] == \
         ["8/255", "2/255", "16/255", "0.1", "0.5", "0"]

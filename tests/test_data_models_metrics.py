@@ -18,7 +18,7 @@ from robx.plugins.tasks.classification import crop_flip
 def prepare_data(name, imbalance, ratio, n_max, n_test_per_class, val_fraction, seed):
     """A registered dataset after the protocol, as the engine builds it."""
     data = registry().dataset(name).load(None, seed)
-    return apply_protocol(data, imbalance, ratio, n_max, n_test_per_class, val_fraction, seed)
+    return apply_protocol(data, imbalance, ratio, n_max, n_test_per_class, val_fraction, seed, per_target=False)
 
 
 def test_step_and_exp_imbalance_sizes():
@@ -45,7 +45,7 @@ def test_stratified_split_keeps_every_class():
     kept, held = stratified_split(y, 0.1, seed=0)
     assert torch.bincount(y[held]).tolist() == [10, 1, 1]
     assert len(set(kept.tolist()) & set(held.tolist())) == 0 and len(kept) + len(held) == len(y)
-    assert torch.bincount(y[stratified_subset(y, 56, 0)]).tolist() == [50, 5, 1]
+    assert torch.bincount(y[stratified_subset(y, 56, 0, per_target=False)]).tolist() == [50, 5, 1]
 
 
 def test_digits_protocol():
@@ -187,13 +187,13 @@ def test_labels_per_target_count_and_score_every_target_once():
     clean, robust, counts = EvalResult(labels, (outputs - y).abs(), torch.zeros(2, 3)).per_class(2)
     assert clean == pytest.approx([0.375, 2.0]) and robust == [0.0, 0.0] and counts == [4, 2]
 
-    assert apply_protocol(data, "original", 1.0, None, None, 0.0, 0) is data  # its own splits
+    assert apply_protocol(data, "original", 1.0, None, None, 0.0, 0, per_target=True) is data  # its own splits
     for asked, named in ((("step", 10.0, None, None, 0.0), "imbalance=step"),
                          (("original", 1.0, None, 50, 0.0), "n_test_per_class=50"),
                          (("original", 1.0, None, None, 0.2), "val_fraction=0.2")):
         with pytest.raises(OptionError, match=f"labels every target, so it keeps its own splits; drop {named}"):
-            apply_protocol(data, *asked, 0)
-    assert stratified_subset(torch.zeros(10, 3, dtype=torch.long), 4, seed=1).unique().numel() == 4
+            apply_protocol(data, *asked, 0, per_target=True)
+    assert stratified_subset(torch.zeros(10, 3, dtype=torch.long), 4, seed=1, per_target=True).unique().numel() == 4
 
 
 def test_a_dataset_declares_its_own_options(tmp_path):

@@ -73,7 +73,7 @@ def subset_and_model(config: Any) -> tuple[Any, torch.nn.Module]:
     found = registry()
     data = found.dataset(resolved.dataset).read(resolved.data_root, resolved.data_seed, resolved.dataset_options)
     data = apply_protocol(data, resolved.imbalance, resolved.ratio, resolved.n_max, resolved.n_test_per_class,
-                          resolved.val_fraction, resolved.data_seed)
+                          resolved.val_fraction, resolved.data_seed, per_target=False)
     spec = ModelInput(shape=tuple(data.train.x.shape[1:]), outputs=data.num_classes, mean=data.mean, std=data.std)
     return data, found.build_model("cnn4", spec)
 

@@ -77,7 +77,7 @@ def subset(config: Any) -> Any:
     data = registry().dataset(resolved.dataset).read(resolved.data_root, resolved.data_seed,
                                                      resolved.dataset_options)
     return apply_protocol(data, resolved.imbalance, resolved.ratio, resolved.n_max, resolved.n_test_per_class,
-                          resolved.val_fraction, resolved.data_seed)
+                          resolved.val_fraction, resolved.data_seed, per_target=False)
 
 
 def cnn4_without_normalisation(num_classes: int = 10, use_norm: bool = False) -> torch.nn.Module:

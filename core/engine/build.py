@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from robx.core import distributed
-from robx.core.attacks import AttackPlan, eval_mode
+from robx.core.attack_plans import AttackPlan
+from robx.core.attacks import eval_mode
 from robx.core.config import TrainConfig
 from robx.core.data import Split, TaskData, apply_protocol, check_subset_size
 from robx.core.distributed import Processes
@@ -219,8 +220,8 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     data = found.dataset(config.dataset).read(config.data_root, config.data_seed, config.dataset_options)
     task_type.check_labels(data.train.labels, config.dataset)
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
-                          config.val_fraction, config.data_seed)
-    check_subset_size(config.n_eval, data.test.labels, data.num_classes)
+                          config.val_fraction, config.data_seed, per_target=task_type.labels_per_target)
+    check_subset_size(config.n_eval, data.num_classes, per_target=task_type.labels_per_target)
     task = task_type(data)
     processes = distributed.current()
     model = checked_model(config, found, task, host.head, processes)

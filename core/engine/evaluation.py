@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from robx.core import distributed
-from robx.core.attacks import AttackPlan
+from robx.core.attack_plans import AttackPlan
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig
 from robx.core.data import batch_indices, check_subset_size, stratified_subset
@@ -76,9 +76,10 @@ def evaluate_run(
     attack = attack or eval_attack(run)
     test = data.test
     n_eval = n_eval or config.n_eval
-    check_subset_size(n_eval, test.labels, data.num_classes)
+    check_subset_size(n_eval, data.num_classes, per_target=run.task.labels_per_target)
     if n_eval:
-        test = test.subset(stratified_subset(test.labels, n_eval, config.data_seed))
+        test = test.subset(stratified_subset(test.labels, n_eval, config.data_seed,
+                                             per_target=run.task.labels_per_target))
     progress.start_eval(len(test), f"eval {attack.describe()}")
     result = evaluate(model, run.task, test, attack, device=run.state.device,
                       batch_size=config.eval_batch_size, on_batch=progress.advance_eval, processes=run.processes)

@@ -15,7 +15,8 @@ from robx import __version__
 from robx.core import distributed
 from robx.core.distributed import Processes
 from robx.core import rundir
-from robx.core.attacks import AttackPlan, eval_mode, logits_of
+from robx.core.attack_plans import AttackPlan
+from robx.core.attacks import eval_mode, logits_of
 from robx.core.config import TrainConfig
 from robx.core.data import Split
 from robx.core.errors import Interrupted, NonFiniteLossError, RobxError, TrainingPaused

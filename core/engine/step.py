@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from robx.core.attacks import Attack, AttackPlan, eval_mode, logits_of
+from robx.core.attack_plans import AttackPlan
+from robx.core.attacks import Attack, eval_mode, logits_of
 from robx.core.data import batch_indices
 from robx.core.errors import RobxError
 from robx.core.registry import registry

@@ -94,7 +94,7 @@ def prepared_arrays(job: OversampleJob) -> tuple[Any, np.ndarray, np.ndarray, np
         raise OptionError(f"dataset '{job.dataset}' labels every target; oversampling needs one class per example")
     ratio = job.ratio if job.ratio is not None else float(spec.defaults.get("ratio", 1.0))
     imbalance = str(spec.defaults.get("imbalance", "step")) if ratio != 1 else "none"
-    data = apply_protocol(data, imbalance, ratio, spec.defaults.get("n_max"), None, 0.0, job.seed)
+    data = apply_protocol(data, imbalance, ratio, spec.defaults.get("n_max"), None, 0.0, job.seed, per_target=False)
     as_task = task(data)
 
     def flat(x: Any) -> np.ndarray:
