@@ -327,7 +327,7 @@ def test_report_aggregation(tmp_path):
 def test_reports_of_a_lower_is_better_metric_are_tabulated_as_they_are(tmp_path):
     """Crime runs score absolute error: `robx report` prints it unscaled (not as %), and
     refuses, in one line, to put it in a table beside accuracy runs."""
-    from robx.cli.main import markdown_table
+    from robx.cli.listing import markdown_table
     from robx.core.errors import RobxError
 
     def fake(folder, method, seed, metric, names, minority):
@@ -354,7 +354,7 @@ def test_balanced_runs_show_average_and_worst_only(tmp_path):
     from rich.console import Console
 
     from robx.cli.display import report_table
-    from robx.cli.main import markdown_table
+    from robx.cli.listing import markdown_table
 
     report = {"class_names": ["a", "b", "c", "d"], "class_counts": [5, 5, 5, 5], "majority_classes": [0, 1],
               "plugins": ["x"], "per_class": {"standard": [0.9, 0.8, 0.7, 0.6], "robust": [0.5, 0.4, 0.3, 0.2]},

@@ -177,7 +177,8 @@ def test_every_config_field_is_a_train_option_parsed_by_the_configs_own_coercion
 
     import typer
 
-    from robx.cli.main import app, config_values
+    from robx.cli.main import app
+    from robx.cli.options import config_values
     from robx.core.config import TrainConfig
 
     command = typer.main.get_command(app).commands["train"]
