@@ -10,6 +10,7 @@ plugin may declare is :mod:`robx.core.declarations`'.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import types
@@ -310,9 +311,9 @@ def get_plugin_spec(name: str) -> PluginSpec:
     if name in skipped and name not in plugins:
         raise PluginError(skipped[name])
     if name not in plugins:
-        raise UnknownPluginError(
-            f"unknown plugin '{name}'; available: {', '.join(sorted(plugins))}"
-        )
+        close = difflib.get_close_matches(name, list(plugins), n=1, cutoff=0.7)
+        raise UnknownPluginError(f"unknown plugin '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                                 + f"; available: {', '.join(sorted(plugins))}")
     return plugins[name]
 
 

@@ -1,6 +1,8 @@
 """robx: adversarial training for imbalanced data and class-fair robustness.
 
-Every name a plugin needs is here (docs/hooks.md): the hook markers and :class:`Plugin`, the
+From Python: ``robx.train(...)``, ``robx.load_run(path)``, ``robx.evaluate(run, attack)``,
+``robx.audit(model, dataset)`` and ``robx.attacks.PGD(model, eps, alpha, steps)(x, y)``
+(docs/api.md). Every name a plugin needs is here (docs/hooks.md): the hook markers and :class:`Plugin`, the
 step and state the hooks receive, the registration contracts (tasks, datasets, models,
 attacks, commands), and the errors, option checks and file helpers the built-in plugins use.
 A plugin imports from ``robx`` (and, for the built-in ones, ``robx.plugins.common``); the
@@ -39,8 +41,13 @@ from robx.core.errors import (DataError, DataNotFoundError, OptionError, PluginE
 from robx.core.files import WRITTEN_BY, atomic_write, make_directory, prepare_output_dir, write_json  # noqa: E402
 from robx.core.options import check_ranges, method_set_overrides  # noqa: E402
 
+# the Python API: train, load, evaluate, audit; attacks on any model (robx.attacks.PGD)
+from robx import attacks  # noqa: E402
+from robx.api import Report, Run, audit, evaluate, load_run, train  # noqa: E402
+
 __all__ = [
     "__version__",
+    "train", "load_run", "evaluate", "audit", "Run", "Report", "attacks",
     "Plugin", "Collects", "hookimpl", "hookspec",
     "ClassPolicy", "Step", "TrainState",
     "Attack", "AttackPlan", "RegisterAttack", "attack_mode", "eval_mode", "logits_of", "margin_loss",

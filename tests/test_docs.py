@@ -102,7 +102,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path, monkeypatch)
     readme = (ROOT / "README.md").read_text()
     blocks = dict(re.findall(r"```python\n# (\w+)\.py\n(.*?)```", readme, re.S))
     assert len(blocks) == readme.count("```python"), "a README Python block does not start with '# module.py'"
-    assert set(blocks) == {"robx_minority_boost", "robx_stripes"}
+    assert set(blocks) == {"first_run", "robx_minority_boost", "robx_stripes"}
+    monkeypatch.chdir(tmp_path)  # first_run.py trains into runs/
     for name, source in blocks.items():
         module = types.ModuleType(name)
         monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
@@ -114,7 +115,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path, monkeypatch)
     done = subprocess.run([sys.executable, "-m", "robx.cli.main", *command.split()[1:]], capture_output=True,
                           text=True, cwd=tmp_path, env=_cli_env(site, tmp_path / "unused"), timeout=600)
     assert done.returncode == 0, done.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (first, run_dir) = sorted((tmp_path / "runs").iterdir(), key=lambda path: path.name.startswith("stripes"))
+    assert first.name.startswith("digits-srat-seed0-") and len(sys.modules["first_run"].run.report.rows) == 10
     report = json.loads((run_dir / "report.json").read_text())
     assert report["dataset"] == "stripes" and report["model"] == "tinynet"
     assert report["class_names"] == ["horizontal", "vertical"] and report["class_counts"] == [270, 30]  # 9 : 1
