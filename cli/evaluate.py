@@ -30,6 +30,7 @@ def eval_(
     n_eval: Annotated[Optional[int], typer.Option(help="Stratified test subset size.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Evaluation batch (default: the run's, 256); under torchrun the unit each process takes.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="last, or best: the checkpoint --keep-best kept (best.pt).")] = "last",
     **attack_options: Any,
 ) -> None:
     """Re-evaluate a run's checkpoint with chosen attack settings; writes eval-*.json in the run.
@@ -45,17 +46,17 @@ def eval_(
     with distributed.joined(device or saved_device(run_dir)) as processes, \
             run_dir_held(run_dir, "eval", processes):
         _evaluate_on(processes, run_dir, attack_name, attack_options, eps, alpha, steps, norm, n_eval, device,
-                     batch_size)
+                     batch_size, checkpoint)
 
 
 def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], attack_options: dict[str, Any],
                  eps: Optional[str], alpha: Optional[str], steps: Optional[int], norm: Optional[str],
-                 n_eval: Optional[int], device: Optional[str], batch_size: Optional[int]) -> None:
+                 n_eval: Optional[int], device: Optional[str], batch_size: Optional[int], checkpoint: str) -> None:
     from robx.cli.display import RichProgress, print_report
     from robx.core.engine import SilentProgress, eval_attack, evaluate_run, load_run
     from robx.core.files import write_json
 
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, checkpoint)
     if batch_size is not None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise OptionError(f"--batch-size must be in 1..{MAX_BATCH}, got {batch_size}")
@@ -74,9 +75,11 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], atta
         return
     with RichProgress(console) as progress:
         report = evaluate_run(run, run.state.model, progress, attack, n_eval)
-    name = f"eval-{attack.tag}-n{report['n_test']}.json"
+    report = {**report, "checkpoint": checkpoint, **({"best": run.best} if checkpoint == "best" else {})}
+    name = f"eval-{attack.tag}-n{report['n_test']}{'-best' if checkpoint == 'best' else ''}.json"
     write_json(Path(run_dir) / name, report)
-    print_report(console, report, f"{run_dir}: test {metric_name(report)} ({attack.describe()})")
+    print_report(console, report, f"{run_dir}: test {metric_name(report)} ({attack.describe()}), {checkpoint} checkpoint"
+                                  + (f" (epoch {run.best['epoch']})" if checkpoint == "best" and run.best else ""))
     console.print(f"written: {Path(run_dir) / name}")
 
 

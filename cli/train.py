@@ -103,7 +103,12 @@ def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool
         return
     with RichProgress(console) as progress:
         report = run_training(config, run_dir, force=force, resume=resume, progress=progress)
-    print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']})")
+    print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']}), "
+                                  "last checkpoint")
+    if "best" in report:
+        best = report["best"]
+        console.print(f"best checkpoint: epoch {best['epoch']} ({best['metric']} {best['score']:.3f} on validation), "
+                      f"{run_dir / 'best.pt'}; its test report: {run_dir / best['report']}")
     console.print(f"run directory: {run_dir}")
 
 

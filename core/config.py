@@ -45,6 +45,10 @@ Imbalance = Literal["step", "exp", "none", "original"]
 BatchNormSync = Literal["reduce", "broadcast"]
 Precision = Literal["fp32", "bf16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
+#: the validation score a kept best checkpoint maximises (a summary of the per-class scores;
+#: for a metric where lower is better, such as an error, the best is the lowest)
+KeptBest = Literal["robust-worst", "robust-minority", "robust-overall", "standard-worst", "standard-minority",
+                   "standard-overall"]
 
 #: Keys a run cannot start without: the command line, the file, the dataset's registered defaults
 #: or its task's defaults (in that order) must give each (what none gives is told all at once).
@@ -91,6 +95,10 @@ class TrainConfig:
     n_max: int | None = setting(None, "Training examples of the largest class.")
     n_test_per_class: int | None = setting(None, "Cut the test set to this many examples per class (seeded).")
     val_fraction: float = setting(0.0, "Stratified validation split of the training subset (0: none).")
+    keep_best: KeptBest | None = setting(
+        None, "Keep the checkpoint with the best validation score beside the last (best.pt), e.g. robust-worst "
+              "(the worst class's robust score) or robust-minority; needs a validation split (--val-fraction). "
+              "Guards against robust overfitting.")
     val_budget: Literal["uniform", "run"] = setting(
         "uniform", "The validation attack's budget: uniform (--eps for every class, as the test evaluation) or run "
                    "(the per-class budgets the run trains with, where a plugin sets them).")

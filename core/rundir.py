@@ -23,7 +23,10 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 REPORT_FILE = "report.json"
 PLOT_FILE = "per_class.png"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, REPORT_FILE, PLOT_FILE)
+#: the best checkpoint and its report (``--keep-best``)
+BEST_FILE = "best.pt"
+BEST_REPORT_FILE = "report-best.json"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, REPORT_FILE, PLOT_FILE, BEST_FILE, BEST_REPORT_FILE)
 #: held (``flock``) by the one process writing the run directory; it names that process
 LOCK_FILE = ".robx.lock"
 

@@ -103,11 +103,18 @@ class Run:
         return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
             if metrics.is_file() else []
 
-    def model(self, device: str | None = None) -> nn.Module:
-        """The evaluated model (the weight average where the run keeps one), in eval mode."""
+    @property
+    def best_report(self) -> Report | None:
+        """The test report of the best checkpoint (``keep_best``), or ``None`` without one."""
+        best_file = self.path / "report-best.json"
+        return Report(json.loads(best_file.read_text())) if best_file.is_file() else None
+
+    def model(self, device: str | None = None, checkpoint: str = "last") -> nn.Module:
+        """The evaluated model (the weight average where the run keeps one), in eval mode;
+        ``checkpoint="best"``: the one ``keep_best`` kept."""
         from robx.core.engine import load_run
 
-        return load_run(self.path, device).state.model.eval()
+        return load_run(self.path, device, checkpoint).state.model.eval()
 
     def evaluate(self, attack: str | None = None, **settings: Any) -> Report:
         return evaluate(self, attack, **settings)
@@ -171,17 +178,18 @@ def load_run(path: str | Path) -> Run:
 
 def evaluate(run: Run | str | Path, attack: str | None = None, *, eps: float | None = None,
              alpha: float | None = None, steps: int | None = None, n_eval: int | None = None,
-             device: str | None = None, **options: Any) -> Report:
+             device: str | None = None, checkpoint: str = "last", **options: Any) -> Report:
     """The run's evaluated model under ``attack`` (a registered attack of its task; default:
     the task's), at the run's budget unless ``eps`` / ``alpha`` / ``steps`` are given;
-    ``options``: the attack's own settings (``victims=0.1`` for STPGD). As ``robx eval``,
-    without writing into the run directory."""
+    ``options``: the attack's own settings (``victims=0.1`` for STPGD); ``checkpoint``: last or
+    best (``keep_best``). As ``robx eval``, without writing into the run directory."""
     from robx.core.engine import SilentProgress, eval_attack, evaluate_run
     from robx.core.engine import load_run as load
 
-    loaded = load(Path(run.path if isinstance(run, Run) else run), device)  # the evaluated weights
+    loaded = load(Path(run.path if isinstance(run, Run) else run), device, checkpoint)  # the evaluated weights
     plan = eval_attack(loaded, attack, eps=eps, alpha=alpha, steps=steps, options=options)
-    return Report(evaluate_run(loaded, loaded.state.model, SilentProgress(), plan, n_eval))
+    report = evaluate_run(loaded, loaded.state.model, SilentProgress(), plan, n_eval)
+    return Report({**report, "checkpoint": checkpoint, **({"best": loaded.best} if checkpoint == "best" else {})})
 
 
 def audit(model: nn.Module, dataset: str, attacks: Sequence[str] = ("pgd",), *, eps: float | None = None,

@@ -3,7 +3,6 @@ against torchattacks, and the API's answers against values computed here."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 

@@ -222,7 +222,8 @@ CORE_FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"task", "attacks", "attack_plans", "models", "state", "evaluate", "report", "hookspecs", "declarations",
                "registered"}),  # contracts
     frozenset({"discovery", "selection", "plugins", "registry"}),  # discovery, selection, the host, the registries
-    frozenset({"engine", "engine.build", "engine.step", "engine.checkpoints", "engine.evaluation", "engine.loop"}),
+    frozenset({"engine", "engine.build", "engine.step", "engine.checkpoints", "engine.evaluation", "engine.loop",
+               "engine.best"}),
     # the engine
 )
 

@@ -203,3 +203,21 @@ def test_a_warmup_the_schedule_cannot_take_is_one_clear_error(bad):
 
     with pytest.raises(OptionError, match="warmup_epochs"):
         resolved_config(TrainConfig(dataset="digits", epochs=10, lr=0.1, **bad))
+
+
+def test_a_signal_before_the_first_checkpoint_is_written_says_none_was_kept(tmp_path, monkeypatch):
+    """The epoch had ended (its statistics were in the history) but its checkpoint was not yet
+    on disk: the message must not promise a checkpoint, and the new run directory goes."""
+    import signal
+
+    from robx.core import rundir
+    from robx.core.errors import Interrupted
+
+    def interrupted(path, payload):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(rundir, "save_checkpoint", interrupted)
+    with pytest.raises(Interrupted) as stopped:
+        engine.train(tiny_config(epochs=2), tmp_path / "run")
+    assert "no epoch had finished, so there was no checkpoint to keep" in str(stopped.value)
+    assert "--resume" not in str(stopped.value) and not (tmp_path / "run").exists()

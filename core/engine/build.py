@@ -135,6 +135,8 @@ class Run:
     #: the default attack with the run's budget, step size, steps and norm, planned (and
     #: checked) once; each step binds it with the current per-class budgets
     training_attack: AttackPlan | None = None
+    #: the epoch of the best checkpoint so far, ``{metric, epoch, score}`` (``--keep-best``)
+    best: dict[str, Any] | None = None
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -222,6 +224,9 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed, per_target=task_type.labels_per_target)
     check_subset_size(config.n_eval, data.num_classes, per_target=task_type.labels_per_target)
+    if config.keep_best is not None and (data.val is None or len(data.val) == 0):
+        raise OptionError(f"--keep-best {config.keep_best} needs a validation split to score the epochs by: give "
+                          "--val-fraction (e.g. 0.1)")
     task = task_type(data)
     processes = distributed.current()
     model = checked_model(config, found, task, host.head, processes)

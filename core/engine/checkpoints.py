@@ -16,11 +16,12 @@ from robx.core import distributed
 from robx.core import rundir
 from robx.core.config import TrainConfig
 from robx.core.distributed import Processes
-from robx.core.errors import CheckpointError, RobxError, RunDirError
+from robx.core.errors import CheckpointError, OptionError, RobxError, RunDirError
 from robx.core.files import write_text_atomically
 from robx.core.stats import EpochStats
 from robx.core.discovery import fallback_adversary
 from robx.core.selection import resolve_plugin_names
+from robx.core.engine.best import best_weights
 from robx.core.engine.build import Run, build_run, rng_state, set_rng_state
 
 
@@ -50,6 +51,7 @@ def checkpoint_payload(run: Run) -> dict[str, Any]:
         "history": [stats.to_state() for stats in state.history],
         "generator": run.generator.get_state(),
         "rng": rng_state(),
+        **({"best": run.best} if run.best is not None else {}),
     }
 
 
@@ -70,6 +72,7 @@ def restore(run: Run, payload: dict[str, Any], source: Path) -> None:
         except RobxError as error:
             raise CheckpointError(f"checkpoint {source}: {error}") from error
         state.history = [EpochStats.from_state(stats) for stats in payload["history"]]
+        run.best = payload.get("best")
         state.global_step = int(payload["global_step"])
         state.epoch = int(payload["epoch"]) + 1
         run.generator.set_state(payload["generator"])
@@ -115,11 +118,15 @@ def run_dir_held(run_dir: Path, command: str, processes: Processes) -> Iterator[
 
 
 def kept_checkpoint(run: Run) -> str:
-    """What a run stopped on its way leaves behind, and how to continue it."""
+    """What a run stopped on its way leaves behind, and how to continue it: read from the
+    checkpoint on disk, not from the epochs trained (a signal between an epoch's end and its
+    checkpoint's write leaves the previous epoch's, or none)."""
     assert run.config.epochs is not None
-    if not run.state.history:
+    last = rundir.finished_epoch(run.run_dir) if run.processes.main else (
+        run.state.history[-1].epoch if run.state.history else None)
+    if last is None:
         return f"no epoch had finished, so there was no checkpoint to keep and {run.run_dir} was cleared"
-    done = run.state.history[-1].epoch + 1
+    done = last + 1
     stage = "training was done but not its evaluation" if done == run.config.epochs else \
         f"{done} of {run.config.epochs} epochs had finished"
     return f"{stage}; their checkpoint in {run.run_dir} is intact: continue with robx train --resume {run.run_dir}"
@@ -157,8 +164,12 @@ def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
 
 
-def load_run(run_dir: Path, device: str | None = None) -> Run:
-    """Rebuild a finished or interrupted run from its directory (for ``robx eval``)."""
+def load_run(run_dir: Path, device: str | None = None, checkpoint: str = "last") -> Run:
+    """Rebuild a finished or interrupted run from its directory (for ``robx eval``), with the
+    evaluated weights of its last checkpoint or, ``checkpoint="best"``, of its best
+    (``--keep-best``; ``run.best`` then says which epoch)."""
+    if checkpoint not in ("last", "best"):
+        raise OptionError(f"--checkpoint must be last or best, got {checkpoint!r}")
     run_dir = Path(run_dir)
     config_path = run_dir / rundir.CONFIG_FILE
     if not config_path.exists():
@@ -170,7 +181,10 @@ def load_run(run_dir: Path, device: str | None = None) -> Run:
     run = build_run(config, run_dir)
     check_same_data(run)
     weights = payload.get("eval_model", payload["model"])
-    rundir.check_state_fits(run.state.model.state_dict(), weights, run_dir / rundir.CHECKPOINT_FILE,
+    if checkpoint == "best":
+        weights, run.best = best_weights(run_dir)
+    rundir.check_state_fits(run.state.model.state_dict(), weights,
+                            run_dir / (rundir.BEST_FILE if checkpoint == "best" else rundir.CHECKPOINT_FILE),
                             f"model '{config.model}'")
     run.state.model.load_state_dict(weights)
     return run

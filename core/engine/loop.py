@@ -3,6 +3,7 @@ evaluation (:func:`train`)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from robx.core.report import plot_per_class
 from robx.core.stats import EpochStats, SplitStats
 from robx.kernels import OPS as KERNEL_OPS
 from robx.kernels import dispatch_rule
+from robx.core.engine.best import best_weights, is_new_best, save_best
 from robx.core.engine.build import Progress, Run, SilentProgress, build_run, refresh_class_quantities
 from robx.core.engine.checkpoints import (check_same_data, checkpoint_payload, kept_checkpoint, kept_metrics, restore,
                                           run_dir_held, saved_config, write_metrics)
@@ -213,11 +215,17 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
         diagnostics = epoch_diagnostics(run)
         if diagnostics:
             record["diagnostics"] = diagnostics
+        kept_best = is_new_best(run, stats)
+        if run.best is not None:
+            record["best"] = {**run.best, "new": kept_best}
         payload = checkpoint_payload(run)
 
         def write_epoch() -> None:
-            write_metrics(metrics_path, metrics + [json.dumps(record)])
+            # best, checkpoint, metrics line: a file names no epoch whose checkpoint is not on disk
+            if kept_best:
+                save_best(run)
             rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
+            write_metrics(metrics_path, metrics + [json.dumps(record)])
             metrics.append(json.dumps(record))
 
         distributed.on_main(write_epoch, processes, "the checkpoint")
@@ -231,14 +239,27 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
         payload["eval_model"] = model.state_dict()
         distributed.on_main(lambda: rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload),
                             processes, "the checkpoint")
-    report = evaluate_run(run, model, progress)
+    report = {**evaluate_run(run, model, progress), "checkpoint": "last"}
+    best_report = _best_report(run, progress) if run.best is not None else None
+    if best_report is not None:
+        report["best"] = {**best_report["best"], "report": rundir.BEST_REPORT_FILE}
 
     def write_report() -> None:
+        if best_report is not None:
+            write_json(run_dir / rundir.BEST_REPORT_FILE, best_report)
         write_json(run_dir / rundir.REPORT_FILE, report)
         plot_per_class(report, run_dir / rundir.PLOT_FILE, plot_title(run.config, report))
 
     distributed.on_main(write_report, processes, "the report")
     return report
+
+
+def _best_report(run: Run, progress: Progress) -> dict[str, Any]:
+    """The test report of the best checkpoint's weights (the last model is left as it is)."""
+    weights, best = distributed.from_main(best_weights(run.run_dir) if run.processes.main else ({}, {}), run.processes)
+    model = copy.deepcopy(run.state.model)
+    model.load_state_dict(weights)
+    return {**evaluate_run(run, model, progress), "checkpoint": "best", "best": best}
 
 
 def agreed_state(run: Run) -> dict[str, Any]:
