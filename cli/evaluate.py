@@ -97,8 +97,9 @@ def audit(
                                            "torchvision:NAME or timm:NAME.")],
     dataset: Annotated[Optional[str], typer.Option(help="Test set and class counts: a registered dataset, "
                                                         "folder:PATH or npz:PATH (default: digits).")] = None,
-    attacks: Annotated[str, typer.Option(help="Comma-separated registered attacks of the task (`robx plugins` lists "
-                                              "them; autoattack needs the autoattack extra).")] = "pgd,autoattack",
+    attacks: Annotated[Optional[str], typer.Option(help="Comma-separated registered attacks of the task (`robx "
+                                                        "plugins` lists them); default: pgd, and autoattack where its "
+                                                        "extra is installed.")] = None,
     eps: Annotated[Optional[str], typer.Option(help="Budget, e.g. 8/255 (default: the dataset's or task's).")] = None,
     alpha: Annotated[Optional[str], typer.Option(help="PGD step size (default: eps / 4).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="PGD steps (default: the dataset's evaluation steps).")] = None,
@@ -122,9 +123,7 @@ def audit(
     from robx.core.files import prepare_output_dir
     from robx.core.models import load_initial_weights
 
-    names = [name.strip() for name in attacks.split(",") if name.strip()]
-    if not names:
-        raise OptionError(f"--attacks expects comma-separated attack names, got {attacks!r}")
+    names = _audit_attacks(attacks)
     if n_eval is not None and n_eval < 1:
         raise OptionError("--n-eval must be >= 1")
     config = _audit_config(arch, dataset, eps, alpha, steps, norm, set_ or [], image_size, device, seed)
@@ -139,7 +138,7 @@ def audit(
         prepared.append(eval_attack(run, name, options=settings[name]))
     prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
     reports = {}
-    for attack in prepared:
+    for attack in prepared:  # each finished attack written at once: a later one failing loses nothing
         with RichProgress(console) as progress:
             report = evaluate_run(run, run.state.model, progress, attack, n_eval)
         for key in ("plugins", "epochs", "parts"):
@@ -147,7 +146,24 @@ def audit(
         reports[attack.tag] = {**report, "model_file": str(model_file.resolve()), "arch": arch}
         print_report(console, report, f"{model_file.name} ({arch}) on {config.dataset}: {attack.describe()}")
         _print_attacked_confusion(report)
-    _write_audit(target, model_file, arch, config.dataset or "", reports)
+        _write_audit(target, model_file, arch, config.dataset or "", reports)
+    console.print(f"written: {target / 'audit.json'}, {target / 'per-class.png'}")
+
+
+def _audit_attacks(attacks: Optional[str]) -> list[str]:
+    """The attacks asked for; by default PGD, and AutoAttack where its extra is installed
+    (said in one line where it is not)."""
+    import importlib.util
+
+    if attacks is None:
+        if importlib.util.find_spec("pyautoattack") is not None:
+            return ["pgd", "autoattack"]
+        console.print("robx: auditing with pgd only: autoattack needs pip install 'robx[autoattack]'", markup=False)
+        return ["pgd"]
+    names = [name.strip() for name in attacks.split(",") if name.strip()]
+    if not names:
+        raise OptionError(f"--attacks expects comma-separated attack names, got {attacks!r}")
+    return names
 
 
 def _write_audit(target: Path, model_file: Path, arch: str, dataset: str, reports: dict[str, Any]) -> None:
@@ -160,7 +176,6 @@ def _write_audit(target: Path, model_file: Path, arch: str, dataset: str, report
     plot_per_class(first, target / "per-class.png", f"{model_file.name} ({arch}): {next(iter(reports))}")
     write_json(target / "audit.json", {"model_file": str(model_file.resolve()), "arch": arch,
                                        "dataset": dataset, "attacks": reports, WRITTEN_BY: "robx audit"})
-    console.print(f"written: {target / 'audit.json'}, {target / 'per-class.png'}")
 
 
 def _audit_config(arch: str, dataset: Optional[str], eps: Optional[str], alpha: Optional[str], steps: Optional[int],

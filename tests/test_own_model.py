@@ -181,8 +181,8 @@ def test_audit_standard_accuracy_is_the_models_predictions_counted_by_hand(robx_
 
 def test_audit_refuses_an_attack_whose_library_is_missing_before_any_work(robx_here, trained_run, tmp_path,
                                                                            monkeypatch):
-    """AutoAttack is in audit's default attacks; without its library the command stops at
-    once, naming the install, not after the PGD evaluation."""
+    """Asked for AutoAttack without its library, the command stops at once, naming the
+    install, not after the PGD evaluation; by default it audits with what is installed."""
     import importlib.util
 
     from safetensors.torch import save_file
@@ -198,8 +198,45 @@ def test_audit_refuses_an_attack_whose_library_is_missing_before_any_work(robx_h
         raise AssertionError("the evaluation started")
 
     monkeypatch.setattr("robx.core.engine.evaluate_run", work_started)
-    result = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--out", tmp_path / "audit")
+    result = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--attacks", "pgd,autoattack",
+                       "--out", tmp_path / "audit")
     assert result.returncode == 2
     assert result.stderr.strip() == ("robx: error: attack 'autoattack' needs pyautoattack, which is not installed: "
                                      "pip install 'robx[autoattack]'")
     assert not (tmp_path / "audit").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "pyautoattack" else real_find_spec(name, *args))
+    default = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--steps", "1", "--n-eval", "50",
+                        "--out", tmp_path / "default")
+    assert default.returncode == 0, default.stderr
+    assert "auditing with pgd only: autoattack needs pip install 'robx[autoattack]'" in default.stdout
+    assert [key.split("-")[0] for key in json.loads((tmp_path / "default" / "audit.json").read_text())["attacks"]] \
+        == ["pgd1"]
+
+
+def test_audit_keeps_each_finished_attack_when_a_later_one_fails(robx_here, trained_run, tmp_path, monkeypatch):
+    """The first attack's report is in audit.json when the second attack stops the command."""
+    from safetensors.torch import save_file
+
+    from robx.core.errors import RobxError
+
+    payload = torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in payload["model"].items()}, str(tmp_path / "model.safetensors"))
+    arch = json.loads((trained_run / "config.json").read_text())["config"]["model"]
+    import robx.core.engine as engine
+
+    real, calls = engine.evaluate_run, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RobxError("the second attack failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("robx.core.engine.evaluate_run", second_fails)
+    result = robx_here("audit", tmp_path / "model.safetensors", "--arch", arch, "--attacks", "pgd,cw", "--steps", "1",
+                       "--n-eval", "50", "--out", tmp_path / "audit")
+    assert result.returncode == 2 and "the second attack failed" in result.stderr
+    kept = json.loads((tmp_path / "audit" / "audit.json").read_text())["attacks"]
+    assert [key.split("-")[0] for key in kept] == ["pgd1"]
