@@ -72,6 +72,59 @@ class RichProgress:
         pass
 
 
+class LineProgress:
+    """The engine's ``Progress`` without a terminal (CI, a log file, ``| tee``): one full line
+    per epoch and per evaluation, nothing overwritten, nothing cut at the console's width."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.epochs = 0
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def start_training(self, epochs: int, first_epoch: int) -> None:
+        self.epochs = epochs
+        if first_epoch:
+            self.console.print(f"resuming at epoch {first_epoch} of {epochs}", soft_wrap=True)
+
+    def start_epoch(self, epoch: int, batches: int) -> None:
+        pass
+
+    def advance_batch(self) -> None:
+        pass
+
+    def end_epoch(self, stats: EpochStats) -> None:
+        parts = [f"epoch {stats.epoch + 1}/{self.epochs}", f"loss {stats.loss:.4f}", f"lr {stats.lr:.4g}"]
+        for split, numbers in (("train", stats.train), ("val", stats.val)):
+            if numbers is None:
+                continue
+            for kind, values in (("clean", numbers.clean), ("robust", numbers.robust)):
+                if values is not None:
+                    scored = values[numbers.counts > 0]
+                    parts.append(f"{split} {kind} {numbers.metric} {scored.mean():.3f} (classes "
+                                 f"{scored.min():.3f}-{scored.max():.3f})")
+        parts.append(f"{stats.seconds:.1f} s")
+        self.console.print("  ".join(parts), soft_wrap=True, markup=False)
+
+    def start_eval(self, total: int, description: str) -> None:
+        self.console.print(f"{description}: {total} test examples", soft_wrap=True, markup=False)
+
+    def advance_eval(self, n: int) -> None:
+        pass
+
+    def end_eval(self) -> None:
+        pass
+
+
+def progress_for(console: Console) -> RichProgress | LineProgress:
+    """Bars in a terminal (or a notebook), one line per epoch elsewhere."""
+    return RichProgress(console) if console.is_terminal or console.is_jupyter else LineProgress(console)
+
+
 def report_table(report: dict[str, Any], title: str) -> Table:
     """Per-class standard and robust accuracy, then the summaries."""
     table = Table(title=title, title_justify="left")

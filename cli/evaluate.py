@@ -52,7 +52,7 @@ def eval_(
 def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], attack_options: dict[str, Any],
                  eps: Optional[str], alpha: Optional[str], steps: Optional[int], norm: Optional[str],
                  n_eval: Optional[int], device: Optional[str], batch_size: Optional[int], checkpoint: str) -> None:
-    from robx.cli.display import RichProgress, print_report
+    from robx.cli.display import print_report, progress_for
     from robx.core.engine import SilentProgress, eval_attack, evaluate_run, load_run
     from robx.core.files import write_json
 
@@ -73,7 +73,7 @@ def _evaluate_on(processes: Any, run_dir: Path, attack_name: Optional[str], atta
     if not processes.main:
         evaluate_run(run, run.state.model, SilentProgress(), attack, n_eval)
         return
-    with RichProgress(console) as progress:
+    with progress_for(console) as progress:
         report = evaluate_run(run, run.state.model, progress, attack, n_eval)
     report = {**report, "checkpoint": checkpoint, **({"best": run.best} if checkpoint == "best" else {})}
     name = f"eval-{attack.tag}-n{report['n_test']}{'-best' if checkpoint == 'best' else ''}.json"
@@ -118,7 +118,7 @@ def audit(
     accuracy, majority / minority / worst class, and where the attack pushes each class."""
     import tempfile
 
-    from robx.cli.display import RichProgress, print_report
+    from robx.cli.display import print_report, progress_for
     from robx.core.engine import build_run, eval_attack, evaluate_run
     from robx.core.files import prepare_output_dir
     from robx.core.models import load_initial_weights
@@ -139,7 +139,7 @@ def audit(
     prepare_output_dir(target, AUDIT_OUTPUTS, "robx audit", force)
     reports = {}
     for attack in prepared:  # each finished attack written at once: a later one failing loses nothing
-        with RichProgress(console) as progress:
+        with progress_for(console) as progress:
             report = evaluate_run(run, run.state.model, progress, attack, n_eval)
         for key in ("plugins", "epochs", "parts"):
             report.pop(key, None)

@@ -94,14 +94,14 @@ def refuse_options_on_resume(context: typer.Context) -> None:
 
 def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool = False, resume: bool = False) -> None:
     """Train (every process of a torchrun job calls this); process 0 draws and prints."""
-    from robx.cli.display import RichProgress, print_report
+    from robx.cli.display import print_report, progress_for
     from robx.core.engine import SilentProgress
     from robx.core.engine import train as run_training
 
     if not processes.main:
         run_training(config, run_dir, force=force, resume=resume, progress=SilentProgress())
         return
-    with RichProgress(console) as progress:
+    with progress_for(console) as progress:
         report = run_training(config, run_dir, force=force, resume=resume, progress=progress)
     print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']}), "
                                   "last checkpoint")

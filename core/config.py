@@ -95,6 +95,9 @@ class TrainConfig:
     n_max: int | None = setting(None, "Training examples of the largest class.")
     n_test_per_class: int | None = setting(None, "Cut the test set to this many examples per class (seeded).")
     val_fraction: float = setting(0.0, "Stratified validation split of the training subset (0: none).")
+    log: list[str] = setting(help="Loggers of the epochs beside metrics.jsonl, comma-separated: csv (metrics.csv), "
+                                  "tensorboard (the tensorboard extra), or any an installed package registers.",
+                             factory=lambda: ["csv"])
     keep_best: KeptBest | None = setting(
         None, "Keep the checkpoint with the best validation score beside the last (best.pt), e.g. robust-worst "
               "(the worst class's robust score) or robust-minority; needs a validation split (--val-fraction). "

@@ -50,6 +50,8 @@ RegisterDataset = Callable[..., None]
 RegisterEntry = Callable[..., None]
 #: ``add(module)``, the argument of :func:`add_hookspecs`
 AddHookspecs = Callable[[object], None]
+#: ``register(name, make, needs=None)``, the argument of ``register_loggers``
+RegisterLogger = Callable[..., None]
 #: ``register(name, function)``, the argument of ``register_commands``
 RegisterCommand = Callable[[str, Callable[..., None]], None]
 
@@ -127,6 +129,16 @@ def add_hookspecs(add: AddHookspecs) -> None:
     is what uses them: the core knows only that a package added them. Hooks a package adds
     are registration hooks; the training hooks are robx's own.
     """
+
+
+@hookspec
+def register_loggers(register: RegisterLogger) -> None:
+    """Register epoch loggers (``--log NAME``): ``register(name, make, needs=None)``;
+    ``make(run_dir, config, first_epoch)`` returns an object with ``log_epoch(record, history)``
+    (on process 0 after each epoch's checkpoint: its metrics.jsonl record and all records so
+    far, a resumed run's included) and ``close()``. ``robx.core.logging.epoch_scalars`` names
+    a record's numbers; ``needs`` = ``(module, how to install it)``. Built-ins: ``csv``,
+    ``tensorboard``."""
 
 
 @hookspec
@@ -358,7 +370,7 @@ POLICY: dict[str, str] = {
 
 #: Hooks run for every installed plugin to build the registry (not per run).
 REGISTRATION: tuple[str, ...] = ("add_hookspecs", "register_tasks", "register_datasets", "register_models",
-                                  "register_attacks", "register_commands")
+                                  "register_attacks", "register_loggers", "register_commands")
 
 
 

@@ -70,6 +70,17 @@ class EntrySpec:
 
 
 @dataclass(frozen=True)
+class LoggerSpec:
+    """A registered epoch logger: ``make(run_dir, config, first_epoch)`` builds it."""
+
+    name: str
+    make: Callable[..., Any]
+    origin: str
+    #: ``(module, how to install it)`` where it runs another library's code
+    needs: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class CommandSpec:
     """A registered command-line command: ``robx NAME`` runs ``function`` (typed parameters
     that Typer turns into options, its docstring the help)."""

@@ -30,7 +30,7 @@ from robx.core.declarations import Collects
 from robx.core.errors import OptionError, PluginError, RobxError, guarded
 from robx.core.models import ModelBuilder
 from robx.core.options import options_from
-from robx.core.registered import CommandSpec, DatasetLoader, DatasetSpec, EntrySpec, ModelSpec, TaskSpec
+from robx.core.registered import CommandSpec, DatasetLoader, DatasetSpec, EntrySpec, LoggerSpec, ModelSpec, TaskSpec
 from robx.core.task import ModelInput, Task
 
 @dataclass
@@ -42,6 +42,7 @@ class Registry:
     #: entries of the kinds plugin packages add, by kind, then name
     entries: dict[str, dict[str, EntrySpec]] = field(default_factory=dict)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
+    loggers: dict[str, LoggerSpec] = field(default_factory=dict)
     #: the kinds plugin packages added, by kind
     kinds: dict[str, Collects] = field(default_factory=dict)
     default_dataset: str | None = None
@@ -61,7 +62,8 @@ class Registry:
     def skip(self, origin: str, message: str) -> None:
         """Leave out the plugin ``origin`` names, with what it had registered so far."""
         self.skipped[origin] = message
-        for table in (self.tasks, self.datasets, self.models, self.attacks, self.commands, *self.entries.values()):
+        for table in (self.tasks, self.datasets, self.models, self.attacks, self.commands, self.loggers,
+                      *self.entries.values()):
             for name in [name for name, spec in table.items() if spec.origin == origin]:
                 del table[name]
         if self.default_dataset is not None and self.default_dataset not in self.datasets:
@@ -169,6 +171,22 @@ class Registry:
         if options is not None and not dataclasses.is_dataclass(options):
             raise PluginError(f"{origin} registered {kind} '{name}' with options={options!r}; give a dataclass")
         table[name] = EntrySpec(kind, name, self._guarded(make, origin, f"{kind} '{name}'"), origin, options)
+
+    def add_logger(self, origin: str, name: str, make: Callable[..., Any], *,
+                   needs: tuple[str, str] | None = None) -> None:
+        self._claim(self.loggers, "logger", name, origin)
+        if not callable(make):
+            raise PluginError(f"{origin} registered logger '{name}' as {make!r}; give a function")
+        self.loggers[name] = LoggerSpec(name, self._guarded(make, origin, f"logger '{name}'"), origin, needs)
+
+    def logger(self, name: str) -> LoggerSpec:
+        """The logger ``name``, its library checked to be installed (one line each)."""
+        if name not in self.loggers:
+            raise self._unknown("logger", name, self.loggers, " (--log)")
+        spec = self.loggers[name]
+        if spec.needs is not None and importlib.util.find_spec(spec.needs[0]) is None:
+            raise OptionError(f"logger '{name}' needs {spec.needs[0]}, which is not installed: {spec.needs[1]}")
+        return spec
 
     def add_command(self, origin: str, name: str, function: Callable[..., None]) -> None:
         self._claim(self.commands, "command", name, origin)
@@ -285,6 +303,7 @@ def registry() -> Registry:
         "register_datasets": lambda origin: lambda *args, **kwargs: found.add_dataset(origin, *args, **kwargs),
         "register_models": lambda origin: lambda *args, **kwargs: found.add_model(origin, *args, **kwargs),
         "register_attacks": lambda origin: lambda *args, **kwargs: found.add_attack(origin, *args, **kwargs),
+        "register_loggers": lambda origin: lambda *args, **kwargs: found.add_logger(origin, *args, **kwargs),
         "register_commands": lambda origin: lambda *args, **kwargs: found.add_command(origin, *args, **kwargs),
     }
     for added in added_hookspecs():

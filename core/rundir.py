@@ -26,7 +26,8 @@ PLOT_FILE = "per_class.png"
 #: the best checkpoint and its report (``--keep-best``)
 BEST_FILE = "best.pt"
 BEST_REPORT_FILE = "report-best.json"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, REPORT_FILE, PLOT_FILE, BEST_FILE, BEST_REPORT_FILE)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, REPORT_FILE, PLOT_FILE, BEST_FILE, BEST_REPORT_FILE,
+             "metrics.csv")
 #: held (``flock``) by the one process writing the run directory; it names that process
 LOCK_FILE = ".robx.lock"
 

@@ -58,6 +58,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "robx.plugins.attacks.cw",
     "robx.plugins.attacks.autoattack",
     "robx.plugins.attacks.stpgd",
+    "robx.plugins.loggers.csv_file",
+    "robx.plugins.loggers.tensorboard_events",
     # plugin packages: each adds its own registration hook (add_hookspecs), then what uses it
     "robx.plugins.oversampling",
     "robx.plugins.oversampling.samplers",

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # the hook markers, the optional plugin base class, what a plugin package adds
 from robx.core.declarations import Collects, Plugin  # noqa: E402
-from robx.core.hookspecs import hookimpl, hookspec  # noqa: E402
+from robx.core.hookspecs import RegisterLogger, hookimpl, hookspec  # noqa: E402
 
 # what the training hooks receive and answer
 from robx.core.state import ClassPolicy, Step, TrainState  # noqa: E402
@@ -35,7 +35,8 @@ from robx.core.distributed import average_gradients  # noqa: E402
 from robx.core.metrics import majority_classes  # noqa: E402
 
 # errors, options, files
-from robx.core.config import MAX_SEED  # noqa: E402
+from robx.core.config import MAX_SEED, TrainConfig  # noqa: E402
+from robx.core.logging import epoch_scalars  # noqa: E402
 from robx.core.errors import (DataError, DataNotFoundError, OptionError, PluginError, RobxError,  # noqa: E402
                               WriteError, first_line, warn)
 from robx.core.files import WRITTEN_BY, atomic_write, make_directory, prepare_output_dir, write_json  # noqa: E402
@@ -56,6 +57,7 @@ __all__ = [
     "ScoreAccumulator", "SplitStats", "Metric", "ModelInput", "RegisterTask", "Task",
     "BatchNormSource", "WeightAverage", "add_to_average", "evaluated_average", "restored_average", "saved_average",
     "average_gradients", "majority_classes",
+    "RegisterLogger", "TrainConfig", "epoch_scalars",
     "MAX_SEED", "DataError", "DataNotFoundError", "OptionError", "PluginError", "RobxError", "WriteError",
     "first_line", "warn", "WRITTEN_BY", "atomic_write", "make_directory", "prepare_output_dir", "write_json",
     "check_ranges", "method_set_overrides",

@@ -149,9 +149,9 @@ def train(dataset: str | None = None, plugins: Sequence[str] | str = (), *, out:
     if progress:
         from rich.console import Console
 
-        from robx.cli.display import RichProgress
+        from robx.cli.display import progress_for
 
-        with RichProgress(Console()) as bars:
+        with progress_for(Console()) as bars:
             run_training(config, run_dir, force=force, progress=bars)
     else:
         run_training(config, run_dir, force=force, progress=SilentProgress())

@@ -217,7 +217,7 @@ def test_data_level_tools_are_plugin_packages_with_their_own_hooks():
 #: core's floors, lowest first: a module imports only from its own floor or one below
 #: (docs/engine.md, "Layers"); within a floor the imports form no cycle either
 CORE_FLOORS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "options", "files", "metrics", "config", "stats", "data", "averaging", "rundir",
+    frozenset({"errors", "options", "files", "metrics", "logging", "config", "stats", "data", "averaging", "rundir",
                "distributed"}),  # values, errors and I/O
     frozenset({"task", "attacks", "attack_plans", "models", "state", "evaluate", "report", "hookspecs", "declarations",
                "registered"}),  # contracts

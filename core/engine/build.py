@@ -224,6 +224,8 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
     data = apply_protocol(data, config.imbalance, config.ratio, config.n_max, config.n_test_per_class,
                           config.val_fraction, config.data_seed, per_target=task_type.labels_per_target)
     check_subset_size(config.n_eval, data.num_classes, per_target=task_type.labels_per_target)
+    for logger in config.log:
+        found.logger(logger)  # an unknown logger or a missing library: one line before any work
     if config.keep_best is not None and (data.val is None or len(data.val) == 0):
         raise OptionError(f"--keep-best {config.keep_best} needs a validation split to score the epochs by: give "
                           "--val-fraction (e.g. 0.1)")

@@ -22,6 +22,7 @@ from robx.core.config import TrainConfig
 from robx.core.data import Split
 from robx.core.errors import Interrupted, NonFiniteLossError, RobxError, TrainingPaused
 from robx.core.evaluate import seeded_batches
+from robx.core.registry import registry
 from robx.core.files import write_json
 from robx.core.options import options_as_dict
 from robx.core.report import plot_per_class
@@ -195,6 +196,19 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
     assert config.epochs is not None
     run.host.train_start(state)
     progress.start_training(config.epochs, state.epoch)
+    loggers = distributed.on_main(lambda: [registry().logger(name).make(run_dir, config, state.epoch)
+                                           for name in config.log], processes, "the loggers") or []
+    try:
+        return _epochs_then_report(run, progress, deadline, metrics, loggers)
+    finally:
+        for logger in loggers:
+            logger.close()
+
+
+def _epochs_then_report(run: Run, progress: Progress, deadline: float | None, metrics: list[str],
+                        loggers: list[Any]) -> dict[str, Any]:
+    config, state, processes, run_dir = run.config, run.state, run.processes, run.run_dir
+    assert config.epochs is not None
     metrics_path = run_dir / rundir.METRICS_FILE
     for epoch in range(state.epoch, config.epochs):
         late = deadline is not None and bool(state.history) and \
@@ -211,7 +225,7 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
         state.history.append(stats)
         run.host.epoch_end(state)
         distributed.check_agreement(agreed_state(run), processes, f"epoch {epoch}")
-        record = {**stats.to_json(), "class_eps": used_eps}
+        record = {**stats.to_json(), "class_eps": used_eps, "higher_is_better": run.task.metric.higher_is_better}
         diagnostics = epoch_diagnostics(run)
         if diagnostics:
             record["diagnostics"] = diagnostics
@@ -227,6 +241,9 @@ def _train_and_evaluate(run: Run, progress: Progress, deadline: float | None, me
             rundir.save_checkpoint(run_dir / rundir.CHECKPOINT_FILE, payload)
             write_metrics(metrics_path, metrics + [json.dumps(record)])
             metrics.append(json.dumps(record))
+            history = [json.loads(line) for line in metrics]
+            for logger in loggers:
+                logger.log_epoch(record, history)
 
         distributed.on_main(write_epoch, processes, "the checkpoint")
         progress.end_epoch(stats)

@@ -1,0 +1,1 @@
+"""Built-in epoch loggers (``register_loggers``, selected with ``--log``): one module each."""
