@@ -6,7 +6,8 @@ accuracy keeps rising. This trains PGD-AT on a balanced CIFAR-10 subset (500 tra
 images per class, 10 % held out for validation, 200 test images per class; cnn4, PGD-5 at
 8/255, SGD 0.1 with the step schedule, 30 epochs) with ``keep_best = "robust-overall"``, and
 records each epoch's validation clean and robust accuracy, and the test report of the last
-and of the best checkpoint. Resumable: a finished run is read, an interrupted one resumed.
+and of the best checkpoint. ``--dataset digits``: the embedded digits, balanced, 20 % held out,
+its own protocol's model and budget, trained until its training robust accuracy is 1. Resumable: a finished run is read, an interrupted one resumed.
 
     python benchmarks/robust_overfitting.py [--checkout DIR] [--epochs 30]
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, help="import robx from this checkout (as engine_equivalence.py)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--n-max", type=int, default=500, help="training images per class (before validation)")
+    parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "digits"))
     parser.add_argument("--runs", type=Path, default=Path("/tmp/robx-robust-overfitting"))
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
@@ -41,10 +43,15 @@ def main() -> None:
     from robx.core.config import TrainConfig
     from robx.core.engine import train
 
-    config = TrainConfig(dataset="cifar10", imbalance="none", n_max=args.n_max, n_test_per_class=200, val_fraction=0.1,
-                         epochs=args.epochs, schedule="step", lr=0.1, steps=5, eval_steps=20, plugins=["pgd"],
-                         keep_best="robust-overall", seed=0)
-    name = f"cifar10-balanced{args.n_max}-pgd-{args.epochs}"
+    if args.dataset == "digits":  # its own protocol's model and budget (smallcnn16, eps 0.1, PGD-10), all 1,347 images
+        config = TrainConfig(dataset="digits", imbalance="none", val_fraction=0.2, epochs=args.epochs, schedule="step",
+                             lr=0.1, plugins=["pgd"], keep_best="robust-overall", seed=0)
+        name = f"digits-balanced-pgd-{args.epochs}"
+    else:
+        config = TrainConfig(dataset="cifar10", imbalance="none", n_max=args.n_max, n_test_per_class=200,
+                             val_fraction=0.1, epochs=args.epochs, schedule="step", lr=0.1, steps=5, eval_steps=20,
+                             plugins=["pgd"], keep_best="robust-overall", seed=0)
+        name = f"cifar10-balanced{args.n_max}-pgd-{args.epochs}"
     run_dir = args.runs / name
     if not (run_dir / "report.json").exists():
         train(config, run_dir, resume=(run_dir / "checkpoint.pt").exists())
