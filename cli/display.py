@@ -88,8 +88,6 @@ class LineProgress:
 
     def start_training(self, epochs: int, first_epoch: int) -> None:
         self.epochs = epochs
-        if first_epoch:
-            self.console.print(f"resuming at epoch {first_epoch} of {epochs}", soft_wrap=True)
 
     def start_epoch(self, epoch: int, batches: int) -> None:
         pass

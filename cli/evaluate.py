@@ -87,7 +87,7 @@ app.command("eval")(with_attack_options(eval_))
 
 
 #: what robx audit writes: the summary first (it names its writer, see prepare_output_dir)
-AUDIT_OUTPUTS = ("audit.json", "per-class.png")
+AUDIT_OUTPUTS = ("audit.json", "per_class.png")
 
 
 def audit(
@@ -107,7 +107,7 @@ def audit(
     n_eval: Annotated[Optional[int], typer.Option(help="A stratified test subset of this size.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="dataset.KEY=VALUE (repeatable).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize the images of --dataset folder:PATH to S x S.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write audit.json and per-class.png here (default: "
+    out: Annotated[Optional[Path], typer.Option(help="Write audit.json and per_class.png here (default: "
                                                      "runs/audit-<arch>-<dataset>-<time>).")] = None,
     force: Annotated[bool, typer.Option(help="Replace robx's outputs in an existing --out.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -147,7 +147,7 @@ def audit(
         print_report(console, report, f"{model_file.name} ({arch}) on {config.dataset}: {attack.describe()}")
         _print_attacked_confusion(report)
         _write_audit(target, model_file, arch, config.dataset or "", reports)
-    console.print(f"written: {target / 'audit.json'}, {target / 'per-class.png'}")
+    console.print(f"written: {target / 'audit.json'}, {target / 'per_class.png'}")
 
 
 def _audit_attacks(attacks: Optional[str]) -> list[str]:
@@ -167,13 +167,13 @@ def _audit_attacks(attacks: Optional[str]) -> list[str]:
 
 
 def _write_audit(target: Path, model_file: Path, arch: str, dataset: str, reports: dict[str, Any]) -> None:
-    """audit.json (every attack's report) and per-class.png (the first attack's)."""
+    """audit.json (every attack's report) and per_class.png (the first attack's)."""
     from robx.core.files import WRITTEN_BY, make_directory, write_json
     from robx.core.report import plot_per_class
 
     make_directory(target)
     first = next(iter(reports.values()))
-    plot_per_class(first, target / "per-class.png", f"{model_file.name} ({arch}): {next(iter(reports))}")
+    plot_per_class(first, target / "per_class.png", f"{model_file.name} ({arch}): {next(iter(reports))}")
     write_json(target / "audit.json", {"model_file": str(model_file.resolve()), "arch": arch,
                                        "dataset": dataset, "attacks": reports, WRITTEN_BY: "robx audit"})
 

@@ -101,6 +101,14 @@ def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool
     if not processes.main:
         run_training(config, run_dir, force=force, resume=resume, progress=SilentProgress())
         return
+    if resume:
+        from robx.core.engine import saved_config
+        from robx.core.rundir import finished_epoch
+
+        done = finished_epoch(run_dir)
+        if done is not None:
+            console.print(f"robx: resuming {run_dir} at epoch {done + 2} of {saved_config(run_dir).epochs} "
+                          f"(its checkpoint holds {done + 1})", soft_wrap=True)
     with progress_for(console) as progress:
         report = run_training(config, run_dir, force=force, resume=resume, progress=progress)
     print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']}), "
@@ -109,7 +117,7 @@ def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool
         best = report["best"]
         console.print(f"best checkpoint: epoch {best['epoch']} ({best['metric']} {best['score']:.3f} on validation), "
                       f"{run_dir / 'best.pt'}; its test report: {run_dir / best['report']}")
-    console.print(f"run directory: {run_dir}")
+    console.print(f"run directory: {run_dir} (report.json, the plot {run_dir / 'per_class.png'})", soft_wrap=True)
 
 
 def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path], config: Optional[TrainConfig] = None,

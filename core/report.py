@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def plot_per_class(report: dict[str, Any], path: Path, title: str) -> None:
         ax.set_ylim(0, 1.18)
         ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel(metric["name"] + ("" if metric["higher_is_better"] else " (lower is better)"))
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(fig.get_figwidth() * 13))), fontsize=10)  # fits the figure
     minority_key = [] if balanced else [plt.Rectangle((0, 0), 1, 1, fill=False, hatch="//")]
     ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False,
               handles=ax.get_legend_handles_labels()[0] + minority_key,

@@ -107,7 +107,7 @@ def test_audit_scores_a_model_robx_did_not_train_per_class(robx_here, trained_ru
     assert result.returncode == 0, result.stderr
     assert "where the attack sends each class" in result.stdout
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert (tmp_path / "audit" / "per-class.png").stat().st_size > 1000
+    assert (tmp_path / "audit" / "per_class.png").stat().st_size > 1000
     (report,) = audit["attacks"].values()
     evaluated = robx_here("eval", trained_run, "--steps", "5", "--n-eval", "100")
     assert evaluated.returncode == 0, evaluated.stderr

@@ -108,5 +108,8 @@ def evaluate_run(
 
 
 def plot_title(config: TrainConfig, report: dict[str, Any]) -> str:
-    return (f"{config.dataset} {config.imbalance}-{config.ratio:g} | plugins: {'+'.join(report['plugins'])} | "
+    """The dataset by its short name (``folder:/data/pets``: pets), the protocol, the model,
+    the plugins and the attack (budgets as k/255)."""
+    dataset = (config.dataset or "").rpartition(":")[2].rstrip("/").rpartition("/")[2] or config.dataset
+    return (f"{dataset} {config.imbalance}-{config.ratio:g} | {config.model} | {'+'.join(report['plugins'])} | "
             f"{report['attack']['description']}")
