@@ -374,10 +374,7 @@ REGISTRATION: tuple[str, ...] = ("add_hookspecs", "register_tasks", "register_da
 
 
 
-# ---------------------------------------------------------------------------
-# retired hooks: robx no longer calls them; a plugin that implements one still loads, with
-# one warning naming the hook and what replaced it (pluggy's ``warn_on_impl``), for one release
-# ---------------------------------------------------------------------------
+# retired hooks: robx no longer calls them; an implementation warns (pluggy's warn_on_impl)
 
 
 class RetiredHookWarning(FutureWarning):

@@ -281,3 +281,16 @@ def test_core_imports_no_plugin_and_no_command_line():
                 if name.startswith("robx.cli") or (name.startswith("robx.plugins") and not (
                         path.name == "discovery.py" and name == "robx.plugins")):
                     raise AssertionError(f"{path.relative_to(ROOT)} imports {name}")
+
+
+def test_core_modules_and_functions_stay_small_enough_to_read():
+    """No core module over 400 lines, no core or command-line function over 60: a reader holds
+    one module, and one function, in their head."""
+    for path in CORE_FILES:
+        lines = len(path.read_text().splitlines())
+        assert lines <= 400, f"{path.relative_to(ROOT)} has {lines} lines"
+    for path in [*CORE_FILES, *sorted((ROOT / "cli").glob("*.py"))]:
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{path.relative_to(ROOT)}: {node.name} has {length} lines"

@@ -248,6 +248,13 @@ def _epochs_then_report(run: Run, progress: Progress, deadline: float | None, me
         distributed.on_main(write_epoch, processes, "the checkpoint")
         progress.end_epoch(stats)
     run.host.train_end(state)
+    return _final_report(run, progress)
+
+
+def _final_report(run: Run, progress: Progress) -> dict[str, Any]:
+    """The evaluated model (the weight average where a plugin keeps one) on the test set, and
+    the best checkpoint's where the run keeps one; both written by process 0."""
+    state, processes, run_dir = run.state, run.processes, run.run_dir
     model = state.model
     parameters = run.host.averaged_weights(state)
     if parameters is not None:
