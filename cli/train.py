@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from robx.cli.app import app, console, metric_name, name_part, saved_device
+from robx.api import default_run_dir
+from robx.cli.app import app, console, metric_name, saved_device
 from robx.cli.options import config_values, with_config_options
 from robx.core.config import TrainConfig, load_toml
 from robx.core.errors import Interrupted, OptionError, RobxError
 from robx.core.options import parse_set_overrides
-from robx.core.registry import registry, resolved_config
+from robx.core.registry import resolved_config
 
 
 #: the most processes ``--nproc`` starts on one machine
 MAX_PROCESSES = 1024
-
-
-def _default_run_dir(config: TrainConfig) -> Path:
-    """runs/DATASET-PLUGINS-seedS-TIME, the plugins as listed (with the loss), or the
-    fallback adversary's name when none is: a name, not a second resolution of the selection."""
-    from robx.core.discovery import fallback_adversary
-    from robx.core.selection import DEFAULT_LOSS
-
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    listed = [*config.plugins, *([config.loss] if config.loss != DEFAULT_LOSS else [])]
-    names = "+".join(listed) or fallback_adversary()
-    dataset = config.dataset or registry().default_dataset
-    return Path("runs") / f"{name_part(dataset)}-{names}-seed{config.seed}-{stamp}"
 
 
 def train(
@@ -71,7 +58,7 @@ def train(
     if nproc is not None:
         return launch_processes(context, nproc, None, config, out, force)
     with distributed.joined(config.device) as processes:
-        run_dir = distributed.from_main(out or _default_run_dir(config), processes)
+        run_dir = distributed.from_main(out or default_run_dir(config), processes)
         _train_on(processes, config, run_dir, force=force)
 
 
@@ -143,7 +130,7 @@ def launch_processes(context: typer.Context, nproc: int, resume: Optional[Path],
         if resolved.batch_size is not None and resolved.batch_size < nproc:
             raise OptionError(f"--batch-size {resolved.batch_size} is the global batch: it leaves some of the "
                               f"{nproc} processes without an example")
-        out = out or _default_run_dir(config)
+        out = out or default_run_dir(config)
         check_new_run_dir(out, force)
         args += ["--out", str(out)] + (["--force"] if force else [])
     else:

@@ -145,7 +145,7 @@ def train(dataset: str | None = None, plugins: Sequence[str] | str = (), *, out:
     from robx.core.engine import train as run_training
 
     config = _config(dataset, plugins, options)
-    run_dir = Path(out) if out is not None else _default_dir(config)
+    run_dir = Path(out) if out is not None else default_run_dir(config)
     if progress:
         from rich.console import Console
 
@@ -158,12 +158,16 @@ def train(dataset: str | None = None, plugins: Sequence[str] | str = (), *, out:
     return Run(run_dir)
 
 
-def _default_dir(config: TrainConfig) -> Path:
+def default_run_dir(config: TrainConfig) -> Path:
+    """runs/DATASET-PLUGINS-seedS-TIME (``robx train`` and :func:`train` without ``out``): the
+    dataset by its short name, the plugins as listed with the loss, or the fallback adversary's
+    name when none is."""
     from robx.core.discovery import fallback_adversary
     from robx.core.selection import DEFAULT_LOSS
 
     listed = [*config.plugins, *([config.loss] if config.loss != DEFAULT_LOSS else [])]
-    dataset = (config.dataset or registry().default_dataset or "data").replace(":", "-").replace("/", "-")
+    scheme, colon, rest = (config.dataset or registry().default_dataset or "data").partition(":")
+    dataset = f"{scheme}-{Path(rest).name}" if colon else scheme  # folder:/data/pets -> folder-pets
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{dataset}-{'+'.join(listed) or fallback_adversary()}-seed{config.seed}-{stamp}"
 
