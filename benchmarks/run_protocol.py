@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,13 @@ def continue_or_start(config: TrainConfig, run_dir: Path) -> dict[str, bool]:
             print(f"continue {run_dir} from its checkpoint", flush=True)
             return {"resume": True}
     return {"force": True}
+
+
+def cpu_seconds() -> float:
+    """User and system CPU time of this process: with one torch thread (OMP_NUM_THREADS=1) the
+    cost of a run, whatever else the machine runs beside it (wall time is not, on a shared one)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def parse_value(text: str):
@@ -77,14 +85,15 @@ def main() -> None:
             values = {**base, **protocol["methods"][method], "seed": seed}
             config = TrainConfig.from_dict(values)
             run_dir = RUNS / out_dir.name / f"{method}-seed{seed}"
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), cpu_seconds()
             how = continue_or_start(config, run_dir)
             report = train(config, run_dir, **how)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             write_result(result_path, {
                 "protocol": args.protocol, "variant": variant, "method": method, "seed": seed,
-                "wall_seconds": round(seconds, 1), "continued_from_checkpoint": "resume" in how,
+                "wall_seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                "continued_from_checkpoint": "resume" in how,
                 "config": resolved_config(config).to_dict(), "run_dir": str(run_dir),
                 "epoch_seconds": [m["seconds"] for m in metrics], "final_train_loss": metrics[-1]["loss"],
                 **({"diagnostics": [m["diagnostics"] for m in metrics]} if "diagnostics" in metrics[0] else {}),

@@ -203,6 +203,15 @@ class Attack:
         """The same attack moving only the victims' coordinates."""
         return replace(self, mask=mask)
 
+    def scaled(self, *, steps: int, step_size: float, radius: float = 1.0) -> Attack:
+        """The same attack with ``steps`` steps of ``step_size`` x eps, projected onto the ball
+        of ``radius`` x eps: each example keeps its own budget (its class's eps), and a
+        single-step method states its step in units of it (FGSM-RS: one step of 1.25 eps;
+        N-FGSM: one step of eps, radius 3 eps so that nothing is clipped)."""
+        if steps < 1 or step_size <= 0 or radius <= 0:
+            raise ValueError(f"scaled: steps >= 1, step_size > 0 and radius > 0, got {steps}, {step_size}, {radius}")
+        return replace(self, steps=steps, alpha=self.eps * step_size, eps=self.eps * radius)
+
     def __call__(self, *, loss: AttackLoss | None = None, start: Start = "uniform", start_scale: float = 1.0,
                  start_std: float = 0.001, gaussian_in_box: bool = False,
                  targets: torch.Tensor | None = None) -> torch.Tensor:

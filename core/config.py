@@ -102,6 +102,10 @@ class TrainConfig:
         None, "Keep the checkpoint with the best validation score beside the last (best.pt), e.g. robust-worst "
               "(the worst class's robust score) or robust-minority; needs a validation split (--val-fraction). "
               "Guards against robust overfitting.")
+    collapse_check: float = setting(
+        0.5, "Catastrophic-overfitting check: after every epoch, PGD-5 on a fixed batch of 256 (validation examples "
+             "where there is a split); warn when its robust accuracy falls below this fraction of the epoch "
+             "before's, and with --keep-best report the best checkpoint, kept before the fall (0: off).")
     val_budget: Literal["uniform", "run"] = setting(
         "uniform", "The validation attack's budget: uniform (--eps for every class, as the test evaluation) or run "
                    "(the per-class budgets the run trains with, where a plugin sets them).")
@@ -185,6 +189,7 @@ class TrainConfig:
             (0 <= self.data_seed <= MAX_SEED, f"data_seed must be in [0, {MAX_SEED}], got {self.data_seed}"),
             (self.n_max is None or self.n_max >= 1, "n_max must be >= 1"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (0 <= self.collapse_check < 1, "collapse_check must be in [0, 1) (0: off)"),
             (self.n_eval is None or self.n_eval >= 1, "n_eval must be >= 1"),
             (within(self.eval_alpha, 0, math.inf), f"eval_alpha must be a finite number >= 0, got {self.eval_alpha}"),
             (within(self.eval_batch_size, 1, MAX_BATCH),

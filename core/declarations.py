@@ -27,7 +27,7 @@ from robx.core.state import VIEWS
 DECLARATIONS: dict[str, type | tuple[type, ...]] = {
     "name": str, "reads": (tuple, list), "trains_on": str, "identity_adversary": bool, "policy": (tuple, list),
     "yields": (tuple, list), "fallback": bool, "weighted_mean": bool, "head": str, "parts": (tuple, list),
-    "routes": dict, "moved_state": dict,
+    "routes": dict, "moved_state": dict, "reads_input_gradient": bool,
 }
 
 
@@ -116,6 +116,9 @@ class Plugin:
     Options: ClassVar[type | None] = None
     #: the forward-pass views it reads from the step: ``"clean"``, ``"adversarial"``
     reads: ClassVar[tuple[str, ...]] = ()
+    #: it reads ``step.input_gradient`` (in ``after_step``): the gradient of the step's loss
+    #: with respect to the trained rows, from the training backward itself (Free AT)
+    reads_input_gradient: ClassVar[bool] = False
     #: what the trained rows start from, where it decides: ``"clean"`` or ``"adversarial"``
     trains_on: ClassVar[str | None] = None
     #: an adversary whose x' is the clean batch itself (natural training)

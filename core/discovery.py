@@ -74,6 +74,10 @@ class PluginSpec:
         return bool(getattr(self.target, "identity_adversary", False))
 
     @property
+    def reads_input_gradient(self) -> bool:
+        return bool(getattr(self.target, "reads_input_gradient", False))
+
+    @property
     def parts(self) -> tuple[str, ...]:
         """The primitive plugins a recipe is made of (empty for a primitive plugin)."""
         return tuple(getattr(self.target, "parts", ()))

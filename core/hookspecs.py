@@ -144,9 +144,7 @@ def register_loggers(register: RegisterLogger) -> None:
 @hookspec
 def register_commands(register: RegisterCommand) -> None:
     """Register command-line commands: ``register(name, function)``, as simonw/llm's
-    ``register_commands``.
-
-    ``robx NAME`` runs ``function``; Typer turns its typed parameters into arguments and
+    ``register_commands``. ``robx NAME`` runs ``function``; Typer turns its typed parameters into arguments and
     options (``Annotated[..., typer.Option(help=...)]``) and its docstring into the help. A
     :class:`robx.core.errors.RobxError` it raises is one line on stderr and exit status 2.
     A plugin package's own tool is a command; a name must be unique and not one of the
@@ -167,8 +165,7 @@ def select_victims(step: Step, state: TrainState) -> torch.Tensor | None:
     boolean mask broadcastable to ``step.x`` (``True`` = may move) or ``None`` (every
     coordinate may move this step). The engine stores the result in ``step.victim_mask``
     and binds it to ``step.attack``. A selector reads gradients through ``step.attack``
-    (``saliency_gradient``, ``saliency_point``, ``model``), the same budget the attack has.
-    """
+    (``saliency_gradient``, ``saliency_point``, ``model``), the same budget the attack has."""
 
 
 @hookspec(firstresult=True)
@@ -182,8 +179,7 @@ def generate_adversary(step: Step, state: TrainState) -> torch.Tensor | None:
     which the engine binds to the model, each example's budget (``class_eps[labels]``),
     the victims, the task's box and loss, and the run's steps and norm; the adversary chooses
     the loss, the start and the targets. The attack runs the model in eval mode and leaves
-    its train/eval mode as it found it.
-    """
+    its train/eval mode as it found it."""
 
 
 @hookspec
@@ -197,8 +193,7 @@ def augment(step: Step, state: TrainState) -> None:
     ``row_labels`` (a mixed row: the class it counts for), so other plugins can weight it.
     Replace the tensors, never modify them in place. When the rows are no longer ``x'`` and
     no plugin reads the adversarial view, the class statistics get the adversarial
-    predictions from one extra no-grad eval-mode pass. Returns nothing.
-    """
+    predictions from one extra no-grad eval-mode pass. Returns nothing."""
 
 
 @hookspec
@@ -209,8 +204,7 @@ def weight_samples(step: Step, state: TrainState) -> torch.Tensor | None:
     plugins and the per-class loss weights (``state.class_weights``, from the owner's
     :func:`class_policy`), so weights compose.
     Weight by ``step.row_labels`` (not ``step.y``): rows that ``augment`` added or mixed
-    have a class too. The loss is ``mean(w * per_sample_loss)``.
-    """
+    have a class too. The loss is ``mean(w * per_sample_loss)``."""
 
 
 @hookspec
@@ -220,8 +214,7 @@ def extra_loss(step: Step, state: TrainState) -> torch.Tensor | dict[str, torch.
     Shared: called after the forward passes with ``step.outputs``, ``step.features``,
     ``step.per_sample_loss`` and the views the plugin ``reads`` (``step.clean_outputs``,
     ``step.adv_features``, ...) filled in. All results are summed into the loss and logged
-    under their names (the plugin name for a bare scalar).
-    """
+    under their names (the plugin name for a bare scalar)."""
 
 
 @hookspec(firstresult=True)
@@ -229,8 +222,7 @@ def training_loss(step: Step, state: TrainState) -> torch.Tensor | None:
     """Per-sample training loss on ``step.outputs`` vs ``step.targets``.
 
     Owned. Without an owner the task's loss is used (cross-entropy for classification,
-    with soft targets when ``targets`` are soft).
-    """
+    with soft targets when ``targets`` are soft)."""
 
 
 @hookspec(firstresult=True)
@@ -239,8 +231,7 @@ def sampling_weights(state: TrainState, labels: torch.Tensor) -> torch.Tensor | 
 
     Owned. Called at the start of every epoch with the training labels. When the owner
     answers, the epoch's batches are drawn with replacement with these (unnormalised)
-    probabilities instead of a shuffled pass (class-balanced resampling).
-    """
+    probabilities instead of a shuffled pass (class-balanced resampling)."""
 
 
 # ---------------------------------------------------------------------------
@@ -283,8 +274,7 @@ def training_set(state: TrainState, train: Split) -> Split | None:
     the answer has inputs of the same shape and dtype the task's ``inputs`` accepts, one
     label per example, and becomes ``task.data.train``: its class counts are the run's.
     It must be a function of the split and ``state.config`` only (a resumed run calls it
-    again and must get the same examples).
-    """
+    again and must get the same examples)."""
 
 
 @hookspec(firstresult=True)
@@ -296,8 +286,7 @@ def trained_class_counts(state: TrainState, dataset_counts: torch.Tensor) -> tor
     the grown counts; ``None`` keeps the training set's. The answer is
     ``state.class_counts``, the one definition of "class counts" every plugin uses
     (class-balanced weights, LDAM margins, balanced softmax, Remix, resampling).
-    Samplers change how often examples are drawn, not this count.
-    """
+    Samplers change how often examples are drawn, not this count."""
 
 
 @hookspec(firstresult=True)
@@ -310,6 +299,14 @@ def averaged_weights(state: TrainState) -> dict[str, torch.Tensor] | None:
     model's floating-point buffers too: then they are used as given, CFA's choice),
     checkpoints it as ``eval_model`` and evaluates it. ``None`` evaluates the last iterate.
     """
+
+
+@hookspec(firstresult=True)
+def batch_replays(state: TrainState) -> int | None:
+    """How many consecutive training steps the engine takes on each batch, or ``None`` (one).
+
+    Owned (Free AT's minibatch replay). Asked once when the run is built; the learning-rate
+    schedule counts every step, and the epoch's loss and statistics average over the replays."""
 
 
 # ---------------------------------------------------------------------------
@@ -345,7 +342,8 @@ def epoch_end(state: TrainState) -> None:
 
 @hookspec
 def after_step(step: Step, state: TrainState) -> None:
-    """Called after every optimiser step (per-step weight averaging such as EMA)."""
+    """Called after every optimiser step (per-step weight averaging such as EMA; Free AT's
+    perturbation update from ``step.input_gradient``)."""
 
 
 #: Owned hooks and, for the one-line conflict error, what their owner decides.
@@ -357,6 +355,7 @@ OWNED: dict[str, str] = {
     "training_set": "replace the training set",
     "trained_class_counts": "define the class counts the run trains on",
     "averaged_weights": "choose the evaluated model (weight averaging)",
+    "batch_replays": "replay each batch",
 }
 
 

@@ -9,6 +9,7 @@ with its plugin manager, so only they run. What a plugin may declare beside its 
 * ``reads = ("clean", "adversarial")``: the forward-pass views it reads from the step
   (``step.clean_outputs``/``clean_features``, ``step.adv_outputs``/``adv_features``); the
   engine computes them;
+* ``reads_input_gradient = True``: it reads ``step.input_gradient`` after the backward;
 * ``trains_on = "clean"`` or ``"adversarial"``: what the trained rows start from, the
   clean batch (TRADES' natural term) or x' (the default when no plugin declares it). It
   is an owned quantity: two selected plugins that declare it are rejected, as two owners
@@ -89,6 +90,7 @@ class PluginHost:
                                for name in dict.fromkeys(selection.part_of.values())}
         #: the forward-pass views some selected plugin reads, and what the rows start from
         self.views = frozenset(view for spec in self.specs.values() for view in spec.reads)
+        self.reads_input_gradient = any(spec.reads_input_gradient for spec in self.specs.values())  # Free AT
         rows_owner = self.owners.get("trains_on")
         self.trains_on = self.specs[rows_owner].trains_on if rows_owner is not None else "adversarial"
         #: whether the adversary declares that its x' is the clean batch (natural training)
@@ -218,6 +220,16 @@ class PluginHost:
 
     def sampling_weights(self, state: TrainState, labels: torch.Tensor) -> torch.Tensor | None:
         return self._owned("sampling_weights", state=state, labels=labels)
+
+    def batch_replays(self, state: TrainState) -> int:
+        """The training steps the engine takes on each batch (1 unless an owner replays)."""
+        replays = self._owned("batch_replays", state=state)
+        if replays is None:
+            return 1
+        owner = self.owners["batch_replays"]
+        self._returned(owner, "batch_replays", replays, "None or an int >= 1",
+                       isinstance(replays, int) and not isinstance(replays, bool) and replays >= 1)
+        return replays
 
     # --- owned per-class quantities ----------------------------------------------------
 

@@ -71,7 +71,9 @@ class Step:
     ``adv_outputs``/``adv_features`` (f(x')) when a selected plugin declares
     ``reads = ("clean", ...)`` / ``("adversarial", ...)``. A view that coincides with the
     trained rows is the same tensor, not a second pass. Plugins never call the model in
-    train mode themselves.
+    train mode themselves. After the backward, ``input_gradient`` holds the gradient of the
+    step's loss with respect to the trained rows when a selected plugin declares
+    ``reads_input_gradient`` (Free AT reads it in ``after_step``).
     """
 
     x: torch.Tensor
@@ -90,6 +92,7 @@ class Step:
     adv_outputs: torch.Tensor | None = None
     adv_features: torch.Tensor | None = None
     per_sample_loss: torch.Tensor | None = None
+    input_gradient: torch.Tensor | None = None
     identity_adversary: bool = False
     rows_source: Literal["clean", "adversarial"] = "adversarial"
     rows_changed: bool = False

@@ -84,6 +84,11 @@ class EpochStats:
     loss_terms: dict[str, float] = field(default_factory=dict)
     lr: float = float("nan")
     seconds: float = float("nan")
+    #: the CPU time of the epoch's training (every thread of the process): with one thread, its
+    #: cost whatever else the machine runs; with a GPU, the host's share only
+    cpu_seconds: float = float("nan")
+    #: robust accuracy of the catastrophic-overfitting check's batch (``--collapse-check``)
+    collapse_check: float | None = None
 
     def to_state(self) -> dict[str, Any]:
         """Tensors and plain values only, for checkpoints that load with ``weights_only=True``."""
@@ -104,6 +109,7 @@ class EpochStats:
             "loss_terms": self.loss_terms,
             "lr": self.lr,
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
             "train": self.train.to_json(),
             "val": None if self.val is None else self.val.to_json(),
             **({"val_attack": self.val_attack} if self.val_attack else {}),

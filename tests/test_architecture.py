@@ -87,7 +87,7 @@ def test_plugins_save_and_restore_their_own_state():
         assert saves_state(spec.target) == loads, f"plugin '{spec.name}' overrides only one of state_dict / load_state_dict"
         if saves_state(spec.target):
             stateful.add(spec.name)
-    assert stateful == {"swa", "ema", "dafa", "fairtat", "cfa", "mingre"}
+    assert stateful == {"swa", "ema", "dafa", "fairtat", "cfa", "mingre", "free"}
     for path in PLUGIN_FILES:
         assert "stash" not in path.read_text(), f"{path.name} mentions a stash"
         for cls in [node for node in _tree(path).body if isinstance(node, ast.ClassDef)
@@ -223,7 +223,7 @@ CORE_FLOORS: tuple[frozenset[str], ...] = (
                "registered"}),  # contracts
     frozenset({"discovery", "selection", "plugins", "registry"}),  # discovery, selection, the host, the registries
     frozenset({"engine", "engine.build", "engine.step", "engine.checkpoints", "engine.evaluation", "engine.loop",
-               "engine.best"}),
+               "engine.best", "engine.collapse"}),
     # the engine
 )
 

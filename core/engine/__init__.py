@@ -19,7 +19,8 @@ from robx.core.engine.build import (CHANNELS_LAST_BY_DEVICE, DEVICE_DATA_SHARE, 
                                     placed_model, refresh_class_quantities, step_precision)
 from robx.core.engine.checkpoints import load_run, run_dir_held, saved_config
 from robx.core.engine.evaluation import averaged_eval_model, eval_attack, evaluate_run, plot_title
-from robx.core.engine.loop import split_stats, train, train_epoch, validation_attack
+from robx.core.engine.evaluation import split_stats
+from robx.core.engine.loop import train, train_epoch, validation_attack
 from robx.core.engine.step import (bound_attack, epoch_batches, forward_passes, on_batch_source, planned_attack,
                                    prepared_step, statistics_views, train_step, training_batch)
 

@@ -137,6 +137,8 @@ class Run:
     training_attack: AttackPlan | None = None
     #: the epoch of the best checkpoint so far, ``{metric, epoch, score}`` (``--keep-best``)
     best: dict[str, Any] | None = None
+    #: training steps on each batch (``batch_replays``: Free AT's m; 1 otherwise)
+    replays: int = 1
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -252,8 +254,8 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
         data.train = _checked_training_set(replaced, data.train, data.num_classes, host.owners["training_set"])
     dataset_counts = torch.tensor(data.class_counts())
     state.class_counts = dataset_counts.to(device)
-    steps_per_epoch = -(-len(data.train) // config.batch_size)
-    scheduler, per_batch = build_scheduler(config, optimizer, steps_per_epoch)
+    replays = host.batch_replays(state)  # the schedule counts every step of every replay
+    scheduler, per_batch = build_scheduler(config, optimizer, replays * -(-len(data.train) // config.batch_size))
     trained_counts = host.trained_class_counts(state, dataset_counts)
     if trained_counts is not None:
         state.class_counts = _per_class(trained_counts, state, "trained_class_counts")
@@ -269,7 +271,7 @@ def build_run(config: TrainConfig, run_dir: Path) -> Run:
                                         steps=config.steps, norm=config.norm, seed=config.seed,
                                         example_shape=tuple(data.train.x.shape[1:]), what="eps")
     return Run(config, data, task, host, state, scheduler, per_batch, generator, run_dir, processes, passes,
-               batch_source, layout, real_class_counts, smallest, training_attack)
+               batch_source, layout, real_class_counts, smallest, training_attack, replays=replays)
 
 
 def checked_model(config: TrainConfig, found: Registry, task: Task, head: str, processes: Processes) -> torch.nn.Module:

@@ -1,5 +1,6 @@
 """Evaluating a run: the evaluated model (the last iterate, or a plugin's average with its
-BatchNorm statistics), the evaluation attack, and the per-class report."""
+BatchNorm statistics), the evaluation attack, the per-class report, and the statistics of a held-out
+split (validation, the catastrophic-overfitting check)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import torch
 
 from robx.core import distributed
 from robx.core.attack_plans import AttackPlan
+from robx.core.attacks import eval_mode, logits_of
 from robx.core.averaging import cumulative_batchnorm, holds_buffers, with_parameters
 from robx.core.config import TrainConfig
-from robx.core.data import batch_indices, check_subset_size, stratified_subset
+from robx.core.data import Split, batch_indices, check_subset_size, stratified_subset
 from robx.core.distributed import BatchPasses
-from robx.core.evaluate import evaluate
+from robx.core.evaluate import evaluate, seeded_batches
 from robx.core.registry import registry
 from robx.core.report import build_report
+from robx.core.stats import SplitStats
 from robx.core.engine.build import Progress, Run
 from robx.core.engine.step import forward_passes, on_batch_source, planned_attack, prepared_step, training_batch
 
@@ -113,3 +116,20 @@ def plot_title(config: TrainConfig, report: dict[str, Any]) -> str:
     dataset = (config.dataset or "").rpartition(":")[2].rstrip("/").rpartition("/")[2] or config.dataset
     return (f"{dataset} {config.imbalance}-{config.ratio:g} | {config.model} | {'+'.join(report['plugins'])} | "
             f"{report['attack']['description']}")
+
+
+def split_stats(run: Run, split: Split, attack: AttackPlan) -> SplitStats:
+    """Clean and robust statistics of a held-out split under ``attack`` (the model in eval
+    mode). As in :func:`robx.core.evaluate.evaluate`, batch k has a random stream seeded
+    from (seed, k) and runs on process k mod W; the processes' sums are added up."""
+    config, state, processes = run.config, run.state, run.processes
+    tracker = run.task.statistics(state.device)
+    with eval_mode(state.model):
+        for _, idx in seeded_batches(len(split), config.eval_batch_size, config.seed, processes, state.device):
+            part = split.subset(idx)
+            x, y, labels = run.task.inputs(part.x.to(state.device)), part.y.to(state.device), part.labels.to(state.device)
+            x_adv = attack(state.model, run.task, x, y, labels)
+            with torch.no_grad():
+                tracker.update(labels, y, logits_of(state.model, x), logits_of(state.model, x_adv))
+    distributed.sum_across(tracker.summed_tensors(), processes)
+    return tracker.result()

@@ -17,23 +17,21 @@ from robx.core import distributed
 from robx.core.distributed import Processes
 from robx.core import rundir
 from robx.core.attack_plans import AttackPlan
-from robx.core.attacks import eval_mode, logits_of
 from robx.core.config import TrainConfig
-from robx.core.data import Split
 from robx.core.errors import Interrupted, NonFiniteLossError, RobxError, TrainingPaused
-from robx.core.evaluate import seeded_batches
 from robx.core.registry import registry
 from robx.core.files import write_json
 from robx.core.options import options_as_dict
 from robx.core.report import plot_per_class
-from robx.core.stats import EpochStats, SplitStats
+from robx.core.stats import EpochStats
 from robx.kernels import OPS as KERNEL_OPS
 from robx.kernels import dispatch_rule
 from robx.core.engine.best import best_weights, is_new_best, save_best
 from robx.core.engine.build import Progress, Run, SilentProgress, build_run, refresh_class_quantities
+from robx.core.engine.collapse import collapse_check, collapses
 from robx.core.engine.checkpoints import (check_same_data, checkpoint_payload, kept_checkpoint, kept_metrics, restore,
                                           run_dir_held, saved_config, write_metrics)
-from robx.core.engine.evaluation import averaged_eval_model, evaluate_run, plot_title
+from robx.core.engine.evaluation import averaged_eval_model, evaluate_run, plot_title, split_stats
 from robx.core.engine.step import epoch_batches, on_batch_source, planned_attack, train_step, training_batch
 
 
@@ -47,29 +45,12 @@ def validation_attack(run: Run) -> AttackPlan:
     return planned_attack(run, None, alpha=config.alpha, steps=config.steps, class_budget=budget)
 
 
-def split_stats(run: Run, split: Split, attack: AttackPlan) -> SplitStats:
-    """Clean and robust statistics of a held-out split under ``attack`` (the model in eval
-    mode). As in :func:`robx.core.evaluate.evaluate`, batch k has a random stream seeded
-    from (seed, k) and runs on process k mod W; the processes' sums are added up."""
-    config, state, processes = run.config, run.state, run.processes
-    tracker = run.task.statistics(state.device)
-    with eval_mode(state.model):
-        for _, idx in seeded_batches(len(split), config.eval_batch_size, config.seed, processes, state.device):
-            part = split.subset(idx)
-            x, y, labels = run.task.inputs(part.x.to(state.device)), part.y.to(state.device), part.labels.to(state.device)
-            x_adv = attack(state.model, run.task, x, y, labels)
-            with torch.no_grad():
-                tracker.update(labels, y, logits_of(state.model, x), logits_of(state.model, x_adv))
-    distributed.sum_across(tracker.summed_tensors(), processes)
-    return tracker.result()
-
-
 def train_epoch(run: Run, progress: Progress) -> EpochStats:
     """One pass over the training set; across processes, each trains on its slice of every
     global batch, and the epoch's statistics, losses and BatchNorm statistics are then
     combined, so every process ends the epoch with the same numbers and the same model."""
     config, state, data, processes = run.config, run.state, run.data, run.processes
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     tracker = run.task.statistics(state.device)
     loss_sums: dict[str, torch.Tensor] = {}
     assert config.batch_size is not None
@@ -78,14 +59,16 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
     indices = on_batch_source(run, [idx for idx, _ in shards])
     for idx, (_, share) in zip(indices, shards):
         x, y, labels = training_batch(run, idx)
-        train_step(run, x, y, labels, tracker, loss_sums, share)
+        for _ in range(run.replays):
+            train_step(run, x, y, labels, tracker, loss_sums, share)
         progress.advance_batch()
     if not run.schedule_per_batch:
         run.scheduler.step()
     distributed.sum_across([*tracker.summed_tensors(), *(loss_sums[name] for name in sorted(loss_sums))], processes)
     if not config.sync_bn:
         distributed.sync_batchnorm_statistics(state.model, config.dist_bn, processes)
-    seen = float(len(data.train))
+    cpu_seconds = time.process_time() - cpu_started
+    seen = float(len(data.train)) * run.replays
     totals = {name: float(value) / seen for name, value in loss_sums.items()}  # one host sync
     if not all(np.isfinite(v) for v in totals.values()):
         raise NonFiniteLossError(
@@ -105,6 +88,7 @@ def train_epoch(run: Run, progress: Progress) -> EpochStats:
         loss_terms=totals,
         lr=state.optimizer.param_groups[0]["lr"],
         seconds=time.perf_counter() - started,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -229,6 +213,9 @@ def _epochs_then_report(run: Run, progress: Progress, deadline: float | None, me
         diagnostics = epoch_diagnostics(run)
         if diagnostics:
             record["diagnostics"] = diagnostics
+        check = collapse_check(run, stats)
+        if check is not None:
+            record["collapse_check"] = check
         kept_best = is_new_best(run, stats)
         if run.best is not None:
             record["best"] = {**run.best, "new": kept_best}
@@ -267,6 +254,11 @@ def _final_report(run: Run, progress: Progress) -> dict[str, Any]:
     best_report = _best_report(run, progress) if run.best is not None else None
     if best_report is not None:
         report["best"] = {**best_report["best"], "report": rundir.BEST_REPORT_FILE}
+    fell = collapses(run)
+    if fell:  # catastrophic overfitting: the model to report is the one kept before it, where there is one
+        last = {"checkpoint": "last", "summary": report["summary"]}
+        report = {**best_report, "last": last} if best_report is not None else report
+        report["collapse"] = {"epochs": fell}
 
     def write_report() -> None:
         if best_report is not None:

@@ -148,6 +148,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
     state, host, model = run.state, run.host, run.state.model
     with step_precision(run.config, state.device):  # the backward runs outside autocast, as torch advises
         step = prepared_step(run, x, y, labels)
+        if host.reads_input_gradient:  # the backward then also gives dL/d(rows) (Free AT)
+            step.inputs = step.inputs.detach().requires_grad_(True)
         model.train()
         forward_passes(run.passes, step, host.views)
         per_sample = host.training_loss(step, state)
@@ -170,6 +172,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
             tracker.update(labels, y, clean_logits, robust_logits)
     state.optimizer.zero_grad(set_to_none=True)
     (total * share if share != 1.0 else total).backward()
+    step.input_gradient = step.inputs.grad if host.reads_input_gradient else None
     state.optimizer.step()
     if run.schedule_per_batch:
         run.scheduler.step()

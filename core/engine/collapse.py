@@ -1,0 +1,93 @@
+"""The catastrophic-overfitting check (``--collapse-check``): single-step adversarial training
+can lose its robustness within an epoch (Wong et al., ICLR 2020: PGD accuracy falls to about
+0 while FGSM accuracy climbs), and the epoch's training numbers, measured under the method's
+own attack, do not show it.
+
+After every epoch of a run with an adversary, PGD-5 (step eps / 4, the run's eps for every
+class; Wong et al.'s early-stopping check is PGD-5 at step 2/255 for eps 8/255) attacks one
+fixed batch of :data:`CHECK_SIZE` examples: drawn once, seeded, from the validation split,
+or from the training split when the run has none (the authors' check also reads a training
+batch). A *collapse* is a robust accuracy below ``collapse_check`` times the previous
+epoch's, where that was at least :data:`LEAST_BEFORE` (below it, a fall is noise on a batch
+of 256). The epoch's metrics record the check's accuracy and whether it collapsed; a collapse
+is one warning line; with ``--keep-best`` the run's report evaluates the best checkpoint,
+kept before the collapse, instead of the last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from robx.core.data import Split
+from robx.core.engine.build import Run
+from robx.core.engine.evaluation import split_stats
+from robx.core.engine.step import planned_attack
+from robx.core.errors import warn
+from robx.core.stats import EpochStats
+
+CHECK_SIZE = 256
+CHECK_STEPS = 5
+LEAST_BEFORE = 0.1
+
+
+def checked(run: Run) -> bool:
+    """Whether the run checks: on, with an adversary, on a task whose score is higher-is-better."""
+    return bool(run.config.collapse_check) and not run.host.identity_adversary and run.task.metric.higher_is_better
+
+
+def check_batch(run: Run) -> Split:
+    """The fixed examples the check attacks (the same every epoch and after a resume)."""
+    data = run.data
+    split = data.val if data.val is not None and len(data.val) else data.train
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(run.config.seed))
+    return split.subset(order[:CHECK_SIZE].sort().values)
+
+
+def check_accuracy(run: Run) -> float:
+    """Robust accuracy of the check batch under PGD-5 (the model in eval mode; the training
+    random stream is left as it was)."""
+    config = run.config
+    assert config.eps is not None
+    attack = planned_attack(run, None, alpha=config.eps / 4, steps=CHECK_STEPS)
+    stats = split_stats(run, check_batch(run), attack)
+    assert stats.robust is not None
+    counts = stats.counts.double()
+    return float((stats.robust.double() * counts).sum() / counts.sum())
+
+
+def collapse_check(run: Run, stats: EpochStats) -> dict[str, Any] | None:
+    """The epoch's check, ``{robust, collapsed}``, stored on ``stats`` (and so in the history a
+    resumed run reads), with one warning line on a collapse; ``None`` when the run does not check."""
+    if not checked(run):
+        return None
+    stats.collapse_check = accuracy = check_accuracy(run)
+    collapsed = stats.epoch in collapses(run)
+    if collapsed:
+        before = previous_accuracy(run, len(run.state.history) - 1)
+        fraction = run.config.collapse_check
+        keep = ("the report evaluates the best checkpoint, kept before it" if run.config.keep_best is not None else
+                "train with --keep-best robust-overall --val-fraction 0.1 to keep the model before it")
+        warn(f"catastrophic overfitting in epoch {stats.epoch}: PGD accuracy on the check batch fell from "
+             f"{before:.3f} to {accuracy:.3f} (below {fraction:g} x); {keep}")
+    return {"robust": round(accuracy, 4), "collapsed": collapsed}
+
+
+def previous_accuracy(run: Run, position: int) -> float | None:
+    """The check's accuracy in the last epoch before ``state.history[position]`` that has one."""
+    return next((e.collapse_check for e in reversed(run.state.history[:position]) if e.collapse_check is not None),
+                None)
+
+
+def collapses(run: Run) -> list[int]:
+    """The epochs of the run's history whose check collapsed (also after a resume: the history
+    is in the checkpoint)."""
+    fraction = run.config.collapse_check
+    found = []
+    for position, epoch in enumerate(run.state.history):
+        before = previous_accuracy(run, position)
+        if epoch.collapse_check is not None and before is not None and before >= LEAST_BEFORE \
+                and epoch.collapse_check < fraction * before:
+            found.append(epoch.epoch)
+    return found
