@@ -95,7 +95,10 @@ def main() -> None:
                 "wall_seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
                 "continued_from_checkpoint": "resume" in how,
                 "config": resolved_config(config).to_dict(), "run_dir": str(run_dir),
-                "epoch_seconds": [m["seconds"] for m in metrics], "final_train_loss": metrics[-1]["loss"],
+                "epoch_seconds": [m["seconds"] for m in metrics],
+                "epoch_cpu_seconds": [m.get("cpu_seconds") for m in metrics],
+                **({"collapse_checks": [m["collapse_check"] for m in metrics]} if "collapse_check" in metrics[0] else {}),
+                "final_train_loss": metrics[-1]["loss"],
                 **({"diagnostics": [m["diagnostics"] for m in metrics]} if "diagnostics" in metrics[0] else {}),
                 "report": report,
             })

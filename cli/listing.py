@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -20,7 +20,8 @@ from robx.core.registry import registry
 @app.command("report")
 def report_(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, result JSONs, or folders of them.")],
-    plot: Annotated[Path, typer.Option(help="Where to write the per-class comparison plot (PNG).")] = Path("robx-report.png"),
+    plot: Annotated[Optional[Path], typer.Option("--out", "--plot", help="Where to write the per-class comparison "
+                                                 "plot (PNG; default: robx-report.png beside the first run).")] = None,
     kind: Annotated[str, typer.Option(help="Plot robust or standard per-class accuracy.")] = "robust",
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregated rows as JSON.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print one Markdown table (for a README).")] = False,
@@ -34,6 +35,7 @@ def report_(
 
     if kind not in ("robust", "standard"):
         raise OptionError(f"--kind must be robust or standard, got {kind!r}")
+    plot = plot or paths[0].resolve().parent / "robx-report.png"
     if plot.is_dir() or not plot.parent.is_dir():
         raise OptionError(f"--plot {plot}: " + ("a directory; give a PNG file name" if plot.is_dir()
                                                  else f"the directory {plot.parent} does not exist"))

@@ -96,6 +96,9 @@ def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool
         if done is not None:
             console.print(f"robx: resuming {run_dir} at epoch {done + 2} of {saved_config(run_dir).epochs} "
                           f"(its checkpoint holds {done + 1})", soft_wrap=True)
+    from robx.core.engine.build import describe_device, resolve_device
+
+    console.print(f"device: {describe_device(resolve_device(config.device))}")
     with progress_for(console) as progress:
         report = run_training(config, run_dir, force=force, resume=resume, progress=progress)
     print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']}), "

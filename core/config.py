@@ -149,7 +149,8 @@ class TrainConfig:
     plugin_options: dict[str, dict[str, Any]] = setting(help="Plugin options (--set PLUGIN.KEY=VALUE).", factory=dict)
     seed: int = setting(0, "Seed of initialisation, batches and attacks.")
     # where and how the step runs
-    device: str = setting("auto", "auto, cpu or cuda.")
+    device: str = setting("auto", "auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N "
+                                  "(the N-th GPU, from 0).")
     precision: Precision = setting("fp32", "fp32 or bf16: autocast of the training step (attack, passes, loss); "
                                            "evaluation stays fp32.")
     channels_last: bool | None = setting(None, "Image batches and conv weights in channels_last (default: the "

@@ -147,7 +147,7 @@ def load_reports(paths: list[Path]) -> list[dict[str, Any]]:
         if problem is not None:
             raise RobxError(f"{file} is not a robx report: {problem}")
         report = dict(report)
-        report["method"] = data.get("method") or report.get("method") or "+".join(report.get("plugins", ["?"]))
+        report["method"] = data.get("method") or report.get("method") or run_label(report)
         report["source"] = str(file)
         reports.append(report)
     if not reports:
@@ -194,6 +194,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, 0.0
     return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def run_label(report: dict[str, Any]) -> str:
+    """How a run without a method name is labelled: its plugins joined by +, and its model
+    (``pgd (resnet18)``), so that runs of two models never share a row."""
+    plugins = "+".join(report.get("plugins", ["?"]))
+    return f"{plugins} ({report['model']})" if report.get("model") else plugins
 
 
 def aggregate(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,105 @@
+"""Time to robustness, per class: the fast adversarial-training table of docs/fast.md.
+
+The runs come from the shipped protocols with PGD-10 training for the PGD baseline (every
+other method sets its own attack):
+
+    OMP_NUM_THREADS=1 python benchmarks/run_protocol.py cifar10-lt-cpu --set steps=10 \\
+        --methods pgd-at fgsm-rs nfgsm gradalign free --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/run_protocol.py cifar10-fair-cpu --set steps=10 \\
+        --methods pgd-at fgsm-rs nfgsm gradalign free --seeds 0 1 2
+    python benchmarks/time_to_robustness.py            # the Markdown tables of what finished
+
+Cost is CPU seconds of the training epochs (one torch thread, so the figure does not depend
+on what else the machine ran; ``cpu_seconds`` of each epoch in metrics.jsonl), and the
+forward-backward passes a training example costs per epoch; robust accuracy is the run's
+report (PGD-20 on the test set). Cells are the mean over the seeds that finished, with
+their number; the catastrophic-overfitting check's collapses are counted over all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.meta import RESULTS  # noqa: E402
+
+#: forward-backward passes per training example and epoch (attack + update), by method:
+#: PGD-10 AT 10 + 1; FGSM-RS and N-FGSM 1 + 1; GradAlign 1 + 1 + 2 (g(x), and g(x + eta)
+#: differentiated twice); Free AT m replays of 1 pass (the epochs divided by m)
+PASSES = {"pgd-at": 11, "fgsm-rs": 2, "nfgsm": 2, "gradalign": 4, "free": 8,
+          "drcb-ldam": 11, "cb": 11, "dafa": 11, "nfgsm-drcb-ldam": 2, "fgsm-rs-drcb-ldam": 2, "nfgsm-cb": 2,
+          "nfgsm-dafa": 2}
+ORDER = ["pgd-at", "fgsm-rs", "nfgsm", "gradalign", "free", "drcb-ldam", "nfgsm-drcb-ldam", "fgsm-rs-drcb-ldam",
+         "cb", "nfgsm-cb", "dafa", "nfgsm-dafa"]
+
+
+def runs(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*-seed*.json")):
+        data = json.loads(path.read_text())
+        found.setdefault(data["method"], []).append(data)
+    return found
+
+
+def mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def cell(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    return "-" if value is None else f"{scale * value:.{digits}f}"
+
+
+def row(method: str, results: list[dict[str, Any]], baseline_cpu: float | None) -> dict[str, Any]:
+    robust = [r["report"]["summary"]["robust"] for r in results]
+    standard = [r["report"]["summary"]["standard"] for r in results]
+    cpu_epoch, cpu_total, collapses = [], [], 0
+    for result in results:
+        cpus = result.get("epoch_cpu_seconds") or []
+        if cpus and None not in cpus:  # runs from before robx recorded it have wall time only
+            cpu_epoch.append(statistics.fmean(cpus))
+            cpu_total.append(sum(cpus))
+        collapses += sum(1 for check in result.get("collapse_checks", []) if check["collapsed"])
+    total = mean(cpu_total)
+    return {
+        "method": method, "seeds": len(results), "passes": PASSES.get(method),
+        "epochs": results[0]["config"]["epochs"], "cpu_epoch": mean(cpu_epoch), "cpu_total": total,
+        "share": None if total is None or not baseline_cpu else total / baseline_cpu,
+        "clean": mean([s["overall"] for s in standard]), "robust": mean([s["overall"] for s in robust]),
+        "minority": mean([s["minority"] for s in robust]), "worst": mean([s["worst"] for s in robust]),
+        "collapses": collapses,
+    }
+
+
+def table(folder: Path) -> str:
+    found = runs(folder)
+    baseline = row("pgd-at", found["pgd-at"], None) if "pgd-at" in found else None
+    baseline_cpu = baseline["cpu_total"] if baseline else None
+    lines = ["| method | seeds | passes / example / epoch | epochs | train CPU s / epoch | train CPU s | of PGD-10 AT's "
+             "| clean | robust | minority robust | worst-class robust | collapses |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for method in sorted(found, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+        r = row(method, found[method], baseline_cpu)
+        lines.append(f"| {method} | {r['seeds']} | {r['passes'] or '-'} | {r['epochs']} | {cell(r['cpu_epoch'], 1, 1)} | "
+                     f"{cell(r['cpu_total'], 1, 0)} | {cell(r['share'], 1, 2)} | {cell(r['clean'])} | "
+                     f"{cell(r['robust'])} | {cell(r['minority'])} | {cell(r['worst'])} | {r['collapses']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*", default=["cifar10-lt-cpu-steps10", "cifar10-fair-cpu-steps10"])
+    args = parser.parse_args()
+    for name in args.folders:
+        folder = RESULTS / name
+        if folder.is_dir():
+            print(f"\n{name}\n")
+            print(table(folder))
+
+
+if __name__ == "__main__":
+    main()
