@@ -102,7 +102,11 @@ def _train_on(processes: Any, config: TrainConfig, run_dir: Path, *, force: bool
     with progress_for(console) as progress:
         report = run_training(config, run_dir, force=force, resume=resume, progress=progress)
     print_report(console, report, f"{run_dir}: test {metric_name(report)} ({report['attack']['description']}), "
-                                  "last checkpoint")
+                                  f"{report.get('checkpoint', 'last')} checkpoint")
+    if "collapse" in report:
+        console.print(f"catastrophic overfitting in epoch(s) {', '.join(map(str, report['collapse']['epochs']))}"
+                      + (": the report is the best checkpoint's, kept before it" if report["checkpoint"] == "best"
+                         else ""), soft_wrap=True)
     if "best" in report:
         best = report["best"]
         console.print(f"best checkpoint: epoch {best['epoch']} ({best['metric']} {best['score']:.3f} on validation), "

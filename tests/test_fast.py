@@ -207,13 +207,21 @@ def test_a_scripted_collapse_warns_is_recorded_and_reports_the_best_checkpoint(t
     scripted = iter([0.40, 0.42, 0.10, 0.12])
     monkeypatch.setattr(collapse, "check_accuracy", lambda run: next(scripted))
     config = tiny_config(plugins=["fgsm"], epochs=4, val_fraction=0.2, keep_best="robust-overall")
-    report = train(config, tmp_path / "run")
+    from robx.cli.app import console
+    from robx.cli.train import _train_on
+    from robx.core.distributed import current
+
+    with console.capture() as printed:
+        _train_on(current(), config, tmp_path / "run")
+    assert "test accuracy" in printed.get() and "best checkpoint" in printed.get()
+    assert "catastrophic overfitting in epoch(s) 2: the report is the best checkpoint's" in printed.get()
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["collapse_check"]["collapsed"] for m in metrics] == [False, False, True, False]
     assert "catastrophic overfitting in epoch 2" in capsys.readouterr().err
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["checkpoint"] == "best" and saved["collapse"] == {"epochs": [2]}
-    assert saved["last"]["checkpoint"] == "last" and report["checkpoint"] == "best"
+    assert saved["last"]["checkpoint"] == "last" and saved["best"]["report"] == "report-best.json"
+    assert saved["per_class"] == json.loads((tmp_path / "run" / "report-best.json").read_text())["per_class"]
 
 
 def test_no_collapse_below_the_floor_or_without_an_adversary(tmp_path, monkeypatch):

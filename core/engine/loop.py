@@ -252,12 +252,12 @@ def _final_report(run: Run, progress: Progress) -> dict[str, Any]:
                             processes, "the checkpoint")
     report = {**evaluate_run(run, model, progress), "checkpoint": "last"}
     best_report = _best_report(run, progress) if run.best is not None else None
+    fell = collapses(run)
+    if fell and best_report is not None:  # catastrophic overfitting: report the model kept before it
+        report = {**best_report, "last": {"checkpoint": "last", "summary": report["summary"]}}
     if best_report is not None:
         report["best"] = {**best_report["best"], "report": rundir.BEST_REPORT_FILE}
-    fell = collapses(run)
-    if fell:  # catastrophic overfitting: the model to report is the one kept before it, where there is one
-        last = {"checkpoint": "last", "summary": report["summary"]}
-        report = {**best_report, "last": last} if best_report is not None else report
+    if fell:
         report["collapse"] = {"epochs": fell}
 
     def write_report() -> None:
