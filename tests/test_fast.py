@@ -74,6 +74,23 @@ def test_nfgsm_stays_within_noise_plus_step_or_its_clip(case, clip):
     assert (_distance(x_adv - x, norm) <= reach * eps + TOL).all()
 
 
+@FAST
+@given(attack_case(), st.integers(1, 4))
+def test_free_stays_in_each_examples_ball_and_the_box_over_replays(case, replays):
+    model, y, eps = case_model(case)
+    x, mask = case[1], case[6]
+    plugin = Free(Free.Options(replays=replays))
+    generator = torch.Generator().manual_seed(case[0])
+    for _ in range(replays):
+        step = bound(model, x, y, eps, mask=mask)
+        x_adv = plugin.generate_adversary(step)
+        assert (x_adv >= 0).all() and (x_adv <= 1).all()
+        assert (_distance(x_adv - x, "linf") <= eps + TOL).all()
+        assert torch.equal(x_adv[~mask.expand_as(x)], x[~mask.expand_as(x)])  # victims only
+        step.rows_source, step.input_gradient = "adversarial", torch.randn(x.shape, generator=generator).to(x.dtype)
+        plugin.after_step(step)
+
+
 def test_fgsm_rs_is_wong_et_al_update():
     """delta ~ U(-eps, eps) clamped to the box; delta + 1.25 eps sign(g) clipped to eps, then to the box."""
     torch.manual_seed(0)
