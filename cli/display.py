@@ -125,10 +125,12 @@ def progress_for(console: Console) -> RichProgress | LineProgress:
 
 def report_table(report: dict[str, Any], title: str) -> Table:
     """Per-class standard and robust accuracy, then the summaries."""
-    table = Table(title=title, title_justify="left")
+    balanced = is_balanced(report["class_counts"])
+    caption = None if balanced else ("majority / minority: the half of the classes with the most / fewest training "
+                                     "examples; disparity: majority minus minority")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("class")
     table.add_column("n train", justify="right")
-    balanced = is_balanced(report["class_counts"])
     if not balanced:
         table.add_column("group")
     table.add_column("standard", justify="right")
