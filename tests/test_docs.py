@@ -116,7 +116,7 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path, monkeypatch)
                           text=True, cwd=tmp_path, env=_cli_env(site, tmp_path / "unused"), timeout=600)
     assert done.returncode == 0, done.stderr
     (first, run_dir) = sorted((tmp_path / "runs").iterdir(), key=lambda path: path.name.startswith("stripes"))
-    assert first.name.startswith("digits-srat-seed0-") and len(sys.modules["first_run"].run.report.rows) == 10
+    assert first.name.startswith("digits-cb-seed0-") and len(sys.modules["first_run"].run.report.rows) == 10
     report = json.loads((run_dir / "report.json").read_text())
     assert report["dataset"] == "stripes" and report["model"] == "tinynet"
     assert report["class_names"] == ["horizontal", "vertical"] and report["class_counts"] == [270, 30]  # 9 : 1
