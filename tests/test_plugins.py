@@ -120,6 +120,10 @@ class Probe:
         return step.outputs.sum() * 0 + 0.25
 
     @hookimpl
+    def batch_replays(self, state):
+        return 2
+
+    @hookimpl
     def after_step(self, step, state):
         outside = ~step.victim_mask
         self._saw("after_step", (len(step.inputs), len(step.x), bool(torch.equal(step.x_adv[outside], step.x[outside])),
@@ -148,7 +152,9 @@ def test_each_training_hook_has_its_effect_on_a_run(monkeypatch, tmp_path):
     (dataset_counts,) = seen["trained_class_counts"]
     assert sum(dataset_counts) == kept
     steps = seen["after_step"]
-    assert sum(batch for _, batch, *_ in steps) == 2 * kept  # two epochs of draws, as many as the examples
+    # two epochs of draws, as many as the examples, each batch trained twice (batch_replays)
+    assert sum(batch for _, batch, *_ in steps) == 2 * 2 * kept
+    assert all(steps[k][1] == steps[k + 1][1] and steps[k][5] == steps[k + 1][5] for k in range(0, len(steps), 2))
     for rows, batch, outside_unmoved, moved, eps, classes, counts in steps:
         assert rows == 2 * batch  # augment doubled the rows
         assert outside_unmoved  # select_victims: only the first image row moves
@@ -570,7 +576,8 @@ def protocol_methods(task: str = "classification"):
 
 @pytest.mark.parametrize(("val_fraction", "method"), list(protocol_methods()))
 def test_every_protocol_method_trains_on_digits(tmp_path, val_fraction, method):
-    config = tiny_config(epochs=2, steps=1, eval_steps=2, n_eval=50, val_fraction=max(val_fraction, 0.1), **method)
+    config = tiny_config(**{"epochs": 2, **method}, steps=1, eval_steps=2, n_eval=50,
+                         val_fraction=max(val_fraction, 0.1))
     report = train(config, tmp_path / "run")
     assert all(0.0 <= value <= 1.0 for kind in ("standard", "robust") for value in report["per_class"][kind])
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -613,7 +620,7 @@ def test_per_class_quantities_are_owned_one_by_one_through_one_hook(monkeypatch)
     # lifecycle is symmetric), register_commands (data-level tools are registered commands), register_attacks
     # add_hookspecs and register_loggers are new; register_oversamplers and _crowd_learners are the
     # oversampling and crowd packages' own
-    assert len(hookspecs.HOOK_NAMES) == 23 and "class_policy" in hookspecs.HOOK_NAMES
+    assert len(hookspecs.HOOK_NAMES) == 24 and "class_policy" in hookspecs.HOOK_NAMES
 
 
 @pytest.mark.parametrize(("attribute", "value", "meant"), [

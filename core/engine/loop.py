@@ -283,7 +283,7 @@ def agreed_state(run: Run) -> dict[str, Any]:
     state = run.state
     return {
         "the model's weights and BatchNorm statistics": state.model.state_dict(),
-        "the epoch's statistics": {**state.epoch_stats.to_state(), "seconds": None} if state.epoch_stats else None,
+        "the epoch's statistics": {**state.epoch_stats.to_state(), "seconds": None, "cpu_seconds": None} if state.epoch_stats else None,
         "the per-class budget and weights": [state.class_eps, state.class_alpha, state.class_weights,
                                              state.regularizer_weights],
         **{f"plugin '{name}' state '{key}'": value
