@@ -64,6 +64,7 @@ def row(method: str, results: list[dict[str, Any]], baseline_cpu: float | None) 
             cpu_epoch.append(statistics.fmean(cpus))
             cpu_total.append(sum(cpus))
         collapses += sum(1 for check in result.get("collapse_checks", []) if check["collapsed"])
+    checked = any("collapse_checks" in result for result in results)  # runs from before the check have none
     total = mean(cpu_total)
     return {
         "method": method, "seeds": len(results), "passes": PASSES.get(method),
@@ -71,7 +72,7 @@ def row(method: str, results: list[dict[str, Any]], baseline_cpu: float | None) 
         "share": None if total is None or not baseline_cpu else total / baseline_cpu,
         "clean": mean([s["overall"] for s in standard]), "robust": mean([s["overall"] for s in robust]),
         "minority": mean([s["minority"] for s in robust]), "worst": mean([s["worst"] for s in robust]),
-        "collapses": collapses,
+        "collapses": collapses if checked else "-",
     }
 
 
