@@ -119,6 +119,23 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def autoattack_table(folder: Path) -> str | None:
+    """PGD-20 beside AutoAttack (standard, the reference implementation) on the same stratified
+    test subset, from ``benchmarks/autoattack_check.py RUN --n-eval N`` of this folder's runs."""
+    found = sorted((RESULTS / "autoattack-check").glob(f"{folder.name}-*.json"))
+    if not found:
+        return None
+    lines = ["| run | test images | PGD-20 overall | AutoAttack overall | AutoAttack majority | AutoAttack minority "
+             "| AutoAttack worst class |", "|---|---|---|---|---|---|---|"]
+    for path in found:
+        data = json.loads(path.read_text())
+        pgd, aa = (data["results"][name]["summary"]["robust"] for name in ("pgd", "autoattack"))
+        lines.append(f"| {path.stem.removeprefix(folder.name + '-')} | {data['n_eval']} | {cell(pgd['overall'])} | "
+                     f"{cell(aa['overall'])} | {cell(aa.get('majority'))} | {cell(aa.get('minority'))} | "
+                     f"{cell(aa['worst'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="*", default=["cifar10-lt-cpu-steps10", "cifar10-fair-cpu-steps10"])
@@ -128,6 +145,10 @@ def main() -> None:
         if folder.is_dir():
             print(f"\n{name}\n")
             print(table(folder))
+            attacked = autoattack_table(folder)
+            if attacked:
+                print(f"\n{name} autoattack\n")
+                print(attacked)
 
 
 if __name__ == "__main__":
