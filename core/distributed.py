@@ -238,6 +238,25 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter], weight: float,
         offset += grad.numel()
 
 
+def global_rows(rows: torch.Tensor, processes: Processes | None = None) -> tuple[torch.Tensor, slice]:
+    """The global batch's rows from every process's slice of it (by rank: :func:`rank_shards`'
+    order), and this process's slice of them; for a plugin that carries rows of the batch
+    across steps (Free AT's perturbation), so that every process holds the same whole.
+    One process: ``rows`` itself. To learn only where its slice lies, pass the labels ``step.y``."""
+    processes = current() if processes is None else processes
+    if not processes.distributed:
+        return rows, slice(0, len(rows))
+    counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(processes.world_size)]
+    with peers_checked(processes, "a gather of batch rows"):
+        dist.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
+        sizes = [int(count) for count in counts]
+        padded = torch.cat([rows, rows.new_zeros(max(sizes) - len(rows), *rows.shape[1:])])
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+    start = sum(sizes[:processes.rank])
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]), slice(start, start + len(rows))
+
+
 def gather_objects(value: T, processes: Processes) -> list[T]:
     """Every process's ``value`` (picklable, produced by robx in this job), by rank."""
     if not processes.distributed:

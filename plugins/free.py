@@ -18,6 +18,11 @@ with respect to the trained rows (``reads_input_gradient``); the budget is each 
 carried delta the batch uses. Free AT's adversary is its carried delta, so it trains on x'
 itself: a plugin that trains on the clean batch (TRADES) or changes the rows (Imb-Mix) is
 refused at the first step. Linf only, as in the paper.
+
+Under several processes (torchrun) delta is the global batch's, as in the authors'
+single-process code: each process updates the rows of its slice and every replay gathers
+them (``robx.global_rows``), so each process holds and checkpoints the same whole delta and
+the run trains the weights of one process.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 
 import torch
 
-from robx import Plugin, RobxError, Step, TrainState, check_ranges, hookimpl
+from robx import Plugin, RobxError, Step, TrainState, check_ranges, global_rows, hookimpl
 
 
 class Free(Plugin):
@@ -47,6 +52,7 @@ class Free(Plugin):
     def __init__(self, options: Options) -> None:
         self.options = options
         self.delta: torch.Tensor | None = None  # the carried perturbation (global_noise_data)
+        self.rows = slice(0)  # this process's rows of the global batch (all of them in one process)
 
     @hookimpl
     def check_run(self, state: TrainState) -> None:
@@ -58,17 +64,24 @@ class Free(Plugin):
         return self.options.replays
 
     def _current(self, step: Step) -> torch.Tensor:
-        """The carried delta's rows for this batch, within each example's budget (a smaller
-        batch uses the first rows; zeros where there are none yet)."""
+        """The carried delta's rows for this process's slice of the batch, within each
+        example's budget (a smaller batch uses the first rows; zeros where there are none yet)."""
         x, attack = step.x, step.attack
         assert attack is not None
+        everyone, self.rows = global_rows(step.y)  # where this slice lies in the global batch
         if self.delta is None or self.delta.shape[1:] != x.shape[1:]:
-            self.delta = torch.zeros_like(x)
+            self.delta = x.new_zeros(len(everyone), *x.shape[1:])
         self.delta = self.delta.to(x.device)
-        if len(self.delta) < len(x):
-            self.delta = torch.cat([self.delta, torch.zeros_like(x[len(self.delta):])])
-        eps = attack.eps.view(-1, *([1] * (x.dim() - 1)))
-        delta = torch.maximum(torch.minimum(self.delta[: len(x)], eps), -eps)
+        if len(self.delta) < len(everyone):
+            self.delta = torch.cat([self.delta, self.delta.new_zeros(len(everyone) - len(self.delta), *x.shape[1:])])
+        return self._bounded(self.delta[self.rows], step)
+
+    @staticmethod
+    def _bounded(delta: torch.Tensor, step: Step) -> torch.Tensor:
+        attack = step.attack
+        assert attack is not None
+        eps = attack.eps.view(-1, *([1] * (step.x.dim() - 1)))
+        delta = torch.maximum(torch.minimum(delta, eps), -eps)
         return delta if attack.mask is None else delta * attack.mask
 
     @hookimpl
@@ -84,15 +97,17 @@ class Free(Plugin):
                             "plugin trains on the clean batch or changes the rows (trades, imbmix): drop one of them")
         attack = step.attack
         assert attack is not None and self.delta is not None
-        eps = attack.eps.view(-1, *([1] * (step.x.dim() - 1)))
-        delta = self._current(step)
+        delta = self._bounded(self.delta[self.rows], step)
         low, high = attack.bounds
         inside = ((step.x + delta) >= low) & ((step.x + delta) <= high)  # the clamp passes no gradient elsewhere
         direction = torch.where(inside, step.input_gradient.sign(), 0.0)
         if attack.mask is not None:
             direction = direction * attack.mask
-        moved = delta + self.options.step_size * eps * direction
-        self.delta[: len(step.x)] = torch.maximum(torch.minimum(moved, eps), -eps).detach()
+        eps = attack.eps.view(-1, *([1] * (step.x.dim() - 1)))
+        moved = torch.maximum(torch.minimum(delta + self.options.step_size * eps * direction, eps), -eps).detach()
+        # every process's updated slice, so that each holds (and checkpoints) the same whole delta
+        whole, _ = global_rows(moved)
+        self.delta[: len(whole)] = whole
 
     def state_dict(self) -> dict[str, Any]:
         return {"delta": None if self.delta is None else self.delta.detach().cpu()}

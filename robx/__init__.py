@@ -31,7 +31,7 @@ from robx.core.task import Metric, ModelInput, RegisterTask, Task  # noqa: E402
 # helpers: weight averages, distributed gradients, class groups
 from robx.core.averaging import (BatchNormSource, WeightAverage, add_to_average, evaluated_average,  # noqa: E402
                                  restored_average, saved_average)
-from robx.core.distributed import average_gradients  # noqa: E402
+from robx.core.distributed import average_gradients, global_rows  # noqa: E402
 from robx.core.metrics import majority_classes  # noqa: E402
 
 # errors, options, files
@@ -56,7 +56,7 @@ __all__ = [
     "RegisterModel", "classifier", "RegisterCommand", "RegisterDataset", "registry",
     "ScoreAccumulator", "SplitStats", "Metric", "ModelInput", "RegisterTask", "Task",
     "BatchNormSource", "WeightAverage", "add_to_average", "evaluated_average", "restored_average", "saved_average",
-    "average_gradients", "majority_classes",
+    "average_gradients", "global_rows", "majority_classes",
     "RegisterLogger", "TrainConfig", "epoch_scalars",
     "MAX_SEED", "DataError", "DataNotFoundError", "OptionError", "PluginError", "RobxError", "WriteError",
     "first_line", "warn", "WRITTEN_BY", "atomic_write", "make_directory", "prepare_output_dir", "write_json",

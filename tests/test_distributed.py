@@ -124,14 +124,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_gloo_processes_train_the_weights_of_one_process(tmp_path):
-    """The default run's multi-process check (the torchrun tests below are slow): two
-    processes joined as torchrun would join them (RANK, WORLD_SIZE, MASTER_* in the
-    environment, gloo), each training on its half of every batch, end with the weights of
-    one process training on the whole batches, for a model without BatchNorm."""
-    site = install_distribution(tmp_path / "site", "robx_relu_mlp", NO_BATCHNORM_MODEL, {"relu-mlp": ""})
-    args = ["train", "--model", "relu-mlp", "--epochs", "1", "--batch-size", "49", "--set", "pgd.random_start=false",
-            "--steps", "2", "--eval-steps", "1", "--n-eval", "20"]
+def gloo_runs(tmp_path: Path, args: list[str], site: Path) -> tuple[Path, Path]:
+    """``robx ARGS`` in one process (run directory ``one``) and in two processes joined as
+    torchrun would join them (RANK, WORLD_SIZE, MASTER_* in the environment, gloo; ``two``)."""
     code = "import sys; from robx.cli.main import main; sys.exit(main(sys.argv[1:]))"
     port = free_port()
 
@@ -147,14 +142,64 @@ def test_two_gloo_processes_train_the_weights_of_one_process(tmp_path):
     for job in jobs:
         _, stderr = job.communicate(timeout=300)
         assert job.returncode == 0, stderr[-3000:]
-    one, two = (load_checkpoint(tmp_path / name / "checkpoint.pt")["model"] for name in ("one", "two"))
-    for name, weights in one.items():
+    return tmp_path / "one", tmp_path / "two"
+
+
+def assert_same_weights(one: Path, two: Path) -> None:
+    first, second = (load_checkpoint(path / "checkpoint.pt")["model"] for path in (one, two))
+    for name, weights in first.items():
         scale = float(weights.abs().max()) + 1e-12
-        assert float((two[name] - weights).abs().max()) / scale < 1e-5, name
-    (m1,), (m2,) = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+        assert float((second[name] - weights).abs().max()) / scale < 1e-5, name
+
+
+def test_two_gloo_processes_train_the_weights_of_one_process(tmp_path):
+    """The default run's multi-process check (the torchrun tests below are slow): two
+    processes, each training on its half of every batch, end with the weights of one process
+    training on the whole batches, for a model without BatchNorm."""
+    site = install_distribution(tmp_path / "site", "robx_relu_mlp", NO_BATCHNORM_MODEL, {"relu-mlp": ""})
+    one, two = gloo_runs(tmp_path, ["train", "--model", "relu-mlp", "--epochs", "1", "--batch-size", "49", "--set",
+                                    "pgd.random_start=false", "--steps", "2", "--eval-steps", "1", "--n-eval", "20"],
+                         site)
+    assert_same_weights(one, two)
+    (m1,), (m2,) = metrics(one), metrics(two)
     assert m2["train"]["counts"] == m1["train"]["counts"] == [131] * 5 + [13] * 5
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
-    assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
+    assert json.loads((two / "config.json").read_text())["processes"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [["fgsm", "--set", "fgsm.random_start=false"], ["free", "--set", "free.replays=2"]],
+                         ids=["fgsm", "free"])
+def test_single_step_and_free_training_under_two_processes_train_the_weights_of_one(tmp_path, method):
+    """FGSM from x and Free AT under two processes train the single process's weights. Free's
+    carried delta is the global batch's (each process updates its slice's rows, which are
+    gathered after every replay): the batch of 49 cuts into slices of 25 and 24 and the last
+    batch of 34 into 17 and 17, whose rows of the carried delta are global rows 0-16 and
+    17-33, as in one process. Free's step is the sign of each slice's input gradient, which
+    the slices' loss weights (2 x 25 / 49, 2 x 24 / 49) scale but cannot flip."""
+    site = install_distribution(tmp_path / "site", "robx_relu_mlp", NO_BATCHNORM_MODEL, {"relu-mlp": ""})
+    one, two = gloo_runs(tmp_path, ["train", "--model", "relu-mlp", "--plugins", method[0], *method[1:], "--epochs",
+                                    "2", "--batch-size", "49", "--eval-steps", "1", "--n-eval", "20"], site)
+    assert_same_weights(one, two)
+    assert [m["loss"] for m in metrics(two)] == pytest.approx([m["loss"] for m in metrics(one)], rel=1e-5)
+    if method[0] == "free":
+        deltas = [load_checkpoint(path / "checkpoint.pt")["plugins"]["free"]["delta"] for path in (one, two)]
+        assert deltas[0].shape[0] == 49 and float(deltas[0].abs().max()) > 0
+        assert torch.allclose(deltas[1], deltas[0], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_gradalign_s_double_backward_runs_under_two_processes(tmp_path):
+    """GradAlign differentiates an input gradient (create_graph) through the model beside the
+    DDP-wrapped training pass; its eta is each process's own draw, so the run is not the
+    single process's, but the engine's epoch-end check that both processes hold the same
+    weights must pass (the regulariser's weight gradients are averaged with the rest), and
+    the regulariser must have been on."""
+    robx("train", "--plugins", "gradalign", "--epochs", "2", "--batch-size", "48", *SHORT,
+         "--out", tmp_path / "two", nproc=2)
+    last = metrics(tmp_path / "two")[-1]
+    assert last["train"]["counts"] == [131] * 5 + [13] * 5
+    assert last["loss_terms"]["gradalign"] > 0
 
 
 @pytest.mark.slow

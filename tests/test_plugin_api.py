@@ -119,7 +119,10 @@ def test_a_run_written_before_plugins_were_robx_plugins_resumes_to_the_same_weig
     """tests/fixtures/checkpoint-0d61491: a digits run with swa and fairtat (both keep state)
     written by robx at 0d61491 (2026-12-06), killed at the start of its third epoch
     (tests/fixtures/make_old_checkpoint.py). Resumed by this robx, it ends on the evaluated
-    weights that code reached training straight through, bit for bit, and the per-class report."""
+    weights that code reached training straight through, and the per-class report. Bit for bit
+    on the machine that wrote the fixture; to float rounding on another CPU (on an AMD EPYC
+    without AVX-512 the third epoch's kernels round differently: at most 1.2e-7 of a tensor's
+    largest entry), so the weights are compared at 1e-5 of each tensor's scale."""
     import json
     import shutil
 
@@ -137,7 +140,8 @@ def test_a_run_written_before_plugins_were_robx_plugins_resumes_to_the_same_weig
     straight = torch.load(fixture / "straight.pt", weights_only=True)
     assert set(final["eval_model"]) == set(straight)
     for key, value in straight.items():
-        assert torch.equal(final["eval_model"][key], value), key
+        scale = float(value.abs().max()) + 1e-12 if value.is_floating_point() else 1.0
+        assert float((final["eval_model"][key] - value).abs().max()) / scale < 1e-5, key
     report = json.loads((run / "report.json").read_text())
     assert report["per_class"]["standard"] == json.loads((fixture / "straight-report.json").read_text())["standard"]
     assert report["per_class"]["robust"] == json.loads((fixture / "straight-report.json").read_text())["robust"]
