@@ -13,7 +13,9 @@ Cost is CPU seconds of the training epochs (one torch thread, so the figure does
 on what else the machine ran; ``cpu_seconds`` of each epoch in metrics.jsonl), and the
 forward-backward passes a training example costs per epoch; robust accuracy is the run's
 report (PGD-20 on the test set). Cells are the mean over the seeds that finished, with
-their number; the catastrophic-overfitting check's collapses are counted over all of them.
+their number (robust and minority robust: ± the standard deviation over the seeds), and the
+difference, in points, from the PGD-10 run with the same imbalance method (PGD-10 AT for a
+method alone); the catastrophic-overfitting check's collapses are counted over all of them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from benchmarks.meta import RESULTS  # noqa: E402
 PASSES = {"pgd-at": 11, "fgsm-rs": 2, "nfgsm": 2, "gradalign": 4, "free": 8,
           "drcb-ldam": 11, "cb": 11, "dafa": 11, "nfgsm-drcb-ldam": 2, "fgsm-rs-drcb-ldam": 2, "nfgsm-cb": 2,
           "nfgsm-dafa": 2}
+#: the PGD-10 run each method is measured against: PGD-10 AT with the same imbalance method
+COUNTERPART = {"fgsm-rs": "pgd-at", "nfgsm": "pgd-at", "gradalign": "pgd-at", "free": "pgd-at",
+               "nfgsm-drcb-ldam": "drcb-ldam", "fgsm-rs-drcb-ldam": "drcb-ldam", "nfgsm-cb": "cb", "nfgsm-dafa": "dafa"}
 ORDER = ["pgd-at", "fgsm-rs", "nfgsm", "gradalign", "free", "drcb-ldam", "nfgsm-drcb-ldam", "fgsm-rs-drcb-ldam",
          "cb", "nfgsm-cb", "dafa", "nfgsm-dafa"]
 
@@ -54,6 +59,18 @@ def cell(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
     return "-" if value is None else f"{scale * value:.{digits}f}"
 
 
+def spread(values: list[float]) -> str:
+    """Mean and, over two or more seeds, the standard deviation, in percent."""
+    if not values:
+        return "-"
+    text = cell(statistics.fmean(values))
+    return text + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
+def difference(value: float | None, reference: float | None) -> str:
+    return "-" if value is None or reference is None else f"{100 * (value - reference):+.1f}"
+
+
 def row(method: str, results: list[dict[str, Any]], baseline_cpu: float | None) -> dict[str, Any]:
     robust = [r["report"]["summary"]["robust"] for r in results]
     standard = [r["report"]["summary"]["standard"] for r in results]
@@ -72,6 +89,7 @@ def row(method: str, results: list[dict[str, Any]], baseline_cpu: float | None) 
         "share": None if total is None or not baseline_cpu else total / baseline_cpu,
         "clean": mean([s["overall"] for s in standard]), "robust": mean([s["overall"] for s in robust]),
         "minority": mean([s["minority"] for s in robust]), "worst": mean([s["worst"] for s in robust]),
+        "robust_spread": spread([s["overall"] for s in robust]), "minority_spread": spread([s["minority"] for s in robust]),
         "collapses": collapses if checked else "-",
     }
 
@@ -104,18 +122,23 @@ def pgd10_cpu(found: dict[str, list[dict[str, Any]]], folder: Path) -> tuple[flo
 def table(folder: Path) -> str:
     found = runs(folder)
     baseline_cpu, estimated = pgd10_cpu(found, folder)
+    rows = {method: row(method, results, baseline_cpu) for method, results in found.items()}
     lines = ["| method | seeds | passes / example / epoch | epochs | train CPU s / epoch | train CPU s | of PGD-10 AT's "
-             "| clean | robust | minority robust | worst-class robust | collapses |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| clean | robust | minority robust | worst-class robust | robust, minority vs PGD-10 counterpart "
+             "| collapses |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in sorted(found, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
-        r = row(method, found[method], baseline_cpu)
+        r, label = rows[method], method
         if method == "pgd-at" and r["cpu_total"] is None and estimated:  # marked: from the timing runs
             r["cpu_total"], r["share"] = baseline_cpu, 1.0
             r["cpu_epoch"] = baseline_cpu / r["epochs"]
-            method = "pgd-at (CPU: timing runs)"
-        lines.append(f"| {method} | {r['seeds']} | {r['passes'] or '-'} | {r['epochs']} | {cell(r['cpu_epoch'], 1, 1)} | "
+            label = "pgd-at (CPU: timing runs)"
+        versus = rows.get(COUNTERPART.get(method, ""))
+        against = "-" if versus is None else (f"{COUNTERPART[method]}: {difference(r['robust'], versus['robust'])}, "
+                                              f"{difference(r['minority'], versus['minority'])}")
+        lines.append(f"| {label} | {r['seeds']} | {r['passes'] or '-'} | {r['epochs']} | {cell(r['cpu_epoch'], 1, 1)} | "
                      f"{cell(r['cpu_total'], 1, 0)} | {cell(r['share'], 1, 2)} | {cell(r['clean'])} | "
-                     f"{cell(r['robust'])} | {cell(r['minority'])} | {cell(r['worst'])} | {r['collapses']} |")
+                     f"{r['robust_spread']} | {r['minority_spread']} | {cell(r['worst'])} | {against} | "
+                     f"{r['collapses']} |")
     return "\n".join(lines)
 
 
