@@ -5,8 +5,12 @@ other method sets its own attack):
 
     OMP_NUM_THREADS=1 python benchmarks/run_protocol.py cifar10-lt-cpu --set steps=10 \\
         --methods pgd-at fgsm-rs nfgsm gradalign free --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/run_protocol.py cifar10-lt-cpu --set steps=10 \\
+        --methods drcb-ldam nfgsm-drcb-ldam fgsm-rs-drcb-ldam cb nfgsm-cb --seeds 0
     OMP_NUM_THREADS=1 python benchmarks/run_protocol.py cifar10-fair-cpu --set steps=10 \\
         --methods pgd-at fgsm-rs nfgsm gradalign free --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/run_protocol.py cifar10-fair-cpu --set steps=10 \\
+        --methods dafa nfgsm-dafa --seeds 0
     python benchmarks/time_to_robustness.py            # the Markdown tables of what finished
 
 Cost is CPU seconds of the training epochs (one torch thread, so the figure does not depend
