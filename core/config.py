@@ -105,7 +105,8 @@ class TrainConfig:
     collapse_check: float = setting(
         0.5, "Catastrophic-overfitting check: after every epoch, PGD-5 on a fixed batch of 256 (validation examples "
              "where there is a split); warn when its robust accuracy falls below this fraction of its best so "
-             "far, and with --keep-best report the best checkpoint, kept before the fall (0: off).")
+             "far in two epochs running (or in the last), and with --keep-best report the best checkpoint, kept "
+             "before the fall (0: off).")
     val_budget: Literal["uniform", "run"] = setting(
         "uniform", "The validation attack's budget: uniform (--eps for every class, as the test evaluation) or run "
                    "(the per-class budgets the run trains with, where a plugin sets them).")

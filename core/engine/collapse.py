@@ -7,15 +7,18 @@ After every epoch of a run with an adversary, PGD-5 (step eps / 4, the run's eps
 class; Wong et al.'s early-stopping check is PGD-5 at step 2/255 for eps 8/255) attacks one
 fixed batch of :data:`CHECK_SIZE` examples: drawn once, seeded, from the validation split,
 or from the training split when the run has none (the authors' check also reads a training
-batch). A *collapse* is a robust accuracy below ``collapse_check`` times the best of the
-epochs before, where that best was at least :data:`LEAST_BEFORE` (below it, a fall is noise
-on a batch of 256); the epoch it first falls there is the collapse. Against the best, not
-only the epoch before: at CPU scale the fall can take several epochs (measured: FGSM from x
-at eps 16/255 on CIFAR-10, cnn4, the check 0.207 -> 0.129 -> 0.117 -> 0.066 -> ... -> 0.012
-while the training FGSM accuracy climbed 0.17 -> 0.32), and no single epoch halves the one
-before. The epoch's metrics record the check's accuracy and whether it collapsed then; a
-collapse is one warning line; with ``--keep-best`` the run's report evaluates the best
-checkpoint, kept before the collapse, instead of the last.
+batch). An epoch *falls* when its accuracy is below ``collapse_check`` times the best of
+the epochs before, where that best was at least :data:`LEAST_BEFORE` (below it, a fall is
+noise on a batch of 256). Against the best, not only the epoch before: at CPU scale the fall
+can take several epochs (measured: FGSM from x at eps 16/255 on CIFAR-10, cnn4, the check
+0.207 -> 0.129 -> 0.117 -> 0.066 -> ... -> 0.012 while the training FGSM accuracy climbed
+0.17 -> 0.32), and no single epoch halves the one before. A *collapse* is a fall that the
+next epoch confirms (it falls too), or a fall in the run's last epoch: catastrophic
+overfitting does not recover, and a single dip does (measured: N-FGSM with class-balanced
+weights on Step-10 CIFAR-10, the check 0.316 -> 0.281 -> 0.152 -> 0.313). Its first epoch
+names it. The confirming epoch's metrics record ``collapsed``, with one warning line; with
+``--keep-best`` the run's report evaluates the best checkpoint, kept before the collapse,
+instead of the last.
 """
 
 from __future__ import annotations
@@ -63,31 +66,45 @@ def check_accuracy(run: Run) -> float:
 
 def collapse_check(run: Run, stats: EpochStats) -> dict[str, Any] | None:
     """The epoch's check, ``{robust, collapsed}``, stored on ``stats`` (and so in the history a
-    resumed run reads), with one warning line on a collapse; ``None`` when the run does not check."""
+    resumed run reads); ``collapsed`` when this epoch confirms a collapse (or falls in the last
+    epoch), with one warning line. ``None`` when the run does not check."""
     if not checked(run):
         return None
     stats.collapse_check = accuracy = check_accuracy(run)
-    collapsed = stats.epoch in collapses(run)
-    if collapsed:
-        best = max(e.collapse_check for e in run.state.history[:-1] if e.collapse_check is not None)
+    history, starts = run.state.history, collapses(run)
+    # a collapse that began in the epoch before (confirmed now), or now in the run's last epoch
+    begun = next((k for k in (len(history) - 2, len(history) - 1) if k >= 0 and history[k].epoch in starts), None)
+    collapsed = begun is not None
+    if begun is not None:
+        first = history[begun]
+        best = max(e.collapse_check for e in history[:begun] if e.collapse_check is not None)
+        fell = (f"fell to {first.collapse_check:.3f} in epoch {first.epoch} and {accuracy:.3f} in epoch {stats.epoch}"
+                if first is not stats else f"fell to {accuracy:.3f} in the run's last epoch")
         keep = ("the report evaluates the best checkpoint, kept before it" if run.config.keep_best is not None else
                 "train with --keep-best robust-overall --val-fraction 0.1 to keep the model before it")
-        warn(f"catastrophic overfitting in epoch {stats.epoch}: PGD accuracy on the check batch fell to "
-             f"{accuracy:.3f}, below {run.config.collapse_check:g} x its best, {best:.3f}; {keep}")
+        warn(f"catastrophic overfitting from epoch {first.epoch}: PGD accuracy on the check batch {fell}, below "
+             f"{run.config.collapse_check:g} x its best, {best:.3f}; {keep}")
     return {"robust": round(accuracy, 4), "collapsed": collapsed}
 
 
-def in_collapse(run: Run, position: int) -> bool:
+def falls(run: Run, position: int) -> bool:
     """Whether ``state.history[position]``'s check is below ``collapse_check`` times the best
     check of the epochs before it (when that best was at least :data:`LEAST_BEFORE`)."""
-    accuracy = run.state.history[position].collapse_check
-    before = [e.collapse_check for e in run.state.history[:position] if e.collapse_check is not None]
+    history = run.state.history
+    accuracy = history[position].collapse_check if 0 <= position < len(history) else None
+    before = [e.collapse_check for e in history[:position] if e.collapse_check is not None]
     return accuracy is not None and bool(before) and max(before) >= LEAST_BEFORE \
         and accuracy < run.config.collapse_check * max(before)
 
 
+def confirmed_later(run: Run, position: int) -> bool:
+    """Whether an epoch after ``position`` can still confirm its fall (it is not the run's last)."""
+    return run.state.history[position].epoch < run.config.epochs - 1
+
+
 def collapses(run: Run) -> list[int]:
-    """The epochs of the run's history in which the check fell into a collapse (the first
-    epoch of each; also after a resume: the history is in the checkpoint)."""
+    """The first epochs of the run's collapses so far: a fall the next epoch confirms, or one
+    in the run's last epoch (also after a resume: the history is in the checkpoint)."""
     history = run.state.history
-    return [history[k].epoch for k in range(len(history)) if in_collapse(run, k) and not (k and in_collapse(run, k - 1))]
+    return [history[k].epoch for k in range(len(history)) if falls(run, k) and not falls(run, k - 1)
+            and (falls(run, k + 1) or not confirmed_later(run, k))]
