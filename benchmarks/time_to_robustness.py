@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.meta import RESULTS  # noqa: E402
+from robx.core.engine.collapse import collapse_starts  # noqa: E402
 
 #: forward-backward passes per training example and epoch (attack + update), by method:
 #: PGD-10 AT 10 + 1; FGSM-RS and N-FGSM 1 + 1; GradAlign 1 + 1 + 2 (g(x), and g(x + eta)
@@ -84,7 +85,9 @@ def row(method: str, results: list[dict[str, Any]], baseline_cpu: float | None) 
         if cpus and None not in cpus:  # runs from before robx recorded it have wall time only
             cpu_epoch.append(statistics.fmean(cpus))
             cpu_total.append(sum(cpus))
-        collapses += sum(1 for check in result.get("collapse_checks", []) if check["collapsed"])
+        # the rule of this robx on the recorded checks (runs made before a fall had to be confirmed flagged dips)
+        checks = [check["robust"] for check in result.get("collapse_checks", [])]
+        collapses += len(collapse_starts(checks, result["config"].get("collapse_check", 0.5), last_epoch=True))
     checked = any("collapse_checks" in result for result in results)  # runs from before the check have none
     total = mean(cpu_total)
     return {

@@ -87,24 +87,25 @@ def collapse_check(run: Run, stats: EpochStats) -> dict[str, Any] | None:
     return {"robust": round(accuracy, 4), "collapsed": collapsed}
 
 
-def falls(run: Run, position: int) -> bool:
-    """Whether ``state.history[position]``'s check is below ``collapse_check`` times the best
-    check of the epochs before it (when that best was at least :data:`LEAST_BEFORE`)."""
-    history = run.state.history
-    accuracy = history[position].collapse_check if 0 <= position < len(history) else None
-    before = [e.collapse_check for e in history[:position] if e.collapse_check is not None]
-    return accuracy is not None and bool(before) and max(before) >= LEAST_BEFORE \
-        and accuracy < run.config.collapse_check * max(before)
+def collapse_starts(checks: list[float | None], fraction: float, last_epoch: bool) -> list[int]:
+    """The positions in ``checks`` (one epoch's check each, in order) where a collapse begins:
+    a fall below ``fraction`` times the best check before it (when that best was at least
+    :data:`LEAST_BEFORE`) that the next check confirms by falling too, or a fall in the last
+    position when it is the run's ``last_epoch``."""
+    def falls(position: int) -> bool:
+        if not 0 <= position < len(checks) or checks[position] is None:
+            return False
+        before = [check for check in checks[:position] if check is not None]
+        return bool(before) and max(before) >= LEAST_BEFORE and checks[position] < fraction * max(before)
 
-
-def confirmed_later(run: Run, position: int) -> bool:
-    """Whether an epoch after ``position`` can still confirm its fall (it is not the run's last)."""
-    return run.state.history[position].epoch < run.config.epochs - 1
+    return [k for k in range(len(checks)) if falls(k) and not falls(k - 1)
+            and (falls(k + 1) or (k == len(checks) - 1 and last_epoch))]
 
 
 def collapses(run: Run) -> list[int]:
-    """The first epochs of the run's collapses so far: a fall the next epoch confirms, or one
-    in the run's last epoch (also after a resume: the history is in the checkpoint)."""
+    """The first epochs of the run's collapses so far (also after a resume: the history is in
+    the checkpoint)."""
     history = run.state.history
-    return [history[k].epoch for k in range(len(history)) if falls(run, k) and not falls(run, k - 1)
-            and (falls(run, k + 1) or not confirmed_later(run, k))]
+    last_epoch = bool(history) and history[-1].epoch == run.config.epochs - 1
+    starts = collapse_starts([e.collapse_check for e in history], run.config.collapse_check, last_epoch)
+    return [history[k].epoch for k in starts]
