@@ -112,7 +112,7 @@ def test_global_batches_are_cut_into_disjoint_slices_weighted_by_size():
     assert rank_shards(batches, SINGLE) == [(b, 1.0) for b in batches]
     with pytest.raises(OptionError, match="batch size of at least 3"):
         rank_shards(list(torch.arange(10).split(2)), Processes(0, 3))
-    with pytest.raises(OptionError, match="cannot be shared by 3 process\(es\)"):
+    with pytest.raises(OptionError, match=r"cannot be shared by 3 process\(es\)"):
         rank_shards([torch.arange(2)], Processes(0, 3))
 
 

@@ -83,7 +83,7 @@ def test_weights_that_would_run_code_or_do_not_fit_are_refused(tmp_path):
 
     torch.save({"conv.weight": torch.zeros(1), "evil": Payload()}, tmp_path / "evil.pt")
     model = registry().build_model("smallcnn", RGB)
-    with pytest.raises(OptionError, match="holds objects other than tensors; refused to load it \(.*GLOBAL"):
+    with pytest.raises(OptionError, match=r"holds objects other than tensors; refused to load it \(.*GLOBAL"):
         load_initial_weights(model, tmp_path / "evil.pt")
     assert not marker.exists()
     torch.save({"layer.weight": torch.zeros(3)}, tmp_path / "other.pt")
