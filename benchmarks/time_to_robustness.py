@@ -155,13 +155,14 @@ def autoattack_table(folder: Path) -> str | None:
     found = sorted((RESULTS / "autoattack-check").glob(f"{folder.name}-*.json"))
     if not found:
         return None
-    lines = ["| run | test images | PGD-20 overall | AutoAttack overall | AutoAttack majority | AutoAttack minority "
-             "| AutoAttack worst class |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | test images | PGD-20 overall | AutoAttack overall | AutoAttack majority | PGD-20 minority "
+             "| AutoAttack minority | AutoAttack worst class |", "|---|---|---|---|---|---|---|---|"]
     for path in found:
         data = json.loads(path.read_text())
         pgd, aa = (data["results"][name]["summary"]["robust"] for name in ("pgd", "autoattack"))
         lines.append(f"| {path.stem.removeprefix(folder.name + '-')} | {data['n_eval']} | {cell(pgd['overall'])} | "
-                     f"{cell(aa['overall'])} | {cell(aa.get('majority'))} | {cell(aa.get('minority'))} | "
+                     f"{cell(aa['overall'])} | {cell(aa.get('majority'))} | {cell(pgd.get('minority'))} | "
+                     f"{cell(aa.get('minority'))} | "
                      f"{cell(aa['worst'])} |")
     return "\n".join(lines)
 
